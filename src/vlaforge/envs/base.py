@@ -1,0 +1,189 @@
+"""The environment contract: one single-env ``TaskEnv`` per suite, batched by ``vector.py``.
+
+A suite adapter implements ``TaskEnv`` (one simulator instance). ``VecEnv`` batches N of them
+(in process or in subprocess workers) and is what rollout code talks to:
+
+    obs = venv.reset(task_ids, seeds)        # Observation, images uint8 (N, V, H, W, 3)
+    step = venv.step(actions)                # actions float32 (N, C, A) in [-1, 1]
+
+The initial state of an episode is a pure function of ``(task_id, seed)``: K envs reset with
+the same pair start from the identical state (grouped resets for GRPO / RLOO / RIPT-VLA).
+Episodes end on success (terminated) or after ``max_steps`` simulator steps (truncated);
+an env that has ended ignores further actions until the next reset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from vlaforge.types import Observation
+
+
+class EnvError(ValueError):
+    """Bad input to an environment (unknown task, wrong action shape...). Message says what to do."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a suite: a name, its natural-language instruction, and its split."""
+
+    name: str
+    instruction: str
+    suite: str
+    split: str = "train"  # "train" or "heldout" (never trained on)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Static facts about a suite's envs, shared by every instance."""
+
+    suite: str
+    tasks: tuple[TaskSpec, ...]
+    image_shape: tuple[int, int, int, int]  # (V, H, W, 3)
+    state_dim: int
+    action_dim: int
+    max_steps: int  # simulator steps per episode
+    cameras: tuple[str, ...] = ("default",)
+    renderer: str = "numpy"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def task_index(self, name: str) -> int:
+        for i, t in enumerate(self.tasks):
+            if t.name == name:
+                return i
+        known = ", ".join(t.name for t in self.tasks[:12])
+        raise EnvError(f"unknown task '{name}' for suite '{self.suite}'; known tasks: {known}"
+                       + (" ..." if len(self.tasks) > 12 else ""))
+
+
+@dataclass
+class ChunkResult:
+    """Result of executing one action chunk in one env."""
+
+    image: np.ndarray  # uint8 (V, H, W, 3) observation after the chunk
+    state: np.ndarray  # float32 (S,)
+    reward: float  # sum of rewards over executed steps (sparse: 1.0 on the success step)
+    success: bool  # task solved at some executed step
+    done: bool  # episode over (success or time limit)
+    truncated: bool  # ended by the time limit without success
+    steps: int  # simulator steps executed (< C when the episode ended inside the chunk)
+
+
+@runtime_checkable
+class TaskEnv(Protocol):
+    """One simulator instance of a suite."""
+
+    spec: EnvSpec
+
+    def reset(self, task_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Reset to the initial state fixed by (task_id, seed); returns (image (V,H,W,3), state (S,))."""
+        ...
+
+    def step_chunk(self, actions: np.ndarray) -> ChunkResult:
+        """Execute an action chunk float32 (C, A) in [-1, 1]; render once at the end."""
+        ...
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's next action (A,) in [-1, 1] for the current state."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class VecStep:
+    """Batched result of ``VecEnv.step``; every array has leading dim N."""
+
+    obs: Observation
+    reward: np.ndarray  # float32 (N,)
+    success: np.ndarray  # bool (N,)
+    done: np.ndarray  # bool (N,)
+    truncated: np.ndarray  # bool (N,)
+    steps: np.ndarray  # int64 (N,)
+    valid: np.ndarray  # bool (N,): False if the env's worker crashed during this episode
+
+
+class VecEnv(Protocol):
+    spec: EnvSpec
+    num_envs: int
+
+    def reset(self, task_ids, seeds) -> Observation: ...
+
+    def step(self, actions: np.ndarray) -> VecStep: ...
+
+    def expert_actions(self) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def validate_actions(actions: np.ndarray, num_envs: int, action_dim: int) -> np.ndarray:
+    """Check a batched action chunk; returns float32 (N, C, A) clipped to [-1, 1]."""
+    a = np.asarray(actions, dtype=np.float32)
+    if a.ndim != 3 or a.shape[0] != num_envs or a.shape[2] != action_dim:
+        raise EnvError(f"actions must have shape (num_envs={num_envs}, chunk, action_dim={action_dim}); "
+                       f"got {tuple(a.shape)} — reshape your policy output to (N, C, A)")
+    if not np.all(np.isfinite(a)):
+        raise EnvError("actions contain NaN or inf; check the policy output")
+    return np.clip(a, -1.0, 1.0)
+
+
+def check_env(venv: VecEnv, chunk: int = 2, steps: int = 3, seed: int = 0) -> None:
+    """Contract test every suite must pass. Raises AssertionError with what is wrong.
+
+    Checks observation dtypes and shapes, instructions, grouped resets (same (task, seed)
+    gives the identical first observation), reset determinism, action validation, and that
+    an ended episode stays ended.
+    """
+    spec = venv.spec
+    n = venv.num_envs
+    assert n >= 2, "check_env needs at least 2 envs to test grouped resets"
+    V, H, W, three = spec.image_shape
+    assert three == 3
+    task_ids = np.zeros(n, dtype=np.int64)
+    task_ids[n // 2:] = min(1, len(spec.tasks) - 1)
+    seeds = np.full(n, seed, dtype=np.int64)
+    seeds[n // 2:] = seed + 1
+    obs = venv.reset(task_ids, seeds)
+
+    def check_obs(o: Observation) -> None:
+        assert isinstance(o.images, np.ndarray) and o.images.dtype == np.uint8, "images must be uint8 numpy"
+        assert o.images.shape == (n, V, H, W, 3), f"images shape {o.images.shape} != {(n, V, H, W, 3)}"
+        assert o.state.dtype == np.float32 and o.state.shape == (n, spec.state_dim), "state must be float32 (N, S)"
+        assert np.all(np.isfinite(o.state)), "state has non-finite values"
+        assert len(o.instructions) == n and all(isinstance(s, str) and s for s in o.instructions)
+        assert o.task_ids.dtype == np.int64 and o.task_ids.shape == (n,)
+
+    check_obs(obs)
+    for i in range(n):
+        assert obs.instructions[i] == spec.tasks[task_ids[i]].instruction
+    # grouped resets: identical (task, seed) -> identical first observation
+    half = n // 2
+    for i in range(1, half):
+        assert np.array_equal(obs.images[0], obs.images[i]) and np.array_equal(obs.state[0], obs.state[i]), \
+            "grouped reset: envs reset with the same (task, seed) differ"
+    again = venv.reset(task_ids, seeds)
+    assert np.array_equal(again.images, obs.images) and np.array_equal(again.state, obs.state), \
+        "reset is not deterministic in (task, seed)"
+    # wrong action shapes are refused
+    for bad in (np.zeros((n, spec.action_dim), np.float32), np.zeros((n, chunk, spec.action_dim + 1), np.float32)):
+        try:
+            venv.step(bad)
+        except EnvError:
+            pass
+        else:
+            raise AssertionError(f"an action of shape {bad.shape} was accepted")
+    rng = np.random.default_rng(seed)
+    ended = np.zeros(n, dtype=bool)
+    for _ in range(steps):
+        a = rng.uniform(-1, 1, size=(n, chunk, spec.action_dim)).astype(np.float32)
+        st = venv.step(a)
+        check_obs(st.obs)
+        assert st.reward.shape == (n,) and st.success.dtype == bool and st.done.dtype == bool
+        assert np.all(st.steps[ended] == 0), "an ended episode executed steps"
+        assert np.all((st.steps <= chunk) & (st.steps >= 0))
+        ended |= st.done
+    ex = venv.expert_actions()
+    assert ex.shape == (n, spec.action_dim) and np.all(np.abs(ex) <= 1.0 + 1e-6), "expert actions out of range"

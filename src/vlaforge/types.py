@@ -1,0 +1,168 @@
+"""The data that flows through vlaforge: observations, policy outputs, rollouts.
+
+Shapes use N = envs in a batch, V = camera views, H/W = image size, S = state dims,
+C = action-chunk length, A = action dims, T = decision steps (one action chunk each).
+Envs produce numpy; policies and algorithms work in torch (``Observation.to_torch``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+Array = np.ndarray | torch.Tensor
+
+
+@dataclass
+class Observation:
+    """A batch of observations.
+
+    images: uint8 (N, V, H, W, 3)
+    state: float32 (N, S) proprioception
+    instructions: list[str] of length N
+    task_ids: int64 (N,) index into the suite's task list
+    """
+
+    images: Array
+    state: Array
+    instructions: list[str]
+    task_ids: Array
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    def to_torch(self, device: torch.device | str = "cpu") -> Observation:
+        return Observation(
+            images=torch.as_tensor(self.images, device=device),
+            state=torch.as_tensor(self.state, dtype=torch.float32, device=device),
+            instructions=list(self.instructions),
+            task_ids=torch.as_tensor(self.task_ids, dtype=torch.int64, device=device),
+        )
+
+    def index(self, idx) -> Observation:
+        """Select a subset of the batch (an index array, a mask or a slice)."""
+        if isinstance(idx, slice):
+            instr = self.instructions[idx]
+        else:
+            ii = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx)
+            if ii.dtype == bool:
+                ii = np.nonzero(ii)[0]
+            instr = [self.instructions[int(i)] for i in ii]
+            idx = torch.as_tensor(ii) if isinstance(self.images, torch.Tensor) else ii
+        return Observation(self.images[idx], self.state[idx], instr, self.task_ids[idx])
+
+    @staticmethod
+    def cat(obs: list[Observation]) -> Observation:
+        if isinstance(obs[0].images, torch.Tensor):
+            cat = torch.cat
+        else:
+            cat = np.concatenate
+        return Observation(
+            images=cat([o.images for o in obs]),
+            state=cat([o.state for o in obs]),
+            instructions=[s for o in obs for s in o.instructions],
+            task_ids=cat([o.task_ids for o in obs]),
+        )
+
+
+@dataclass
+class ActionOutput:
+    """What ``Policy.act`` returns for a batch of N observations.
+
+    actions: float32 (N, C, A) in the env's action space ([-1, 1])
+    log_prob: float32 (N, C, A) element-wise log-probabilities of ``taken`` under the sampling
+        distribution (sum over the last axes for per-action / per-chunk levels)
+    value: float32 (N,) or None when the policy has no value head
+    taken: dict of tensors, each with leading dim N, enough to score the same action again
+    """
+
+    actions: torch.Tensor
+    log_prob: torch.Tensor
+    value: torch.Tensor | None
+    taken: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Rollout:
+    """Episodes collected with one policy, time-major, one decision (action chunk) per step.
+
+    obs_images uint8 (T, N, V, H, W, 3), obs_state (T, N, S), instructions list[str] (N,)
+    taken: dict of (T, N, ...) tensors; log_prob (T, N, C, A) from the sampling policy
+    value (T, N) (zeros if the policy has none), last_value (N,) bootstrap value after the last step
+    reward (T, N); alive (T, N) bool: the step happened (episode not yet over)
+    terminated (T, N) bool: episode ended at this step with success/failure (no bootstrap)
+    truncated (T, N) bool: episode cut by the time limit at this step (bootstrap from value)
+    success (N,) bool, valid (N,) bool (False: worker crashed, never count the episode)
+    task_id (N,), seed (N,), group_id (N,): rollouts sharing (task, seed) share a group id
+    env_steps (N,) simulator steps executed
+    """
+
+    obs_images: torch.Tensor
+    obs_state: torch.Tensor
+    instructions: list[str]
+    taken: dict[str, torch.Tensor]
+    log_prob: torch.Tensor
+    value: torch.Tensor
+    next_value: torch.Tensor
+    reward: torch.Tensor
+    alive: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    success: torch.Tensor
+    valid: torch.Tensor
+    task_id: torch.Tensor
+    seed: torch.Tensor
+    group_id: torch.Tensor
+    env_steps: torch.Tensor
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.reward.shape[0])
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.reward.shape[1])
+
+    def obs_at(self, t: int) -> Observation:
+        return Observation(self.obs_images[t], self.obs_state[t], self.instructions, self.task_id)
+
+    def select(self, episodes: torch.Tensor) -> Rollout:
+        """Keep only some episodes (an index tensor over N)."""
+        episodes = torch.as_tensor(episodes, dtype=torch.long)
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "instructions":
+                out[f.name] = [v[int(i)] for i in episodes]
+            elif f.name == "taken":
+                out[f.name] = {k: x[:, episodes] for k, x in v.items()}
+            elif isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == self.num_episodes and f.name not in (
+                "success", "valid", "task_id", "seed", "group_id", "env_steps", "next_value"):
+                out[f.name] = v[:, episodes]
+            else:
+                out[f.name] = v[episodes]
+        return Rollout(**out)
+
+    @staticmethod
+    def cat(rollouts: list[Rollout]) -> Rollout:
+        """Join rollouts along the episode axis, padding time with dead steps."""
+        T = max(r.num_steps for r in rollouts)
+        def pad(x: torch.Tensor, value=0) -> torch.Tensor:
+            if x.shape[0] == T:
+                return x
+            shape = (T - x.shape[0],) + tuple(x.shape[1:])
+            return torch.cat([x, torch.full(shape, value, dtype=x.dtype)])
+        out = {}
+        for f in fields(Rollout):
+            vals = [getattr(r, f.name) for r in rollouts]
+            if f.name == "instructions":
+                out[f.name] = [s for v in vals for s in v]
+            elif f.name == "taken":
+                out[f.name] = {k: torch.cat([pad(v[k]) for v in vals], 1) for k in vals[0]}
+            elif f.name in ("success", "valid", "task_id", "seed", "group_id", "env_steps", "next_value"):
+                out[f.name] = torch.cat(vals)
+            else:
+                out[f.name] = torch.cat([pad(v) for v in vals], 1)
+        return Rollout(**out)

@@ -1,0 +1,81 @@
+"""Env contract, grouped resets and worker-crash recovery on the built-in suite."""
+
+import numpy as np
+import pytest
+
+from vlaforge.envs import EnvError, check_env, make_vec_env
+from vlaforge.envs.pointreach import PointReachEnv, resolve_tasks
+
+
+def test_pointreach_check_env_sync():
+    venv = make_vec_env("pointreach", num_envs=4, tasks="train")
+    check_env(venv)
+
+
+def test_pointreach_check_env_subproc():
+    venv = make_vec_env("pointreach", num_envs=4, tasks="train", workers=2)
+    try:
+        check_env(venv)
+    finally:
+        venv.close()
+
+
+def test_grouped_reset_identical_within_group_distinct_across():
+    venv = make_vec_env("pointreach", num_envs=6, tasks="train")
+    obs = venv.reset([2, 2, 2, 2, 2, 2], [5, 5, 5, 9, 9, 9])
+    assert np.array_equal(obs.images[0], obs.images[2]) and np.array_equal(obs.state[1], obs.state[2])
+    assert not np.array_equal(obs.images[0], obs.images[3])
+
+
+def test_killed_worker_is_restarted_and_episode_marked_invalid():
+    venv = make_vec_env("pointreach", num_envs=4, tasks="train", workers=2)
+    try:
+        obs0 = venv.reset([0, 1, 2, 3], [1, 2, 3, 4])
+        venv.kill_worker(0)
+        st = venv.step(np.zeros((4, 2, 2), np.float32))
+        assert venv.restarts == 1
+        assert st.valid.tolist() == [False, False, True, True]
+        assert st.done[:2].all() and (st.steps[:2] == 0).all() and (st.steps[2:] == 2).all()
+        # the restarted worker serves the next episode normally
+        obs = venv.reset([0, 1, 2, 3], [1, 2, 3, 4])
+        assert np.array_equal(obs.images, obs0.images)
+        st = venv.step(np.zeros((4, 2, 2), np.float32))
+        assert st.valid.all()
+    finally:
+        venv.close()
+
+
+def test_bad_input_errors():
+    with pytest.raises(EnvError, match="unknown suite"):
+        make_vec_env("nosuchsuite", num_envs=1)
+    with pytest.raises(EnvError, match="unknown pointreach task"):
+        PointReachEnv(tasks="magenta-9")
+    venv = make_vec_env("pointreach", num_envs=2)
+    venv.reset([0, 0], [0, 0])
+    with pytest.raises(EnvError, match="shape"):
+        venv.step(np.zeros((2, 3), np.float32))
+    with pytest.raises(EnvError, match="task ids"):
+        venv.reset([0, 99], [0, 0])
+
+
+def test_heldout_split_is_disjoint_and_nonempty():
+    train, held = resolve_tasks("train"), resolve_tasks("heldout")
+    assert held and train and not {t.name for t in train} & {t.name for t in held}
+    # every colour and every template is seen in training; only the combinations are new
+    for t in held:
+        colour, tmpl = t.name.split("-")
+        assert any(x.name.startswith(colour + "-") for x in train)
+        assert any(x.name.endswith("-" + tmpl) for x in train)
+
+
+def test_pointreach_expert_succeeds():
+    env = PointReachEnv()
+    wins = 0
+    for seed in range(20):
+        env.reset(seed % len(env.tasks), seed)
+        done = False
+        while not done:
+            r = env.step_chunk(env.expert_action()[None])
+            done = r.done
+        wins += r.success
+    assert wins == 20
