@@ -84,12 +84,16 @@ class ActionOutput:
     taken: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+EPISODE_FIELDS = ("next_value", "success", "valid", "task_id", "seed", "group_id", "env_steps")
+
+
 @dataclass
 class Rollout:
     """Episodes collected with one policy, time-major, one decision (action chunk) per step.
 
     obs_images uint8 (T, N, V, H, W, 3), obs_state (T, N, S), instructions list[str] (N,)
     taken: dict of (T, N, ...) tensors; log_prob (T, N, C, A) from the sampling policy
+    actions (T, N, C, A) env-space actions sent; executed (T, N) simulator steps of each chunk run
     value (T, N) (zeros if the policy has none), last_value (N,) bootstrap value after the last step
     reward (T, N); alive (T, N) bool: the step happened (episode not yet over)
     terminated (T, N) bool: episode ended at this step with success/failure (no bootstrap)
@@ -103,6 +107,8 @@ class Rollout:
     obs_state: torch.Tensor
     instructions: list[str]
     taken: dict[str, torch.Tensor]
+    actions: torch.Tensor
+    executed: torch.Tensor
     log_prob: torch.Tensor
     value: torch.Tensor
     next_value: torch.Tensor
@@ -138,11 +144,10 @@ class Rollout:
                 out[f.name] = [v[int(i)] for i in episodes]
             elif f.name == "taken":
                 out[f.name] = {k: x[:, episodes] for k, x in v.items()}
-            elif isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == self.num_episodes and f.name not in (
-                "success", "valid", "task_id", "seed", "group_id", "env_steps", "next_value"):
-                out[f.name] = v[:, episodes]
-            else:
+            elif f.name in EPISODE_FIELDS:
                 out[f.name] = v[episodes]
+            else:
+                out[f.name] = v[:, episodes]
         return Rollout(**out)
 
     @staticmethod
@@ -161,7 +166,7 @@ class Rollout:
                 out[f.name] = [s for v in vals for s in v]
             elif f.name == "taken":
                 out[f.name] = {k: torch.cat([pad(v[k]) for v in vals], 1) for k in vals[0]}
-            elif f.name in ("success", "valid", "task_id", "seed", "group_id", "env_steps", "next_value"):
+            elif f.name in EPISODE_FIELDS:
                 out[f.name] = torch.cat(vals)
             else:
                 out[f.name] = torch.cat([pad(v) for v in vals], 1)

@@ -1,0 +1,167 @@
+"""Shared machinery of the policy-gradient algorithms: flattening rollouts into step batches
+and one clipped-surrogate update used by PPO, GRPO and RLOO/LOOP (they differ only in how
+advantages are formed and in their defaults).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlaforge.core.advantages import reduce_log_prob
+from vlaforge.core.losses import entropy_bonus, masked_mean, ppo_clip_loss, value_loss
+from vlaforge.types import Observation, Rollout
+
+
+@dataclass
+class StepBatch:
+    """Flattened decision steps (B of them) with what the losses need."""
+
+    images: torch.Tensor  # uint8 (B, V, H, W, 3)
+    state: torch.Tensor  # (B, S)
+    instructions: list[str]
+    task_ids: torch.Tensor  # (B,)
+    taken: dict[str, torch.Tensor]  # (B, ...)
+    actions: torch.Tensor  # (B, C, A)
+    chunk_mask: torch.Tensor  # (B, C) bool: chunk entries the simulator executed
+    logp_old: torch.Tensor  # (B, C, A)
+    v_old: torch.Tensor  # (B,)
+    adv: torch.Tensor  # (B,)
+    returns: torch.Tensor  # (B,)
+    episode: torch.Tensor  # (B,) column in the rollout
+    t: torch.Tensor  # (B,) decision index within the episode
+
+    def __len__(self) -> int:
+        return int(self.adv.shape[0])
+
+    def obs(self) -> Observation:
+        return Observation(self.images, self.state, self.instructions, self.task_ids)
+
+    def index(self, idx: torch.Tensor) -> StepBatch:
+        out = {}
+        for k, v in self.__dict__.items():
+            if k == "instructions":
+                out[k] = [v[int(i)] for i in idx]
+            elif k == "taken":
+                out[k] = {a: b[idx] for a, b in v.items()}
+            else:
+                out[k] = v[idx]
+        return StepBatch(**out)
+
+
+def chunk_mask(executed: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(…,) executed step counts -> (…, C) bool mask of executed chunk entries."""
+    return torch.arange(chunk) < executed.unsqueeze(-1)
+
+
+def flatten_steps(rollout: Rollout, keep: torch.Tensor, adv: torch.Tensor, returns: torch.Tensor | None = None) -> StepBatch:
+    """Gather the decision steps where ``keep (T, N)`` is true into a StepBatch."""
+    t_idx, n_idx = torch.nonzero(keep, as_tuple=True)
+    C = rollout.log_prob.shape[2]
+    executed = rollout.executed[t_idx, n_idx]
+    return StepBatch(
+        images=rollout.obs_images[t_idx, n_idx], state=rollout.obs_state[t_idx, n_idx],
+        instructions=[rollout.instructions[int(n)] for n in n_idx], task_ids=rollout.task_id[n_idx],
+        taken={k: v[t_idx, n_idx] for k, v in rollout.taken.items()}, actions=rollout.actions[t_idx, n_idx],
+        chunk_mask=chunk_mask(executed.clamp_min(1), C), logp_old=rollout.log_prob[t_idx, n_idx],
+        v_old=rollout.value[t_idx, n_idx], adv=adv[t_idx, n_idx].float(),
+        returns=(returns if returns is not None else torch.zeros_like(adv))[t_idx, n_idx].float(),
+        episode=n_idx, t=t_idx,
+    )
+
+
+def level_view(logp: torch.Tensor, cmask: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise log-probs (B, C, A) -> log-probs at the ratio level and their mask.
+
+    Unexecuted chunk entries are zeroed (chunk level) or masked out (token / action level).
+    """
+    logp = logp * cmask.unsqueeze(-1)
+    red = reduce_log_prob(logp, level)
+    if level == "chunk":
+        return red, torch.ones(red.shape[0], dtype=torch.bool)
+    return red, cmask
+
+
+@dataclass
+class PGSettings:
+    """The knobs of one clipped-surrogate update (filled from each algorithm's config)."""
+
+    epochs: int
+    minibatch_size: int
+    clip_low: float
+    clip_high: float
+    level: str
+    grad_clip: float
+    ent_coef: float = 0.0
+    vf_coef: float = 0.0
+    value_clip: float | None = None
+    kl_guard: float | None = None
+    value_only: bool = False  # critic warm-up: only the value head steps
+
+
+def pg_update(policy, optimizer, batch: StepBatch, s: PGSettings, gen: torch.Generator | None = None) -> dict:
+    """Epochs of minibatch clipped-surrogate steps. Skips the optimizer step (and counts it) on
+    a non-finite loss or when the minibatch's approximate KL exceeds ``kl_guard``."""
+    policy.train()
+    value_params = set(policy.value_parameters()) if hasattr(policy, "value_parameters") else set()
+    sums: dict[str, float] = {}
+    count = 0
+    skipped = {"nonfinite": 0, "kl_guard": 0}
+    stop = False
+    B = len(batch)
+    for _ in range(s.epochs):
+        perm = torch.randperm(B, generator=gen)
+        for start in range(0, B, s.minibatch_size):
+            mb = batch.index(perm[start:start + s.minibatch_size])
+            logp, ent, v = policy.evaluate(mb.obs(), mb.taken)
+            lp_new, mask = level_view(logp, mb.chunk_mask, s.level)
+            lp_old, _ = level_view(mb.logp_old, mb.chunk_mask, s.level)
+            pg, m = ppo_clip_loss(lp_new, lp_old, mb.adv, mask, s.clip_low, s.clip_high)
+            loss = torch.zeros(())
+            if not s.value_only:
+                loss = loss + pg
+                if s.ent_coef:
+                    eb, em = entropy_bonus(ent.mean(-1), mb.chunk_mask)
+                    loss = loss - s.ent_coef * eb
+                    m.update(em)
+            if s.vf_coef and v is not None:
+                vl, vm = value_loss(v, mb.v_old, mb.returns, torch.ones_like(mb.adv, dtype=torch.bool), s.value_clip)
+                loss = loss + s.vf_coef * vl
+                m.update(vm)
+            m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
+            optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                skipped["nonfinite"] += 1
+                continue
+            if s.kl_guard is not None and not s.value_only and float(m["approx_kl"]) > s.kl_guard:
+                skipped["kl_guard"] += 1
+                stop = True  # the policy moved too far from the rollout policy: stop this update
+                break
+            loss.backward()
+            if s.value_only:
+                for p in policy.parameters():
+                    if p not in value_params:
+                        p.grad = None
+            gn = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.grad is not None], s.grad_clip)
+            if not torch.isfinite(gn):
+                skipped["nonfinite"] += 1
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            optimizer.step()
+            m["grad_norm"] = gn.detach()
+            m["loss"] = loss.detach()
+            for k, val in m.items():
+                sums[k] = sums.get(k, 0.0) + float(val)
+            count += 1
+        if stop:
+            break
+    out = {f"train/{k}": val / max(count, 1) for k, val in sums.items()}
+    out.update({"train/optimizer_steps": count, "train/skipped_nonfinite": skipped["nonfinite"],
+                "train/skipped_kl_guard": skipped["kl_guard"], "train/batch_steps": B})
+    return out
+
+
+def trajectory_reward(rollout: Rollout) -> torch.Tensor:
+    """(N,) sum of rewards over each episode's alive steps."""
+    return (rollout.reward * rollout.alive).sum(0)

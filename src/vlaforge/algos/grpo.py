@@ -1,0 +1,59 @@
+"""GRPO (as in SimpleVLA-RL): K rollouts per initial state, group-normalised trajectory reward
+broadcast to every step, clip-higher, no critic, no KL, no entropy term, raised sampling
+temperature. Optionally keeps only groups whose success rate lies in ``keep_band``
+(SimpleVLA-RL's dynamic sampling; uniform groups carry zero advantage anyway).
+
+    vlaforge train --algo grpo --suite pointreach --init runs/sft
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlaforge.algos.common import PGSettings, flatten_steps, pg_update, trajectory_reward
+from vlaforge.core.advantages import broadcast_to_steps, group_normalized_advantages, group_success_rate
+from vlaforge.types import Rollout
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8
+    """rollouts per initial state K"""
+    clip_low: float = 0.2
+    """lower clip epsilon"""
+    clip_high: float = 0.28
+    """upper clip epsilon (clip-higher)"""
+    epochs: int = 1
+    """passes over each batch"""
+    minibatch_size: int = 256
+    """decision steps per optimizer step"""
+    grad_clip: float = 1.0
+    """max gradient norm"""
+    level: str = "action"
+    """ratio level: token | action | chunk"""
+    temperature: float = 1.6
+    """sampling temperature (scoring uses the same)"""
+    keep_band: tuple[float, float] | None = None
+    """keep only groups with success rate in [lo, hi] (SimpleVLA-RL: (0.1, 0.9)); None keeps all"""
+    kl_guard: float | None = None
+    """skip the rest of an update once a minibatch's approx KL exceeds this"""
+
+
+def prepare(rollout: Rollout, cfg: GRPOConfig):
+    R = trajectory_reward(rollout)
+    adv_ep = group_normalized_advantages(R, rollout.group_id)
+    keep_ep = rollout.valid.clone()
+    if cfg.keep_band is not None:
+        rate = group_success_rate(rollout.success.float(), rollout.group_id)
+        keep_ep &= (rate >= cfg.keep_band[0]) & (rate <= cfg.keep_band[1])
+    keep = rollout.alive & keep_ep.unsqueeze(0)
+    info = {"train/kept_episodes": float(keep_ep.sum()), "train/kept_share": float(keep_ep.float().mean())}
+    return flatten_steps(rollout, keep, broadcast_to_steps(adv_ep, rollout.alive)), info
+
+
+def update(policy, optimizer, batch, cfg: GRPOConfig, iteration: int, gen=None) -> dict:
+    s = PGSettings(cfg.epochs, cfg.minibatch_size, cfg.clip_low, cfg.clip_high, cfg.level, cfg.grad_clip,
+                   kl_guard=cfg.kl_guard)
+    return pg_update(policy, optimizer, batch, s, gen)

@@ -1,0 +1,106 @@
+"""Supervised fine-tuning on demonstrations (behaviour cloning of action chunks).
+
+Each sample is the observation at a demo frame and the next C expert actions (masked past the
+episode's end). Loss: regression of the Gaussian head's mean, cross-entropy over action bins
+for the token head, flow matching for the flow head. Action statistics (1st/99th percentile
+per dim) are computed from the demos and stored in the policy before training.
+
+    vlaforge sft --demos runs/demos --out runs/sft
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vlaforge.data.demos import DemoData
+from vlaforge.policies.base import action_stats
+from vlaforge.types import Observation
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 2000
+    """gradient steps"""
+    batch_size: int = 64
+    """frames per step"""
+    lr: float = 1e-3
+    """AdamW learning rate"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay"""
+    grad_clip: float = 1.0
+    """max gradient norm"""
+    augment_shift: int = 0
+    """random image shift in pixels (0 = off). Off by default: the state carries absolute positions,
+    so shifting the image alone breaks the image/state correspondence the policy relies on"""
+    seed: int = 0
+    """sampling seed"""
+
+
+def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift uint8 images (B, V, H, W, 3) by up to ``pad`` pixels (edge-replicated), one shift per sample."""
+    if pad <= 0:
+        return images
+    B, V, H, W, _ = images.shape
+    x = images.permute(0, 1, 4, 2, 3).reshape(B, V * 3, H, W).float()
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
+    rows = (dy[:, None] + torch.arange(H)[None])  # (B, H)
+    cols = (dx[:, None] + torch.arange(W)[None])  # (B, W)
+    x = x[torch.arange(B)[:, None, None, None], torch.arange(V * 3)[None, :, None, None],
+          rows[:, None, :, None], cols[:, None, None, :]]
+    return x.reshape(B, V, 3, H, W).permute(0, 1, 3, 4, 2).to(torch.uint8)
+
+
+class DemoSampler:
+    """Draws (observation, action chunk, mask) batches from demos; one torch Generator, resumable."""
+
+    def __init__(self, demos: DemoData, chunk: int, task_index: dict[str, int], seed: int = 0):
+        self.demos, self.chunk = demos, chunk
+        self.task_ids = np.array([task_index[n] for n in demos.task_names], np.int64)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def batch(self, size: int, shift: int = 0) -> tuple[Observation, torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, len(self.demos), (size,), generator=self.gen).numpy()
+        acts, mask = self.demos.chunk_targets(idx, self.chunk)
+        images = random_shift(torch.from_numpy(self.demos.images[idx]), shift, self.gen)
+        obs = Observation(images, torch.from_numpy(self.demos.state[idx]),
+                          [self.demos.instructions[i] for i in idx], torch.from_numpy(self.task_ids[idx]))
+        return obs, torch.from_numpy(acts), torch.from_numpy(mask)
+
+
+def sft_step(policy, optimizer, obs, actions, mask, grad_clip: float) -> dict:
+    """One supervised step; skips the optimizer step on a non-finite loss."""
+    loss, metrics = policy.sft_loss(obs, actions, mask)
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return {**metrics, "sft/skipped_nonfinite": 1.0}
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
+    optimizer.step()
+    return {**metrics, "sft/loss": loss.detach(), "sft/grad_norm": gn}
+
+
+def train_sft(policy, demos: DemoData, cfg: SFTConfig, task_index: dict[str, int], logger=None, progress=None,
+              set_stats: bool = True) -> dict:
+    """Fit ``policy`` to demos for ``cfg.steps`` steps. Returns the last metrics."""
+    torch.manual_seed(cfg.seed)
+    if set_stats:
+        policy.set_action_stats(*action_stats(demos.actions))
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    sampler = DemoSampler(demos, policy.chunk_size, task_index, cfg.seed)
+    policy.train()
+    metrics: dict = {}
+    for step in range(cfg.steps):
+        obs, acts, mask = sampler.batch(cfg.batch_size, cfg.augment_shift)
+        metrics = sft_step(policy, opt, obs, acts, mask, cfg.grad_clip)
+        if logger is not None and (step % 50 == 0 or step == cfg.steps - 1):
+            logger.log(step, metrics)
+        if progress is not None:
+            progress(step + 1, cfg.steps, metrics)
+    policy.eval()
+    return {k: float(v) for k, v in metrics.items()}

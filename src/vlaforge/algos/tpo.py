@@ -1,0 +1,131 @@
+"""TPO — GRAPE's trajectory-wise preference optimisation (a DPO loss over whole trajectories).
+
+Per initial state (a group of K rollouts with at least one success and one failure), the
+top-m successes by score are "chosen" and the bottom-m failures "rejected"; pairs are always
+success vs failure from one initial state. The loss is
+``−log σ(β·[Σ_t log πθ/πref(chosen) − Σ_t log πθ/πref(rejected)])`` with sums over each
+whole trajectory (padding masked, log space), π_ref = the policy that collected the
+iteration's rollouts (its log-probs are stored in the rollout, so no second model copy).
+The score defaults to the trajectory reward; GRAPE's recipe passes its own
+(λ1·R_self + λ2·R_ext + λ3·success).
+
+    vlaforge train --algo tpo --suite pointreach --init runs/sft
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlaforge.algos.common import chunk_mask, trajectory_reward
+from vlaforge.core.losses import tpo_loss
+from vlaforge.types import Observation, Rollout
+
+
+@dataclass
+class TPOConfig:
+    group_size: int = 8
+    """rollouts per initial state K"""
+    beta: float = 0.1
+    """DPO temperature beta"""
+    pairs_per_group: int = 2
+    """m: top-m successes paired with bottom-m failures"""
+    epochs: int = 2
+    """passes over the pairs"""
+    pairs_per_batch: int = 16
+    """preference pairs per optimizer step"""
+    grad_clip: float = 1.0
+    """max gradient norm"""
+    temperature: float = 1.0
+    """sampling temperature (scoring uses the same)"""
+
+
+@dataclass
+class PairBatch:
+    rollout: Rollout
+    chosen: torch.Tensor  # (P,) episode columns
+    rejected: torch.Tensor  # (P,)
+
+    def __len__(self) -> int:
+        return int(self.chosen.shape[0])
+
+
+def make_pairs(success: torch.Tensor, group_id: torch.Tensor, score: torch.Tensor, m: int, valid=None):
+    """Success-vs-failure pairs within each group: top-m successes by score vs bottom-m failures.
+
+    Returns (chosen (P,), rejected (P,)) episode indices; groups without both outcomes give none.
+    """
+    valid = torch.ones_like(success, dtype=torch.bool) if valid is None else valid
+    chosen, rejected = [], []
+    for g in torch.unique(group_id):
+        idx = torch.nonzero((group_id == g) & valid).flatten()
+        wins, losses = idx[success[idx]], idx[~success[idx]]
+        k = min(m, len(wins), len(losses))
+        if k == 0:
+            continue
+        w = wins[torch.argsort(score[wins], descending=True)[:k]]
+        l = losses[torch.argsort(score[losses])[:k]]
+        chosen.append(w)
+        rejected.append(l)
+    if not chosen:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def prepare(rollout: Rollout, cfg: TPOConfig, score: torch.Tensor | None = None):
+    score = trajectory_reward(rollout) if score is None else score
+    chosen, rejected = make_pairs(rollout.success, rollout.group_id, score, cfg.pairs_per_group, rollout.valid)
+    groups = len(torch.unique(rollout.group_id))
+    return PairBatch(rollout, chosen, rejected), {"train/pairs": float(len(chosen)),
+                                                  "train/groups_with_pairs": float(len(torch.unique(rollout.group_id[chosen]))) / max(groups, 1)}
+
+
+def _traj_logps(policy, r: Rollout, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-step chunk log-probs (T, P) under the policy and the reference, and the step mask (T, P)."""
+    sub = r.alive[:, eps]  # (T, P)
+    t_idx, p_idx = torch.nonzero(sub, as_tuple=True)
+    n_idx = eps[p_idx]
+    obs = Observation(r.obs_images[t_idx, n_idx], r.obs_state[t_idx, n_idx],
+                      [r.instructions[int(n)] for n in n_idx], r.task_id[n_idx])
+    cm = chunk_mask(r.executed[t_idx, n_idx].clamp_min(1), r.log_prob.shape[2]).unsqueeze(-1)
+    logp, _, _ = policy.evaluate(obs, {k: v[t_idx, n_idx] for k, v in r.taken.items()})
+    new = torch.zeros(sub.shape)
+    ref = torch.zeros(sub.shape)
+    new = new.index_put((t_idx, p_idx), (logp * cm).sum((-1, -2)))
+    ref = ref.index_put((t_idx, p_idx), (r.log_prob[t_idx, n_idx] * cm).sum((-1, -2)))
+    return new, ref, sub
+
+
+def update(policy, optimizer, batch: PairBatch, cfg: TPOConfig, iteration: int, gen=None) -> dict:
+    policy.train()
+    P = len(batch)
+    sums: dict[str, float] = {}
+    steps, skipped = 0, 0
+    if P == 0:
+        return {"train/optimizer_steps": 0, "train/skipped_nonfinite": 0}
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(P, generator=gen)
+        for start in range(0, P, cfg.pairs_per_batch):
+            sel = perm[start:start + cfg.pairs_per_batch]
+            new_w, ref_w, m_w = _traj_logps(policy, batch.rollout, batch.chosen[sel])
+            new_l, ref_l, m_l = _traj_logps(policy, batch.rollout, batch.rejected[sel])
+            loss, m = tpo_loss(new_w, ref_w, m_w, new_l, ref_l, m_l, cfg.beta)
+            optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                skipped += 1
+                continue
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            if not torch.isfinite(gn):
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            optimizer.step()
+            m["grad_norm"] = gn.detach()
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            steps += 1
+    out = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
+    out.update({"train/optimizer_steps": steps, "train/skipped_nonfinite": skipped})
+    return out

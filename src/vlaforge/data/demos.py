@@ -1,0 +1,216 @@
+"""Scripted-expert demonstrations, written in the LeRobot v2 on-disk layout.
+
+Layout of a demo directory (readable with pandas / pyarrow / LeRobot tooling)::
+
+    meta/info.json        suite, fps, feature names/shapes/dtypes, counts, camera, image size
+    meta/tasks.jsonl      {"task_index", "task" (instruction), "name"}
+    meta/episodes.jsonl   {"episode_index", "tasks", "length", "success", "seed", "task_name"}
+    data/chunk-000/episode_000000.parquet   one row per simulator step:
+        observation.images.<camera>  struct{bytes: PNG, path: null}   (LeRobot's image feature)
+        observation.state            list<float32>[S]
+        action                       list<float32>[A]   the expert's (noise-free) action
+        timestamp, frame_index, episode_index, index, task_index, next.done, next.success
+
+Why parquet with PNG frames: it is LeRobot's own convention for image datasets, opens with
+standard tools (``pd.read_parquet``), and is lossless (mp4 would blur 64x64 frames).
+Expert actions are labelled noise-free while the executed action may carry Gaussian noise
+(``noise``): the demos then visit states off the expert's path and show how to recover.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vlaforge.envs.base import EnvError, VecEnv
+from vlaforge.fsutil import atomic_dir
+
+CHUNK_FILES = 1000
+
+
+def _png(img: np.ndarray) -> bytes:
+    import imageio.v3 as iio
+
+    buf = io.BytesIO()
+    iio.imwrite(buf, img, extension=".png")
+    return buf.getvalue()
+
+
+def _unpng(b: bytes) -> np.ndarray:
+    import imageio.v3 as iio
+
+    return iio.imread(io.BytesIO(b), extension=".png")
+
+
+def run_expert_episodes(venv: VecEnv, task_ids: np.ndarray, seeds: np.ndarray, noise: float, rng: np.random.Generator):
+    """Roll the scripted expert in a batch of envs; returns per-env lists of frames."""
+    n = venv.num_envs
+    obs = venv.reset(task_ids, seeds)
+    frames = [[] for _ in range(n)]
+    success = np.zeros(n, bool)
+    done = np.zeros(n, bool)
+    valid = np.ones(n, bool)
+    while not done.all():
+        expert = venv.expert_actions()
+        executed = np.clip(expert + noise * rng.standard_normal(expert.shape).astype(np.float32), -1, 1)
+        st = venv.step(executed[:, None, :])
+        for i in np.nonzero(~done)[0]:
+            frames[i].append((obs.images[i], obs.state[i], expert[i], bool(st.done[i]), bool(st.success[i])))
+        success |= st.success & ~done
+        valid &= st.valid
+        done |= st.done
+        obs = st.obs
+    return frames, success, valid
+
+
+@dataclass
+class DemoInfo:
+    path: Path
+    episodes: int
+    frames: int
+    successes: int
+
+
+def collect_demos(venv: VecEnv, out: str | Path, task_names: list[str], episodes_per_task: int, seed: int = 0,
+                  noise: float = 0.0, progress=None) -> DemoInfo:
+    """Run the scripted expert ``episodes_per_task`` times on each task and write a demo directory."""
+    spec = venv.spec
+    task_ids = [spec.task_index(t) for t in task_names]
+    rng = np.random.default_rng(seed)
+    jobs = [(tid, seed * 100_003 + 1_000_000 + k) for tid in task_ids for k in range(episodes_per_task)]
+    n = venv.num_envs
+    cam = spec.cameras[0]
+    ep_meta, total, succ = [], 0, 0
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        (tmp / "meta").mkdir()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for start in range(0, len(jobs), n):
+            batch = jobs[start:start + n]
+            pad = batch + [batch[-1]] * (n - len(batch))
+            frames, success, valid = run_expert_episodes(venv, np.array([j[0] for j in pad]),
+                                                         np.array([j[1] for j in pad]), noise, rng)
+            for i, (tid, s) in enumerate(batch):
+                if not valid[i]:
+                    continue  # a crashed worker's episode is dropped, never counted
+                ep = len(ep_meta)
+                fr = frames[i]
+                L = len(fr)
+                chunk_dir = tmp / "data" / f"chunk-{ep // CHUNK_FILES:03d}"
+                chunk_dir.mkdir(parents=True, exist_ok=True)
+                table = pa.table({
+                    f"observation.images.{cam}": [{"bytes": _png(f[0][0] if f[0].shape[0] == 1 else
+                                                                  np.concatenate(list(f[0]), 1)), "path": None}
+                                                   for f in fr],
+                    "observation.state": [f[1].tolist() for f in fr],
+                    "action": [f[2].tolist() for f in fr],
+                    "timestamp": np.arange(L, dtype=np.float32) / 10.0,
+                    "frame_index": np.arange(L, dtype=np.int64),
+                    "episode_index": np.full(L, ep, np.int64),
+                    "index": np.arange(total, total + L, dtype=np.int64),
+                    "task_index": np.full(L, tid, np.int64),
+                    "next.done": [f[3] for f in fr],
+                    "next.success": [f[4] for f in fr],
+                })
+                pq.write_table(table, chunk_dir / f"episode_{ep:06d}.parquet")
+                ep_meta.append({"episode_index": ep, "tasks": [spec.tasks[tid].instruction], "length": L,
+                                "success": bool(success[i]), "seed": int(s), "task_name": spec.tasks[tid].name})
+                total += L
+                succ += bool(success[i])
+            if progress:
+                progress(min(start + n, len(jobs)), len(jobs))
+        V, H, W, _ = spec.image_shape
+        info = {
+            "codebase_version": "v2.0", "producer": "vlaforge", "robot_type": spec.suite, "fps": 10,
+            "suite": spec.suite, "total_episodes": len(ep_meta), "total_frames": total, "total_tasks": len(spec.tasks),
+            "chunks_size": CHUNK_FILES, "expert_noise": noise, "seed": seed,
+            "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+            "features": {
+                f"observation.images.{cam}": {"dtype": "image", "shape": [H, W * V, 3], "names": ["height", "width", "channel"]},
+                "observation.state": {"dtype": "float32", "shape": [spec.state_dim]},
+                "action": {"dtype": "float32", "shape": [spec.action_dim]},
+            },
+            "camera": cam, "views": V, "image_size": H,
+        }
+        (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+        with open(tmp / "meta" / "tasks.jsonl", "w") as f:
+            for i, t in enumerate(spec.tasks):
+                f.write(json.dumps({"task_index": i, "task": t.instruction, "name": t.name}) + "\n")
+        with open(tmp / "meta" / "episodes.jsonl", "w") as f:
+            for m in ep_meta:
+                f.write(json.dumps(m) + "\n")
+    return DemoInfo(out, len(ep_meta), total, succ)
+
+
+@dataclass
+class DemoData:
+    """Demo frames in memory, ready for chunked SFT sampling."""
+
+    images: np.ndarray  # uint8 (M, V, H, W, 3)
+    state: np.ndarray  # float32 (M, S)
+    actions: np.ndarray  # float32 (M, A)
+    task_names: list[str]  # per frame
+    instructions: list[str]  # per frame
+    episode: np.ndarray  # int64 (M,)
+    frame: np.ndarray  # int64 (M,)
+    episode_end: np.ndarray  # int64 (M,) index one past the episode's last frame
+    info: dict
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def chunk_targets(self, idx: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """Action chunks (B, C, A) starting at frames ``idx`` and their masks (B, C) (0 past the episode end)."""
+        offs = idx[:, None] + np.arange(chunk)[None]
+        mask = offs < self.episode_end[idx][:, None]
+        offs = np.minimum(offs, self.episode_end[idx][:, None] - 1)
+        return self.actions[offs], mask.astype(np.float32)
+
+
+def load_demos(path: str | Path, success_only: bool = True, tasks: list[str] | None = None) -> DemoData:
+    """Read a demo directory written by ``collect_demos`` (or any with the same columns)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    info_file = path / "meta" / "info.json"
+    if not info_file.exists():
+        raise EnvError(f"no demo dataset at '{path}' (meta/info.json missing); create one with `vlaforge collect`")
+    info = json.loads(info_file.read_text())
+    tasks_meta = [json.loads(line) for line in (path / "meta" / "tasks.jsonl").read_text().splitlines() if line]
+    episodes = [json.loads(line) for line in (path / "meta" / "episodes.jsonl").read_text().splitlines() if line]
+    by_index = {t["task_index"]: t for t in tasks_meta}
+    cam_col = f"observation.images.{info['camera']}"
+    V = info.get("views", 1)
+    imgs, states, acts, names, instr, ep_ids, frame_ids, ends = [], [], [], [], [], [], [], []
+    count = 0
+    for ep in episodes:
+        if success_only and not ep["success"]:
+            continue
+        if tasks is not None and ep["task_name"] not in tasks:
+            continue
+        e = ep["episode_index"]
+        f = path / info["data_path"].format(episode_chunk=e // info.get("chunks_size", CHUNK_FILES), episode_index=e)
+        t = pq.read_table(f).to_pydict()
+        L = len(t["action"])
+        for b in t[cam_col]:
+            img = _unpng(b["bytes"])
+            imgs.append(np.stack(np.split(img, V, axis=1)) if V > 1 else img[None])
+        states.append(np.asarray(t["observation.state"], np.float32))
+        acts.append(np.asarray(t["action"], np.float32))
+        tm = by_index[t["task_index"][0]]
+        names += [tm["name"]] * L
+        instr += [tm["task"]] * L
+        ep_ids.append(np.full(L, e))
+        frame_ids.append(np.arange(L))
+        ends.append(np.full(L, count + L))
+        count += L
+    if count == 0:
+        raise EnvError(f"no {'successful ' if success_only else ''}episodes in '{path}' for the chosen tasks")
+    return DemoData(np.stack(imgs), np.concatenate(states), np.concatenate(acts), names, instr,
+                    np.concatenate(ep_ids), np.concatenate(frame_ids), np.concatenate(ends), info)

@@ -1,0 +1,324 @@
+"""Meta-World 3.x (MuJoCo Sawyer arm, tasks named ``*-v3``) behind the ``TaskEnv`` contract.
+
+    env = MetaWorldEnv(tasks="reach-v3,button-press-topdown-v3")   # or "MT10", "ML10-test", "MT1:push-v3"
+    image, state = env.reset(task_id=0, seed=3)                     # uint8 (1, 64, 64, 3), float32 (4,)
+    res = env.step_chunk(actions)                                   # float32 (C, 4) in [-1, 1]
+
+* The initial state is a pure function of ``(task_id, seed)``: Meta-World's own object/goal
+  randomisation is drawn from a generator seeded with ``seed`` and the MuJoCo data is fully reset.
+* ``state`` is proprioception only: end-effector xyz and gripper opening (the first 4 dims of
+  Meta-World's observation). Object and goal positions are visible in the image only, so the
+  state is the same for every seed at reset; seeds differ in the picture.
+* One Meta-World env (and one ``mujoco.Renderer``) per task name, created on first use and reused.
+* Fast rendering: no multisampling, no shadows, no reflections (~7 ms per 64x64 frame on a
+  software renderer instead of ~90 ms). The ``corner`` camera is mounted upside down in
+  Meta-World's scene; its image is rotated 180 degrees so it is upright (not mirrored).
+* Rewards are sparse: 1.0 on the step where the task is first solved; the episode then ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import warnings
+import weakref
+
+if sys.platform.startswith("linux"):
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless default; must precede the mujoco import
+
+import numpy as np
+
+from vlaforge.envs import require
+from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec
+
+_mw = require("metaworld", "metaworld")
+mujoco = require("mujoco", "metaworld")
+_env_dict = require("metaworld.env_dict", "metaworld")
+_policies = require("metaworld.policies", "metaworld")
+
+SUITE = "metaworld"
+CAMERAS = ("corner", "topview", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+_UPSIDE_DOWN = {"corner"}  # cameras whose frame is rolled 180 degrees in Meta-World's XML
+
+TASK_INSTRUCTIONS: dict[str, str] = {
+    "assembly-v3": "pick up the nut and place it onto the peg",
+    "basketball-v3": "pick up the ball and dunk it into the basket",
+    "bin-picking-v3": "pick up the cube and place it into the other bin",
+    "box-close-v3": "pick up the lid and close the box with it",
+    "button-press-topdown-v3": "press the button from the top",
+    "button-press-topdown-wall-v3": "press the button behind the wall from the top",
+    "button-press-v3": "press the button from the front",
+    "button-press-wall-v3": "press the button behind the wall from the front",
+    "coffee-button-v3": "push the button on the coffee machine",
+    "coffee-pull-v3": "pull the mug out from under the coffee machine",
+    "coffee-push-v3": "push the mug under the coffee machine",
+    "dial-turn-v3": "rotate the dial a full turn",
+    "disassemble-v3": "pick the nut off the peg",
+    "door-close-v3": "close the door",
+    "door-lock-v3": "lock the door by turning the lock down",
+    "door-open-v3": "open the door",
+    "door-unlock-v3": "unlock the door by turning the lock up",
+    "hand-insert-v3": "insert the gripper into the hole",
+    "drawer-close-v3": "close the drawer",
+    "drawer-open-v3": "open the drawer",
+    "faucet-open-v3": "turn the faucet on by rotating it to the left",
+    "faucet-close-v3": "turn the faucet off by rotating it to the right",
+    "hammer-v3": "hammer the nail into the wall",
+    "handle-press-side-v3": "press the handle down from the side",
+    "handle-press-v3": "press the handle down",
+    "handle-pull-side-v3": "pull the handle up from the side",
+    "handle-pull-v3": "pull the handle up",
+    "lever-pull-v3": "pull the lever up",
+    "pick-place-wall-v3": "pick up the puck and place it at the goal behind the wall",
+    "pick-out-of-hole-v3": "pick the puck up out of the hole",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "plate-slide-v3": "slide the plate into the goal",
+    "plate-slide-side-v3": "slide the plate sideways into the goal",
+    "plate-slide-back-v3": "slide the plate back out of the goal",
+    "plate-slide-back-side-v3": "slide the plate sideways back out of the goal",
+    "peg-insert-side-v3": "insert the peg into the hole from the side",
+    "peg-unplug-side-v3": "unplug the peg from the side",
+    "soccer-v3": "kick the ball into the goal",
+    "stick-push-v3": "grasp the stick and push the box with it",
+    "stick-pull-v3": "grasp the stick and pull the box with it",
+    "push-v3": "push the puck to the goal",
+    "push-wall-v3": "push the puck around the wall to the goal",
+    "push-back-v3": "pull the puck back to the goal",
+    "reach-v3": "reach the red goal position",
+    "reach-wall-v3": "reach the red goal position behind the wall",
+    "shelf-place-v3": "pick up the puck and place it onto the shelf",
+    "sweep-into-v3": "sweep the puck into the hole",
+    "sweep-v3": "sweep the puck off the table",
+    "window-open-v3": "slide the window open",
+    "window-close-v3": "slide the window closed",
+}
+
+# benchmark name -> list of (task, split); resolved from Meta-World's own benchmark definitions
+_BENCHMARKS = {
+    "MT10": lambda: [(t, "train") for t in _env_dict.MT10_V3],
+    "MT25": lambda: [(t, "train") for t in _env_dict.MT25_V3],
+    "MT50": lambda: [(t, "train") for t in _env_dict.MT50_V3],
+    **{f"ML{k}-train": (lambda d=d: [(t, "train") for t in d["train"]])
+       for k, d in ((10, _env_dict.ML10_V3), (25, _env_dict.ML25_V3), (45, _env_dict.ML45_V3))},
+    **{f"ML{k}-test": (lambda d=d: [(t, "heldout") for t in d["test"]])
+       for k, d in ((10, _env_dict.ML10_V3), (25, _env_dict.ML25_V3), (45, _env_dict.ML45_V3))},
+    **{f"ML{k}": (lambda d=d: [(t, "train") for t in d["train"]] + [(t, "heldout") for t in d["test"]])
+       for k, d in ((10, _env_dict.ML10_V3), (25, _env_dict.ML25_V3), (45, _env_dict.ML45_V3))},
+}
+
+
+def instruction_for(task: str) -> str:
+    """The instruction of a task; a readable fallback derived from the name for unknown ones."""
+    if task in TASK_INSTRUCTIONS:
+        return TASK_INSTRUCTIONS[task]
+    words = task.removesuffix("-v3").replace("-", " ")
+    return f"{words} task"
+
+
+def _check_task(name: str) -> str:
+    if name in _env_dict.ALL_V3_ENVIRONMENTS:
+        return name
+    if name + "-v3" in _env_dict.ALL_V3_ENVIRONMENTS:
+        return name + "-v3"
+    raise EnvError(f"unknown metaworld task '{name}'; use names like reach-v3, push-v3, drawer-close-v3, "
+                   f"button-press-topdown-v3 or a benchmark ({', '.join(list(_BENCHMARKS)[:6])}, MT1:<task>)")
+
+
+def _resolve_one(spec: str) -> tuple[list[tuple[str, str]], str | None]:
+    """A benchmark name or a task name -> ([(task, split)], benchmark name or None)."""
+    if spec in _BENCHMARKS:
+        return _BENCHMARKS[spec](), spec
+    if spec.startswith("MT1:"):
+        return [(_check_task(spec[4:].strip()), "train")], "MT1"
+    return [(_check_task(spec), "train")], None
+
+
+def resolve_tasks(tasks: str | list[str] | tuple[str, ...] | None = None,
+                  benchmark: str | None = None) -> tuple[list[TaskSpec], str | None]:
+    """Task names / benchmark -> (TaskSpecs, benchmark name or None).
+
+    ``tasks`` is a comma-separated string or a list of task names or benchmark names ("MT10",
+    "MT50", "ML10-train", "ML10-test", "ML10", "MT1:<task>"). ``benchmark`` alone selects all its
+    tasks; with ``tasks`` as well it restricts them to that benchmark and takes their splits from it.
+    """
+    if isinstance(tasks, str):
+        names = [s.strip() for s in tasks.split(",") if s.strip()]
+    elif tasks is None:
+        names = []
+    else:
+        names = [str(s).strip() for s in tasks]
+    bench_pairs: list[tuple[str, str]] | None = None
+    if benchmark is not None:
+        bench_pairs, benchmark = _resolve_one(benchmark)
+        if benchmark is None:
+            raise EnvError(f"'{bench_pairs[0][0]}' is a task, not a benchmark; choose one of: "
+                           f"{', '.join(_BENCHMARKS)}, MT1:<task>")
+    if not names:
+        names = [] if bench_pairs is not None else ["reach-v3"]
+    pairs: list[tuple[str, str]] = []
+    found_bench = None
+    for n in names:
+        got, b = _resolve_one(n)
+        pairs += got
+        found_bench = found_bench or b
+    if bench_pairs is not None:
+        split_of = dict(bench_pairs)
+        if pairs:
+            outside = [t for t, _ in pairs if t not in split_of]
+            if outside:
+                raise EnvError(f"tasks {outside} are not in benchmark {benchmark}; "
+                               f"its tasks: {', '.join(list(split_of)[:8])} ...")
+            pairs = [(t, split_of[t]) for t, _ in pairs]
+        else:
+            pairs = bench_pairs
+    seen: dict[str, str] = {}
+    for t, split in pairs:
+        seen.setdefault(t, split)
+    specs = [TaskSpec(name=t, instruction=instruction_for(t), suite=SUITE, split=s) for t, s in seen.items()]
+    return specs, benchmark or found_bench
+
+
+class _Sim:
+    """One Meta-World env for one task, its fast renderer and its scripted expert."""
+
+    def __init__(self, task: str, height: int, width: int, max_steps: int):
+        cls = _env_dict.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-goal-observable"]
+        # seed= makes construction leave numpy's global random state untouched
+        self.env = cls(seed=0)
+        self.env.max_path_length = max_steps + 1  # our own time limit ends episodes first
+        model = self.env.model
+        model.vis.quality.offsamples = 0  # must be set before the GL context is made
+        model.light_castshadow[:] = 0
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+        self.renderer = mujoco.Renderer(model, height, width)
+        flags = self.renderer.scene.flags
+        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        if not _ATEXIT:
+            _ATEXIT.append(atexit.register(_close_all))
+        self.policy = _policies.ENV_POLICY_MAP[task]()
+
+    def reset(self, seed: int) -> np.ndarray:
+        env = self.env
+        env._freeze_rand_vec = False  # draw a fresh object/goal layout ...
+        env.seeded_rand_vec = True  # ... from env.np_random, seeded here
+        env.seed(seed)
+        obs, _ = env.reset()
+        return obs
+
+    def render(self, camera: str) -> np.ndarray:
+        self.renderer.update_scene(self.env.data, camera=camera)
+        img = self.renderer.render()
+        if camera in _UPSIDE_DOWN:
+            img = img[::-1, ::-1]
+        return np.ascontiguousarray(img)
+
+    def close(self) -> None:
+        self.renderer.close()
+        self.env.close()
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+_ATEXIT = []
+
+
+def _close_all() -> None:
+    # Free GL contexts at exit. Registered after the first renderer exists, so it runs before
+    # mujoco's own atexit eglTerminate (atexit is LIFO); else EGL errors are printed at exit.
+    for env in list(_LIVE):
+        try:
+            env.close()
+        except Exception:
+            pass
+
+
+class MetaWorldEnv:
+    """One Meta-World simulator instance serving a list of tasks. See the module docstring."""
+
+    def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, camera: str = "corner",
+                 max_steps: int = 200, benchmark: str | None = None):
+        if image_size < 8:
+            raise EnvError(f"metaworld image_size must be >= 8; got {image_size}")
+        if camera not in CAMERAS:
+            raise EnvError(f"unknown metaworld camera '{camera}'; choose one of: {', '.join(CAMERAS)}")
+        if max_steps < 1:
+            raise EnvError(f"metaworld max_steps must be >= 1; got {max_steps}")
+        specs, bench = resolve_tasks(tasks, benchmark)
+        if not specs:
+            raise EnvError("no metaworld tasks selected; pass tasks='reach-v3' or a benchmark like 'MT10'")
+        self.tasks = specs
+        self.camera = camera
+        self.size = int(image_size)
+        self.max_steps = int(max_steps)
+        self.spec = EnvSpec(suite=SUITE, tasks=tuple(specs), image_shape=(1, self.size, self.size, 3),
+                            state_dim=4, action_dim=4, max_steps=self.max_steps, cameras=(camera,),
+                            renderer=os.environ.get("MUJOCO_GL", "egl"), extra={"benchmark": bench})
+        self._sims: dict[str, _Sim] = {}
+        self._sim: _Sim | None = None
+        self._obs: np.ndarray | None = None  # last full Meta-World observation (for the expert)
+        self._image: np.ndarray | None = None
+        self._state: np.ndarray | None = None
+        self.t = 0
+        self.done = True
+        _LIVE.add(self)
+
+    # -- episode -------------------------------------------------------------------------------
+    def reset(self, task_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= int(task_id) < len(self.tasks):
+            raise EnvError(f"task_id {task_id} out of range for {len(self.tasks)} metaworld tasks")
+        name = self.tasks[int(task_id)].name
+        sim = self._sims.get(name)
+        if sim is None:
+            sim = self._sims[name] = _Sim(name, self.size, self.size, self.max_steps)
+        self._sim = sim
+        self._obs = sim.reset(int(seed) % (2 ** 63))
+        self.t, self.done = 0, False
+        self._update_obs()
+        return self._image, self._state
+
+    def step_chunk(self, actions: np.ndarray) -> ChunkResult:
+        a = np.asarray(actions, dtype=np.float32)
+        if a.ndim != 2 or a.shape[1] != 4:
+            raise EnvError(f"metaworld expects an action chunk of shape (C, 4); got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise EnvError("metaworld actions contain NaN or inf; check the policy output")
+        if self._sim is None:
+            raise EnvError("call reset(task_id, seed) before step_chunk")
+        if self.done:
+            return ChunkResult(self._image, self._state, 0.0, False, True, False, 0)
+        env = self._sim.env
+        reward, success, n = 0.0, False, 0
+        for a_t in np.clip(a, -1.0, 1.0):
+            self._obs, _r, _term, _trunc, info = env.step(a_t)
+            self.t += 1
+            n += 1
+            if info["success"]:
+                success, reward = True, 1.0
+                break
+            if self.t >= self.max_steps:
+                break
+        self.done = success or self.t >= self.max_steps
+        self._update_obs()
+        return ChunkResult(self._image, self._state, reward, success, self.done, self.done and not success, n)
+
+    def expert_action(self) -> np.ndarray:
+        if self._sim is None or self._obs is None:
+            raise EnvError("call reset(task_id, seed) before expert_action")
+        with warnings.catch_warnings():  # "Constant(s) may be too high": the gains are meant to saturate
+            warnings.simplefilter("ignore", UserWarning)
+            act = self._sim.policy.get_action(self._obs)
+        return np.clip(np.asarray(act, dtype=np.float32), -1.0, 1.0)
+
+    def close(self) -> None:
+        for sim in self._sims.values():
+            sim.close()
+        self._sims.clear()
+        self._sim = None
+        self.done = True
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _update_obs(self) -> None:
+        self._image = self._sim.render(self.camera)[None]
+        self._state = np.asarray(self._obs[:4], dtype=np.float32).copy()

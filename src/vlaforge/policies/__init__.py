@@ -1,0 +1,100 @@
+"""Policies: the VLA (backbone + action head + value head) behind one protocol.
+
+``build_policy(family, **config)`` makes a fresh policy; ``save_policy`` / ``load_policy``
+write and read a directory with ``config.json`` + ``model.safetensors`` (atomically; no
+pickles).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from vlaforge.fsutil import atomic_dir, file_sha256
+from vlaforge.policies.base import Policy
+from vlaforge.policies.tiny import TinyConfig, TinyVLA
+
+__all__ = ["CheckpointError", "Policy", "build_policy", "load_policy", "policy_hash", "save_policy"]
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, partial or corrupt. The message says what to do."""
+
+
+def build_policy(family: str = "tiny", **cfg) -> TinyVLA:
+    if family != "tiny":
+        raise ValueError(f"unknown policy family '{family}'; available: tiny")
+    known = {f.name for f in fields(TinyConfig)}
+    unknown = set(cfg) - known
+    if unknown:
+        raise ValueError(f"unknown tiny policy options {sorted(unknown)}; known: {sorted(known)}")
+    return TinyVLA(TinyConfig(**cfg))
+
+
+def write_policy_files(policy: torch.nn.Module, d: Path, extra: dict | None = None) -> None:
+    """Write config.json + model.safetensors into an existing (temp) directory."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
+    save_file(state, str(d / "model.safetensors"))
+    meta = {"format_version": FORMAT_VERSION, "policy": policy.config_dict(), **(extra or {})}
+    (d / "config.json").write_text(json.dumps(meta, indent=2))
+
+
+def save_policy(policy: torch.nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Atomically write a policy directory; returns its path."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        write_policy_files(policy, tmp, extra)
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not path.is_dir() or not cfg_file.exists():
+        raise CheckpointError(f"no checkpoint at '{path}' (expected a directory with config.json and "
+                              "model.safetensors); pass the directory written by `vlaforge sft` or `vlaforge train`")
+    try:
+        meta = json.loads(cfg_file.read_text())
+        meta["policy"]["family"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"corrupt config.json in '{path}'; re-create the checkpoint") from None
+    return meta
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> TinyVLA:
+    """Load a policy directory written by ``save_policy`` (weights via safetensors, no unpickling)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_config(path)
+    cfg = dict(meta["policy"])
+    family = cfg.pop("family")
+    try:
+        policy = build_policy(family, **cfg)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint '{path}' has an incompatible config: {e}") from None
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(f"'{weights}' is missing: the checkpoint is partial; re-create it")
+    try:
+        state = load_file(str(weights), device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"'{weights}' is corrupt ({e}); re-create the checkpoint") from None
+    try:
+        policy.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in '{path}' do not match its config: {str(e).splitlines()[0]}") from None
+    return policy.to(device)
+
+
+def policy_hash(path: str | Path) -> str:
+    """sha256 of the weights file (recorded in eval manifests)."""
+    return file_sha256(Path(path) / "model.safetensors")[:16]

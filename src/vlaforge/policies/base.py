@@ -1,0 +1,54 @@
+"""The Policy protocol every VLA implements, and action normalisation statistics.
+
+    act(obs, deterministic=False) -> ActionOutput(actions (N,C,A), log_prob (N,C,A), value (N,)|None, taken)
+    evaluate(obs, taken) -> (log_prob (N,C,A), entropy (N,C,A), value (N,) | None)
+    value(obs) -> (N,)
+    sft_loss(obs, expert_actions (N,C,A) in env space, mask (N,C) | None) -> (loss, metrics)
+
+Sampling and scoring use one distribution at one temperature (``policy.temperature``).
+Parameter groups ``backbone_parameters()``, ``head_parameters()``, ``value_parameters()`` let
+recipes freeze the backbone (iRe-VLA's RL stage) or give the critic its own learning rate.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from vlaforge.types import ActionOutput, Observation
+
+
+@runtime_checkable
+class Policy(Protocol):
+    chunk_size: int
+    action_dim: int
+    temperature: float
+
+    def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput: ...
+
+    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]): ...
+
+    def value(self, obs: Observation) -> torch.Tensor: ...
+
+    def sft_loss(self, obs: Observation, expert_actions: torch.Tensor, mask: torch.Tensor | None = None): ...
+
+
+def action_stats(actions: np.ndarray, lo_q: float = 1.0, hi_q: float = 99.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension 1st/99th percentiles of demo actions (M, A); degenerate dims get a unit range."""
+    a = np.asarray(actions, dtype=np.float64).reshape(-1, actions.shape[-1])
+    lo, hi = np.percentile(a, lo_q, axis=0), np.percentile(a, hi_q, axis=0)
+    flat = (hi - lo) < 1e-6
+    lo[flat], hi[flat] = lo[flat] - 1.0, hi[flat] + 1.0
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def normalize(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Env-space actions -> [-1, 1] by the stored percentiles (clipped)."""
+    return (2 * (a - lo) / (hi - lo) - 1).clamp(-1, 1)
+
+
+def denormalize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> env space, then clipped to the env's [-1, 1] box."""
+    return ((x + 1) / 2 * (hi - lo) + lo).clamp(-1, 1)

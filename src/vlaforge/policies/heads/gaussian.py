@@ -1,0 +1,54 @@
+"""Continuous Gaussian head: token learner + MLP -> mean; learned state-independent log-std.
+
+The sample ``x ~ N(mean, std)`` is stored in ``taken["x"]``; the env receives ``clip(x, -1, 1)``
+and the log-prob is that of the unclipped ``x`` (the standard treatment for bounded boxes).
+A temperature scales the std in sampling and scoring alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vlaforge.policies.heads.common import TokenLearner, mlp
+
+
+class GaussianHead(nn.Module):
+    def __init__(self, dim: int, chunk: int, action_dim: int, num_queries: int = 4, hidden: int = 256,
+                 log_std_init: float = -1.0, log_std_min: float = -4.0, log_std_max: float = 0.5, **_):
+        super().__init__()
+        self.chunk, self.action_dim = chunk, action_dim
+        self.pool = TokenLearner(dim, num_queries)
+        self.mean = mlp(num_queries * dim, hidden, chunk * action_dim, layers=3)
+        self.log_std = nn.Parameter(torch.full((chunk, action_dim), float(log_std_init)))
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def _dist(self, feats: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.mean(self.pool(feats)).view(-1, self.chunk, self.action_dim)
+        log_std = self.log_std.clamp(self.log_std_min, self.log_std_max) + math.log(temperature)
+        return mean, log_std.expand_as(mean)
+
+    @staticmethod
+    def _log_prob(x, mean, log_std):
+        return -0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+
+    def sample(self, feats, deterministic: bool = False, temperature: float = 1.0):
+        mean, log_std = self._dist(feats, temperature)
+        x = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
+        return x.clamp(-1, 1), self._log_prob(x, mean, log_std), {"x": x}
+
+    def evaluate(self, feats, taken, temperature: float = 1.0):
+        mean, log_std = self._dist(feats, temperature)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std)
+        return self._log_prob(taken["x"], mean, log_std), entropy
+
+    def sft_loss(self, feats, target, mask=None):
+        """Regression of the mean on the expert chunk (the std keeps its initial value for RL)."""
+        mean, _ = self._dist(feats, 1.0)
+        err = ((mean - target) ** 2).mean(-1)  # (N, C)
+        if mask is None:
+            mask = torch.ones_like(err)
+        loss = (err * mask).sum() / mask.sum().clamp_min(1)
+        return loss, {"sft/mse": loss.detach()}

@@ -1,0 +1,205 @@
+"""The ``tiny`` VLA: a small vision-language-action model that trains on a CPU in minutes.
+
+Backbone: a 3-layer CNN (CoordConv input, FiLM-conditioned on the instruction as in RT-1's
+image encoder) turns each 64x64 view into an 8x8 grid of patch tokens; instruction words are hashed into a fixed vocabulary (no tokenizer files to download) and embedded; the
+proprioceptive state is one more token; a small pre-norm transformer fuses them all.
+Heads: the action head named in the config (``gaussian``, ``tokens`` or ``flow``) and a value
+head (MLP on the mean-pooled fused tokens). ``backbone="state"`` replaces vision and language
+by an MLP on the state alone: the baseline for debugging algorithms apart from vision.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlaforge.policies.base import denormalize, normalize
+from vlaforge.policies.heads import HEADS
+from vlaforge.policies.heads.common import mlp
+from vlaforge.types import ActionOutput, Observation
+
+
+@dataclass
+class TinyConfig:
+    """Architecture of the tiny VLA (saved as JSON next to the weights)."""
+
+    state_dim: int = 2
+    """proprioceptive state dims S"""
+    action_dim: int = 2
+    """action dims A"""
+    chunk_size: int = 4
+    """actions predicted per decision C (one render per chunk)"""
+    views: int = 1
+    """camera views V"""
+    image_size: int = 64
+    """square image size H = W"""
+    head: str = "gaussian"
+    """action head: gaussian | tokens | flow"""
+    backbone: str = "vision"
+    """vision (CNN + words + state, fused by a transformer) or state (MLP on state only)"""
+    dim: int = 64
+    """token width"""
+    layers: int = 2
+    """fusion transformer layers"""
+    heads: int = 4
+    """attention heads"""
+    vocab: int = 512
+    """hashed word vocabulary size"""
+    max_words: int = 12
+    """instruction words kept"""
+    head_hidden: int = 256
+    """hidden width of the action and value heads"""
+    n_bins: int = 256
+    """bins per action dim for the token head"""
+    log_std_init: float = -1.0
+    """initial log-std of the Gaussian head"""
+    flow_steps: int = 5
+    """denoising steps of the flow head"""
+    flow_noise: float = 0.5
+    """noise level a of the flow head's SDE sampler"""
+    value_head: bool = True
+    """build a value head (PPO); group methods ignore it"""
+
+
+def _word_id(word: str, vocab: int) -> int:
+    h = 2166136261
+    for ch in word.encode():
+        h = ((h ^ ch) * 16777619) & 0xFFFFFFFF
+    return 1 + h % (vocab - 1)  # 0 = padding
+
+
+class TinyVLA(nn.Module):
+    """See the module docstring. Implements ``vlaforge.policies.base.Policy``."""
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        if cfg.head not in HEADS:
+            raise ValueError(f"unknown head '{cfg.head}'; choose one of {', '.join(HEADS)}")
+        self.cfg = cfg
+        self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
+        self.temperature = 1.0
+        d = cfg.dim
+        if cfg.backbone == "vision":
+            # CoordConv input (RGB + x, y), FiLM-conditioned on the instruction (as in RT-1's FiLM encoder)
+            self.conv1 = nn.Conv2d(5, 32, 5, 2, 2)
+            self.conv2 = nn.Conv2d(32, 64, 3, 2, 1)
+            self.conv3 = nn.Conv2d(64, d, 3, 2, 1)
+            self.film = nn.Linear(d, 2 * (32 + 64))
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+            self.keypoints = nn.Linear(2 * 64, d)  # spatial soft-argmax of conv2's 64 maps -> one token
+            c = torch.linspace(-1, 1, cfg.image_size)
+            self.register_buffer("coords", torch.stack(torch.meshgrid(c, c, indexing="ij")), persistent=False)
+            g = cfg.image_size // 8
+            self.img_pos = nn.Parameter(torch.randn(cfg.views, g * g + 1, d) * 0.02)
+            self.word_emb = nn.Embedding(cfg.vocab, d, padding_idx=0)
+            self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
+            self.state_proj = nn.Linear(cfg.state_dim, d)
+            layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True,
+                                               activation="gelu")
+            self.fusion = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+            self.out_norm = nn.LayerNorm(d)
+        elif cfg.backbone == "state":
+            self.state_mlp = nn.Sequential(nn.Linear(cfg.state_dim, 128), nn.Tanh(), nn.Linear(128, 4 * d), nn.Tanh())
+        else:
+            raise ValueError(f"unknown backbone '{cfg.backbone}'; choose vision or state")
+        self.head = HEADS[cfg.head](d, cfg.chunk_size, cfg.action_dim, hidden=cfg.head_hidden, n_bins=cfg.n_bins,
+                                    log_std_init=cfg.log_std_init, steps=cfg.flow_steps, noise=cfg.flow_noise)
+        self.value_net = mlp(d, cfg.head_hidden, 1, layers=3) if cfg.value_head else None
+        self.register_buffer("act_lo", -torch.ones(cfg.action_dim))
+        self.register_buffer("act_hi", torch.ones(cfg.action_dim))
+        self._word_cache: dict[str, list[int]] = {}
+
+    # -- parameter groups --------------------------------------------------------------------
+    def backbone_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith(("head.", "value_net."))]
+
+    def head_parameters(self):
+        return list(self.head.parameters())
+
+    def value_parameters(self):
+        return list(self.value_net.parameters()) if self.value_net is not None else []
+
+    def set_action_stats(self, lo, hi) -> None:
+        self.act_lo.copy_(torch.as_tensor(lo, dtype=torch.float32))
+        self.act_hi.copy_(torch.as_tensor(hi, dtype=torch.float32))
+
+    # -- backbone ------------------------------------------------------------------------------
+    def _words(self, instructions: list[str], device) -> torch.Tensor:
+        rows = []
+        for s in instructions:
+            ids = self._word_cache.get(s)
+            if ids is None:
+                words = re.findall(r"[a-z0-9]+", s.lower())[: self.cfg.max_words]
+                ids = [_word_id(w, self.cfg.vocab) for w in words]
+                ids += [0] * (self.cfg.max_words - len(ids))
+                self._word_cache[s] = ids
+            rows.append(ids)
+        return torch.tensor(rows, dtype=torch.long, device=device)
+
+    def features(self, obs: Observation) -> torch.Tensor:
+        """Fused tokens (N, L, D)."""
+        dev = self.act_lo.device
+        state = torch.as_tensor(obs.state, dtype=torch.float32, device=dev)
+        if self.cfg.backbone == "state":
+            return self.state_mlp(state).view(state.shape[0], 4, self.cfg.dim)
+        img = torch.as_tensor(obs.images, device=dev)  # (N, V, H, W, 3) uint8
+        n, v = img.shape[:2]
+        words = self._words(obs.instructions, dev)
+        w = self.word_emb(words) + self.word_pos  # (N, Wd, D)
+        keep = (words != 0).float().unsqueeze(-1)
+        sentence = (w * keep).sum(1) / keep.sum(1).clamp_min(1)  # (N, D)
+        g1, b1, g2, b2 = self.film(sentence).repeat_interleave(v, 0).split([32, 32, 64, 64], -1)
+        x = img.reshape(n * v, *img.shape[2:]).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        x = torch.cat([x, self.coords.expand(n * v, -1, -1, -1)], 1)
+        x = F.gelu(self.conv1(x) * (1 + g1[:, :, None, None]) + b1[:, :, None, None])
+        x = F.gelu(self.conv2(x) * (1 + g2[:, :, None, None]) + b2[:, :, None, None])
+        kp = self._soft_argmax(x).view(n, v, -1)  # (N, V, 128): where each feature map peaks
+        patches = self.conv3(x).flatten(2).transpose(1, 2).reshape(n, v, -1, self.cfg.dim)
+        patches = torch.cat([patches, self.keypoints(kp).unsqueeze(2)], 2) + self.img_pos
+        tokens = torch.cat([patches.flatten(1, 2), w, self.state_proj(state).unsqueeze(1)], 1)
+        pad = torch.cat([torch.zeros(n, patches.shape[1] * patches.shape[2], dtype=torch.bool, device=dev),
+                         words == 0, torch.zeros(n, 1, dtype=torch.bool, device=dev)], 1)
+        return self.out_norm(self.fusion(tokens, src_key_padding_mask=pad))
+
+    @staticmethod
+    def _soft_argmax(x: torch.Tensor) -> torch.Tensor:
+        """Spatial softmax (Levine et al. 2016): (B, K, h, w) -> expected (x, y) per map, (B, 2K)."""
+        b, k, h, w = x.shape
+        p = torch.softmax(x.flatten(2), -1).view(b, k, h, w)
+        ys = torch.linspace(-1, 1, h, device=x.device)
+        xs = torch.linspace(-1, 1, w, device=x.device)
+        return torch.cat([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], 1)
+
+    def _value(self, feats: torch.Tensor) -> torch.Tensor | None:
+        return None if self.value_net is None else self.value_net(feats.mean(1))[:, 0]
+
+    # -- Policy protocol -----------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput:
+        feats = self.features(obs)
+        x, log_prob, taken = self.head.sample(feats, deterministic, self.temperature)
+        return ActionOutput(denormalize(x, self.act_lo, self.act_hi), log_prob, self._value(feats), taken)
+
+    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
+        feats = self.features(obs)
+        log_prob, entropy = self.head.evaluate(feats, taken, self.temperature)
+        return log_prob, entropy, self._value(feats)
+
+    def value(self, obs: Observation) -> torch.Tensor:
+        v = self._value(self.features(obs))
+        if v is None:
+            raise ValueError("this policy has no value head (built with value_head=False)")
+        return v
+
+    def sft_loss(self, obs: Observation, expert_actions: torch.Tensor, mask: torch.Tensor | None = None):
+        target = normalize(torch.as_tensor(expert_actions, dtype=torch.float32, device=self.act_lo.device),
+                           self.act_lo, self.act_hi)
+        return self.head.sft_loss(self.features(obs), target, mask)
+
+    def config_dict(self) -> dict:
+        return {"family": "tiny", **asdict(self.cfg)}

@@ -1,0 +1,5 @@
+"""Rollouts: the only code that calls ``env.step``."""
+
+from vlaforge.rollout.collect import CollectStats, collect
+
+__all__ = ["CollectStats", "collect"]

@@ -1,0 +1,134 @@
+"""Evaluation: success per task over fixed seeds, Wilson 95% intervals, a manifest, videos.
+
+Evaluation seeds come from ``eval_seeds`` (offset far from the ranges used for demos and
+training), so a reported success rate is never measured on a training initial state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from vlaforge.envs.base import VecEnv
+from vlaforge.fsutil import atomic_write_text
+from vlaforge.rollout.collect import collect
+
+EVAL_SEED_BASE = 10_000_000  # demos use seeds < 1e7 (see data/demos.py), training draws from [0, 1e6)
+
+
+def eval_seeds(n: int, base: int = EVAL_SEED_BASE) -> np.ndarray:
+    return np.arange(base, base + n, dtype=np.int64)
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval for a binomial proportion."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class TaskResult:
+    task: str
+    split: str
+    successes: int
+    episodes: int
+
+    @property
+    def rate(self) -> float:
+        return self.successes / max(self.episodes, 1)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson(self.successes, self.episodes)
+
+    def as_dict(self) -> dict:
+        lo, hi = self.interval
+        return {"task": self.task, "split": self.split, "successes": self.successes, "episodes": self.episodes,
+                "success_rate": self.rate, "ci95": [lo, hi]}
+
+
+def evaluate_policy(policy, venv: VecEnv, tasks: list[str], episodes: int, deterministic: bool = True,
+                    seed_base: int = EVAL_SEED_BASE, videos: int = 0, video_dir: str | Path | None = None):
+    """Success per task on ``episodes`` fixed seeds each. Returns (list[TaskResult], stats)."""
+    spec = venv.spec
+    tids = np.repeat([spec.task_index(t) for t in tasks], episodes)
+    seeds = np.tile(eval_seeds(episodes, seed_base), len(tasks))
+    rollout, stats = collect(policy, venv, tids, seeds, deterministic=deterministic, keep_obs=False,
+                             record=videos)
+    results = []
+    for t in tasks:
+        i = spec.task_index(t)
+        m = (rollout.task_id == i) & rollout.valid
+        results.append(TaskResult(t, spec.tasks[i].split, int(rollout.success[m].sum()), int(m.sum())))
+    if videos and video_dir is not None:
+        write_videos(stats.frames, video_dir)
+    return results, stats
+
+
+def write_videos(frames: list, video_dir: str | Path, fps: int = 10, scale: int = 4) -> list[Path]:
+    import imageio.v3 as iio
+
+    video_dir = Path(video_dir)
+    video_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, ep in enumerate(frames):
+        arr = np.stack([np.concatenate(list(f), 1) for f in ep])  # views side by side
+        arr = arr.repeat(scale, 1).repeat(scale, 2)
+        p = video_dir / f"episode_{i:03d}.mp4"
+        tmp = p.with_name(p.stem + ".tmp.mp4")
+        iio.imwrite(tmp, arr, fps=fps, codec="libx264", macro_block_size=1)
+        tmp.replace(p)
+        paths.append(p)
+    return paths
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("vlaforge", "torch", "numpy", "mujoco", "metaworld", "gymnasium", "gymnasium-robotics"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def manifest(spec, tasks: list[str], episodes: int, seed_base: int, checkpoint_hash: str | None,
+             results: list[TaskResult], extra: dict | None = None) -> dict:
+    V, H, W, _ = spec.image_shape
+    total = sum(r.successes for r in results), sum(r.episodes for r in results)
+    return {
+        "suite": spec.suite, "tasks": tasks, "episodes_per_task": episodes,
+        "seeds": {"base": seed_base, "count": episodes, "rule": "seed_base + k, k < episodes, same for every task"},
+        "renderer": spec.renderer, "camera": list(spec.cameras), "image_size": [H, W], "views": V,
+        "max_steps": spec.max_steps, "checkpoint_sha256_16": checkpoint_hash, "versions": _versions(),
+        "results": [r.as_dict() for r in results],
+        "overall": {"successes": total[0], "episodes": total[1], "success_rate": total[0] / max(total[1], 1),
+                    "ci95": list(wilson(*total))},
+        **(extra or {}),
+    }
+
+
+def write_manifest(path: str | Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def format_table(results: list[TaskResult], title: str = "") -> str:
+    """A plain-text table of success per task with Wilson intervals."""
+    lines = [title] if title else []
+    w = max([len(r.task) for r in results] + [4])
+    lines.append(f"{'task':<{w}}  {'split':<7}  {'success':>9}  {'rate':>5}  95% CI")
+    for r in results:
+        lo, hi = r.interval
+        lines.append(f"{r.task:<{w}}  {r.split:<7}  {r.successes:>4}/{r.episodes:<4}  {r.rate:5.2f}  [{lo:.2f}, {hi:.2f}]")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The training loop, full-state checkpoints and logging."""

@@ -1,0 +1,311 @@
+"""The RL training loop: sample contexts → collect → rewards → advantages → update → evaluate
+→ log → checkpoint.
+
+One ``train(cfg)`` function serves every algorithm (chosen by name from ``vlaforge.algos``) and
+every recipe (which only fills the config and may pass hooks). On CPU with a fixed seed a
+run resumed from a checkpoint reproduces the uninterrupted run exactly: every source of
+randomness (torch RNG, the update-shuffling generator, the task sampler's numpy RNG) is
+checkpointed, and env initial states are a function of (task, seed).
+
+    vlaforge train --algo rloo --suite pointreach --init runs/sft --out runs/rl
+    vlaforge train --resume runs/rl/checkpoint   # after a crash or SIGKILL
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from vlaforge.algos import get_algo
+from vlaforge.algos.grpo import GRPOConfig
+from vlaforge.algos.ppo import PPOConfig
+from vlaforge.algos.rloo import RLOOConfig
+from vlaforge.algos.tpo import TPOConfig
+from vlaforge.core.advantages import uniform_groups
+from vlaforge.algos.common import trajectory_reward
+from vlaforge.envs import make_vec_env
+from vlaforge.policies import build_policy, load_policy
+from vlaforge.rollout.collect import CollectStats, collect
+from vlaforge.rollout.evaluate import evaluate_policy
+from vlaforge.rollout.sampling import TaskSampler
+from vlaforge.train.checkpoint import load_checkpoint, save_checkpoint
+from vlaforge.train.logging import RunLogger, progress_bar
+from vlaforge.types import Rollout
+
+
+@dataclass
+class TrainConfig:
+    """RL post-training of a VLA on a simulator suite."""
+
+    algo: Literal["ppo", "grpo", "rloo", "tpo"] = "rloo"
+    """algorithm"""
+    suite: str = "pointreach"
+    """simulator suite: pointreach | metaworld | kitchen"""
+    tasks: str = "train"
+    """tasks to train on (comma-separated names, or a split/benchmark name the suite knows)"""
+    eval_tasks: str | None = None
+    """tasks to evaluate on (default: the training tasks; PointReach also reports 'heldout')"""
+    init: str | None = None
+    """policy checkpoint to start from (e.g. the output of `vlaforge sft`); None = fresh tiny VLA"""
+    head: str = "gaussian"
+    """action head of a fresh policy: gaussian | tokens | flow"""
+    chunk_size: int = 4
+    """action chunk of a fresh policy"""
+    out: str = "runs/train"
+    """run directory (TensorBoard, metrics.jsonl, checkpoint/, final/)"""
+    resume: str | None = None
+    """resume from this checkpoint directory (everything else comes from the checkpoint)"""
+    iterations: int = 20
+    """collect/update iterations"""
+    groups: int = 8
+    """initial states (contexts) per iteration; each is rolled out group_size times"""
+    num_envs: int = 16
+    """envs stepped in parallel"""
+    workers: int = 0
+    """env subprocesses (0 = in process)"""
+    image_size: int = 64
+    """rendered image size"""
+    max_steps: int | None = None
+    """simulator steps per episode (None = the suite's default)"""
+    lr: float = 3e-4
+    """policy learning rate"""
+    value_lr: float = 1e-3
+    """value-head learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    freeze_backbone: bool = False
+    """train only the action and value heads (iRe-VLA's RL stage)"""
+    curriculum: Literal["uniform", "near50", "hard_first"] = "uniform"
+    """task sampling: uniform, or by recent success rate (VLA-RL)"""
+    curriculum_tau: float = 0.2
+    """curriculum temperature"""
+    dynamic_rejection: bool = False
+    """discard groups whose rewards are all equal and resample until the batch is full (RIPT-VLA)"""
+    fill_fraction: float = 0.8
+    """with dynamic rejection: stop collecting once this share of `groups` informative groups is kept"""
+    max_collect_rounds: int = 4
+    """with dynamic rejection: at most this many collection rounds per iteration"""
+    eval_every: int = 5
+    """evaluate every this many iterations (and at the start and the end)"""
+    eval_episodes: int = 20
+    """evaluation episodes per task (fixed seeds, disjoint from training)"""
+    checkpoint_every: int = 1
+    """write the full-state checkpoint every this many iterations"""
+    seed: int = 0
+    """seed of every RNG"""
+    threads: int = 2
+    """torch CPU threads"""
+    tensorboard: bool = True
+    """write TensorBoard scalars"""
+    progress: bool = True
+    """show a progress bar"""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rloo: RLOOConfig = field(default_factory=RLOOConfig)
+    tpo: TPOConfig = field(default_factory=TPOConfig)
+
+    @property
+    def algo_cfg(self):
+        return getattr(self, self.algo)
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    sub = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "tpo": TPOConfig}
+    kw = dict(d)
+    for k, cls in sub.items():
+        if k in kw:
+            v = dict(kw[k])
+            if "keep_band" in v and v["keep_band"] is not None:
+                v["keep_band"] = tuple(v["keep_band"])
+            kw[k] = cls(**v)
+    return TrainConfig(**kw)
+
+
+def make_optimizer(policy, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.freeze_backbone:
+        for p in policy.backbone_parameters():
+            p.requires_grad_(False)
+    value = [p for p in policy.value_parameters() if p.requires_grad]
+    vid = {id(p) for p in value}
+    rest = [p for p in policy.parameters() if p.requires_grad and id(p) not in vid]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if value:
+        groups.append({"params": value, "lr": cfg.value_lr})
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def _split_rates(results) -> dict:
+    out = {}
+    for split in ("train", "heldout"):
+        rs = [r for r in results if r.split == split]
+        if rs:
+            out[f"eval/success_{split}"] = sum(r.successes for r in rs) / max(sum(r.episodes for r in rs), 1)
+    return out
+
+
+def _eval_tasks(cfg: TrainConfig, venv) -> list[str]:
+    if cfg.eval_tasks:
+        names = cfg.eval_tasks.split(",")
+        if len(names) == 1 and names[0] in ("train", "heldout", "all"):
+            return [t.name for t in venv.spec.tasks if names[0] == "all" or t.split == names[0]]
+        return names
+    return [t.name for t in venv.spec.tasks]
+
+
+def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int, stats: CollectStats):
+    """One iteration's rollouts: `groups` contexts × K. With dynamic rejection, uniform-reward
+    groups are dropped and more contexts drawn until `fill_fraction` of the batch is informative."""
+    kept: list[Rollout] = []
+    n_kept, n_seen, n_rejected, rounds = 0, 0, 0, 0
+    target = cfg.groups if not cfg.dynamic_rejection else int(np.ceil(cfg.fill_fraction * cfg.groups))
+    all_success = []
+    while True:
+        rounds += 1
+        tids, seeds = sampler.sample(cfg.groups if rounds == 1 else max(cfg.groups - n_kept, 1))
+        r, _ = collect(policy, venv, np.repeat(tids, K), np.repeat(seeds, K), stats=stats)
+        sampler.update(r.task_id[r.valid].numpy(), r.success[r.valid].numpy())
+        all_success.append(r.success[r.valid].float())
+        r.group_id = r.group_id + n_seen  # unique across rounds
+        n_groups = int(r.group_id.max()) + 1 - n_seen
+        n_seen += n_groups
+        if cfg.dynamic_rejection:
+            uni = uniform_groups(trajectory_reward(r), r.group_id) | ~r.valid
+            bad_groups = torch.unique(r.group_id[uni])
+            keep = ~torch.isin(r.group_id, bad_groups)
+            n_rejected += len(bad_groups)
+            r = r.select(torch.nonzero(keep).flatten())
+            n_kept += n_groups - len(bad_groups)
+        else:
+            n_kept += n_groups
+        if r.num_episodes:
+            kept.append(r)
+        if n_kept >= target or not cfg.dynamic_rejection or rounds >= cfg.max_collect_rounds:
+            break
+    success = torch.cat(all_success)
+    info = {"rollout/success": float(success.mean()) if len(success) else 0.0,
+            "rollout/rejected_group_share": n_rejected / max(n_seen, 1), "rollout/collect_rounds": rounds,
+            "rollout/groups_kept": n_kept}
+    return (Rollout.cat(kept) if kept else None), info
+
+
+def train(cfg: TrainConfig, hooks=None) -> dict:
+    """Run RL post-training. Returns the final metrics (evaluation included).
+
+    ``hooks`` (optional) may define ``score(rollout) -> (N,)`` (TPO ranking), ``shape_rewards(rollout)``
+    (dense rewards added in place before advantages) and ``after_iteration(it, policy, rollout)``.
+    """
+    torch.set_num_threads(cfg.threads)
+    start_it, env_steps_total = 0, 0
+    out = Path(cfg.out)
+    opt_state = rng = None
+    sampler_state = None
+    if cfg.resume:
+        policy, opt_state, state, rng = load_checkpoint(cfg.resume)
+        cfg = config_from_dict(state["config"])
+        out = Path(cfg.out)
+        start_it, env_steps_total, sampler_state = state["iteration"], state["env_steps"], state["sampler"]
+    else:
+        torch.manual_seed(cfg.seed)
+        if cfg.init:
+            policy = load_policy(cfg.init)
+        else:
+            policy = build_policy("tiny", head=cfg.head, chunk_size=cfg.chunk_size)
+    algo = get_algo(cfg.algo)
+    acfg = cfg.algo_cfg
+    K = getattr(acfg, "group_size", 1)
+    env_kw = {"max_steps": cfg.max_steps} if cfg.max_steps else {}
+    venv = make_vec_env(cfg.suite, cfg.num_envs, tasks=None if cfg.suite == "pointreach" else cfg.tasks,
+                        image_size=cfg.image_size, workers=cfg.workers, **env_kw)
+    spec = venv.spec
+    if cfg.suite == "pointreach":
+        train_names = [t.name for t in spec.tasks if cfg.tasks in ("train", "all") and (cfg.tasks == "all" or t.split == "train")] \
+            or cfg.tasks.split(",")
+    else:
+        train_names = [t.name for t in spec.tasks if t.split == "train"]
+    train_ids = [spec.task_index(n) for n in train_names]
+    eval_names = _eval_tasks(cfg, venv)
+    if (policy.cfg.state_dim, policy.cfg.action_dim) != (spec.state_dim, spec.action_dim):
+        raise ValueError(f"policy expects state/action dims {policy.cfg.state_dim}/{policy.cfg.action_dim} but suite "
+                         f"'{cfg.suite}' has {spec.state_dim}/{spec.action_dim}; pass a checkpoint trained on this suite")
+    optimizer = make_optimizer(policy, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    sampler = TaskSampler(train_ids, cfg.curriculum, cfg.curriculum_tau, seed=cfg.seed)
+    if cfg.resume:
+        optimizer.load_state_dict(opt_state)
+        sampler.load_state_dict(sampler_state)
+        torch.set_rng_state(rng["torch_cpu"])
+        gen.set_state(rng["update_gen"])
+        _truncate_metrics(out / "metrics.jsonl", start_it)
+    policy.temperature = getattr(acfg, "temperature", 1.0)
+    logger = RunLogger(out, cfg.tensorboard)
+    (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+
+    def run_eval(it: int) -> dict:
+        t = policy.temperature
+        policy.temperature = 1.0
+        res, st = evaluate_policy(policy, venv, eval_names, cfg.eval_episodes)
+        policy.temperature = t
+        m = _split_rates(res)
+        m.update({f"eval_task/{r.task}": r.rate for r in res})
+        return m
+
+    final: dict = {}
+    prog, task = progress_bar(f"{cfg.algo} on {cfg.suite}", cfg.iterations, cfg.progress)
+    prog.update(task, completed=start_it)
+    with prog:
+        if start_it == 0 and cfg.eval_every > 0:
+            final = logger.log(0, run_eval(0))
+        for it in range(start_it, cfg.iterations):
+            t0 = time.perf_counter()
+            stats = CollectStats()
+            rollout, info = collect_groups(policy, venv, sampler, cfg, K, stats)
+            t1 = time.perf_counter()
+            metrics = dict(info)
+            if rollout is not None:
+                if hooks is not None and hasattr(hooks, "shape_rewards"):
+                    metrics.update(hooks.shape_rewards(rollout) or {})
+                kw = {"score": hooks.score(rollout)} if cfg.algo == "tpo" and hasattr(hooks, "score") else {}
+                batch, pinfo = algo.prepare(rollout, acfg, **kw)
+                metrics.update(pinfo)
+                metrics.update(algo.update(policy, optimizer, batch, acfg, it, gen))
+                metrics["rollout/return"] = float(trajectory_reward(rollout)[rollout.valid].mean())
+                if hooks is not None and hasattr(hooks, "after_iteration"):
+                    metrics.update(hooks.after_iteration(it, policy, rollout) or {})
+            env_steps_total += stats.env_steps
+            t2 = time.perf_counter()
+            metrics.update({"time/collect_s": t1 - t0, "time/update_s": t2 - t1,
+                            "time/env_steps_per_s": stats.env_steps / max(t1 - t0, 1e-9),
+                            "rollout/env_steps": env_steps_total, "rollout/invalid_episodes": stats.invalid})
+            if cfg.eval_every > 0 and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
+                metrics.update(run_eval(it + 1))
+            final = logger.log(it + 1, metrics)
+            if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
+                save_checkpoint(out / "checkpoint", policy, optimizer, {
+                    "iteration": it + 1, "env_steps": env_steps_total, "sampler": sampler.state_dict(),
+                    "config": config_to_dict(cfg)}, gen)
+            prog.update(task, advance=1, info=f"success {metrics['rollout/success']:.2f}")
+    logger.close()
+    venv.close()
+    from vlaforge.policies import save_policy
+
+    save_policy(policy, out / "final")
+    return final
+
+
+def _truncate_metrics(path: Path, upto: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from (the killed run's tail)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= upto]
+    path.write_text("".join(line + "\n" for line in lines))
