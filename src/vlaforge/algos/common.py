@@ -117,7 +117,8 @@ def pg_update(policy, optimizer, batch: StepBatch, s: PGSettings, gen: torch.Gen
             logp, ent, v = policy.evaluate(mb.obs(), mb.taken)
             lp_new, mask = level_view(logp, mb.chunk_mask, s.level)
             lp_old, _ = level_view(mb.logp_old, mb.chunk_mask, s.level)
-            pg, m = ppo_clip_loss(lp_new, lp_old, mb.adv, mask, s.clip_low, s.clip_high)
+            adv = mb.adv.view(-1, *[1] * (mask.dim() - 1)).expand(mask.shape)
+            pg, m = ppo_clip_loss(lp_new, lp_old, adv, mask, s.clip_low, s.clip_high)
             loss = torch.zeros(())
             if not s.value_only:
                 loss = loss + pg

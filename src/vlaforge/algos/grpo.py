@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from vlaforge.algos.common import PGSettings, flatten_steps, pg_update, trajectory_reward
 from vlaforge.core.advantages import broadcast_to_steps, group_normalized_advantages, group_success_rate
 from vlaforge.types import Rollout

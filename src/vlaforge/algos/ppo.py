@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from vlaforge.algos.common import PGSettings, flatten_steps, pg_update
 from vlaforge.core.advantages import gae
 from vlaforge.types import Rollout

@@ -8,7 +8,8 @@ Success when the agent is within ``radius`` of the named target.
 Tasks are (goal colour, instruction template) pairs; a fixed set of combinations is held
 out (``split="heldout"``) and never used for demos or training, so evaluation on them tests
 whether colour and wording compose. Target positions and the start position are a
-deterministic function of (task, seed). Thousands of steps/s on one core: it exists so that
+deterministic function of (task, seed). ``privileged=True`` adds the goal's offset to the state, so that a state-only policy can solve
+it: that isolates the RL algorithms from vision when debugging them. Thousands of steps/s on one core: it exists so that
 tests show learning in seconds, not to replace a real simulator.
 
     python -m vlaforge.envs.pointreach   # prints steps/s
@@ -67,14 +68,15 @@ class PointReachEnv:
     """One PointReach arena. See the module docstring."""
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, max_steps: int = 48,
-                 speed: float = 0.1, radius: float = 0.12):
+                 speed: float = 0.1, radius: float = 0.12, privileged: bool = False):
         if image_size < 16:
             raise EnvError("pointreach image_size must be >= 16")
         self.tasks = resolve_tasks(tasks)
         self.size = image_size
         self.speed, self.radius = speed, radius
+        self.privileged = bool(privileged)
         self.spec = EnvSpec(suite="pointreach", tasks=tuple(self.tasks), image_shape=(1, image_size, image_size, 3),
-                            state_dim=2, action_dim=2, max_steps=max_steps, cameras=("top",), renderer="numpy")
+                            state_dim=4 if self.privileged else 2, action_dim=2, max_steps=max_steps, cameras=("top",), renderer="numpy")
         # pixel-centre coordinates in arena units, for rendering
         c = (np.arange(image_size) + 0.5) / image_size * 2.0 - 1.0
         self._gx, self._gy = np.meshgrid(c, -c)  # row 0 is y = +1 (top)
@@ -157,6 +159,8 @@ class PointReachEnv:
         # agent: a white ring-less disc at 2/3 the target size, drawn on top
         m = (self._gx - self.pos[0]) ** 2 + (self._gy - self.pos[1]) ** 2 < (0.66 * self._disc_r) ** 2
         img[m] = 255
+        if self.privileged:  # the goal's offset in the state: solvable without vision (algorithm debugging)
+            return img[None], np.concatenate([self.pos, self.targets[self.goal] - self.pos]).astype(np.float32)
         return img[None], self.pos.astype(np.float32)
 
 

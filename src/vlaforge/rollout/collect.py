@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vlaforge.envs.base import VecEnv
-from vlaforge.types import Observation, Rollout
+from vlaforge.types import Rollout
 
 
 @dataclass

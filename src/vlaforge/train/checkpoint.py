@@ -13,6 +13,7 @@ A checkpoint directory holds::
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ def load_checkpoint(path: str | Path) -> tuple:
         opt_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
         rng = load_file(str(path / "rng.safetensors"))
         state = json.loads((path / "state.json").read_text())
-    except (RuntimeError, OSError, ValueError, SafetensorError, EOFError) as e:
+    except (RuntimeError, OSError, ValueError, SafetensorError, EOFError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"checkpoint '{path}' is corrupt ({type(e).__name__}); "
                               "resume from an earlier checkpoint or start again") from None
     return policy, opt_state, state, rng

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from vlaforge.algos import get_algo
+from vlaforge.algos.common import trajectory_reward
 from vlaforge.algos.grpo import GRPOConfig
 from vlaforge.algos.ppo import PPOConfig
 from vlaforge.algos.rloo import RLOOConfig
 from vlaforge.algos.tpo import TPOConfig
 from vlaforge.core.advantages import uniform_groups
-from vlaforge.algos.common import trajectory_reward
 from vlaforge.envs import make_vec_env
 from vlaforge.policies import build_policy, load_policy
 from vlaforge.rollout.collect import CollectStats, collect
@@ -58,6 +58,8 @@ class TrainConfig:
     """action head of a fresh policy: gaussian | tokens | flow"""
     chunk_size: int = 4
     """action chunk of a fresh policy"""
+    backbone: str = "vision"
+    """backbone of a fresh policy: vision, or state (MLP on proprioception only; a debugging baseline)"""
     out: str = "runs/train"
     """run directory (TensorBoard, metrics.jsonl, checkpoint/, final/)"""
     resume: str | None = None
@@ -74,6 +76,8 @@ class TrainConfig:
     """rendered image size"""
     max_steps: int | None = None
     """simulator steps per episode (None = the suite's default)"""
+    env_kwargs: dict[str, float] = field(default_factory=dict)
+    """extra numeric options of the suite's env constructor (e.g. PointReach's radius)"""
     lr: float = 3e-4
     """policy learning rate"""
     value_lr: float = 1e-3
@@ -205,29 +209,31 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
     ``hooks`` (optional) may define ``score(rollout) -> (N,)`` (TPO ranking), ``shape_rewards(rollout)``
     (dense rewards added in place before advantages) and ``after_iteration(it, policy, rollout)``.
     """
-    torch.set_num_threads(cfg.threads)
     start_it, env_steps_total = 0, 0
     out = Path(cfg.out)
     opt_state = rng = None
     sampler_state = None
-    if cfg.resume:
+    resuming = cfg.resume is not None
+    if resuming:
         policy, opt_state, state, rng = load_checkpoint(cfg.resume)
         cfg = config_from_dict(state["config"])
         out = Path(cfg.out)
         start_it, env_steps_total, sampler_state = state["iteration"], state["env_steps"], state["sampler"]
     else:
         torch.manual_seed(cfg.seed)
-        if cfg.init:
-            policy = load_policy(cfg.init)
-        else:
-            policy = build_policy("tiny", head=cfg.head, chunk_size=cfg.chunk_size)
+        policy = load_policy(cfg.init) if cfg.init else None
+    torch.set_num_threads(cfg.threads)  # after resolving a resumed config: thread count changes float sums
     algo = get_algo(cfg.algo)
     acfg = cfg.algo_cfg
     K = getattr(acfg, "group_size", 1)
-    env_kw = {"max_steps": cfg.max_steps} if cfg.max_steps else {}
+    env_kw = {**cfg.env_kwargs, **({"max_steps": cfg.max_steps} if cfg.max_steps else {})}
     venv = make_vec_env(cfg.suite, cfg.num_envs, tasks=None if cfg.suite == "pointreach" else cfg.tasks,
                         image_size=cfg.image_size, workers=cfg.workers, **env_kw)
     spec = venv.spec
+    if policy is None:
+        policy = build_policy("tiny", head=cfg.head, chunk_size=cfg.chunk_size, backbone=cfg.backbone,
+                              state_dim=spec.state_dim, action_dim=spec.action_dim, views=spec.image_shape[0],
+                              image_size=cfg.image_size)
     if cfg.suite == "pointreach":
         train_names = [t.name for t in spec.tasks if cfg.tasks in ("train", "all") and (cfg.tasks == "all" or t.split == "train")] \
             or cfg.tasks.split(",")
@@ -241,7 +247,7 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
     optimizer = make_optimizer(policy, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     sampler = TaskSampler(train_ids, cfg.curriculum, cfg.curriculum_tau, seed=cfg.seed)
-    if cfg.resume:
+    if resuming:
         optimizer.load_state_dict(opt_state)
         sampler.load_state_dict(sampler_state)
         torch.set_rng_state(rng["torch_cpu"])

@@ -1,0 +1,103 @@
+"""The main job (``make demo`` / ``vlaforge demo``): scripted demos → SFT → RL → evaluation.
+
+Defaults: Meta-World MT1 tasks reach-v3 and button-press-topdown-v3, 64x64 corner camera,
+the tiny VLA with a Gaussian head, RLOO/LOOP with grouped rollouts, and a table of success
+before and after RL with Wilson 95% intervals on fixed evaluation seeds. About ten minutes on
+2 CPU cores. ``--suite pointreach --tasks train`` runs the same pipeline in about two minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlaforge.algos.sft import SFTConfig
+from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft
+
+
+@dataclass
+class DemoArgs:
+    """Run collect → SFT → RL → eval end to end and print success before and after RL."""
+
+    suite: str = "metaworld"
+    """simulator suite"""
+    tasks: str = "reach-v3,button-press-topdown-v3"
+    """tasks (comma-separated)"""
+    out: str = "runs/demo"
+    """run directory"""
+    demo_episodes: int = 30
+    """expert episodes per task"""
+    sft_steps: int = 1200
+    """SFT gradient steps"""
+    algo: str = "rloo"
+    """RL algorithm (ppo | grpo | rloo | tpo)"""
+    rl_iterations: int = 6
+    """RL iterations"""
+    groups: int = 4
+    """initial states per RL iteration (each rolled out group_size times)"""
+    group_size: int = 8
+    """rollouts per initial state"""
+    eval_episodes: int = 20
+    """evaluation episodes per task"""
+    max_steps: int = 150
+    """simulator steps per episode"""
+    workers: int = 2
+    """env subprocesses"""
+    num_envs: int = 8
+    """envs in parallel"""
+    skip_rl: bool = False
+    """stop after SFT (collect → SFT → eval)"""
+
+
+def run_demo(a: DemoArgs) -> dict:
+    from vlaforge.rollout.evaluate import wilson
+    from vlaforge.train.loop import TrainConfig, train
+
+    t0 = time.perf_counter()
+    out = Path(a.out)
+    env_kw = {"max_steps": a.max_steps} if a.suite != "pointreach" else {}
+    print(f"[1/4] collecting {a.demo_episodes} expert episodes per task on {a.suite}: {a.tasks}")
+    run_collect(CollectArgs(suite=a.suite, tasks=a.tasks, episodes=a.demo_episodes, out=str(out / "demos"),
+                            num_envs=a.num_envs, workers=a.workers), quiet=False)
+    print(f"[2/4] SFT of the tiny VLA ({a.sft_steps} steps)")
+    run_sft(SFTArgs(demos=str(out / "demos"), out=str(out / "sft"), sft=SFTConfig(steps=a.sft_steps)))
+    ev = EvalArgs(checkpoint=str(out / "sft"), suite=a.suite, tasks=a.tasks, episodes=a.eval_episodes,
+                  num_envs=a.num_envs, workers=a.workers)
+    print("[3/4] evaluating the SFT policy")
+    before, _ = run_eval(ev, quiet=True)
+    after = None
+    if not a.skip_rl:
+        print(f"[4/4] RL: {a.algo}, {a.rl_iterations} iterations × {a.groups} initial states × {a.group_size} rollouts")
+        cfg = TrainConfig(algo=a.algo, suite=a.suite, tasks=a.tasks, init=str(out / "sft"), out=str(out / "rl"),
+                          iterations=a.rl_iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
+                          max_steps=env_kw.get("max_steps"), eval_every=0, tensorboard=True)
+        if hasattr(cfg.algo_cfg, "group_size"):
+            cfg.algo_cfg.group_size = a.group_size
+        train(cfg)
+        after, _ = run_eval(EvalArgs(**{**ev.__dict__, "checkpoint": str(out / "rl" / "final")}), quiet=True)
+    rows = []
+    w = max(len(r.task) for r in before) + 2
+    print()
+    print(f"{'task':<{w}}{'SFT success [95% CI]':<26}{'after ' + a.algo + ' [95% CI]' if after else ''}")
+    for i, r in enumerate(before):
+        lo, hi = r.interval
+        line = f"{r.task:<{w}}{r.successes:>3}/{r.episodes:<3} {r.rate:4.2f} [{lo:.2f}, {hi:.2f}]   "
+        row = {"task": r.task, "sft": r.as_dict()}
+        if after:
+            s = after[i]
+            lo2, hi2 = s.interval
+            line += f"{s.successes:>3}/{s.episodes:<3} {s.rate:4.2f} [{lo2:.2f}, {hi2:.2f}]"
+            row["rl"] = s.as_dict()
+        print(line)
+        rows.append(row)
+    tot_b = sum(r.successes for r in before), sum(r.episodes for r in before)
+    summary = {"sft_overall": [tot_b[0] / tot_b[1], *wilson(*tot_b)]}
+    if after:
+        tot_a = sum(r.successes for r in after), sum(r.episodes for r in after)
+        summary["rl_overall"] = [tot_a[0] / tot_a[1], *wilson(*tot_a)]
+    print(f"wall time {time.perf_counter() - t0:.0f}s; manifests and checkpoints under {out}")
+    (out / "demo_results.json").write_text(json.dumps({"rows": rows, **summary, "args": a.__dict__,
+                                                       "wall_time_s": time.perf_counter() - t0}, indent=2))
+    return summary

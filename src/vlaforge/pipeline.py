@@ -1,0 +1,185 @@
+"""End-to-end jobs built from the pieces: collect demos → SFT → (RL) → evaluate.
+
+Used by the CLI (``vlaforge collect|sft|eval|demo``) and by the benchmark scripts, so that the
+numbers in docs/ come from the same code a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vlaforge.algos.sft import SFTConfig, train_sft
+from vlaforge.data.demos import collect_demos, load_demos
+from vlaforge.envs import make_vec_env
+from vlaforge.policies import build_policy, load_policy, policy_hash, save_policy
+from vlaforge.rollout.evaluate import EVAL_SEED_BASE, evaluate_policy, format_table, manifest, write_manifest
+from vlaforge.train.logging import RunLogger, progress_bar
+
+
+def suite_task_names(spec, tasks: str | None) -> list[str]:
+    """Resolve a task selection against a built env: names, or 'train' / 'heldout' / 'all'."""
+    if tasks in (None, "all"):
+        return [t.name for t in spec.tasks]
+    if tasks in ("train", "heldout"):
+        return [t.name for t in spec.tasks if t.split == tasks]
+    names = [n.strip() for n in tasks.split(",")]
+    for n in names:
+        spec.task_index(n)  # raises a clear EnvError on an unknown name
+    return names
+
+
+def env_tasks_arg(suite: str, tasks: str | None):
+    """The `tasks` to construct a suite's envs with (PointReach always holds all its tasks)."""
+    return None if suite == "pointreach" else tasks
+
+
+@dataclass
+class CollectArgs:
+    """Record scripted-expert demonstrations (LeRobot v2 parquet layout)."""
+
+    suite: str = "pointreach"
+    """simulator suite"""
+    tasks: str = "train"
+    """comma-separated task names (or train / all)"""
+    episodes: int = 50
+    """episodes per task"""
+    out: str = "runs/demos"
+    """output directory (written atomically)"""
+    noise: float = 0.1
+    """std of Gaussian noise on executed actions (labels stay noise-free)"""
+    num_envs: int = 8
+    """envs in parallel"""
+    workers: int = 0
+    """env subprocesses (0 = in process)"""
+    image_size: int = 64
+    """image size"""
+    seed: int = 0
+    """seed"""
+
+
+def run_collect(a: CollectArgs, quiet: bool = False):
+    venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks_arg(a.suite, a.tasks), image_size=a.image_size,
+                        workers=a.workers)
+    try:
+        names = suite_task_names(venv.spec, a.tasks)
+        prog, task = progress_bar("collect", a.episodes * len(names), not quiet)
+        with prog:
+            info = collect_demos(venv, a.out, names, a.episodes, a.seed, a.noise,
+                                 progress=lambda done, total: prog.update(task, completed=done))
+    finally:
+        venv.close()
+    if not quiet:
+        print(f"wrote {info.episodes} episodes ({info.frames} frames, {info.successes} successful) to {info.path}")
+    return info
+
+
+@dataclass
+class SFTArgs:
+    """Supervised fine-tuning of a VLA on demonstrations."""
+
+    demos: str = "runs/demos"
+    """demo directory from `vlaforge collect`"""
+    out: str = "runs/sft"
+    """output policy directory"""
+    init: str | None = None
+    """start from this policy checkpoint (default: a fresh tiny VLA)"""
+    head: str = "gaussian"
+    """action head of a fresh policy: gaussian | tokens | flow"""
+    chunk_size: int = 4
+    """action chunk length of a fresh policy"""
+    backbone: str = "vision"
+    """backbone of a fresh policy: vision | state"""
+    threads: int = 2
+    """torch CPU threads"""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+
+def run_sft(a: SFTArgs, quiet: bool = False):
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.sft.seed)
+    demos = load_demos(a.demos)
+    info = demos.info
+    if a.init:
+        policy = load_policy(a.init)
+    else:
+        V, H = info.get("views", 1), info["image_size"]
+        policy = build_policy("tiny", state_dim=info["features"]["observation.state"]["shape"][0],
+                              action_dim=info["features"]["action"]["shape"][0], chunk_size=a.chunk_size,
+                              views=V, image_size=H, head=a.head, backbone=a.backbone)
+    tasks = [json.loads(line) for line in (Path(a.demos) / "meta" / "tasks.jsonl").read_text().splitlines() if line]
+    task_index = {t["name"]: t["task_index"] for t in tasks}
+    logger = RunLogger(Path(a.out).with_name(Path(a.out).name + "_logs"))
+    prog, task = progress_bar("sft", a.sft.steps, not quiet)
+    t0 = time.perf_counter()
+    with prog:
+        metrics = train_sft(policy, demos, a.sft, task_index, logger,
+                            progress=lambda s, n, m: prog.update(task, completed=s, info=f"loss {float(m.get('sft/loss', 0)):.4f}")
+                            if s % 10 == 0 or s == n else None)
+    logger.close()
+    save_policy(policy, a.out, extra={"trained_on": {"demos": str(a.demos), "suite": info["suite"],
+                                                       "frames": len(demos), "steps": a.sft.steps}})
+    if not quiet:
+        print(f"SFT done in {time.perf_counter() - t0:.0f}s on {len(demos)} frames; final {metrics}; saved to {a.out}")
+    return policy, metrics
+
+
+@dataclass
+class EvalArgs:
+    """Evaluate a policy: success per task over fixed seeds with Wilson 95% intervals."""
+
+    checkpoint: str = "runs/sft"
+    """policy directory"""
+    suite: str = "pointreach"
+    """simulator suite"""
+    tasks: str = "all"
+    """comma-separated task names (or train / heldout / all)"""
+    episodes: int = 20
+    """episodes per task"""
+    out: str | None = None
+    """write the eval manifest (JSON) here; default <checkpoint>/eval_<suite>.json"""
+    videos: int = 0
+    """record this many episodes per batch as mp4 next to the manifest"""
+    num_envs: int = 8
+    """envs in parallel"""
+    workers: int = 0
+    """env subprocesses"""
+    stochastic: bool = False
+    """sample actions instead of taking the mode"""
+    seed_base: int = EVAL_SEED_BASE
+    """first evaluation seed"""
+    threads: int = 2
+    """torch CPU threads"""
+
+
+def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
+    torch.set_num_threads(a.threads)
+    policy = policy if policy is not None else load_policy(a.checkpoint)
+    venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks_arg(a.suite, a.tasks),
+                        image_size=policy.cfg.image_size, workers=a.workers)
+    try:
+        if (policy.cfg.state_dim, policy.cfg.action_dim) != (venv.spec.state_dim, venv.spec.action_dim):
+            raise ValueError(f"policy was trained for state/action dims {policy.cfg.state_dim}/{policy.cfg.action_dim}; "
+                             f"suite '{a.suite}' has {venv.spec.state_dim}/{venv.spec.action_dim}")
+        names = suite_task_names(venv.spec, a.tasks)
+        out = Path(a.out) if a.out else Path(a.checkpoint) / f"eval_{a.suite}.json"
+        t0 = time.perf_counter()
+        results, stats = evaluate_policy(policy, venv, names, a.episodes, deterministic=not a.stochastic,
+                                         seed_base=a.seed_base, videos=a.videos,
+                                         video_dir=out.with_suffix("") if a.videos else None)
+        data = manifest(venv.spec, names, a.episodes, a.seed_base, policy_hash(a.checkpoint)
+                        if (Path(a.checkpoint) / "model.safetensors").exists() else None, results,
+                        {"deterministic": not a.stochastic, "wall_time_s": time.perf_counter() - t0,
+                         "env_steps": stats.env_steps, "policy_s_per_env_step": stats.policy_time / max(stats.env_steps, 1),
+                         "sim_s_per_env_step": stats.sim_time / max(stats.env_steps, 1)})
+        write_manifest(out, data)
+    finally:
+        venv.close()
+    if not quiet:
+        print(format_table(results, f"{a.suite}: {Path(a.checkpoint).name}"))
+        print(f"manifest: {out}")
+    return results, data

@@ -1,0 +1,107 @@
+"""Demos on disk, SFT, evaluation, the CLI and its errors (PointReach: seconds)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vlaforge.algos.sft import SFTConfig
+from vlaforge.data.demos import collect_demos, load_demos
+from vlaforge.envs import make_vec_env
+from vlaforge.pipeline import EvalArgs, SFTArgs, run_eval, run_sft
+from vlaforge.rollout.evaluate import wilson
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demos") / "pr"
+    venv = make_vec_env("pointreach", 8)
+    info = collect_demos(venv, d, ["red-0", "green-0"], 6, seed=0, noise=0.1)
+    assert info.episodes == 12 and info.successes == 12
+    return d
+
+
+def test_demo_layout_opens_with_standard_tools(demos):
+    info = json.loads((demos / "meta" / "info.json").read_text())
+    df = pd.read_parquet(demos / "data" / "chunk-000" / "episode_000000.parquet")
+    assert {"observation.state", "action", "episode_index", "frame_index", "task_index", "index",
+            "observation.images.top"} <= set(df.columns)
+    assert len(np.asarray(df["action"].iloc[0])) == info["features"]["action"]["shape"][0] == 2
+    png = df["observation.images.top"].iloc[0]["bytes"]
+    assert png[:4] == b"\x89PNG"
+    eps = [json.loads(x) for x in (demos / "meta" / "episodes.jsonl").read_text().splitlines()]
+    assert sum(e["length"] for e in eps) == info["total_frames"]
+
+
+def test_load_demos_and_chunk_targets(demos):
+    d = load_demos(demos)
+    assert d.images.dtype == np.uint8 and d.images.shape[1:] == (1, 64, 64, 3)
+    last = d.episode_end[0] - 1
+    acts, mask = d.chunk_targets(np.array([last]), 3)
+    assert mask.tolist() == [[1, 0, 0]]
+    np.testing.assert_array_equal(acts[0, 1], d.actions[last])  # padded with the last action, masked out
+
+
+def test_sft_then_eval_writes_manifest(demos, tmp_path):
+    policy, metrics = run_sft(SFTArgs(demos=str(demos), out=str(tmp_path / "sft"), sft=SFTConfig(steps=30, batch_size=16)),
+                              quiet=True)
+    before = [p.detach().clone() for p in policy.parameters()]
+    assert np.isfinite(metrics["sft/loss"])
+    res, data = run_eval(EvalArgs(checkpoint=str(tmp_path / "sft"), suite="pointreach", tasks="red-0,blue-1",
+                                  episodes=3, num_envs=3), quiet=True)
+    assert [r.episodes for r in res] == [3, 3] and res[1].split == "heldout"
+    m = json.loads((tmp_path / "sft" / "eval_pointreach.json").read_text())
+    for key in ("suite", "tasks", "seeds", "episodes_per_task", "renderer", "camera", "image_size", "versions",
+                "checkpoint_sha256_16"):
+        assert key in m
+    assert m["seeds"]["base"] >= 10_000_000
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))  # eval does not train
+
+
+def test_sft_reduces_loss(demos):
+    from vlaforge.algos.sft import train_sft
+    from vlaforge.policies import build_policy
+
+    torch.manual_seed(0)
+    d = load_demos(demos)
+    p = build_policy(head="tokens")
+    first = train_sft(p, d, SFTConfig(steps=1, batch_size=32), {"red-0": 0, "green-0": 1})["sft/loss"]
+    last = train_sft(p, d, SFTConfig(steps=40, batch_size=32), {"red-0": 0, "green-0": 1}, set_stats=False)["sft/loss"]
+    assert last < first
+
+
+def test_wilson_hand_values():
+    lo, hi = wilson(8, 10)
+    assert abs(lo - 0.4902) < 1e-3 and abs(hi - 0.9433) < 1e-3
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "vlaforge.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["collect", "--suite", "nosuch", "--out", "OUT"], "unknown suite"),
+    (["collect", "--suite", "pointreach", "--tasks", "magenta-7", "--out", "OUT"], "unknown task"),
+    (["eval", "--checkpoint", "NOPE"], "no checkpoint"),
+    (["frobnicate"], "unknown command"),
+])
+def test_cli_bad_input_one_line_error(args, needle, tmp_path):
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    r = _cli(*args)
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.strip().splitlines() if x]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_help_lists_fields():
+    r = _cli("train", "--help")
+    assert r.returncode == 0
+    for field in ("--algo", "--ppo.clip", "--rloo.group-size", "--resume", "--dynamic-rejection"):
+        assert field in r.stdout
