@@ -13,6 +13,8 @@
 * Fast rendering: no multisampling, no shadows, no reflections (~7 ms per 64x64 frame on a
   software renderer instead of ~90 ms). The ``corner`` camera is mounted upside down in
   Meta-World's scene; its image is rotated 180 degrees so it is upright (not mirrored).
+* On Linux, MUJOCO_GL defaults to egl and LP_NUM_THREADS to 0 (set before mujoco is imported):
+  with llvmpipe's render threads, a process forked after rendering hangs in its first render.
 * Rewards are sparse: 1.0 on the step where the task is first solved; the episode then ends.
 """
 
@@ -26,6 +28,9 @@ import weakref
 
 if sys.platform.startswith("linux"):
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless default; must precede the mujoco import
+    # llvmpipe without render threads: same speed at 64 px, and a process that has rendered can
+    # still fork workers that render (with render threads a forked child hangs in its first render)
+    os.environ.setdefault("LP_NUM_THREADS", "0")
 
 import numpy as np
 

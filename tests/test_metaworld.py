@@ -1,0 +1,146 @@
+"""Meta-World suite: env contract, determinism, scripted experts, upright images, task resolution."""
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metaworld", reason="Meta-World is an optional extra: pip install 'vlaforge[metaworld]'")
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from vlaforge.envs import EnvError, check_env, make_vec_env  # noqa: E402
+from vlaforge.envs.metaworld import TASK_INSTRUCTIONS, MetaWorldEnv, resolve_tasks  # noqa: E402
+
+TASKS = "reach-v3,button-press-topdown-v3"
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = MetaWorldEnv(tasks=TASKS, image_size=64)
+    yield e
+    e.close()
+
+
+def test_check_env_sync():
+    venv = make_vec_env("metaworld", num_envs=4, tasks=TASKS, workers=0)
+    try:
+        check_env(venv)
+        assert venv.spec.state_dim == 4 and venv.spec.action_dim == 4
+        assert venv.spec.image_shape == (1, 64, 64, 3) and venv.spec.cameras == ("corner",)
+    finally:
+        venv.close()
+
+
+def test_reset_is_a_function_of_task_and_seed(env):
+    other = MetaWorldEnv(tasks=TASKS, image_size=64)
+    try:
+        img_a, st_a = env.reset(0, 11)
+        img_a, st_a = img_a.copy(), st_a.copy()
+        env.step_chunk(np.random.default_rng(0).uniform(-1, 1, (20, 4)))  # history must not matter
+        env.reset(0, 12)
+        img_b, st_b = env.reset(0, 11)
+        img_c, st_c = other.reset(0, 11)
+        for img, st in ((img_b, st_b), (img_c, st_c)):
+            assert np.array_equal(img, img_a) and np.array_equal(st, st_a)
+        assert img_a.shape == (1, 64, 64, 3) and img_a.dtype == np.uint8
+        assert st_a.shape == (4,) and st_a.dtype == np.float32
+        # a different seed moves the goal / objects: visible in the image (the hand starts fixed)
+        for tid in (0, 1):
+            img_0, _ = env.reset(tid, 0)
+            img_0 = img_0.copy()
+            img_1, _ = env.reset(tid, 1)
+            assert not np.array_equal(img_0, img_1)
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("task_id", [0, 1])
+def test_scripted_expert_succeeds(env, task_id):
+    for seed in range(2):
+        env.reset(task_id, seed)
+        done, total = False, 0.0
+        while not done:
+            a = env.expert_action()
+            assert a.shape == (4,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1.0)
+            r = env.step_chunk(a[None])
+            done, total = r.done, total + r.reward
+        assert r.success and not r.truncated and total == 1.0, f"expert failed {env.tasks[task_id].name} seed {seed}"
+        assert env.t < env.max_steps
+        # an ended episode stays ended: no steps, no reward
+        after = env.step_chunk(np.zeros((3, 4), np.float32))
+        assert after.steps == 0 and after.done and after.reward == 0.0
+        assert np.array_equal(after.image, r.image)
+
+
+def test_time_limit_truncates():
+    e = MetaWorldEnv(tasks="reach-v3", max_steps=10)
+    try:
+        e.reset(0, 0)
+        r1 = e.step_chunk(np.zeros((4, 4), np.float32))
+        assert r1.steps == 4 and not r1.done
+        r2 = e.step_chunk(np.zeros((8, 4), np.float32))
+        assert r2.steps == 6 and r2.done and r2.truncated and not r2.success and r2.reward == 0.0
+    finally:
+        e.close()
+
+
+def test_image_is_upright_and_not_mirrored(env):
+    """The red reach goal appears where an upright camera at the 'corner' pose projects it."""
+    for seed in range(2):
+        img, _ = env.reset(0, seed)
+        sim = env._sim
+        m, d = sim.env.model, sim.env.data
+        sid = m.site("goal").id
+        group = m.site_group[sid]
+        m.site_group[sid] = 5  # hidden group: render once without the goal
+        try:
+            without = sim.render("corner")
+        finally:
+            m.site_group[sid] = group
+        rows, cols = np.nonzero(np.abs(img[0].astype(int) - without.astype(int)).sum(-1) > 30)
+        assert rows.size > 0, "goal not visible"
+        cid = m.camera("corner").id
+        fwd = -d.cam_xmat[cid].reshape(3, 3)[:, 2]
+        right = np.cross(fwd, [0.0, 0.0, 1.0])
+        right /= np.linalg.norm(right)
+        up = np.cross(right, fwd)
+        p = d.site_xpos[sid] - d.cam_xpos[cid]
+        H = img.shape[1]
+        focal = (H / 2) / np.tan(np.deg2rad(m.cam_fovy[cid]) / 2)
+        row = H / 2 - focal * (p @ up) / (p @ fwd)
+        col = H / 2 + focal * (p @ right) / (p @ fwd)
+        assert abs(rows.mean() + 0.5 - row) < 3 and abs(cols.mean() + 0.5 - col) < 3, \
+            f"goal at ({rows.mean():.1f}, {cols.mean():.1f}), expected ({row:.1f}, {col:.1f})"
+
+
+def test_tasks_benchmarks_and_errors():
+    specs, bench = resolve_tasks("MT10")
+    assert len(specs) == 10 and bench == "MT10" and all(s.split == "train" for s in specs)
+    specs, _ = resolve_tasks("MT50")
+    assert len(specs) == 50 and all(s.name in TASK_INSTRUCTIONS for s in specs)
+    assert len({s.instruction for s in specs}) == 50
+    test_specs, _ = resolve_tasks("ML10-test")
+    assert len(test_specs) == 5 and all(s.split == "heldout" for s in test_specs)
+    train_specs, _ = resolve_tasks("ML10-train")
+    assert len(train_specs) == 10 and not {s.name for s in train_specs} & {s.name for s in test_specs}
+    assert [s.name for s in resolve_tasks("MT1:push-v3")[0]] == ["push-v3"]
+    assert [s.name for s in resolve_tasks(["reach-v3", " drawer-close-v3"])[0]] == ["reach-v3", "drawer-close-v3"]
+    assert [s.name for s in resolve_tasks(None)[0]] == ["reach-v3"]
+    e = MetaWorldEnv(tasks="drawer-open-v3", benchmark="ML10")  # no sims built until reset
+    assert e.spec.tasks[0].split == "heldout" and e.spec.extra["benchmark"] == "ML10"
+    with pytest.raises(EnvError, match="unknown metaworld task 'reach-v9'"):
+        MetaWorldEnv(tasks="reach-v3,reach-v9")
+    with pytest.raises(EnvError, match="camera"):
+        MetaWorldEnv(camera="nope")
+    with pytest.raises(EnvError, match="not in benchmark"):
+        MetaWorldEnv(tasks="soccer-v3", benchmark="MT10")
+
+
+def test_bad_actions_and_task_ids(env):
+    env.reset(0, 0)
+    with pytest.raises(EnvError, match="shape"):
+        env.step_chunk(np.zeros(4, np.float32))
+    with pytest.raises(EnvError, match="shape"):
+        env.step_chunk(np.zeros((2, 3), np.float32))
+    with pytest.raises(EnvError, match="out of range"):
+        env.reset(2, 0)
