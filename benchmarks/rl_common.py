@@ -32,6 +32,15 @@ def summarize(results) -> dict:
 
 def sft_start(a, work: Path, suite: str, tasks: str, env_kw: dict) -> tuple[Path, float]:
     t0 = time.perf_counter()
+    if a.backbone == "state":  # the state-only baseline starts from scratch (no demos needed)
+        from vlaforge.envs import suite_spec
+        from vlaforge.policies import build_policy, save_policy
+
+        spec = suite_spec(suite, None if suite == "pointreach" else tasks, **env_kw)
+        torch.manual_seed(a.seed)
+        save_policy(build_policy(backbone="state", state_dim=spec.state_dim, action_dim=spec.action_dim),
+                    work / "init")
+        return work / "init", time.perf_counter() - t0
     sft_dir = work / "sft"
     if not (sft_dir / "model.safetensors").exists():
         run_collect(CollectArgs(suite=suite, tasks=tasks, episodes=a.demo_episodes, out=str(work / "demos"),
@@ -45,14 +54,15 @@ def run_algos(a, work: Path, suite: str, tasks: str, eval_tasks: str, env_kw: di
     torch.set_num_threads(a.threads)
     sft_dir, sft_time = sft_start(a, work, suite, tasks, env_kw)
     ev = EvalArgs(checkpoint=str(sft_dir), suite=suite, tasks=eval_tasks, episodes=a.eval_episodes,
-                  num_envs=a.num_envs, workers=a.workers, out=str(work / "eval_sft.json"))
+                  num_envs=a.num_envs, workers=a.workers, out=str(work / "eval_sft.json"), env_kwargs=env_kw)
     before, _ = run_eval(ev, quiet=True)
     rows = []
     for algo in a.algos.split(","):
         t0 = time.perf_counter()
         cfg = TrainConfig(algo=algo, suite=suite, tasks=tasks, init=str(sft_dir), out=str(work / algo),
                           iterations=a.iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
-                          eval_every=0, progress=False, seed=a.seed, lr=a.lr, threads=a.threads, **train_kw)
+                          eval_every=0, progress=False, seed=a.seed, lr=a.lr, threads=a.threads,
+                          env_kwargs={k: float(v) for k, v in env_kw.items() if k != "max_steps"}, **train_kw)
         if hasattr(cfg.algo_cfg, "group_size") and algo != "ppo":
             cfg.algo_cfg.group_size = a.group_size
         if algo == "ppo":
@@ -97,8 +107,8 @@ def write(result: dict, out: str | None) -> None:
 
 def add_args(ap, **defaults) -> None:
     d = {"algos": "ppo,grpo,rloo,tpo", "iterations": 20, "groups": 8, "group_size": 8, "demo_episodes": 30,
-         "sft_steps": 500, "eval_episodes": 20, "num_envs": 16, "workers": 0, "head": "gaussian", "lr": 3e-4,
-         "threads": 2, "seed": 0, "demo_noise": 0.3}
+         "sft_steps": 500, "eval_episodes": 20, "num_envs": 16, "workers": 0, "head": "gaussian", "lr": 3e-5,
+         "threads": 2, "seed": 0, "demo_noise": 0.3, "backbone": "vision"}
     d.update(defaults)
     for k, v in d.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)

@@ -3,6 +3,7 @@ evaluation seeds (training tasks and the held-out colour/instruction split), env
 time, learning curves.
 
     python benchmarks/rl_pointreach.py --out docs/bench/rl_pointreach.json --plot docs/bench/rl_pointreach.png
+    python benchmarks/rl_pointreach.py --backbone state --privileged --out docs/bench/rl_pointreach_state.json
 """
 
 import argparse
@@ -15,8 +16,11 @@ from rl_common import add_args, plot, run_algos, write  # noqa: E402
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(ap)
+    ap.add_argument("--privileged", action="store_true", help="goal offset in the state (for --backbone state)")
     a = ap.parse_args()
-    res = run_algos(a, Path(a.work) / "pointreach", "pointreach", "train", "all", {}, {})
+    env_kw = {"privileged": True, "radius": 0.2} if a.privileged else {}
+    name = "pointreach" + ("_state" if a.backbone == "state" else "")
+    res = run_algos(a, Path(a.work) / name, "pointreach", "train", "all", env_kw, {})
     write(res, a.out)
     if a.plot:
         plot(res, a.plot, "PointReach: RL from one SFT start")

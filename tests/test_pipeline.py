@@ -105,3 +105,17 @@ def test_cli_help_lists_fields():
     assert r.returncode == 0
     for field in ("--algo", "--ppo.clip", "--rloo.group-size", "--resume", "--dynamic-rejection"):
         assert field in r.stdout
+
+
+def test_eval_videos_written(demos, tmp_path):
+    from vlaforge.policies import build_policy, save_policy
+
+    save_policy(build_policy(), tmp_path / "p")
+    run_eval(EvalArgs(checkpoint=str(tmp_path / "p"), suite="pointreach", tasks="red-0", episodes=2, num_envs=2,
+                      videos=1, out=str(tmp_path / "ev" / "m.json")), quiet=True)
+    vids = sorted((tmp_path / "ev" / "m").glob("*.mp4"))
+    assert vids and vids[0].stat().st_size > 1000
+    import imageio.v3 as iio
+
+    frames = iio.imread(vids[0])
+    assert frames.shape[1:] == (256, 256, 3)

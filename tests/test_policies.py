@@ -11,7 +11,7 @@ from vlaforge.policies import CheckpointError, build_policy, load_policy, save_p
 from vlaforge.policies.base import action_stats, denormalize, normalize
 from vlaforge.policies.heads.tokens import actions_to_tokens, tokens_to_actions
 
-HEADS = ["gaussian", "tokens"]
+HEADS = ["gaussian", "tokens", "flow"]
 
 
 @pytest.fixture(scope="module")

@@ -154,13 +154,15 @@ class EvalArgs:
     """first evaluation seed"""
     threads: int = 2
     """torch CPU threads"""
+    env_kwargs: dict[str, float] = field(default_factory=dict)
+    """extra numeric options of the suite's env constructor (e.g. PointReach's radius)"""
 
 
 def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
     torch.set_num_threads(a.threads)
     policy = policy if policy is not None else load_policy(a.checkpoint)
     venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks_arg(a.suite, a.tasks),
-                        image_size=policy.cfg.image_size, workers=a.workers)
+                        image_size=policy.cfg.image_size, workers=a.workers, **a.env_kwargs)
     try:
         if (policy.cfg.state_dim, policy.cfg.action_dim) != (venv.spec.state_dim, venv.spec.action_dim):
             raise ValueError(f"policy was trained for state/action dims {policy.cfg.state_dim}/{policy.cfg.action_dim}; "

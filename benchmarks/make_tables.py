@@ -1,0 +1,74 @@
+"""Build docs/benchmarks.md's tables from the JSON files the benchmark scripts wrote.
+
+    python benchmarks/make_tables.py            # reads docs/bench/*.json, prints Markdown tables
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "docs" / "bench"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def ci(d: dict) -> str:
+    return f"{d['successes']}/{d['episodes']} = {pct(d['rate'])} [{pct(d['ci95'][0])}, {pct(d['ci95'][1])}]"
+
+
+def throughput(d: dict) -> str:
+    lines = [f"Machine: {d['machine']}; date {d['date']}; args {d['args']}", "",
+             "| suite | envs × workers | chunk | raw steps/s | with policy steps/s | ratio | policy ms/step | sim ms/step |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in d["rows"]:
+        lines.append(f"| {r['suite']} | {r['num_envs']} × {r['workers']} | {r['chunk']} | {r['raw']['steps_per_s']:.0f} | "
+                     f"{r['policy']['steps_per_s']:.0f} | {r['ratio']:.2f} | {r['policy']['policy_ms_per_env_step']:.3f} | "
+                     f"{r['policy']['sim_ms_per_env_step']:.3f} |")
+    return "\n".join(lines)
+
+
+def sft(d: dict) -> str:
+    lines = [f"{d['suite']}, head {d['head']}; machine {d['machine']}; date {d['date']}; "
+             f"collect {d['collect_s']:.0f}s, SFT {d['sft_s']:.0f}s, eval {d['eval_s']:.0f}s", ""]
+    for split in ("train", "heldout"):
+        if split in d:
+            lines.append(f"- {split} tasks: {ci(d[split])}")
+    lines += ["", "| task | split | success |", "| --- | --- | --- |"]
+    for r in d["results"]:
+        lines.append(f"| {r['task']} | {r['split']} | {r['successes']}/{r['episodes']} |")
+    return "\n".join(lines)
+
+
+def rl(d: dict) -> str:
+    lines = [f"Machine: {d['machine']}; date {d['date']}; SFT start built in {d['sft_time_s']:.0f}s; args {d['args']}", "",
+             "| algo | split | SFT start | after RL | env steps | wall |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in d["rows"]:
+        for split in ("train", "heldout"):
+            if split in r["before"]:
+                lines.append(f"| {r['algo']} | {split} | {ci(r['before'][split])} | {ci(r['after'][split])} | "
+                             f"{r['env_steps']} | {r['wall_s']:.0f}s |")
+    return "\n".join(lines)
+
+
+KINDS = {"rollout_throughput": throughput, "sft_": sft, "rl_": rl}
+
+
+def main() -> None:
+    for f in sorted(BENCH.glob("*.json")):
+        d = json.loads(f.read_text())
+        for prefix, fn in KINDS.items():
+            if f.stem.startswith(prefix):
+                print(f"### {f.stem}  (`docs/bench/{f.name}`)\n")
+                print(fn(d))
+                print()
+                break
+        else:
+            print(f"(no table maker for {f.name})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
