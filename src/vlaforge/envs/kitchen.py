@@ -18,7 +18,7 @@
   env's home pose plus uniform noise of +-``joint_noise`` rad (default 0.03) drawn from
   ``seed``, and the env's noise generator is seeded with ``seed``. The kitchen itself always
   starts in the same state (doors closed, kettle on the bottom left burner).
-* Fast rendering with our own ``mujoco.Renderer``: no multisampling, shadows or reflections.
+* Fast rendering with ``mjrender.FastRenderer`` (a ``mujoco.Renderer``): no multisampling, shadows or reflections.
   The scene has ~140k triangles, so a frame costs ~20-30 ms on a software renderer at any size;
   ``step_chunk`` renders once per chunk. ``render=False`` skips rendering (black frames) for
   physics-only uses such as testing the scripted experts.
@@ -32,22 +32,15 @@
 
 from __future__ import annotations
 
-import atexit
 import os
-import sys
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-if sys.platform.startswith("linux"):
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless default; must precede the mujoco import
-    os.environ.setdefault("LP_NUM_THREADS", "0")  # see metaworld.py: forked children can still render
-
 import numpy as np
 
-from vlaforge.envs import require
+from vlaforge.envs import mjrender, require  # mjrender sets the MUJOCO_GL defaults before mujoco loads
 from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec
 
 mujoco = require("mujoco", "kitchen")
@@ -373,28 +366,17 @@ class _Sim:
         self.model, self.data = self.env.model, self.env.data
         self.home_qpos = np.array(self.robot.init_qpos, dtype=float).copy()
         self.camera = camera
-        self.renderer = None
+        self.renderer: mjrender.FastRenderer | None = None
         if render:
-            model = self.model
-            model.vis.quality.offsamples = 0  # must be set before the GL context is made
-            model.light_castshadow[:] = 0
-            model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
-            model.vis.global_.offheight = max(model.vis.global_.offheight, height)
-            self.renderer = mujoco.Renderer(model, height, width)
-            flags = self.renderer.scene.flags
-            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             if camera == "overview":
                 cam = mujoco.MjvCamera()
                 cam.type = mujoco.mjtCamera.mjCAMERA_FREE
                 cam.distance, cam.azimuth, cam.elevation = (_OVERVIEW["distance"], _OVERVIEW["azimuth"],
                                                              _OVERVIEW["elevation"])
                 cam.lookat[:] = _OVERVIEW["lookat"]
-                self._cam = cam
             else:
-                self._cam = camera
-            if not _ATEXIT:
-                _ATEXIT.append(atexit.register(_close_all))
+                cam = camera
+            self.renderer = mjrender.FastRenderer(self.model, height, width, camera=cam)
         self.expert = _Expert(self.model, self.home_qpos, self.robot.dt)
         self.t = 0  # env steps since reset
 
@@ -420,27 +402,13 @@ class _Sim:
         return obs["observation"], gym_name in info["step_task_completions"]
 
     def render(self) -> np.ndarray:
-        self.renderer.update_scene(self.data, camera=self._cam)
-        return np.ascontiguousarray(self.renderer.render())
+        return self.renderer.render(self.data)
 
     def close(self) -> None:
         if self.renderer is not None:
             self.renderer.close()
             self.renderer = None
         self.env.close()
-
-
-_LIVE: weakref.WeakSet = weakref.WeakSet()
-_ATEXIT: list = []
-
-
-def _close_all() -> None:
-    # Free GL contexts before mujoco's own atexit eglTerminate (atexit is LIFO), as in metaworld.py
-    for env in list(_LIVE):
-        try:
-            env.close()
-        except Exception:
-            pass
 
 
 class KitchenEnv:
@@ -473,7 +441,7 @@ class KitchenEnv:
         self._state: np.ndarray | None = None
         self.t = 0
         self.done = True
-        _LIVE.add(self)
+        mjrender.register_for_exit_cleanup(self)
 
     # -- episode -------------------------------------------------------------------------------
     def reset(self, task_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

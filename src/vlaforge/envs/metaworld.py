@@ -10,7 +10,7 @@
   Meta-World's observation). Object and goal positions are visible in the image only, so the
   state is the same for every seed at reset; seeds differ in the picture.
 * One Meta-World env (and one ``mujoco.Renderer``) per task name, created on first use and reused.
-* Fast rendering: no multisampling, no shadows, no reflections (~7 ms per 64x64 frame on a
+* Fast rendering (``mjrender.FastRenderer``): no multisampling, shadows or reflections (~7 ms per 64x64 frame on a
   software renderer instead of ~90 ms). The ``corner`` camera is mounted upside down in
   Meta-World's scene; its image is rotated 180 degrees so it is upright (not mirrored).
 * On Linux, MUJOCO_GL defaults to egl and LP_NUM_THREADS to 0 (set before mujoco is imported):
@@ -20,21 +20,12 @@
 
 from __future__ import annotations
 
-import atexit
 import os
-import sys
 import warnings
-import weakref
-
-if sys.platform.startswith("linux"):
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless default; must precede the mujoco import
-    # llvmpipe without render threads: same speed at 64 px, and a process that has rendered can
-    # still fork workers that render (with render threads a forked child hangs in its first render)
-    os.environ.setdefault("LP_NUM_THREADS", "0")
 
 import numpy as np
 
-from vlaforge.envs import require
+from vlaforge.envs import mjrender, require  # mjrender sets the MUJOCO_GL defaults before mujoco loads
 from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec
 
 _mw = require("metaworld", "metaworld")
@@ -192,17 +183,7 @@ class _Sim:
         # seed= makes construction leave numpy's global random state untouched
         self.env = cls(seed=0)
         self.env.max_path_length = max_steps + 1  # our own time limit ends episodes first
-        model = self.env.model
-        model.vis.quality.offsamples = 0  # must be set before the GL context is made
-        model.light_castshadow[:] = 0
-        model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
-        model.vis.global_.offheight = max(model.vis.global_.offheight, height)
-        self.renderer = mujoco.Renderer(model, height, width)
-        flags = self.renderer.scene.flags
-        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        if not _ATEXIT:
-            _ATEXIT.append(atexit.register(_close_all))
+        self.renderer = mjrender.FastRenderer(self.env.model, height, width)
         self.policy = _policies.ENV_POLICY_MAP[task]()
 
     def reset(self, seed: int) -> np.ndarray:
@@ -214,29 +195,14 @@ class _Sim:
         return obs
 
     def render(self, camera: str) -> np.ndarray:
-        self.renderer.update_scene(self.env.data, camera=camera)
-        img = self.renderer.render()
+        img = self.renderer.render(self.env.data, camera)
         if camera in _UPSIDE_DOWN:
-            img = img[::-1, ::-1]
-        return np.ascontiguousarray(img)
+            img = np.ascontiguousarray(img[::-1, ::-1])
+        return img
 
     def close(self) -> None:
         self.renderer.close()
         self.env.close()
-
-
-_LIVE: weakref.WeakSet = weakref.WeakSet()
-_ATEXIT = []
-
-
-def _close_all() -> None:
-    # Free GL contexts at exit. Registered after the first renderer exists, so it runs before
-    # mujoco's own atexit eglTerminate (atexit is LIFO); else EGL errors are printed at exit.
-    for env in list(_LIVE):
-        try:
-            env.close()
-        except Exception:
-            pass
 
 
 class MetaWorldEnv:
@@ -267,7 +233,7 @@ class MetaWorldEnv:
         self._state: np.ndarray | None = None
         self.t = 0
         self.done = True
-        _LIVE.add(self)
+        mjrender.register_for_exit_cleanup(self)
 
     # -- episode -------------------------------------------------------------------------------
     def reset(self, task_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
