@@ -23,4 +23,5 @@ if __name__ == "__main__":
     res = run_algos(a, Path(a.work) / name, "pointreach", "train", "all", env_kw, {})
     write(res, a.out)
     if a.plot:
-        plot(res, a.plot, "PointReach: RL from one SFT start")
+        plot(res, a.plot, "PointReach, state-only policy from scratch" if a.backbone == "state"
+             else "PointReach: RL from one SFT start")
