@@ -31,6 +31,7 @@ from vlaforge.algos.rloo import RLOOConfig
 from vlaforge.algos.tpo import TPOConfig
 from vlaforge.core.advantages import uniform_groups
 from vlaforge.envs import make_vec_env
+from vlaforge.pipeline import suite_task_names
 from vlaforge.policies import build_policy, load_policy
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.rollout.evaluate import evaluate_policy
@@ -159,15 +160,6 @@ def _split_rates(results) -> dict:
     return out
 
 
-def _eval_tasks(cfg: TrainConfig, venv) -> list[str]:
-    if cfg.eval_tasks:
-        names = cfg.eval_tasks.split(",")
-        if len(names) == 1 and names[0] in ("train", "heldout", "all"):
-            return [t.name for t in venv.spec.tasks if names[0] == "all" or t.split == names[0]]
-        return names
-    return [t.name for t in venv.spec.tasks]
-
-
 def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int, stats: CollectStats):
     """One iteration's rollouts: `groups` contexts × K. With dynamic rejection, uniform-reward
     groups are dropped and more contexts drawn until `fill_fraction` of the batch is informative."""
@@ -235,13 +227,12 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
         policy = build_policy("tiny", head=cfg.head, chunk_size=cfg.chunk_size, backbone=cfg.backbone,
                               state_dim=spec.state_dim, action_dim=spec.action_dim, views=spec.image_shape[0],
                               image_size=cfg.image_size)
-    if cfg.suite == "pointreach":
-        train_names = [t.name for t in spec.tasks if cfg.tasks in ("train", "all") and (cfg.tasks == "all" or t.split == "train")] \
-            or cfg.tasks.split(",")
-    else:
-        train_names = [t.name for t in spec.tasks if t.split == "train"]
+    # PointReach envs hold every task and `tasks` selects among them; other suites were built with `tasks`.
+    # Held-out tasks (ML10 test, PointReach's held-out split) are never trained on unless named explicitly.
+    named = suite_task_names(spec, cfg.tasks if cfg.suite == "pointreach" else None)
+    train_names = [n for n in named if spec.tasks[spec.task_index(n)].split == "train"] or named
     train_ids = [spec.task_index(n) for n in train_names]
-    eval_names = _eval_tasks(cfg, venv)
+    eval_names = suite_task_names(spec, cfg.eval_tasks)
     if (policy.cfg.state_dim, policy.cfg.action_dim) != (spec.state_dim, spec.action_dim):
         raise ValueError(f"policy expects state/action dims {policy.cfg.state_dim}/{policy.cfg.action_dim} but suite "
                          f"'{cfg.suite}' has {spec.state_dim}/{spec.action_dim}; pass a checkpoint trained on this suite")
