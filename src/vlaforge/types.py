@@ -53,19 +53,6 @@ class Observation:
             idx = torch.as_tensor(ii) if isinstance(self.images, torch.Tensor) else ii
         return Observation(self.images[idx], self.state[idx], instr, self.task_ids[idx])
 
-    @staticmethod
-    def cat(obs: list[Observation]) -> Observation:
-        if isinstance(obs[0].images, torch.Tensor):
-            cat = torch.cat
-        else:
-            cat = np.concatenate
-        return Observation(
-            images=cat([o.images for o in obs]),
-            state=cat([o.state for o in obs]),
-            instructions=[s for o in obs for s in o.instructions],
-            task_ids=cat([o.task_ids for o in obs]),
-        )
-
 
 @dataclass
 class ActionOutput:
@@ -130,9 +117,6 @@ class Rollout:
     @property
     def num_episodes(self) -> int:
         return int(self.reward.shape[1])
-
-    def obs_at(self, t: int) -> Observation:
-        return Observation(self.obs_images[t], self.obs_state[t], self.instructions, self.task_id)
 
     def select(self, episodes: torch.Tensor) -> Rollout:
         """Keep only some episodes (an index tensor over N)."""

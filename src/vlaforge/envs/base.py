@@ -119,6 +119,16 @@ class VecEnv(Protocol):
     def close(self) -> None: ...
 
 
+def validate_chunk(actions: np.ndarray, action_dim: int, suite: str) -> np.ndarray:
+    """Check one env's action chunk; returns float32 (C, A). Raises EnvError saying what is wrong."""
+    a = np.asarray(actions, dtype=np.float32)
+    if a.ndim != 2 or a.shape[1] != action_dim:
+        raise EnvError(f"{suite} expects an action chunk of shape (C, {action_dim}); got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise EnvError(f"{suite} actions contain NaN or inf; check the policy output")
+    return a
+
+
 def validate_actions(actions: np.ndarray, num_envs: int, action_dim: int) -> np.ndarray:
     """Check a batched action chunk; returns float32 (N, C, A) clipped to [-1, 1]."""
     a = np.asarray(actions, dtype=np.float32)

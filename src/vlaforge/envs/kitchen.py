@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vlaforge.envs import mjrender, require  # mjrender sets the MUJOCO_GL defaults before mujoco loads
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec
+from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, validate_chunk
 
 mujoco = require("mujoco", "kitchen")
 require("gymnasium_robotics", "kitchen")
@@ -457,11 +457,7 @@ class KitchenEnv:
         return self._image, self._state
 
     def step_chunk(self, actions: np.ndarray) -> ChunkResult:
-        a = np.asarray(actions, dtype=np.float32)
-        if a.ndim != 2 or a.shape[1] != 9:
-            raise EnvError(f"kitchen expects an action chunk of shape (C, 9); got {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise EnvError("kitchen actions contain NaN or inf; check the policy output")
+        a = validate_chunk(actions, 9, "kitchen")
         if self._sim is None:
             raise EnvError("call reset(task_id, seed) before step_chunk")
         if self.done:

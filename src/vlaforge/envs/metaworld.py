@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 
 from vlaforge.envs import mjrender, require  # mjrender sets the MUJOCO_GL defaults before mujoco loads
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec
+from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, validate_chunk
 
 _mw = require("metaworld", "metaworld")
 mujoco = require("mujoco", "metaworld")
@@ -250,11 +250,7 @@ class MetaWorldEnv:
         return self._image, self._state
 
     def step_chunk(self, actions: np.ndarray) -> ChunkResult:
-        a = np.asarray(actions, dtype=np.float32)
-        if a.ndim != 2 or a.shape[1] != 4:
-            raise EnvError(f"metaworld expects an action chunk of shape (C, 4); got {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise EnvError("metaworld actions contain NaN or inf; check the policy output")
+        a = validate_chunk(actions, 4, "metaworld")
         if self._sim is None:
             raise EnvError("call reset(task_id, seed) before step_chunk")
         if self.done:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec
+from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, validate_chunk
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -115,9 +115,7 @@ class PointReachEnv:
         return self._obs()
 
     def step_chunk(self, actions: np.ndarray) -> ChunkResult:
-        a = np.asarray(actions, dtype=np.float32)
-        if a.ndim != 2 or a.shape[1] != 2:
-            raise EnvError(f"pointreach expects an action chunk of shape (C, 2); got {a.shape}")
+        a = validate_chunk(actions, 2, "pointreach")
         if self.done:
             img, st = self._obs()
             return ChunkResult(img, st, 0.0, False, True, False, 0)

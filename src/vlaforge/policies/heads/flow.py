@@ -56,6 +56,7 @@ import math
 import torch
 from torch import nn
 
+from vlaforge.core.losses import mse_loss
 from vlaforge.policies.heads.common import TokenLearner, mlp
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -229,9 +230,5 @@ class FlowHead(nn.Module):
         tb = t.view(n, 1, 1)
         xt = tb * x1 + (1 - tb) * x0
         v = self.predict_velocity(self.context(feats), xt, t)
-        err = ((v - (x1 - x0)) ** 2).mean(-1)  # (N, C)
-        if mask is None:
-            mask = torch.ones_like(err)
-        mask = mask.float()
-        loss = (err * mask).sum() / mask.sum().clamp_min(1)
-        return loss, {"sft/flow_mse": loss.detach()}
+        loss, m = mse_loss(v, x1 - x0, mask)
+        return loss, {"sft/flow_mse": m["mse"]}

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from vlaforge.core.losses import mse_loss
 from vlaforge.policies.heads.common import TokenLearner, mlp
 
 
@@ -47,8 +48,5 @@ class GaussianHead(nn.Module):
     def sft_loss(self, feats, target, mask=None):
         """Regression of the mean on the expert chunk (the std keeps its initial value for RL)."""
         mean, _ = self._dist(feats, 1.0)
-        err = ((mean - target) ** 2).mean(-1)  # (N, C)
-        if mask is None:
-            mask = torch.ones_like(err)
-        loss = (err * mask).sum() / mask.sum().clamp_min(1)
-        return loss, {"sft/mse": loss.detach()}
+        loss, m = mse_loss(mean, target, mask)
+        return loss, {"sft/mse": m["mse"]}

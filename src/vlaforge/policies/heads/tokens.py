@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlaforge.core.losses import token_cross_entropy
 from vlaforge.policies.heads.common import TokenLearner, mlp
 
 
@@ -72,12 +73,7 @@ class TokenHead(nn.Module):
         return lp.view(shape), ent.view(shape)
 
     def sft_loss(self, feats, target, mask=None):
-        tokens = actions_to_tokens(target, self.n_bins).flatten(1)  # (N, K)
-        logits = self._logits(feats, tokens)
-        ce = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none").view(target.shape)
-        ce = ce.mean(-1)  # (N, C)
-        if mask is None:
-            mask = torch.ones_like(ce)
-        loss = (ce * mask).sum() / mask.sum().clamp_min(1)
-        acc = (logits.argmax(-1) == tokens).float().mean()
-        return loss, {"sft/ce": loss.detach(), "sft/token_acc": acc.detach()}
+        tokens = actions_to_tokens(target, self.n_bins)  # (N, C, A)
+        logits = self._logits(feats, tokens.flatten(1)).view(*tokens.shape, self.n_bins)
+        loss, m = token_cross_entropy(logits, tokens, mask)
+        return loss, {"sft/ce": m["ce"], "sft/token_acc": m["token_accuracy"]}
