@@ -23,12 +23,16 @@ class Observation:
     state: float32 (N, S) proprioception
     instructions: list[str] of length N
     task_ids: int64 (N,) index into the suite's task list
+    sim_state: float32 (N, P) privileged simulator state (object/goal poses...; layout in
+        ``EnvSpec.sim_state_names``) for reward models only — policies must never read it. None
+        when the suite has no such channel.
     """
 
     images: Array
     state: Array
     instructions: list[str]
     task_ids: Array
+    sim_state: Array | None = None
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -39,6 +43,8 @@ class Observation:
             state=torch.as_tensor(self.state, dtype=torch.float32, device=device),
             instructions=list(self.instructions),
             task_ids=torch.as_tensor(self.task_ids, dtype=torch.int64, device=device),
+            sim_state=None if self.sim_state is None else torch.as_tensor(self.sim_state, dtype=torch.float32,
+                                                                            device=device),
         )
 
     def index(self, idx) -> Observation:
@@ -51,7 +57,8 @@ class Observation:
                 ii = np.nonzero(ii)[0]
             instr = [self.instructions[int(i)] for i in ii]
             idx = torch.as_tensor(ii) if isinstance(self.images, torch.Tensor) else ii
-        return Observation(self.images[idx], self.state[idx], instr, self.task_ids[idx])
+        sim = None if self.sim_state is None else self.sim_state[idx]
+        return Observation(self.images[idx], self.state[idx], instr, self.task_ids[idx], sim)
 
 
 @dataclass
@@ -88,6 +95,8 @@ class Rollout:
     success (N,) bool, valid (N,) bool (False: worker crashed, never count the episode)
     task_id (N,), seed (N,), group_id (N,): rollouts sharing (task, seed) share a group id
     env_steps (N,) simulator steps executed
+    sim_state (T, N, P) privileged simulator state at each decision (reward models only; P = 0 when
+        the suite has none; None in rollouts built by hand)
     """
 
     obs_images: torch.Tensor
@@ -109,6 +118,7 @@ class Rollout:
     seed: torch.Tensor
     group_id: torch.Tensor
     env_steps: torch.Tensor
+    sim_state: torch.Tensor | None = None
 
     @property
     def num_steps(self) -> int:
@@ -124,7 +134,9 @@ class Rollout:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "instructions":
+            if v is None:
+                out[f.name] = None
+            elif f.name == "instructions":
                 out[f.name] = [v[int(i)] for i in episodes]
             elif f.name == "taken":
                 out[f.name] = {k: x[:, episodes] for k, x in v.items()}
@@ -146,7 +158,9 @@ class Rollout:
         out = {}
         for f in fields(Rollout):
             vals = [getattr(r, f.name) for r in rollouts]
-            if f.name == "instructions":
+            if any(v is None for v in vals):  # an optional field (sim_state) missing in any part
+                out[f.name] = None
+            elif f.name == "instructions":
                 out[f.name] = [s for v in vals for s in v]
             elif f.name == "taken":
                 out[f.name] = {k: torch.cat([pad(v[k]) for v in vals], 1) for k in vals[0]}

@@ -49,6 +49,9 @@ class EnvSpec:
     cameras: tuple[str, ...] = ("default",)
     renderer: str = "numpy"
     extra: dict[str, Any] = field(default_factory=dict)
+    sim_state_names: tuple[str, ...] = ()
+    """names of the privileged ``sim_state`` vector's entries (empty: the suite has no such channel);
+    shared names across suites: ee_x/ee_y/ee_z (end effector), gripper, obj_x.. , goal_x.."""
 
     def task_index(self, name: str) -> int:
         for i, t in enumerate(self.tasks):
@@ -70,6 +73,7 @@ class ChunkResult:
     done: bool  # episode over (success or time limit)
     truncated: bool  # ended by the time limit without success
     steps: int  # simulator steps executed (< C when the episode ended inside the chunk)
+    sim_state: np.ndarray | None = None  # float32 (P,) privileged state after the chunk (filled by the vector env)
 
 
 @runtime_checkable
@@ -89,6 +93,9 @@ class TaskEnv(Protocol):
     def expert_action(self) -> np.ndarray:
         """The scripted expert's next action (A,) in [-1, 1] for the current state."""
         ...
+
+    # Optional: ``sim_state() -> float32 (P,)``, the privileged simulator state now (layout in
+    # ``spec.sim_state_names``), for reward models (GRAPE costs, RPRM milestones), never for policies.
 
     def close(self) -> None: ...
 
@@ -165,6 +172,13 @@ def check_env(venv: VecEnv, chunk: int = 2, steps: int = 3, seed: int = 0) -> No
         assert np.all(np.isfinite(o.state)), "state has non-finite values"
         assert len(o.instructions) == n and all(isinstance(s, str) and s for s in o.instructions)
         assert o.task_ids.dtype == np.int64 and o.task_ids.shape == (n,)
+        P = len(spec.sim_state_names)
+        if P:
+            assert o.sim_state is not None and o.sim_state.dtype == np.float32 and o.sim_state.shape == (n, P), \
+                f"sim_state must be float32 (N, {P}) as named by spec.sim_state_names"
+            assert np.all(np.isfinite(o.sim_state)), "sim_state has non-finite values"
+        else:
+            assert o.sim_state is None, "sim_state given but spec.sim_state_names is empty"
 
     check_obs(obs)
     for i in range(n):

@@ -26,6 +26,11 @@
   the end-effector site on MuJoCo's own Jacobian (``mj_jacSite``), with waypoints read from
   the model's handle/knob sites and a small state machine (approach, grasp or contact, then
   move along the articulation's own motion: a hinge's arc, a slide's axis, a knob's twist).
+* ``sim_state`` (privileged, for reward models only), named in ``SIM_STATE_NAMES``: the 9 robot
+  joint positions (q0..q6, finger_l, finger_r), the end-effector site xyz (ee_*), the finger
+  opening (gripper, sum of the two finger joints / 0.08, ~1 = open), task_err (the current
+  sub-task's joint distance to its goal: the env's own completion test is task_err < 0.3), then
+  the kitchen's 21 object joint positions (kitchen_q9 .. kitchen_q29 = qpos[9:30]).
 * ``load_kitchen_dataset`` reads a D4RL/Minari-style kitchen dataset from ``.npz`` (or HDF5
   when h5py is installed) into arrays in this suite's state/action convention.
 """
@@ -48,6 +53,8 @@ require("gymnasium_robotics", "kitchen")
 _kitchen = require("gymnasium_robotics.envs.franka_kitchen.kitchen_env", "kitchen")
 
 SUITE = "kitchen"
+SIM_STATE_NAMES = (tuple(f"q{i}" for i in range(7)) + ("finger_l", "finger_r", "ee_x", "ee_y", "ee_z", "gripper",
+                                                       "task_err") + tuple(f"kitchen_q{i}" for i in range(9, 30)))
 
 # our task name -> (gymnasium-robotics sub-task name, instruction)
 _TASKS: dict[str, tuple[str, str]] = {
@@ -434,7 +441,8 @@ class KitchenEnv:
                             state_dim=18, action_dim=9, max_steps=self.max_steps, cameras=(camera,),
                             renderer=os.environ.get("MUJOCO_GL", "egl") if render else "none",
                             extra={"expert_tasks": [t.name for t in self.tasks if t.name in EXPERT_TASKS],
-                                   "control_dt": 0.08})
+                                   "control_dt": 0.08},
+                            sim_state_names=SIM_STATE_NAMES)
         self._sim: _Sim | None = None
         self._task: str | None = None
         self._image: np.ndarray | None = None
@@ -492,6 +500,16 @@ class KitchenEnv:
             self._sim.close()
             self._sim = None
         self.done = True
+
+    def sim_state(self) -> np.ndarray:
+        """Privileged state (35,) now (layout: ``SIM_STATE_NAMES``)."""
+        if self._sim is None or self._task is None:
+            raise EnvError("call reset(task_id, seed) before sim_state")
+        d = self._sim.data
+        gym_name = _TASKS[self._task][0]
+        err = np.linalg.norm(d.qpos[_kitchen.OBS_ELEMENT_INDICES[gym_name]] - _kitchen.OBS_ELEMENT_GOALS[gym_name])
+        return np.concatenate([d.qpos[:9], d.site_xpos[self._sim.expert.site], [(d.qpos[7] + d.qpos[8]) / 0.08, err],
+                               d.qpos[9:30]]).astype(np.float32)
 
     # -- helpers -------------------------------------------------------------------------------
     def task_joints(self) -> np.ndarray:

@@ -16,6 +16,11 @@
 * On Linux, MUJOCO_GL defaults to egl and LP_NUM_THREADS to 0 (set before mujoco is imported):
   with llvmpipe's render threads, a process forked after rendering hangs in its first render.
 * Rewards are sparse: 1.0 on the step where the task is first solved; the episode then ends.
+* ``sim_state`` (privileged, for reward models only) is Meta-World's full 39-D observation, named
+  in ``SIM_STATE_NAMES``: hand xyz (ee_*), gripper opening in [0, 1] (1 = open), object 0 position
+  and quaternion (obj_*, obj_q*; for drawers and buttons the handle / button point), object 1
+  (obj1_*, zeros when the task has one object), the same 18 values one step earlier (prev_*),
+  then the goal position (goal_*).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ _env_dict = require("metaworld.env_dict", "metaworld")
 _policies = require("metaworld.policies", "metaworld")
 
 SUITE = "metaworld"
+_CUR = ("ee_x", "ee_y", "ee_z", "gripper", "obj_x", "obj_y", "obj_z", "obj_qw", "obj_qx", "obj_qy", "obj_qz",
+        "obj1_x", "obj1_y", "obj1_z", "obj1_qw", "obj1_qx", "obj1_qy", "obj1_qz")
+SIM_STATE_NAMES = _CUR + tuple(f"prev_{n}" for n in _CUR) + ("goal_x", "goal_y", "goal_z")
 CAMERAS = ("corner", "topview", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 _UPSIDE_DOWN = {"corner"}  # cameras whose frame is rolled 180 degrees in Meta-World's XML
 
@@ -225,7 +233,8 @@ class MetaWorldEnv:
         self.max_steps = int(max_steps)
         self.spec = EnvSpec(suite=SUITE, tasks=tuple(specs), image_shape=(1, self.size, self.size, 3),
                             state_dim=4, action_dim=4, max_steps=self.max_steps, cameras=(camera,),
-                            renderer=os.environ.get("MUJOCO_GL", "egl"), extra={"benchmark": bench})
+                            renderer=os.environ.get("MUJOCO_GL", "egl"), extra={"benchmark": bench},
+                            sim_state_names=SIM_STATE_NAMES)
         self._sims: dict[str, _Sim] = {}
         self._sim: _Sim | None = None
         self._obs: np.ndarray | None = None  # last full Meta-World observation (for the expert)
@@ -277,6 +286,12 @@ class MetaWorldEnv:
             warnings.simplefilter("ignore", UserWarning)
             act = self._sim.policy.get_action(self._obs)
         return np.clip(np.asarray(act, dtype=np.float32), -1.0, 1.0)
+
+    def sim_state(self) -> np.ndarray:
+        """Meta-World's full observation (39,) now (layout: ``SIM_STATE_NAMES``)."""
+        if self._obs is None:
+            raise EnvError("call reset(task_id, seed) before sim_state")
+        return np.asarray(self._obs, dtype=np.float32).copy()
 
     def close(self) -> None:
         for sim in self._sims.values():

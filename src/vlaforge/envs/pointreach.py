@@ -5,6 +5,9 @@ the instruction names the goal ("reach the blue target"). Observation: one 64x64
 plus the agent's 2-D position; action: a 2-D velocity in [-1, 1] scaled by ``speed``.
 Success when the agent is within ``radius`` of the named target.
 
+``sim_state`` (privileged, for reward models): ``SIM_STATE_NAMES`` = agent (ee_x, ee_y), goal
+target (goal_x, goal_y), then every target's position in drawing order (target0_x ... target2_y).
+
 Tasks are (goal colour, instruction template) pairs; a fixed set of combinations is held
 out (``split="heldout"``) and never used for demos or training, so evaluation on them tests
 whether colour and wording compose. Target positions and the start position are a
@@ -30,6 +33,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 TEMPLATES = ("reach the {} target", "go to the {} one", "move to the {} marker")
 NUM_TARGETS = 3
+SIM_STATE_NAMES = ("ee_x", "ee_y", "goal_x", "goal_y") + tuple(
+    f"target{i}_{a}" for i in range(NUM_TARGETS) for a in "xy")
 
 
 def _all_tasks() -> list[TaskSpec]:
@@ -76,7 +81,8 @@ class PointReachEnv:
         self.speed, self.radius = speed, radius
         self.privileged = bool(privileged)
         self.spec = EnvSpec(suite="pointreach", tasks=tuple(self.tasks), image_shape=(1, image_size, image_size, 3),
-                            state_dim=4 if self.privileged else 2, action_dim=2, max_steps=max_steps, cameras=("top",), renderer="numpy")
+                            state_dim=4 if self.privileged else 2, action_dim=2, max_steps=max_steps, cameras=("top",), renderer="numpy",
+                            sim_state_names=SIM_STATE_NAMES)
         # pixel-centre coordinates in arena units, for rendering
         c = (np.arange(image_size) + 0.5) / image_size * 2.0 - 1.0
         self._gx, self._gy = np.meshgrid(c, -c)  # row 0 is y = +1 (top)
@@ -138,6 +144,10 @@ class PointReachEnv:
         d = (self.targets[self.goal] - self.pos) / self.speed
         norm = np.abs(d).max()
         return (d / max(norm, 1.0)).astype(np.float32)
+
+    def sim_state(self) -> np.ndarray:
+        """Privileged state (10,): agent xy, goal xy, the three targets' xy (``SIM_STATE_NAMES``)."""
+        return np.concatenate([self.pos, self.targets[self.goal], self.targets.ravel()]).astype(np.float32)
 
     def close(self) -> None:
         pass

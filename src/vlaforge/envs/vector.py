@@ -24,13 +24,33 @@ from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskEnv, VecStep,
 from vlaforge.types import Observation
 
 
-def _stack(spec: EnvSpec, task_ids: np.ndarray, images: list, states: list) -> Observation:
+def _stack(spec: EnvSpec, task_ids: np.ndarray, images: list, states: list, sims: list | None = None) -> Observation:
+    has_sim = bool(spec.sim_state_names) and sims is not None and all(x is not None for x in sims)
     return Observation(
         images=np.stack(images).astype(np.uint8, copy=False),
         state=np.stack(states).astype(np.float32, copy=False),
         instructions=[spec.tasks[int(t)].instruction for t in task_ids],
         task_ids=np.asarray(task_ids, dtype=np.int64).copy(),
+        sim_state=np.stack(sims).astype(np.float32, copy=False) if has_sim else None,
     )
+
+
+def _sim_state(env) -> np.ndarray | None:
+    """The env's privileged state (P,) if it has that channel, else None."""
+    fn = getattr(env, "sim_state", None)
+    return None if fn is None or not env.spec.sim_state_names else np.asarray(fn(), np.float32)
+
+
+def _reset_one(env, task_id: int, seed: int) -> tuple:
+    image, state = env.reset(task_id, seed)
+    return image, state, _sim_state(env)
+
+
+def _step_one(env, actions: np.ndarray) -> ChunkResult:
+    res = env.step_chunk(actions)
+    if res.sim_state is None:
+        res.sim_state = _sim_state(env)
+    return res
 
 
 def _check_reset_args(spec: EnvSpec, n: int, task_ids, seeds) -> tuple[np.ndarray, np.ndarray]:
@@ -52,12 +72,12 @@ class SyncVecEnv:
 
     def reset(self, task_ids, seeds) -> Observation:
         self._task_ids, seeds = _check_reset_args(self.spec, self.num_envs, task_ids, seeds)
-        out = [e.reset(int(t), int(s)) for e, t, s in zip(self.envs, self._task_ids, seeds)]
-        return _stack(self.spec, self._task_ids, [o[0] for o in out], [o[1] for o in out])
+        out = [_reset_one(e, int(t), int(s)) for e, t, s in zip(self.envs, self._task_ids, seeds)]
+        return _stack(self.spec, self._task_ids, [o[0] for o in out], [o[1] for o in out], [o[2] for o in out])
 
     def step(self, actions: np.ndarray) -> VecStep:
         a = validate_actions(actions, self.num_envs, self.spec.action_dim)
-        return _vec_step(self.spec, self._task_ids, [e.step_chunk(x) for e, x in zip(self.envs, a)],
+        return _vec_step(self.spec, self._task_ids, [_step_one(e, x) for e, x in zip(self.envs, a)],
                          np.ones(self.num_envs, bool))
 
     def expert_actions(self) -> np.ndarray:
@@ -70,7 +90,8 @@ class SyncVecEnv:
 
 def _vec_step(spec, task_ids, results: Sequence[ChunkResult], valid: np.ndarray) -> VecStep:
     return VecStep(
-        obs=_stack(spec, task_ids, [r.image for r in results], [r.state for r in results]),
+        obs=_stack(spec, task_ids, [r.image for r in results], [r.state for r in results],
+                   [r.sim_state for r in results]),
         reward=np.array([r.reward for r in results], np.float32),
         success=np.array([r.success for r in results], bool),
         done=np.array([r.done for r in results], bool),
@@ -88,9 +109,9 @@ def _worker(conn, env_fn, n_local: int) -> None:
         while True:
             cmd, arg = conn.recv()
             if cmd == "reset":
-                conn.send(("ok", [e.reset(int(t), int(s)) for e, (t, s) in zip(envs, arg)]))
+                conn.send(("ok", [_reset_one(e, int(t), int(s)) for e, (t, s) in zip(envs, arg)]))
             elif cmd == "step":
-                conn.send(("ok", [e.step_chunk(a) for e, a in zip(envs, arg)]))
+                conn.send(("ok", [_step_one(e, a) for e, a in zip(envs, arg)]))
             elif cmd == "expert":
                 conn.send(("ok", [e.expert_action() for e in envs]))
             elif cmd == "crash":  # for tests: die like a segfaulting simulator would
@@ -189,7 +210,7 @@ class SubprocVecEnv:
                 out[w] = self._restart(w)
                 self._valid[self.slices[w]] = True  # nothing happened in this episode yet
         flat = [o for res in out for o in res]
-        return _stack(self.spec, self._task_ids, [o[0] for o in flat], [o[1] for o in flat])
+        return _stack(self.spec, self._task_ids, [o[0] for o in flat], [o[1] for o in flat], [o[2] for o in flat])
 
     def step(self, actions: np.ndarray) -> VecStep:
         a = validate_actions(actions, self.num_envs, self.spec.action_dim)
@@ -198,7 +219,7 @@ class SubprocVecEnv:
         for w, res in enumerate(out):
             if res is None:  # crashed: episode is invalid and over
                 resets = self._restart(w)
-                res = [ChunkResult(img, st, 0.0, False, True, False, 0) for img, st in resets]
+                res = [ChunkResult(img, st, 0.0, False, True, False, 0, sim) for img, st, sim in resets]
             results.extend(res)
         return _vec_step(self.spec, self._task_ids, results, self._valid)
 

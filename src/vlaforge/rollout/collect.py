@@ -5,7 +5,9 @@ batches of ``venv.num_envs``; entries with equal (task_id, seed) start from the 
 state and share a ``group_id`` (GRPO / RLOO / RIPT-VLA groups). The returned ``Rollout``
 keeps everything needed to score the same actions again under a new policy: the
 observations, the head's ``taken`` record and the sampling log-probs, computed with the same
-distribution and temperature that sampled them.
+distribution and temperature that sampled them. With ``keep_obs`` it also keeps the suite's
+privileged ``sim_state`` per decision (``Rollout.sim_state (T, N, P)``, P = 0 for suites without
+one) for reward models; the policy never sees it.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
         }
         if keep_obs:
             rec["images"], rec["state"] = torch.from_numpy(obs.images), torch.from_numpy(obs.state)
+            rec["sim_state"] = (torch.from_numpy(np.asarray(obs.sim_state, np.float32)) if obs.sim_state is not None
+                                else torch.zeros(n, 0))
         steps.append(rec)
         env_steps += st.steps * alive
         success |= st.success & alive
@@ -100,6 +104,7 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
         truncated=stack("truncated"), success=torch.from_numpy(success), valid=torch.from_numpy(valid),
         task_id=torch.as_tensor(task_ids, dtype=torch.int64), seed=torch.as_tensor(seeds, dtype=torch.int64),
         group_id=torch.zeros(n, dtype=torch.int64), env_steps=torch.from_numpy(env_steps),
+        sim_state=stack("sim_state") if keep_obs else torch.zeros(T, n, 0),
     )
 
 
