@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import tyro
 
     from vlaforge.demo import DemoArgs
+    from vlaforge.distributed import RunFailed
     from vlaforge.envs import EnvError, MissingExtra
     from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs
     from vlaforge.policies import CheckpointError
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<8} {(cls.__doc__ or '').strip().splitlines()[0]}")
         return 0
     cls, fn = commands[argv[0]]
+    if argv[0] == "train":  # `--ray` is short for `--ray.enabled`
+        argv = [("--ray.enabled" if a == "--ray" else a) for a in argv]
     args = tyro.cli(cls, args=argv[1:], prog=f"vlaforge {argv[0]}")
     try:
         fn(args)
@@ -79,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"vlaforge {argv[0]}: error: {msg}", file=sys.stderr)
         return 2
+    except RunFailed as e:  # a Ray run broke down (dead learner, ...): the message names the checkpoint
+        print(f"vlaforge {argv[0]}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@ advantages are formed and in their defaults).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -100,10 +101,45 @@ class PGSettings:
     value_only: bool = False  # critic warm-up: only the value head steps
 
 
+class LocalSync:
+    """How data-parallel learners agree during an update. One process has nothing to agree on;
+    ``vlaforge.distributed`` installs an all-reduce version with ``data_parallel`` so that every
+    learner skips the same steps and applies the same averaged gradient."""
+
+    def any(self, flag: bool) -> bool:
+        """True when ``flag`` holds on any learner."""
+        return bool(flag)
+
+    def mean(self, x: float) -> float:
+        """Mean of ``x`` over learners."""
+        return x
+
+    def grads(self, params) -> None:
+        """Average the parameters' ``.grad`` over learners, in place."""
+
+
+_SYNC: list = [LocalSync()]
+
+
+@contextmanager
+def data_parallel(sync):
+    """Run updates inside with ``sync`` (a ``LocalSync``-like object) shared by all learners."""
+    _SYNC.append(sync)
+    try:
+        yield sync
+    finally:
+        _SYNC.pop()
+
+
+def learner_sync():
+    return _SYNC[-1]
+
+
 def pg_update(policy, optimizer, batch: StepBatch, s: PGSettings, gen: torch.Generator | None = None) -> dict:
     """Epochs of minibatch clipped-surrogate steps. Skips the optimizer step (and counts it) on
     a non-finite loss or when the minibatch's approximate KL exceeds ``kl_guard``."""
     policy.train()
+    sync = learner_sync()
     value_params = set(policy.value_parameters()) if hasattr(policy, "value_parameters") else set()
     sums: dict[str, float] = {}
     count = 0
@@ -132,10 +168,10 @@ def pg_update(policy, optimizer, batch: StepBatch, s: PGSettings, gen: torch.Gen
                 m.update(vm)
             m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
             optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
+            if sync.any(not torch.isfinite(loss)):
                 skipped["nonfinite"] += 1
                 continue
-            if s.kl_guard is not None and not s.value_only and float(m["approx_kl"]) > s.kl_guard:
+            if s.kl_guard is not None and not s.value_only and sync.mean(float(m["approx_kl"])) > s.kl_guard:
                 skipped["kl_guard"] += 1
                 stop = True  # the policy moved too far from the rollout policy: stop this update
                 break
@@ -144,6 +180,7 @@ def pg_update(policy, optimizer, batch: StepBatch, s: PGSettings, gen: torch.Gen
                 for p in policy.parameters():
                     if p not in value_params:
                         p.grad = None
+            sync.grads(list(policy.parameters()))
             gn = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.grad is not None], s.grad_clip)
             if not torch.isfinite(gn):
                 skipped["nonfinite"] += 1

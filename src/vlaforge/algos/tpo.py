@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlaforge.algos.common import chunk_mask, trajectory_reward
+from vlaforge.algos.common import chunk_mask, learner_sync, trajectory_reward
 from vlaforge.core.losses import tpo_loss
 from vlaforge.types import Observation, Rollout
 
@@ -99,6 +99,7 @@ def _traj_logps(policy, r: Rollout, eps: torch.Tensor) -> tuple[torch.Tensor, to
 
 def update(policy, optimizer, batch: PairBatch, cfg: TPOConfig, iteration: int, gen=None) -> dict:
     policy.train()
+    sync = learner_sync()
     P = len(batch)
     sums: dict[str, float] = {}
     steps, skipped = 0, 0
@@ -112,10 +113,11 @@ def update(policy, optimizer, batch: PairBatch, cfg: TPOConfig, iteration: int, 
             new_l, ref_l, m_l = _traj_logps(policy, batch.rollout, batch.rejected[sel])
             loss, m = tpo_loss(new_w, ref_w, m_w, new_l, ref_l, m_l, cfg.beta)
             optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
+            if sync.any(not torch.isfinite(loss)):
                 skipped += 1
                 continue
             loss.backward()
+            sync.grads(list(policy.parameters()))
             gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             if not torch.isfinite(gn):
                 skipped += 1

@@ -30,6 +30,7 @@ from vlaforge.algos.ppo import PPOConfig
 from vlaforge.algos.rloo import RLOOConfig
 from vlaforge.algos.tpo import TPOConfig
 from vlaforge.core.advantages import uniform_groups
+from vlaforge.distributed.config import RayConfig
 from vlaforge.envs import make_vec_env
 from vlaforge.pipeline import suite_task_names
 from vlaforge.policies import build_policy, load_policy
@@ -112,6 +113,8 @@ class TrainConfig:
     """write TensorBoard scalars"""
     progress: bool = True
     """show a progress bar"""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """scale-out on a Ray cluster (`--ray`, see docs/distributed.md); never taken from a checkpoint"""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rloo: RLOOConfig = field(default_factory=RLOOConfig)
@@ -128,6 +131,7 @@ def config_to_dict(cfg) -> dict:
 
 def config_from_dict(d: dict) -> TrainConfig:
     sub = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "tpo": TPOConfig}
+    sub["ray"] = RayConfig
     kw = dict(d)
     for k, cls in sub.items():
         if k in kw:
@@ -160,9 +164,12 @@ def _split_rates(results) -> dict:
     return out
 
 
-def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int, stats: CollectStats):
+def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int, stats: CollectStats,
+                   collect_fn=None):
     """One iteration's rollouts: `groups` contexts × K. With dynamic rejection, uniform-reward
-    groups are dropped and more contexts drawn until `fill_fraction` of the batch is informative."""
+    groups are dropped and more contexts drawn until `fill_fraction` of the batch is informative.
+    ``collect_fn(task_ids, seeds, stats) -> Rollout`` replaces ``collect(policy, venv, ...)`` (the Ray
+    driver spreads the episodes over env workers)."""
     kept: list[Rollout] = []
     n_kept, n_seen, n_rejected, rounds = 0, 0, 0, 0
     target = cfg.groups if not cfg.dynamic_rejection else int(np.ceil(cfg.fill_fraction * cfg.groups))
@@ -170,7 +177,10 @@ def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int,
     while True:
         rounds += 1
         tids, seeds = sampler.sample(cfg.groups if rounds == 1 else max(cfg.groups - n_kept, 1))
-        r, _ = collect(policy, venv, np.repeat(tids, K), np.repeat(seeds, K), stats=stats)
+        if collect_fn is not None:
+            r = collect_fn(np.repeat(tids, K), np.repeat(seeds, K), stats)
+        else:
+            r, _ = collect(policy, venv, np.repeat(tids, K), np.repeat(seeds, K), stats=stats)
         sampler.update(r.task_id[r.valid].numpy(), r.success[r.valid].numpy())
         all_success.append(r.success[r.valid].float())
         r.group_id = r.group_id + n_seen  # unique across rounds
@@ -196,12 +206,54 @@ def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int,
     return (Rollout.cat(kept) if kept else None), info
 
 
+def env_settings(cfg: TrainConfig) -> dict:
+    """Keyword arguments of ``make_vec_env`` / ``suite_spec`` for a run's envs (Ray env workers use them too).
+    PointReach envs hold every task and `tasks` selects among them; other suites are built with `tasks`."""
+    return dict(tasks=None if cfg.suite == "pointreach" else cfg.tasks, image_size=cfg.image_size,
+                **cfg.env_kwargs, **({"max_steps": cfg.max_steps} if cfg.max_steps else {}))
+
+
+def fresh_policy(cfg: TrainConfig, spec):
+    return build_policy("tiny", head=cfg.head, chunk_size=cfg.chunk_size, backbone=cfg.backbone,
+                        state_dim=spec.state_dim, action_dim=spec.action_dim, views=spec.image_shape[0],
+                        image_size=cfg.image_size)
+
+
+def run_tasks(cfg: TrainConfig, spec, policy) -> tuple[list[int], list[str]]:
+    """(training task ids, evaluation task names); raises if the policy does not fit the suite."""
+    # Held-out tasks (ML10 test, PointReach's held-out split) are never trained on unless named explicitly.
+    named = suite_task_names(spec, cfg.tasks if cfg.suite == "pointreach" else None)
+    train_names = [n for n in named if spec.tasks[spec.task_index(n)].split == "train"] or named
+    train_ids = [spec.task_index(n) for n in train_names]
+    eval_names = suite_task_names(spec, cfg.eval_tasks)
+    if (policy.cfg.state_dim, policy.cfg.action_dim) != (spec.state_dim, spec.action_dim):
+        raise ValueError(f"policy expects state/action dims {policy.cfg.state_dim}/{policy.cfg.action_dim} but suite "
+                         f"'{cfg.suite}' has {spec.state_dim}/{spec.action_dim}; pass a checkpoint trained on this suite")
+    return train_ids, eval_names
+
+
+def eval_metrics(policy, venv, eval_names: list[str], episodes: int) -> dict:
+    """Success per split and per task on the fixed evaluation seeds, sampled at temperature 1."""
+    t = policy.temperature
+    policy.temperature = 1.0
+    res, st = evaluate_policy(policy, venv, eval_names, episodes)
+    policy.temperature = t
+    m = _split_rates(res)
+    m.update({f"eval_task/{r.task}": r.rate for r in res})
+    return m
+
+
 def train(cfg: TrainConfig, hooks=None) -> dict:
     """Run RL post-training. Returns the final metrics (evaluation included).
 
     ``hooks`` (optional) may define ``score(rollout) -> (N,)`` (TPO ranking), ``shape_rewards(rollout)``
     (dense rewards added in place before advantages) and ``after_iteration(it, policy, rollout)``.
+    With ``cfg.ray.enabled`` the same loop runs on a Ray cluster (``vlaforge.distributed.train_ray``).
     """
+    if cfg.ray.enabled:
+        from vlaforge.distributed import train_ray
+
+        return train_ray(cfg, hooks)
     start_it, env_steps_total = 0, 0
     out = Path(cfg.out)
     opt_state = rng = None
@@ -209,7 +261,7 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
     resuming = cfg.resume is not None
     if resuming:
         policy, opt_state, state, rng = load_checkpoint(cfg.resume)
-        cfg = config_from_dict(state["config"])
+        cfg = dataclasses.replace(config_from_dict(state["config"]), ray=cfg.ray)  # where to run: the caller's
         out = Path(cfg.out)
         start_it, env_steps_total, sampler_state = state["iteration"], state["env_steps"], state["sampler"]
     else:
@@ -219,23 +271,11 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
     algo = get_algo(cfg.algo)
     acfg = cfg.algo_cfg
     K = getattr(acfg, "group_size", 1)
-    env_kw = {**cfg.env_kwargs, **({"max_steps": cfg.max_steps} if cfg.max_steps else {})}
-    venv = make_vec_env(cfg.suite, cfg.num_envs, tasks=None if cfg.suite == "pointreach" else cfg.tasks,
-                        image_size=cfg.image_size, workers=cfg.workers, **env_kw)
+    venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
     spec = venv.spec
     if policy is None:
-        policy = build_policy("tiny", head=cfg.head, chunk_size=cfg.chunk_size, backbone=cfg.backbone,
-                              state_dim=spec.state_dim, action_dim=spec.action_dim, views=spec.image_shape[0],
-                              image_size=cfg.image_size)
-    # PointReach envs hold every task and `tasks` selects among them; other suites were built with `tasks`.
-    # Held-out tasks (ML10 test, PointReach's held-out split) are never trained on unless named explicitly.
-    named = suite_task_names(spec, cfg.tasks if cfg.suite == "pointreach" else None)
-    train_names = [n for n in named if spec.tasks[spec.task_index(n)].split == "train"] or named
-    train_ids = [spec.task_index(n) for n in train_names]
-    eval_names = suite_task_names(spec, cfg.eval_tasks)
-    if (policy.cfg.state_dim, policy.cfg.action_dim) != (spec.state_dim, spec.action_dim):
-        raise ValueError(f"policy expects state/action dims {policy.cfg.state_dim}/{policy.cfg.action_dim} but suite "
-                         f"'{cfg.suite}' has {spec.state_dim}/{spec.action_dim}; pass a checkpoint trained on this suite")
+        policy = fresh_policy(cfg, spec)
+    train_ids, eval_names = run_tasks(cfg, spec, policy)
     optimizer = make_optimizer(policy, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     sampler = TaskSampler(train_ids, cfg.curriculum, cfg.curriculum_tau, seed=cfg.seed)
@@ -250,13 +290,7 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
     (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
 
     def run_eval(it: int) -> dict:
-        t = policy.temperature
-        policy.temperature = 1.0
-        res, st = evaluate_policy(policy, venv, eval_names, cfg.eval_episodes)
-        policy.temperature = t
-        m = _split_rates(res)
-        m.update({f"eval_task/{r.task}": r.rate for r in res})
-        return m
+        return eval_metrics(policy, venv, eval_names, cfg.eval_episodes)
 
     final: dict = {}
     prog, task = progress_bar(f"{cfg.algo} on {cfg.suite}", cfg.iterations, cfg.progress)

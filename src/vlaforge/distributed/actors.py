@@ -1,0 +1,194 @@
+"""The two actor roles of a Ray run, as plain classes (``driver.py`` wraps them with ``ray.remote``).
+
+- ``EnvWorker`` owns a vectorised env (``make_vec_env``) and a copy of the policy, and runs the
+  local loop's ``collect()`` and evaluation on request. Policy inference therefore happens next to
+  the simulator, on the env worker; new weights arrive after every update (``set_weights``).
+- ``Learner`` owns a copy of the policy and its optimizer and runs the algorithm's own
+  ``update()`` on its shard of the batch. With more than one learner they form a
+  ``torch.distributed`` gloo group and ``AllReduceSync`` (installed with
+  ``algos.common.data_parallel``) averages gradients and agrees on skipped steps, so every learner
+  ends each step with identical weights.
+
+Randomness: one torch RNG stream (the one a local run uses) is handed from call to call by the
+driver: env worker 0 samples with it, learner 0 updates with it, and its state comes back with
+every result. Other workers and learners draw from seeds derived from the run seed and their
+inputs. That makes a 1-worker, 1-learner run repeat the local run exactly, and resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from datetime import timedelta
+
+import numpy as np
+import torch
+
+from vlaforge.algos import get_algo
+from vlaforge.algos.common import data_parallel
+from vlaforge.envs import make_vec_env
+from vlaforge.rollout.collect import CollectStats, collect
+
+
+def set_rng(rng) -> None:
+    """``rng`` is a torch RNG state (ByteTensor) to continue, or an int seed."""
+    if isinstance(rng, torch.Tensor):
+        torch.set_rng_state(rng)
+    else:
+        torch.manual_seed(int(rng))
+
+
+def derived_seed(*parts) -> int:
+    """A seed that is a pure function of integers (run seed, worker index, env seeds, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class EnvWorker:
+    """One role: step a vectorised env with a local copy of the policy."""
+
+    def __init__(self, cfg, policy, weights: dict, index: int):
+        from vlaforge.train.loop import env_settings
+
+        torch.set_num_threads(cfg.threads)
+        self.cfg, self.index = cfg, index
+        self.venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
+        self.policy = policy
+        self.policy.load_state_dict(weights)
+        self.policy.temperature = getattr(cfg.algo_cfg, "temperature", 1.0)
+
+    def ready(self) -> int:
+        return self.index
+
+    def collect(self, task_ids: np.ndarray, seeds: np.ndarray, rng):
+        """The local ``collect()`` on this worker's envs; returns (Rollout, CollectStats, RNG state)."""
+        set_rng(rng)
+        stats = CollectStats()
+        rollout, _ = collect(self.policy, self.venv, task_ids, seeds, stats=stats)
+        return rollout, stats, torch.get_rng_state()
+
+    def evaluate(self, eval_names: list[str], episodes: int, rng):
+        from vlaforge.train.loop import eval_metrics
+
+        set_rng(rng)
+        return eval_metrics(self.policy, self.venv, eval_names, episodes), torch.get_rng_state()
+
+    def set_weights(self, weights: dict) -> None:
+        self.policy.load_state_dict(weights)
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+class AllReduceSync:
+    """``algos.common.LocalSync`` over a gloo process group of ``world`` learners."""
+
+    def __init__(self, world: int):
+        self.world = world
+
+    def any(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def mean(self, x: float) -> float:
+        import torch.distributed as dist
+
+        t = torch.tensor([float(x)], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def grads(self, params) -> None:
+        """Average gradients in one flat all-reduce. A parameter with a gradient on any learner gets
+        one on all (zeros where it had none), so the optimizer steps the same parameters everywhere."""
+        import torch.distributed as dist
+
+        params = [p for p in params if p.requires_grad]
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)
+        used = [p for p, h in zip(params, has.tolist()) if h > 0]
+        if not used:
+            return
+        for p in used:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in used])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p in used:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+
+class Learner:
+    """One role: run the algorithm's ``update()`` on a shard of each batch (rank ``rank`` of ``world``)."""
+
+    def __init__(self, cfg, policy, weights: dict, rank: int, world: int, opt_state: dict | None,
+                 gen_state: torch.Tensor):
+        from vlaforge.train.loop import make_optimizer
+
+        torch.set_num_threads(cfg.threads)
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.algo = get_algo(cfg.algo)
+        self.policy = policy
+        self.policy.load_state_dict(weights)
+        self.optimizer = make_optimizer(self.policy, cfg)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)
+        self.gen = torch.Generator()
+        self.gen.set_state(gen_state)  # every rank shuffles its own shard with the same permutations
+        self.sync = None
+
+    def ready(self) -> int:
+        return self.rank
+
+    def rendezvous(self) -> str:
+        """(rank 0) an address for the other learners to join: this node's IP and a free port."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    def init_group(self, url: str, timeout_s: float) -> int:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=url, rank=self.rank, world_size=self.world,
+                                timeout=timedelta(seconds=timeout_s))
+        self.sync = AllReduceSync(self.world)
+        return self.rank
+
+    def update(self, batch, acfg, iteration: int, rng):
+        """The algorithm's own update on this learner's shard; returns (metrics, RNG state)."""
+        set_rng(rng)
+        if self.sync is None:
+            metrics = self.algo.update(self.policy, self.optimizer, batch, acfg, iteration, self.gen)
+        else:
+            with data_parallel(self.sync):
+                metrics = self.algo.update(self.policy, self.optimizer, batch, acfg, iteration, self.gen)
+        return metrics, torch.get_rng_state()
+
+    def weights(self) -> dict:
+        return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
+
+    def train_state(self) -> tuple[dict, dict, torch.Tensor]:
+        """(weights, optimizer state, update-generator state) for a checkpoint."""
+        return self.weights(), self.optimizer.state_dict(), self.gen.get_state()
+
+    def digest(self) -> str:
+        """Hash of the weights (tests check that every learner holds the same ones)."""
+        h = hashlib.sha256()
+        for k, v in self.policy.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
