@@ -15,7 +15,7 @@ $(BIN)/.stamp: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU wheel of torch first (a local file on these machines); never a multi-GB CUDA build in CI.
 	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(BIN)/pip install -q -e '.[metaworld,kitchen,hf,ray,dev]'
+	$(BIN)/pip install -q -e '.[metaworld,kitchen,libero,hf,ray,dev]'
 	touch $@
 
 setup: $(BIN)/.stamp

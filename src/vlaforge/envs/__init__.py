@@ -22,6 +22,8 @@ SUITES: dict[str, tuple[str, str, str | None]] = {
     "pointreach": ("vlaforge.envs.pointreach", "PointReachEnv", None),
     "metaworld": ("vlaforge.envs.metaworld", "MetaWorldEnv", "metaworld"),
     "kitchen": ("vlaforge.envs.kitchen", "KitchenEnv", "kitchen"),
+    "libero": ("vlaforge.envs.libero", "LiberoEnv", "libero"),
+    "maniskill": ("vlaforge.envs.maniskill", "ManiSkillEnv", "maniskill"),
 }
 
 
