@@ -15,6 +15,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from vlaforge.algos.common import StepBatch  # noqa: E402
 from vlaforge.algos.ppo import PPOConfig  # noqa: E402
+from vlaforge.algos.tpo import PairBatch  # noqa: E402
 from vlaforge.distributed import RayConfig, RunFailed  # noqa: E402
 from vlaforge.distributed.driver import merge_learner_metrics, per_learner_config, shard_batch  # noqa: E402
 from vlaforge.train.loop import TrainConfig, train  # noqa: E402
@@ -65,6 +66,10 @@ def test_shards_are_equal_disjoint_and_minibatches_divided():
     seen = torch.cat([s.adv for s in shards])
     assert len(set(seen.tolist())) == 9 and all(s.instructions == [str(int(a)) for a in s.adv] for s in shards)
     assert shard_batch(b := _batch(5), 1) == ([b], 0)
+    tiny, dropped = shard_batch(_batch(1), 2)  # fewer steps than learners: empty shards, no error
+    assert [len(s) for s in tiny] == [0, 0] and dropped == 1
+    pairs, _ = shard_batch(PairBatch(None, torch.arange(5), torch.arange(5) + 10), 2)
+    assert [p.chosen.tolist() for p in pairs] == [[0, 2], [1, 3]] and [p.rejected.tolist() for p in pairs] == [[10, 12], [11, 13]]
     assert per_learner_config(PPOConfig(minibatch_size=256), 3).minibatch_size == 86
     assert per_learner_config(PPOConfig(minibatch_size=256), 1).minibatch_size == 256
     m = merge_learner_metrics([{"train/loss": 1.0, "train/batch_steps": 3}, {"train/loss": 3.0, "train/batch_steps": 4}])

@@ -96,7 +96,7 @@ def shard_batch(batch, world: int) -> tuple[list, int]:
         return [batch], 0
     n = len(batch)
     per = n // world
-    idx = [torch.arange(r, per * world, world) for r in range(world)]
+    idx = [torch.arange(per) * world + r for r in range(world)]  # empty shards when n < world
     if isinstance(batch, StepBatch):
         return [batch.index(i) for i in idx], n - per * world
     if isinstance(batch, PairBatch):
