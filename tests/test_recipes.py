@@ -134,3 +134,61 @@ def test_ire_vla_recipe_runs_end_to_end(tmp_path):
     assert [s["stage"] for s in rep["stages"]] == ["sft", "round0/rl", "round0/sl"]
     assert set(final) == {"eval/success_seen", "eval/success_new", "eval/success_heldout"}
     assert (tmp_path / "r" / "final" / "model.safetensors").exists()
+
+
+def test_grape_cost_weights_parse_and_reach_the_decomposer():
+    from vlaforge.recipes.grape import hooks_for, parse_weights
+
+    assert parse_weights("path=2, collision=0") == {"path": 2.0, "collision": 0.0} and parse_weights("") == {}
+    for bad in ("path", "speed=1", "path=x"):
+        with pytest.raises(ValueError, match="cost-weights"):
+            parse_weights(bad)
+    cfg = recipe_defaults("grape")
+    cfg.grape.cost_weights = "path=3"
+    hooks = hooks_for(cfg)
+    assert hooks.scorer.decomposer.weights["path"] == 3.0
+    cfg.grape.decomposer = "lm"
+    with pytest.raises(ValueError, match="lm-path"):
+        hooks_for(cfg)
+
+
+def test_grape_recipe_iteration_logs_reward_parts(tmp_path):
+    from vlaforge.recipes import run_recipe
+
+    torch.manual_seed(0)
+    save_policy(build_policy(backbone="state", state_dim=4), tmp_path / "init")
+    cfg = recipe_defaults("grape")
+    cfg.init, cfg.out, cfg.iterations, cfg.groups, cfg.num_envs = str(tmp_path / "init"), str(tmp_path / "g"), 1, 4, 16
+    cfg.env_kwargs, cfg.eval_every, cfg.progress, cfg.tensorboard, cfg.lr = dict(PRIV), 0, False, False, 1e-3
+    run_recipe(cfg)
+    row = json.loads((tmp_path / "g" / "metrics.jsonl").read_text().splitlines()[-1])
+    for k in ("grape/r_self", "grape/r_ext", "grape/path_length", "grape/contacts"):
+        assert k in row and np.isfinite(row[k])
+
+
+def test_vla_rl_process_reward_hook_adds_weighted_progress_increments():
+    from vlaforge.envs import suite_spec
+    from vlaforge.recipes.vla_rl import ProcessReward
+    from vlaforge.rewards.rprm import RPRM, rprm_rewards
+
+    torch.manual_seed(0)
+    r = _rollout()
+    model = RPRM.for_spec(suite_spec("pointreach", **PRIV))
+    before = r.reward.clone()
+    info = ProcessReward(model, 0.5).shape_rewards(r)
+    torch.testing.assert_close(r.reward, before + 0.5 * rprm_rewards(model, r))
+    assert (r.reward[~r.alive] == 0).all() and np.isfinite(info["vla_rl/dense_return"])
+
+
+def test_vla_rl_needs_a_token_head_and_demos(tmp_path):
+    from vlaforge.recipes import run_recipe
+
+    save_policy(build_policy(head="gaussian"), tmp_path / "g")
+    cfg = recipe_defaults("vla-rl")
+    cfg.init = str(tmp_path / "g")
+    with pytest.raises(ValueError, match="--head tokens"):
+        run_recipe(cfg)
+    save_policy(build_policy(head="tokens"), tmp_path / "t")
+    cfg.init, cfg.out = str(tmp_path / "t"), str(tmp_path / "run")
+    with pytest.raises(ValueError, match="--vla-rl.demos"):
+        run_recipe(cfg)
