@@ -135,6 +135,63 @@ def learner_sync():
     return _SYNC[-1]
 
 
+def micro_size(policy) -> int:
+    """The policy's micro-batch size for gradient accumulation (0 = whole minibatches)."""
+    return int(getattr(policy, "micro_batch", 0) or 0)
+
+
+def accumulate(loss_fn, n: int, micro: int, select):
+    """Gradient accumulation over micro-batches of ``n`` samples.
+
+    ``loss_fn(part) -> (loss, metrics)`` with ``part = select(idx)`` for consecutive index
+    slices of at most ``micro`` samples (``micro <= 0`` or ``>= n``: one part). Each part's loss
+    is weighted by its share of the samples and back-propagated at once, so only one part's
+    activations are alive at a time; the weighted sum equals the whole-batch loss for losses
+    that are means over samples (exactly so when every chunk entry is executed: masked means
+    over partially executed chunks are weighted by samples, not by entries).
+
+    Returns (loss, metrics, pending): with one part nothing is back-propagated yet and
+    ``pending`` is True (the caller checks the loss, then calls ``loss.backward()``); with
+    several, ``loss`` is the detached weighted sum and the gradients are accumulated.
+    """
+    if micro <= 0 or micro >= n:
+        loss, m = loss_fn(select(torch.arange(n)))
+        return loss, m, True
+    total, metrics = torch.zeros(()), {}
+    for start in range(0, n, micro):
+        idx = torch.arange(start, min(start + micro, n))
+        w = len(idx) / n
+        loss, m = loss_fn(select(idx))
+        if torch.isfinite(loss):
+            (w * loss).backward()
+        total = total + w * loss.detach()
+        for k, v in m.items():
+            metrics[k] = metrics.get(k, 0.0) + w * torch.as_tensor(v, dtype=torch.float32).detach()
+    return total, metrics, False
+
+
+def _pg_loss(policy, mb: StepBatch, s: PGSettings):
+    """Clipped surrogate (+ entropy bonus, + value loss) of one (micro-)batch and its metrics."""
+    logp, ent, v = policy.evaluate(mb.obs(), mb.taken)
+    lp_new, mask = level_view(logp, mb.chunk_mask, s.level)
+    lp_old, _ = level_view(mb.logp_old, mb.chunk_mask, s.level)
+    adv = mb.adv.view(-1, *[1] * (mask.dim() - 1)).expand(mask.shape)
+    pg, m = ppo_clip_loss(lp_new, lp_old, adv, mask, s.clip_low, s.clip_high)
+    loss = torch.zeros(())
+    if not s.value_only:
+        loss = loss + pg
+        if s.ent_coef:
+            eb, em = entropy_bonus(ent.mean(-1), mb.chunk_mask)
+            loss = loss - s.ent_coef * eb
+            m.update(em)
+    if s.vf_coef and v is not None:
+        vl, vm = value_loss(v, mb.v_old, mb.returns, torch.ones_like(mb.adv, dtype=torch.bool), s.value_clip)
+        loss = loss + s.vf_coef * vl
+        m.update(vm)
+    m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
+    return loss, m
+
+
 def pg_update(policy, optimizer, batch: StepBatch, s: PGSettings, gen: torch.Generator | None = None) -> dict:
     """Epochs of minibatch clipped-surrogate steps. Skips the optimizer step (and counts it) on
     a non-finite loss or when the minibatch's approximate KL exceeds ``kl_guard``."""
@@ -150,32 +207,20 @@ def pg_update(policy, optimizer, batch: StepBatch, s: PGSettings, gen: torch.Gen
         perm = torch.randperm(B, generator=gen)
         for start in range(0, B, s.minibatch_size):
             mb = batch.index(perm[start:start + s.minibatch_size])
-            logp, ent, v = policy.evaluate(mb.obs(), mb.taken)
-            lp_new, mask = level_view(logp, mb.chunk_mask, s.level)
-            lp_old, _ = level_view(mb.logp_old, mb.chunk_mask, s.level)
-            adv = mb.adv.view(-1, *[1] * (mask.dim() - 1)).expand(mask.shape)
-            pg, m = ppo_clip_loss(lp_new, lp_old, adv, mask, s.clip_low, s.clip_high)
-            loss = torch.zeros(())
-            if not s.value_only:
-                loss = loss + pg
-                if s.ent_coef:
-                    eb, em = entropy_bonus(ent.mean(-1), mb.chunk_mask)
-                    loss = loss - s.ent_coef * eb
-                    m.update(em)
-            if s.vf_coef and v is not None:
-                vl, vm = value_loss(v, mb.v_old, mb.returns, torch.ones_like(mb.adv, dtype=torch.bool), s.value_clip)
-                loss = loss + s.vf_coef * vl
-                m.update(vm)
-            m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
             optimizer.zero_grad(set_to_none=True)
+            loss, m, pending = accumulate(lambda part: _pg_loss(policy, part, s), len(mb), micro_size(policy),
+                                          mb.index)
             if sync.any(not torch.isfinite(loss)):
                 skipped["nonfinite"] += 1
+                optimizer.zero_grad(set_to_none=True)
                 continue
             if s.kl_guard is not None and not s.value_only and sync.mean(float(m["approx_kl"])) > s.kl_guard:
                 skipped["kl_guard"] += 1
+                optimizer.zero_grad(set_to_none=True)
                 stop = True  # the policy moved too far from the rollout policy: stop this update
                 break
-            loss.backward()
+            if pending:
+                loss.backward()
             if s.value_only:
                 for p in policy.parameters():
                     if p not in value_params:

@@ -73,12 +73,19 @@ class DemoSampler:
 
 
 def sft_step(policy, optimizer, obs, actions, mask, grad_clip: float) -> dict:
-    """One supervised step; skips the optimizer step on a non-finite loss."""
-    loss, metrics = policy.sft_loss(obs, actions, mask)
+    """One supervised step; skips the optimizer step on a non-finite loss. With ``policy.micro_batch``
+    set, gradients are accumulated over micro-batches (``vlaforge.algos.common.accumulate``)."""
+    from vlaforge.algos.common import accumulate, micro_size
+
     optimizer.zero_grad(set_to_none=True)
+    loss, metrics, pending = accumulate(
+        lambda idx: policy.sft_loss(obs.index(idx), actions[idx], None if mask is None else mask[idx]),
+        len(obs), micro_size(policy), lambda idx: idx)
     if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
         return {**metrics, "sft/skipped_nonfinite": 1.0}
-    loss.backward()
+    if pending:
+        loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
     optimizer.step()
     return {**metrics, "sft/loss": loss.detach(), "sft/grad_norm": gn}

@@ -15,10 +15,11 @@ The score defaults to the trajectory reward; GRAPE's recipe passes its own
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from vlaforge.algos.common import chunk_mask, learner_sync, trajectory_reward
+from vlaforge.algos.common import accumulate, chunk_mask, learner_sync, micro_size, trajectory_reward
 from vlaforge.core.losses import tpo_loss
 from vlaforge.types import Observation, Rollout
 
@@ -39,6 +40,9 @@ class TPOConfig:
     """max gradient norm"""
     temperature: float = 1.0
     """sampling temperature (scoring uses the same)"""
+    reference: Literal["rollout", "base"] = "rollout"
+    """pi_ref: the rollout policy (its stored log-probs, GRAPE), or the base model = the same model with its
+    LoRA adapters disabled (a fixed reference without a second copy; needs an hf policy with LoRA)"""
 
 
 @dataclass
@@ -81,7 +85,8 @@ def prepare(rollout: Rollout, cfg: TPOConfig, score: torch.Tensor | None = None)
                                                   "train/groups_with_pairs": float(len(torch.unique(rollout.group_id[chosen]))) / max(groups, 1)}
 
 
-def _traj_logps(policy, r: Rollout, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _traj_logps(policy, r: Rollout, eps: torch.Tensor, reference: str = "rollout"
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-step chunk log-probs (T, P) under the policy and the reference, and the step mask (T, P)."""
     sub = r.alive[:, eps]  # (T, P)
     t_idx, p_idx = torch.nonzero(sub, as_tuple=True)
@@ -89,11 +94,19 @@ def _traj_logps(policy, r: Rollout, eps: torch.Tensor) -> tuple[torch.Tensor, to
     obs = Observation(r.obs_images[t_idx, n_idx], r.obs_state[t_idx, n_idx],
                       [r.instructions[int(n)] for n in n_idx], r.task_id[n_idx])
     cm = chunk_mask(r.executed[t_idx, n_idx].clamp_min(1), r.log_prob.shape[2]).unsqueeze(-1)
-    logp, _, _ = policy.evaluate(obs, {k: v[t_idx, n_idx] for k, v in r.taken.items()})
+    taken = {k: v[t_idx, n_idx] for k, v in r.taken.items()}
+    logp, _, _ = policy.evaluate(obs, taken)
+    if reference == "base":
+        if not hasattr(policy, "reference"):
+            raise ValueError("TPO reference='base' needs a policy with LoRA adapters (--policy hf --policy.lora-rank N)")
+        with torch.no_grad(), policy.reference():
+            logp_ref = policy.evaluate(obs, taken)[0]
+    else:
+        logp_ref = r.log_prob[t_idx, n_idx]
     new = torch.zeros(sub.shape)
     ref = torch.zeros(sub.shape)
     new = new.index_put((t_idx, p_idx), (logp * cm).sum((-1, -2)))
-    ref = ref.index_put((t_idx, p_idx), (r.log_prob[t_idx, n_idx] * cm).sum((-1, -2)))
+    ref = ref.index_put((t_idx, p_idx), (logp_ref * cm).sum((-1, -2)))
     return new, ref, sub
 
 
@@ -109,14 +122,23 @@ def update(policy, optimizer, batch: PairBatch, cfg: TPOConfig, iteration: int, 
         perm = torch.randperm(P, generator=gen)
         for start in range(0, P, cfg.pairs_per_batch):
             sel = perm[start:start + cfg.pairs_per_batch]
-            new_w, ref_w, m_w = _traj_logps(policy, batch.rollout, batch.chosen[sel])
-            new_l, ref_l, m_l = _traj_logps(policy, batch.rollout, batch.rejected[sel])
-            loss, m = tpo_loss(new_w, ref_w, m_w, new_l, ref_l, m_l, cfg.beta)
+
+            def pair_loss(part):
+                new_w, ref_w, m_w = _traj_logps(policy, batch.rollout, batch.chosen[part], cfg.reference)
+                new_l, ref_l, m_l = _traj_logps(policy, batch.rollout, batch.rejected[part], cfg.reference)
+                return tpo_loss(new_w, ref_w, m_w, new_l, ref_l, m_l, cfg.beta)
+
             optimizer.zero_grad(set_to_none=True)
+            # micro-batches of pairs holding about micro_batch decision steps (2 trajectories of <= T steps each)
+            micro = micro_size(policy)
+            pairs = max(1, micro // (2 * batch.rollout.num_steps)) if micro else 0
+            loss, m, pending = accumulate(pair_loss, len(sel), pairs, sel.__getitem__)
             if sync.any(not torch.isfinite(loss)):
                 skipped += 1
+                optimizer.zero_grad(set_to_none=True)
                 continue
-            loss.backward()
+            if pending:
+                loss.backward()
             sync.grads(list(policy.parameters()))
             gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             if not torch.isfinite(gn):

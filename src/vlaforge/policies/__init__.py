@@ -27,8 +27,12 @@ class CheckpointError(ValueError):
 
 
 def build_policy(family: str = "tiny", **cfg) -> TinyVLA:
+    if family == "hf":  # a Hugging Face VLM (vlaforge.policies.hf)
+        from vlaforge.policies.hf import build_hf_policy
+
+        return build_hf_policy(**cfg)
     if family != "tiny":
-        raise ValueError(f"unknown policy family '{family}'; available: tiny")
+        raise ValueError(f"unknown policy family '{family}'; available: tiny, hf")
     known = {f.name for f in fields(TinyConfig)}
     unknown = set(cfg) - known
     if unknown:
@@ -40,7 +44,13 @@ def write_policy_files(policy: torch.nn.Module, d: Path, extra: dict | None = No
     """Write config.json + model.safetensors into an existing (temp) directory."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
+    if policy.config_dict()["family"] == "hf":  # adapter or backbone beside; heads in model.safetensors
+        from vlaforge.policies.hf import write_hf_files
+
+        state = write_hf_files(policy, d)
+    else:
+        state = policy.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(state, str(d / "model.safetensors"))
     meta = {"format_version": FORMAT_VERSION, "policy": policy.config_dict(), **(extra or {})}
     (d / "config.json").write_text(json.dumps(meta, indent=2))
@@ -77,6 +87,8 @@ def load_policy(path: str | Path, device: str = "cpu") -> TinyVLA:
     meta = read_config(path)
     cfg = dict(meta["policy"])
     family = cfg.pop("family")
+    if family == "hf":
+        return _load_hf(path, cfg, device)
     try:
         policy = build_policy(family, **cfg)
     except (TypeError, ValueError) as e:
@@ -93,6 +105,22 @@ def load_policy(path: str | Path, device: str = "cpu") -> TinyVLA:
     except RuntimeError as e:
         raise CheckpointError(f"weights in '{path}' do not match its config: {str(e).splitlines()[0]}") from None
     return policy.to(device)
+
+
+def _load_hf(path: Path, cfg: dict, device: str):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from vlaforge.envs import require
+    from vlaforge.policies.hf import load_hf_policy
+
+    require("transformers", "hf")
+    weights = path / "model.safetensors"
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"'{weights}' is missing or corrupt ({e}); re-create the checkpoint") from None
+    return load_hf_policy(path, cfg, state, device)
 
 
 def policy_hash(path: str | Path) -> str:

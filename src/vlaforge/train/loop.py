@@ -18,10 +18,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+import tyro
 
 from vlaforge.algos import get_algo
 from vlaforge.algos.common import trajectory_reward
@@ -34,6 +35,7 @@ from vlaforge.distributed.config import RayConfig
 from vlaforge.envs import make_vec_env
 from vlaforge.pipeline import suite_task_names
 from vlaforge.policies import build_policy, load_policy
+from vlaforge.policies.hf.model import HFConfig
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.rollout.evaluate import evaluate_policy
 from vlaforge.rollout.sampling import TaskSampler
@@ -62,6 +64,10 @@ class TrainConfig:
     """action chunk of a fresh policy"""
     backbone: str = "vision"
     """backbone of a fresh policy: vision, or state (MLP on proprioception only; a debugging baseline)"""
+    policy: Literal["tiny", "hf"] = "tiny"
+    """fresh policy: the tiny VLA, or a local Hugging Face VLM (`--policy hf --policy.path DIR`, docs/hf.md)"""
+    hf: Annotated[HFConfig, tyro.conf.arg(name="policy")] = field(default_factory=HFConfig)
+    """Hugging Face VLM and its memory switches (`--policy.*`, used with `--policy hf`)"""
     out: str = "runs/train"
     """run directory (TensorBoard, metrics.jsonl, checkpoint/, final/)"""
     resume: str | None = None
@@ -132,6 +138,7 @@ def config_to_dict(cfg) -> dict:
 def config_from_dict(d: dict) -> TrainConfig:
     sub = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "tpo": TPOConfig}
     sub["ray"] = RayConfig
+    sub["hf"] = HFConfig
     kw = dict(d)
     for k, cls in sub.items():
         if k in kw:
@@ -152,7 +159,8 @@ def make_optimizer(policy, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": rest, "lr": cfg.lr}]
     if value:
         groups.append({"params": value, "lr": cfg.value_lr})
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    opt_cls = policy.optimizer_class() if hasattr(policy, "optimizer_class") else torch.optim.AdamW
+    return opt_cls(groups, weight_decay=cfg.weight_decay)
 
 
 def _split_rates(results) -> dict:
@@ -214,6 +222,10 @@ def env_settings(cfg: TrainConfig) -> dict:
 
 
 def fresh_policy(cfg: TrainConfig, spec):
+    if cfg.policy == "hf":
+        return build_policy("hf", **{**dataclasses.asdict(cfg.hf), "chunk_size": cfg.chunk_size,
+                                     "state_dim": spec.state_dim, "action_dim": spec.action_dim,
+                                     "views": spec.image_shape[0], "image_size": cfg.image_size})
     return build_policy("tiny", head=cfg.head, chunk_size=cfg.chunk_size, backbone=cfg.backbone,
                         state_dim=spec.state_dim, action_dim=spec.action_dim, views=spec.image_shape[0],
                         image_size=cfg.image_size)

@@ -1,0 +1,84 @@
+"""Hugging Face VLMs as vlaforge policies (``--policy hf``), LoRA adapters and export.
+
+Public API:
+    HFConfig, HFVLA                 the policy and its options (model.py)
+    build_hf_policy(**cfg)          a fresh policy from a local model directory
+    write_hf_files(policy, d)       checkpoint files beside config.json (adapter or backbone)
+    load_hf_policy(path, cfg)       the inverse (used by ``vlaforge.policies.load_policy``)
+    save_adapter, export_merged     peft-layout adapters; LoRA merged into a plain transformers model
+    make_tiny_vlm, save_tiny_vlm    random tiny models of each family, offline (tests, benchmarks)
+
+A checkpoint directory of an HF policy holds ``config.json`` (the HFConfig; ``path`` names the
+base model), ``model.safetensors`` (heads, value MLP, reference head, action statistics) and
+either ``adapter/`` (LoRA, standard peft layout: adapter_config.json + adapter_model.safetensors)
+or ``backbone/`` (the full fine-tuned model, tokenizer and image processor, save_pretrained
+layout). The base model itself is never copied into LoRA checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from vlaforge.policies.hf.export import export_merged, save_adapter
+from vlaforge.policies.hf.model import HFVLA, HFConfig
+from vlaforge.policies.hf.tiny import FAMILY_NAMES, make_tiny_vlm, save_tiny_vlm
+
+__all__ = ["FAMILY_NAMES", "HFConfig", "HFVLA", "build_hf_policy", "export_merged", "load_hf_policy",
+           "make_tiny_vlm", "save_adapter", "save_tiny_vlm", "write_hf_files"]
+
+
+def _config(cfg: dict) -> HFConfig:
+    known = {f.name for f in fields(HFConfig)}
+    unknown = set(cfg) - known
+    if unknown:
+        raise ValueError(f"unknown hf policy options {sorted(unknown)}; known: {sorted(known)}")
+    return HFConfig(**cfg)
+
+
+def build_hf_policy(**cfg) -> HFVLA:
+    return HFVLA(_config(cfg))
+
+
+def write_hf_files(policy: HFVLA, d: Path) -> dict[str, torch.Tensor]:
+    """Write the adapter (LoRA) or the full backbone into ``d``; return the state for model.safetensors."""
+    if policy.cfg.lora_rank > 0:
+        save_adapter(policy, d / "adapter")
+    else:
+        base = policy.base_model()
+        base.save_pretrained(d / "backbone")
+        policy.proc.tokenizer.save_pretrained(d / "backbone")
+        policy.proc.image_processor.save_pretrained(d / "backbone")
+    return policy.own_state_dict()
+
+
+def load_hf_policy(path: str | Path, cfg: dict, state: dict[str, torch.Tensor], device: str = "cpu") -> HFVLA:
+    """Rebuild an HF policy from its checkpoint directory and its model.safetensors ``state``."""
+    from safetensors.torch import load_file
+
+    from vlaforge.policies import CheckpointError
+
+    path = Path(path)
+    config = _config(cfg)
+    full = path / "backbone"
+    try:
+        policy = HFVLA(config, backbone_path=str(full) if config.lora_rank <= 0 else None)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint '{path}': {str(e).splitlines()[0]}") from None
+    if config.lora_rank > 0:
+        adapter = path / "adapter" / "adapter_model.safetensors"
+        if not adapter.exists():
+            raise CheckpointError(f"'{adapter}' is missing: the checkpoint is partial; re-create it")
+        from peft import set_peft_model_state_dict
+
+        res = set_peft_model_state_dict(policy.vlm, load_file(str(adapter)))
+        if getattr(res, "unexpected_keys", None):
+            raise CheckpointError(f"adapter in '{path}' does not match its config: unexpected {res.unexpected_keys[:3]}")
+    missing, unexpected = policy.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("vlm.", "critic_backbone."))]
+    if missing or unexpected:
+        raise CheckpointError(f"weights in '{path}' do not match its config: missing {missing[:3]}, "
+                              f"unexpected {list(unexpected)[:3]}")
+    return policy.to(device)

@@ -1,0 +1,347 @@
+"""A Hugging Face image-text model as a VLA: ``--policy hf --policy.path DIR``.
+
+Any ``AutoModelForImageTextToText`` of a supported family (PaliGemma, Idefics3/SmolVLM,
+Qwen2-VL/Qwen2.5-VL, LLaVA; see ``families.py``) loaded from a local directory, with its
+tokenizer and image processor, becomes a policy implementing ``vlaforge.policies.base.Policy``:
+
+* ``head="tokens"`` (default): OpenVLA/RT-2 binned actions. Each normalised action dim is one of
+  ``n_bins`` uniform bins, written as one of the LAST ``n_bins`` vocabulary ids (the least-used
+  ids, as OpenVLA does); the C*A tokens are decoded autoregressively after the prompt. The
+  softmax runs over the action bins only, at the sampling temperature, with output rows held
+  in a head parameter initialised from the model's ``lm_head`` rows of those ids (so a
+  pretrained VLA keeps its action knowledge, and a frozen backbone still has a trainable head).
+* ``head="gaussian"`` / ``"flow"``: iRe-VLA's continuous head (token learner + MLP, learned
+  log-std) or the flow-matching head, on the last hidden states of the prompt (reused from
+  ``vlaforge.policies.heads``).
+* value head: an MLP on the masked mean of the last hidden states, either of the shared
+  backbone (``critic="shared"``, RL4VLA) or of a separate frozen copy (``critic="separate"``,
+  VLA-RL).
+
+Memory switches, each independent (measured in docs/benchmarks.md, ``benchmarks/memory.py``):
+``lora_rank`` (peft LoRA; the reference policy is the same model with adapters disabled,
+``reference()``), ``gradient_checkpointing``, ``autocast`` (bf16 compute; heads, log-probs
+and losses stay fp32), ``weights_dtype="bfloat16"`` (store the frozen base in bf16; LoRA
+adapters and heads stay fp32), ``micro_batch`` (gradient accumulation inside the algorithms'
+update), ``critic``, ``TrainConfig.freeze_backbone`` and ``optimizer_on_cpu``.
+
+Differences from the papers: the robot state enters as text in the prompt; decoding re-runs
+the prompt for every action token (no KV cache), which costs C*A forwards per decision; with
+``critic="separate"`` the critic's backbone is frozen (only its MLP learns).
+
+    vlaforge train --policy hf --policy.path ~/models/smolvlm --policy.lora-rank 16 --algo ppo
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as F
+import tyro
+from torch import nn
+
+from vlaforge.core.losses import token_cross_entropy
+from vlaforge.envs import require
+from vlaforge.policies.base import denormalize, normalize
+from vlaforge.policies.heads import HEADS
+from vlaforge.policies.heads.common import mlp
+from vlaforge.policies.heads.tokens import actions_to_tokens, tokens_to_actions
+from vlaforge.policies.hf.families import check_vision_tower, detect_family
+from vlaforge.policies.hf.processor import ObsProcessor
+from vlaforge.types import ActionOutput, Observation
+
+
+@dataclass
+class HFConfig:
+    """A Hugging Face VLM as a policy, and its memory switches (saved as JSON with the policy)."""
+
+    path: str | None = None
+    """local directory of the model, its tokenizer and image processor (no downloads)"""
+    trust_remote_code: bool = False
+    """run the checkpoint's own Python code (needed for OpenVLA); off unless you trust the files"""
+    head: Literal["tokens", "gaussian", "flow"] = "tokens"
+    """action head: binned action tokens of the LM, or a continuous (gaussian / flow) head on hidden states"""
+    n_bins: int = 256
+    """bins per action dim for the token head (uses the last n_bins vocabulary ids)"""
+    chunk_size: Annotated[int, tyro.conf.Suppress] = 4
+    """actions per decision C (set from the train config's --chunk-size)"""
+    state_dim: Annotated[int, tyro.conf.Suppress] = 2
+    """proprioceptive state dims S (set from the suite)"""
+    action_dim: Annotated[int, tyro.conf.Suppress] = 2
+    """action dims A (set from the suite)"""
+    views: Annotated[int, tyro.conf.Suppress] = 1
+    """camera views V"""
+    image_size: Annotated[int, tyro.conf.Suppress] = 64
+    """rendered image size of the suite (the image processor resizes to the model's size)"""
+    max_text_tokens: int = 128
+    """fixed text length of every prompt (left-padded); longer prompts are refused"""
+    head_hidden: int = 256
+    """hidden width of the continuous and value heads"""
+    log_std_init: float = -1.0
+    """initial log-std of the gaussian head"""
+    flow_steps: int = 5
+    """denoising steps of the flow head"""
+    flow_noise: float = 0.5
+    """noise level of the flow head's SDE sampler"""
+    value_head: bool = True
+    """build a value head (PPO)"""
+    critic: Literal["shared", "separate"] = "shared"
+    """value head on the policy's backbone (shared), or on a separate frozen copy of the base model"""
+    lora_rank: int = 0
+    """LoRA rank via peft (0 = train the full backbone)"""
+    lora_alpha: int = 32
+    """LoRA alpha (scale alpha/rank)"""
+    lora_dropout: float = 0.0
+    """LoRA dropout (keep 0 for RL: dropout makes re-scored log-probs differ from the rollout's)"""
+    lora_targets: str = "all-linear"
+    """peft target_modules: 'all-linear' or comma-separated module names (e.g. q_proj,v_proj)"""
+    gradient_checkpointing: bool = False
+    """recompute the backbone's activations in backward instead of storing them"""
+    autocast: bool = False
+    """bf16 autocast for the backbone forward (heads, log-probs and losses stay fp32)"""
+    weights_dtype: Literal["float32", "bfloat16"] = "float32"
+    """storage dtype of the base weights (LoRA adapters and heads stay fp32)"""
+    micro_batch: int = 0
+    """split every learner minibatch into micro-batches of this size, accumulating gradients (0 = off)"""
+    optimizer_on_cpu: bool = False
+    """keep the optimizer's moments (and fp32 master weights) in host memory; only useful on a GPU"""
+
+
+class LMActionHead(nn.Module):
+    """Output rows of the action-token ids: logits over the bins only, (…, D) -> (…, n_bins)."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(rows.detach().float().clone())
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.float() @ self.weight.t()
+
+
+def _load(path: str, trust_remote_code: bool, dtype: torch.dtype):
+    transformers = require("transformers", "hf")
+    p = Path(path).expanduser()
+    if not p.is_dir() or not (p / "config.json").exists():
+        raise ValueError(f"no Hugging Face model at '{path}' (expected a directory with config.json, the weights, "
+                         "the tokenizer and the image processor, e.g. written by save_pretrained)")
+    kw = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    try:
+        config = transformers.AutoConfig.from_pretrained(p, **kw)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ValueError(f"'{path}' needs its own code (e.g. OpenVLA); pass --policy.trust-remote-code "
+                             "if you trust it") from None
+        raise ValueError(f"cannot read the config in '{path}': {str(e).splitlines()[0]}") from None
+    family = detect_family(config)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(p, **kw)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"'{path}' has no usable tokenizer ({type(e).__name__}); save the processor "
+                         "(tokenizer + image processor) next to the model") from None
+    try:
+        image_processor = transformers.AutoImageProcessor.from_pretrained(p, **kw)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"'{path}' has no image processor ({type(e).__name__}); save the processor "
+                         "(preprocessor_config.json) next to the model") from None
+    model = transformers.AutoModelForImageTextToText.from_pretrained(p, dtype=dtype, **kw)
+    return family, model, tokenizer, image_processor
+
+
+class HFVLA(nn.Module):
+    """See the module docstring. Implements ``vlaforge.policies.base.Policy``."""
+
+    def __init__(self, cfg: HFConfig, backbone_path: str | None = None, loaded=None):
+        super().__init__()
+        if not cfg.path and loaded is None:
+            raise ValueError("--policy hf needs --policy.path DIR (a local Hugging Face image-text model)")
+        self.cfg = cfg
+        self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
+        self.temperature = 1.0
+        self.micro_batch = cfg.micro_batch
+        wdtype = torch.bfloat16 if cfg.weights_dtype == "bfloat16" else torch.float32
+        if loaded is None:
+            loaded = _load(backbone_path or cfg.path, cfg.trust_remote_code, wdtype)
+        family, model, tokenizer, image_processor = loaded
+        check_vision_tower(model, family)
+        model.to(wdtype)
+        self.family = family
+        self.proc = ObsProcessor(family, model.config, tokenizer, image_processor, cfg.max_text_tokens)
+        vocab = model.lm_head.weight.shape[0]
+        D = model.config.get_text_config().hidden_size
+        self.critic_backbone = None
+        if cfg.value_head and cfg.critic == "separate":
+            base_for_critic = model if backbone_path is None else _load(cfg.path, cfg.trust_remote_code, wdtype)[1]
+            self.critic_backbone = copy.deepcopy(base_for_critic).requires_grad_(False).eval()
+        if cfg.head == "tokens":
+            if cfg.n_bins >= vocab:
+                raise ValueError(f"n_bins={cfg.n_bins} does not fit the vocabulary of {vocab} ids; lower --policy.n-bins")
+            self.first_action_id = vocab - cfg.n_bins
+            self.head = LMActionHead(model.lm_head.weight[self.first_action_id:])
+        else:
+            self.head = HEADS[cfg.head](D, cfg.chunk_size, cfg.action_dim, hidden=cfg.head_hidden, n_bins=cfg.n_bins,
+                                        log_std_init=cfg.log_std_init, steps=cfg.flow_steps, noise=cfg.flow_noise)
+        self.value_net = mlp(D, cfg.head_hidden, 1, layers=3) if cfg.value_head else None
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        self.ref_head = None
+        if cfg.lora_rank > 0:
+            peft = require("peft", "hf")
+            targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [
+                t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+            lcfg = peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                   target_modules=targets)
+            try:
+                model = peft.get_peft_model(model, lcfg)
+            except ValueError as e:
+                raise ValueError(f"LoRA targets '{cfg.lora_targets}' match no module of this model: "
+                                 f"{str(e).splitlines()[0]}") from None
+            self.ref_head = copy.deepcopy(self.head).requires_grad_(False)  # the reference's head: frozen
+        self.vlm = model
+        self._use_ref = False
+        self.register_buffer("act_lo", -torch.ones(cfg.action_dim))
+        self.register_buffer("act_hi", torch.ones(cfg.action_dim))
+
+    # -- parameter groups ---------------------------------------------------------------------
+    def base_model(self):
+        """The transformers model (LoRA layers injected in place when LoRA is on)."""
+        return self.vlm.get_base_model() if self.cfg.lora_rank > 0 else self.vlm
+
+    def backbone_parameters(self):
+        return [p for p in self.vlm.parameters() if p.requires_grad]
+
+    def head_parameters(self):
+        return list(self.head.parameters())
+
+    def value_parameters(self):
+        return list(self.value_net.parameters()) if self.value_net is not None else []
+
+    def set_action_stats(self, lo, hi) -> None:
+        self.act_lo.copy_(torch.as_tensor(lo, dtype=torch.float32))
+        self.act_hi.copy_(torch.as_tensor(hi, dtype=torch.float32))
+
+    @contextlib.contextmanager
+    def reference(self):
+        """Score with the reference policy: the same weights with LoRA adapters disabled and the
+        head as it was when the adapters were attached (no second copy of the backbone)."""
+        if self.cfg.lora_rank <= 0:
+            raise ValueError("the reference policy is the model with LoRA adapters disabled; build the policy with "
+                             "--policy.lora-rank > 0 (or use the rollout's log-probs as reference)")
+        self._use_ref = True
+        try:
+            with self.vlm.disable_adapter():
+                yield self
+        finally:
+            self._use_ref = False
+
+    # -- backbone -----------------------------------------------------------------------------
+    def _autocast(self):
+        dev = self.act_lo.device.type
+        return torch.autocast(dev, dtype=torch.bfloat16) if self.cfg.autocast else contextlib.nullcontext()
+
+    def _hidden(self, inputs: dict, model=None) -> torch.Tensor:
+        """Last hidden states (N, L, D) in fp32, zero on padding."""
+        model = model if model is not None else self.base_model()
+        with self._autocast():
+            h = model.model(**inputs, use_cache=False).last_hidden_state
+        return h.float() * inputs["attention_mask"].unsqueeze(-1).to(torch.float32)
+
+    def _inputs(self, obs: Observation) -> dict:
+        dtype = next(self.base_model().parameters()).dtype
+        return self.proc(obs, self.act_lo.device, dtype)
+
+    def _value(self, inputs: dict, h: torch.Tensor | None) -> torch.Tensor | None:
+        if self.value_net is None:
+            return None
+        if self.critic_backbone is not None:
+            with torch.no_grad():
+                h = self._hidden(inputs, self.critic_backbone)
+        m = inputs["attention_mask"].unsqueeze(-1).float()
+        pooled = (h[:, :m.shape[1]] * m).sum(1) / m.sum(1).clamp_min(1)
+        return self.value_net(pooled)[:, 0]
+
+    def _head(self):
+        return self.ref_head if self._use_ref else self.head
+
+    # -- token head -----------------------------------------------------------------------------
+    def _token_logits(self, inputs: dict, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced bin logits (N, K, n_bins) for bin ids ``tokens`` (N, K), and the hidden states."""
+        L = inputs["input_ids"].shape[1]
+        h = self._hidden(self.proc.append_tokens(inputs, tokens[:, :-1] + self.first_action_id))
+        return self._head()(h[:, L - 1:]), h
+
+    def _sample_tokens(self, inputs: dict, deterministic: bool):
+        n, K = inputs["input_ids"].shape[0], self.chunk_size * self.action_dim
+        toks = torch.zeros(n, 0, dtype=torch.long, device=self.act_lo.device)
+        logps, h0 = [], None
+        for _ in range(K):
+            h = self._hidden(self.proc.append_tokens(inputs, toks + self.first_action_id))
+            h0 = h if h0 is None else h0
+            logp = F.log_softmax(self._head()(h[:, -1]) / self.temperature, -1)
+            tok = logp.argmax(-1) if deterministic else torch.multinomial(logp.exp(), 1)[:, 0]
+            logps.append(logp.gather(1, tok[:, None])[:, 0])
+            toks = torch.cat([toks, tok[:, None]], 1)
+        shape = (n, self.chunk_size, self.action_dim)
+        return tokens_to_actions(toks, self.cfg.n_bins).view(shape), torch.stack(logps, 1).view(shape), toks, h0
+
+    # -- Policy protocol -----------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput:
+        inputs = self._inputs(obs)
+        if self.cfg.head == "tokens":
+            x, log_prob, toks, h = self._sample_tokens(inputs, deterministic)
+            taken = {"tokens": toks}
+        else:
+            h = self._hidden(inputs)
+            x, log_prob, taken = self._head().sample(h, deterministic, self.temperature)
+        return ActionOutput(denormalize(x, self.act_lo, self.act_hi), log_prob.float(), self._value(inputs, h), taken)
+
+    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
+        inputs = self._inputs(obs)
+        shape = (len(obs), self.chunk_size, self.action_dim)
+        if self.cfg.head == "tokens":
+            tokens = taken["tokens"].long()
+            logits, h = self._token_logits(inputs, tokens)
+            logp = F.log_softmax(logits / self.temperature, -1)
+            lp = logp.gather(2, tokens.unsqueeze(-1))[..., 0].view(shape)
+            ent = -(logp.exp() * logp).sum(-1).view(shape)
+        else:
+            h = self._hidden(inputs)
+            lp, ent = self._head().evaluate(h, taken, self.temperature)
+        return lp, ent, self._value(inputs, h)
+
+    def value(self, obs: Observation) -> torch.Tensor:
+        if self.value_net is None:
+            raise ValueError("this policy has no value head (built with value_head=False)")
+        inputs = self._inputs(obs)
+        return self._value(inputs, None if self.critic_backbone is not None else self._hidden(inputs))
+
+    def sft_loss(self, obs: Observation, expert_actions: torch.Tensor, mask: torch.Tensor | None = None):
+        target = normalize(torch.as_tensor(expert_actions, dtype=torch.float32, device=self.act_lo.device),
+                           self.act_lo, self.act_hi)
+        inputs = self._inputs(obs)
+        if self.cfg.head == "tokens":
+            tokens = actions_to_tokens(target, self.cfg.n_bins)  # (N, C, A)
+            logits, _ = self._token_logits(inputs, tokens.flatten(1))
+            loss, m = token_cross_entropy(logits.view(*tokens.shape, -1), tokens, mask)
+            return loss, {"sft/ce": m["ce"], "sft/token_acc": m["token_accuracy"]}
+        return self.head.sft_loss(self._hidden(inputs), target, mask)
+
+    # -- persistence -----------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {"family": "hf", **asdict(self.cfg)}
+
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything but the backbones (heads, reference head, value MLP, action statistics)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("vlm.", "critic_backbone."))}
+
+    def optimizer_class(self):
+        if self.cfg.optimizer_on_cpu:
+            from vlaforge.policies.hf.offload import CPUOffloadAdamW
+
+            return CPUOffloadAdamW
+        return torch.optim.AdamW
