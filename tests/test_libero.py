@@ -78,7 +78,7 @@ def test_one_task_create_reset_step_render_check_env():
         env = venv.envs[0]
         # the chosen initial state is loaded (the settle steps then move the sim only a little)
         s0 = lib.load_init_states("object", 0)[3]
-        np.testing.assert_allclose(env.sim_state()[1:10], s0[1:10], atol=0.02)
+        np.testing.assert_allclose(env.mujoco_state()[1:10], s0[1:10], atol=0.02)
         other = venv.reset(np.array([0, 0]), np.array([4, 4]))
         assert not np.array_equal(other.state[0], obs.state[0]) or not np.array_equal(other.images[0], obs.images[0])
         # the scripted expert solves this task (pick the soup, put it in the basket) within the limit

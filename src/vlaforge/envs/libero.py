@@ -331,7 +331,7 @@ class LiberoEnv:
         self.done = True
 
     # -- helpers -------------------------------------------------------------------------------
-    def sim_state(self) -> np.ndarray:
+    def mujoco_state(self) -> np.ndarray:
         """The flattened MuJoCo state (time, qpos, qvel): the format of LIBERO's initial states."""
         if self._sim is None:
             raise EnvError("call reset(task_id, seed) first")
