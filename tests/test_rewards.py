@@ -15,6 +15,7 @@ from vlaforge.rewards import (
     RPRM,
     LMDecomposer,
     ProgressData,
+    RPRMShaper,
     RuleDecomposer,
     SimLayout,
     evaluate_rprm,
@@ -342,6 +343,10 @@ def test_rprm_on_collected_pointreach_rollouts():
     model = _tiny_rprm()
     dense = rprm_rewards(model, r_ok)
     assert dense.shape == r_ok.reward.shape and bool((dense[~r_ok.alive] == 0).all())
+    before = r_ok.reward.clone()
+    info = RPRMShaper(model, weight=0.5).shape_rewards(r_ok)
+    torch.testing.assert_close(r_ok.reward, before + 0.5 * dense)
+    assert info["rprm/dense_return"] == pytest.approx(float(dense.sum(0).mean()), abs=1e-6)
     m = evaluate_rprm(model, [r_ok, r_bad])
     assert m["episodes"] == 12 and m["successes"] == int(r_ok.success.sum() + r_bad.success.sum())
     assert set(m) >= {"spearman", "auc", "auc_max"}

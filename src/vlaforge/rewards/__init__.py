@@ -9,7 +9,7 @@ Public API (see each module's docstring):
 - ``lm_decomposer``: ``LMDecomposer``, ``parse_stages`` (transformers is imported only when a
   model path is given).
 - ``rprm``: ``find_milestones``, ``progress_targets``, ``RPRM``, ``train_rprm``, ``rprm_rewards``,
-  ``evaluate_rprm``, ``save_rprm`` / ``load_rprm``, progress datasets from rollouts or demos.
+  ``RPRMShaper`` (train hook), ``evaluate_rprm``, ``save_rprm`` / ``load_rprm``, progress datasets from rollouts or demos.
 """
 
 from vlaforge.rewards.grape import (
@@ -29,6 +29,7 @@ from vlaforge.rewards.lm_decomposer import LMDecomposer, parse_stages
 from vlaforge.rewards.rprm import (
     RPRM,
     ProgressData,
+    RPRMShaper,
     evaluate_rprm,
     find_milestones,
     load_rprm,
@@ -41,7 +42,7 @@ from vlaforge.rewards.rprm import (
 )
 from vlaforge.rewards.simstate import SimLayout, contact_proxy, contact_steps, path_length
 
-__all__ = ["RPRM", "Cost", "GrapeScorer", "LMDecomposer", "ProgressData", "RuleDecomposer", "SimLayout", "Stage",
+__all__ = ["RPRM", "RPRMShaper", "Cost", "GrapeScorer", "LMDecomposer", "ProgressData", "RuleDecomposer", "SimLayout", "Stage",
            "TaskDecomposer", "contact_proxy", "contact_steps", "evaluate_rprm", "external_reward", "find_milestones",
            "grape_reward", "load_rprm", "parse_stages", "path_length", "progress_data_from_demos",
            "progress_data_from_rollouts", "progress_targets", "rprm_rewards", "save_rprm", "secondary_metrics",

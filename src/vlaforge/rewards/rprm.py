@@ -36,6 +36,7 @@ targets so that the model's output separates them (measured by the AUC).
     data = progress_data_from_rollouts(rollouts, spec.sim_state_names)
     model = RPRM.for_spec(spec); train_rprm(model, data, steps=300)
     r = rprm_rewards(model, rollout)            # (T, N), add w·r to rollout.reward
+    hooks.shape_rewards = RPRMShaper(model, weight=0.5).shape_rewards   # the same, as a train() hook
     evaluate_rprm(model, held_out_rollouts)     # {"spearman": ..., "auc": ...}
 """
 
@@ -339,6 +340,20 @@ def progress_increments(phi: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
 def rprm_rewards(model: RPRM, rollout: Rollout) -> torch.Tensor:
     """Dense reward (T, N): progress increments (see the module docstring). Add ``weight ·`` it to rollout.reward."""
     return progress_increments(rollout_progress(model, rollout), rollout.alive)
+
+
+@dataclass
+class RPRMShaper:
+    """The ``shape_rewards`` hook of ``train(cfg, hooks)``: adds ``weight`` × progress increments in place."""
+
+    model: RPRM
+    weight: float = 0.5
+
+    def shape_rewards(self, rollout: Rollout) -> dict[str, float]:
+        dense = rprm_rewards(self.model, rollout)  # (T, N)
+        rollout.reward += self.weight * dense
+        per_ep = dense.sum(0)[rollout.valid]
+        return {"rprm/dense_return": float(per_ep.mean()) if len(per_ep) else 0.0, "rprm/weight": self.weight}
 
 
 # -- evaluation maths ----------------------------------------------------------------------------

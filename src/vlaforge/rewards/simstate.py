@@ -16,7 +16,10 @@ Secondary metrics of GRAPE (per episode, from the decision-step states of a Roll
   channel. PointReach: decisions at which the agent is inside a *non-goal* target disc
   (``radius``). Object suites: decisions at which the end effector is within ``near`` of an
   object while moving *relative to it* faster than ``fast`` per simulator step: a hand that
-  strikes an object, not one that carries or pushes it along (then both move together). It is a proxy, not a contact count: it is documented as such in
+  strikes an object, not one that carries or pushes it along (then both move together).
+  Default ``fast`` = 0.01 m per step: Meta-World's own controller moves the hand at most about
+  that much per simulator step, so a larger relative speed means the object was knocked (its
+  scripted experts stay below it: pulling a drawer handle reaches ~0.0095). It is a proxy, not a contact count: it is documented as such in
   every report that shows it.
 """
 
@@ -91,7 +94,7 @@ def path_length(sim: torch.Tensor, alive: torch.Tensor, names) -> torch.Tensor:
 
 
 def contact_steps(sim: torch.Tensor, alive: torch.Tensor, names, radius: float = 0.12, near: float = 0.05,
-                  fast: float = 0.006, executed: torch.Tensor | None = None) -> torch.Tensor:
+                  fast: float = 0.01, executed: torch.Tensor | None = None) -> torch.Tensor:
     """Per-decision contact indicator (T, N) bool; see the module docstring for the proxy used."""
     lay = layout_of(names)
     sim = _check_sim(sim, alive, lay)
