@@ -54,7 +54,13 @@ def rl(d: dict) -> str:
     return "\n".join(lines)
 
 
-KINDS = {"rollout_throughput": throughput, "sft_": sft, "rl_": rl}
+def scaling(d: dict) -> str:
+    from scaling import table  # benchmarks/scaling.py (this script's folder is on sys.path)
+
+    return table(d)
+
+
+KINDS = {"scaling": scaling, "rollout_throughput": throughput, "sft_": sft, "rl_": rl}
 
 
 def main() -> None:

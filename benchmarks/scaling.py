@@ -63,20 +63,20 @@ def run_setting(name: str, iterations: int, env_workers: int = 0, learners: int 
             "env_steps_per_s": med("time/env_steps_per_s"), "stages_s": stages,
             "iteration_s": sum(stages.values()), "batch_steps": med("train/batch_steps"),
             "optimizer_steps": med("train/optimizer_steps"), "wall_s_incl_startup": wall,
-            "loadavg_1min_before": load0, "last_iteration": {k: v for k, v in rows[-1].items() if k.startswith("time/")}}
+            "loadavg_1min_before": load0, "loadavg_1min_after": os.getloadavg()[0], "last_iteration": {k: v for k, v in rows[-1].items() if k.startswith("time/")}}
 
 
 def table(d: dict) -> str:
     lines = [f"Machine: {d['machine']}; date {d['date']}; command `{d['command']}`", "",
              "| setting | env steps/s | collect s | reward s | advantages s | update s | sync s | iteration s | "
-             "decision steps / update | load before |",
+             "decision steps / update | load before/after |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in d["rows"]:
         s = r["stages_s"]
-        cell = lambda k: f"{s[k]:.3f}" if k in s else "–"  # noqa: E731
+        cell = lambda k, s=s: f"{s[k]:.3f}" if k in s else "–"  # noqa: E731
         lines.append(f"| {r['setting']} | {r['env_steps_per_s']:.0f} | {cell('collect')} | {cell('reward')} | "
                      f"{cell('advantages')} | {cell('update')} | {cell('sync')} | {r['iteration_s']:.2f} | "
-                     f"{r['batch_steps']:.0f} | {r['loadavg_1min_before']:.1f} |")
+                     f"{r['batch_steps']:.0f} | {r['loadavg_1min_before']:.1f} / {r['loadavg_1min_after']:.1f} |")
     return "\n".join(lines)
 
 
