@@ -54,13 +54,33 @@ def rl(d: dict) -> str:
     return "\n".join(lines)
 
 
+def f3(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def rprm(d: dict) -> str:
+    tr, te = d["train"], d["test"]
+    lines = [f"Machine: {d['machine']}; date {d['date']}; collect {d['collect_s']:.0f}s, train {d['train_s']:.0f}s; "
+             f"train {tr['episodes']} episodes ({tr['successes']} successes, {tr['frames']} frames), held-out "
+             f"{te['episodes']} ({te['successes']} successes)", "",
+             "| task | RPRM spearman (successes) | RPRM AUC final | RPRM AUC max | GRAPE R_ext AUC (success hidden) |",
+             "| --- | --- | --- | --- | --- |"]
+    for k, v in d["per_task"].items():
+        g = d["grape_rule_stages"][k]
+        lines.append(f"| {k} | {f3(v['spearman'])} | {f3(v['auc'])} | {f3(v['auc_max'])} | {f3(g['r_ext_auc'])} |")
+    lines.append(f"| all | {f3(te['spearman'])} | {f3(te['auc'])} | {f3(te['auc_max'])} | |")
+    if "auc_time_baseline" in te:
+        lines += ["", f"Baseline \"progress = elapsed time\": AUC {f3(te['auc_time_baseline'])}."]
+    return "\n".join(lines)
+
+
 def scaling(d: dict) -> str:
     from scaling import table  # benchmarks/scaling.py (this script's folder is on sys.path)
 
     return table(d)
 
 
-KINDS = {"scaling": scaling, "rollout_throughput": throughput, "sft_": sft, "rl_": rl}
+KINDS = {"scaling": scaling, "rollout_throughput": throughput, "sft_": sft, "rl_": rl, "rprm": rprm}
 
 
 def main() -> None:

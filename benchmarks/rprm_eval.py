@@ -6,7 +6,9 @@ success/failure AUC), and check GRAPE's rule-based stages on the same episodes.
 
 Data: for each task, scripted-expert episodes with small action noise (mostly successes) and
 with large noise (mostly failures), all collected through ``collect()`` so they carry images,
-proprio and sim_state. Training seeds are < 1e6, held-out seeds start at 1e7 (never trained on).
+proprio and sim_state. ``auc_time_baseline`` is the AUC of a predictor that equates progress
+with elapsed time (its final value is the episode length): what the RPRM must beat, since
+failures run to the time limit. Training seeds are < 1e6, held-out seeds start at 1e7 (never trained on).
 Milestones and targets come from sim_state (hand position, gripper opening); the model sees
 only images, instruction and proprio. Also reported, on the held-out episodes: the AUC of
 GRAPE's R_ext computed with the success flag hidden (do the staged costs alone separate success
@@ -51,6 +53,17 @@ def gather(venv, tids: list[int], episodes: int, noise: float, seed0: int, rng_s
     return r.select(torch.nonzero(r.valid).flatten())
 
 
+def _nan_to_none(x):
+    """JSON has no NaN: undefined metrics (an AUC without failures) are written as null."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="pick-place-v3,drawer-open-v3,button-press-topdown-v3,push-v3")
@@ -84,6 +97,9 @@ def main() -> None:
     fit = train_rprm(model, data, steps=a.steps, batch=a.batch, lr=1e-3)
     t2 = time.perf_counter()
     held = evaluate_rprm(model, test)
+    # baseline: "progress = elapsed time", whose final value is the episode length
+    lengths = torch.cat([r.alive.sum(0).float() for r in test]).numpy()
+    held["auc_time_baseline"] = roc_auc(lengths, torch.cat([r.success for r in test]).numpy())
     per_task = {}
     for ti, t in enumerate(spec.tasks):
         parts = [r.select(torch.nonzero(r.task_id == ti).flatten()) for r in test]
@@ -129,7 +145,7 @@ def main() -> None:
         "grape_rule_stages": grape_rows,
         "collect_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
     }
-    atomic_write_text(a.out, json.dumps(result, indent=2))
+    atomic_write_text(a.out, json.dumps(_nan_to_none(result), indent=2))
     print(json.dumps({k: result[k] for k in ("train", "test", "milestones_per_success", "collect_s", "train_s")}, indent=2))
     for k, v in per_task.items():
         print(k, {m: (round(x, 3) if isinstance(x, float) else x) for m, x in v.items()}, grape_rows[k])

@@ -24,6 +24,7 @@ from vlaforge.rewards import (
     load_rprm,
     parse_stages,
     path_length,
+    progress_data_from_demos,
     progress_data_from_rollouts,
     progress_targets,
     rprm_rewards,
@@ -226,9 +227,13 @@ def _tiny_lm():
     return transformers.GPT2LMHeadModel(cfg).eval(), tok
 
 
-def test_lm_decomposer_random_model_falls_back(caplog):
+def test_lm_decomposer_random_model_falls_back(caplog, tmp_path):
     model, tok = _tiny_lm()
-    dec = LMDecomposer(names=OBJ_NAMES, model=model, tokenizer=tok, max_new_tokens=12)
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    dec = LMDecomposer(str(tmp_path / "lm"), names=OBJ_NAMES, max_new_tokens=12)  # loaded from a local path
+    with pytest.raises(ValueError, match="cannot load"):
+        LMDecomposer(str(tmp_path / "missing"), names=OBJ_NAMES)
     with caplog.at_level(logging.WARNING):
         stages = dec.decompose("push-v3", "push the puck to the goal")
     assert [s.name for s in stages] == [s.name for s in RuleDecomposer(OBJ_NAMES).decompose("push-v3")]
@@ -287,6 +292,24 @@ def test_rank_maths_on_hand_values():
     assert roc_auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
     assert roc_auc([0.5, 0.3, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.625)  # pairs: tie 1/2, 1, 0, 1
     assert math.isnan(roc_auc([0.1, 0.2], [1, 1]))
+
+
+def test_progress_data_from_demos():
+    from vlaforge.data.demos import DemoData
+
+    # two PointReach demo episodes (proprio = agent xy): one moves then pauses, one keeps moving
+    xs = [np.array([[0, 0], [0.1, 0], [0.2, 0], [0.2, 0], [0.2, 0], [0.2, 0], [0.3, 0]]), np.cumsum(np.full((4, 2), 0.1), 0)]
+    state = np.concatenate(xs).astype(np.float32)
+    M = len(state)
+    ep = np.repeat([0, 1], [7, 4])
+    demos = DemoData(np.zeros((M, 1, 8, 8, 3), np.uint8), state, np.zeros((M, 2), np.float32), ["t"] * M, ["go"] * M,
+                     ep, np.concatenate([np.arange(7), np.arange(4)]), np.repeat([7, 11], [7, 4]), {"suite": "pointreach"})
+    data = progress_data_from_demos(demos, speed_eps=0.01, min_pause=2)
+    assert data.target[:7].tolist() == pytest.approx([0, 0.25, 0.5, 0.625, 0.75, 0.875, 1.0])  # milestone at 2
+    assert data.target[7:].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    demos.info["suite"] = "kitchen"
+    with pytest.raises(ValueError, match="progress_data_from_rollouts"):
+        progress_data_from_demos(demos)
 
 
 def test_progress_increments():

@@ -143,8 +143,12 @@ class LMDecomposer:
             if self.model_path is None:
                 raise ValueError("LMDecomposer needs model_path, model (+ tokenizer) or generate_fn")
             tr = require("transformers", "hf")
-            self.tokenizer = tr.AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-            self.model = tr.AutoModelForCausalLM.from_pretrained(self.model_path, local_files_only=True)
+            try:
+                self.tokenizer = tr.AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+                self.model = tr.AutoModelForCausalLM.from_pretrained(self.model_path, local_files_only=True).eval()
+            except (OSError, ValueError) as e:
+                raise ValueError(f"cannot load a local causal LM from '{self.model_path}' ({str(e).splitlines()[0]}); "
+                                 "pass a directory saved with save_pretrained (model + tokenizer)") from None
         if self.model is not None and self.tokenizer is None:
             raise ValueError("LMDecomposer(model=...) also needs tokenizer=...")
 
