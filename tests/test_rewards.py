@@ -373,3 +373,31 @@ def test_rprm_on_collected_pointreach_rollouts():
     m = evaluate_rprm(model, [r_ok, r_bad])
     assert m["episodes"] == 12 and m["successes"] == int(r_ok.success.sum() + r_bad.success.sum())
     assert set(m) >= {"spearman", "auc", "auc_max"}
+
+
+def test_rule_stages_on_metaworld_and_kitchen_layouts():
+    """The rules resolve against the suites' real sim_state names (Meta-World 39-D, Kitchen 35-D)."""
+    pytest.importorskip("metaworld")
+    from vlaforge.envs.metaworld import SIM_STATE_NAMES as MW
+
+    dec = RuleDecomposer(MW)
+    lay = SimLayout(MW)
+    assert len(MW) == 39 and lay.point("ee") == (0, 1, 2) and lay.point("obj") == (4, 5, 6)
+    assert lay.point("goal") == (36, 37, 38) and lay.point("prev_ee") == (18, 19, 20)
+    # a pick-place episode: hand to the puck, lift it 5 cm, carry it to the goal
+    sim = np.zeros((4, 1, 39), np.float32)
+    sim[:, 0, 36:39] = (0.1, 0.8, 0.2)
+    sim[:, 0, 4:7] = [(0.0, 0.6, 0.02), (0.0, 0.6, 0.02), (0.0, 0.6, 0.07), (0.1, 0.79, 0.2)]
+    sim[:, 0, 0:3] = [(0.0, 0.4, 0.2), (0.0, 0.6, 0.05), (0.0, 0.6, 0.1), (0.1, 0.79, 0.23)]
+    sim[1:, 0, 18:21] = sim[:-1, 0, 0:3]  # previous hand position
+    sim[1:, 0, 22:25] = sim[:-1, 0, 4:7]
+    cost, done = staged_cost(hand_rollout(sim, [False]), dec.decompose("pick-place-v3", ""))
+    # all three stages done; one contact flagged (the hand arrives at the puck 15 cm in one step) x beta 0.5
+    assert done.tolist() == [3] and cost.item() == pytest.approx(0.5)
+    pytest.importorskip("gymnasium_robotics")
+    from vlaforge.envs.kitchen import SIM_STATE_NAMES as KN
+
+    (stage,) = RuleDecomposer(KN).decompose("microwave", "open the microwave door")
+    ks = np.zeros((2, 1, len(KN)), np.float32)
+    ks[:, 0, KN.index("task_err")] = (0.8, 0.2)
+    assert staged_cost(hand_rollout(ks, [False]), [stage])[1].tolist() == [1]
