@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--new-tasks", default="drawer-close-v3", help="iRe-VLA: tasks learned by RL only")
     ap.add_argument("--heldout", default="door-close-v3", help="iRe-VLA: tasks never trained on")
     ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--head", default="tokens", help="action head of the shared SFT start (vla-rl needs tokens)")
     ap.add_argument("--demo-episodes", type=int, default=30)
     ap.add_argument("--sft-steps", type=int, default=1200)
     ap.add_argument("--iterations", type=int, default=5)
@@ -87,7 +88,7 @@ def main() -> None:
     if not (sft / "model.safetensors").exists():
         run_collect(CollectArgs(suite="metaworld", tasks=a.tasks, episodes=a.demo_episodes, out=str(work / "demos"),
                                 num_envs=a.num_envs, workers=a.workers), quiet=True)
-        run_sft(SFTArgs(demos=str(work / "demos"), out=str(sft), threads=a.threads,
+        run_sft(SFTArgs(demos=str(work / "demos"), out=str(sft), threads=a.threads, head=a.head,
                         sft=SFTConfig(steps=a.sft_steps, seed=a.seed)), quiet=True)
     sft_time = time.perf_counter() - t0
     ev = EvalArgs(checkpoint=str(sft), suite="metaworld", tasks=a.tasks, episodes=a.eval_episodes,

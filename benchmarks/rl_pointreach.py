@@ -17,9 +17,13 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(ap)
     ap.add_argument("--privileged", action="store_true", help="goal offset in the state (for --backbone state)")
+    ap.add_argument("--radius", type=float, default=0.0,
+                    help="success radius for RL and evaluation (0 = the suite's 0.12); demos keep the default")
     a = ap.parse_args()
     env_kw = {"privileged": True, "radius": 0.2} if a.privileged else {}
-    name = "pointreach" + ("_state" if a.backbone == "state" else "")
+    if a.radius:
+        env_kw["radius"] = a.radius
+    name = "pointreach" + ("_state" if a.backbone == "state" else "") + (f"_r{a.radius:g}" if a.radius else "")
     res = run_algos(a, Path(a.work) / name, "pointreach", "train", "all", env_kw, {})
     write(res, a.out)
     if a.plot:

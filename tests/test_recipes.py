@@ -168,16 +168,15 @@ def test_grape_recipe_iteration_logs_reward_parts(tmp_path):
 
 def test_vla_rl_process_reward_hook_adds_weighted_progress_increments():
     from vlaforge.envs import suite_spec
-    from vlaforge.recipes.vla_rl import ProcessReward
-    from vlaforge.rewards.rprm import RPRM, rprm_rewards
+    from vlaforge.rewards.rprm import RPRM, RPRMShaper, rprm_rewards
 
     torch.manual_seed(0)
     r = _rollout()
     model = RPRM.for_spec(suite_spec("pointreach", **PRIV))
     before = r.reward.clone()
-    info = ProcessReward(model, 0.5).shape_rewards(r)
+    info = RPRMShaper(model, 0.5).shape_rewards(r)
     torch.testing.assert_close(r.reward, before + 0.5 * rprm_rewards(model, r))
-    assert (r.reward[~r.alive] == 0).all() and np.isfinite(info["vla_rl/dense_return"])
+    assert (r.reward[~r.alive] == 0).all() and np.isfinite(info["rprm/dense_return"])
 
 
 def test_vla_rl_needs_a_token_head_and_demos(tmp_path):

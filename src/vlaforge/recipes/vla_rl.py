@@ -36,23 +36,6 @@ def preset(cfg) -> None:
     cfg.curriculum = "near50"
 
 
-class ProcessReward:
-    """``train()`` hook: adds ``weight ·`` the RPRM's progress increments to the rollout's rewards."""
-
-    def __init__(self, model, weight: float):
-        self.model, self.weight = model, weight
-
-    def shape_rewards(self, rollout) -> dict:
-        from vlaforge.rewards.rprm import rprm_rewards
-
-        dense = rprm_rewards(self.model, rollout)
-        rollout.reward += self.weight * dense
-        alive = rollout.alive
-        return {"vla_rl/dense_reward_per_step": float(dense[alive].mean()) if alive.any() else 0.0,
-                "vla_rl/dense_return": float((self.weight * dense).sum(0)[rollout.valid].mean())
-                if rollout.valid.any() else 0.0}
-
-
 def build_rprm(cfg):
     """Load ``--vla-rl.rprm`` or train a process reward model on demos; saved under ``<out>/rprm``."""
     from vlaforge.data.demos import load_demos
@@ -77,7 +60,7 @@ def build_rprm(cfg):
 
 def run(cfg) -> dict:
     from vlaforge.policies import read_config
-    from vlaforge.rewards.rprm import load_rprm
+    from vlaforge.rewards.rprm import RPRMShaper, load_rprm
     from vlaforge.train.loop import train
 
     if cfg.init and read_config(cfg.init)["policy"].get("head") != "tokens":
@@ -87,7 +70,7 @@ def run(cfg) -> dict:
     if cfg.vla_rl.rprm_weight != 0:
         saved = Path(cfg.out) / "rprm"  # a resumed run keeps the model it trained before RL
         model, info = (load_rprm(saved), {}) if cfg.resume and saved.exists() else build_rprm(cfg)
-        hooks = ProcessReward(model, cfg.vla_rl.rprm_weight)
+        hooks = RPRMShaper(model, cfg.vla_rl.rprm_weight)
         if info:
             print("process reward model: " + ", ".join(f"{k}={v:.4f}" for k, v in info.items()), flush=True)
     return train(cfg, hooks=hooks)
