@@ -2,6 +2,12 @@
 render schedule (one render per action chunk) versus with the tiny VLA choosing the actions.
 
     python benchmarks/rollout_throughput.py --out docs/bench/rollout_throughput.json
+    python benchmarks/rollout_throughput.py --suites libero,maniskill --out docs/bench/rollout_throughput_libero_maniskill.json
+
+Also reports the time to build the vector env, its first reset (which may build simulators or
+compile shaders) and the median of three later resets to new initial states (all envs at once).
+LIBERO and ManiSkill use fewer envs than ``--num-envs`` (``SUITES``): a LIBERO simulator takes
+~10-15 s and ~0.5 GB to build.
 
 Writes JSON (``--out``) from which docs/benchmarks.md's table is made; prints the table too.
 The ratio policy/raw is the share of simulator speed kept with the policy in the loop.
@@ -24,12 +30,26 @@ SUITES = {
     "pointreach": {"tasks": None},
     "metaworld": {"tasks": "reach-v3,button-press-topdown-v3"},
     "kitchen": {"tasks": None},
+    # LIBERO: one simulator per env (~10-15 s to build each), two cameras; ManiSkill: CPU PhysX + lavapipe
+    "libero": {"tasks": "object-0", "num_envs": 2},
+    "maniskill": {"tasks": "pick-cube,stack-cube", "num_envs": 4},
 }
 
 
 def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: float, head: str) -> dict:
+    t0 = time.perf_counter()
     venv = make_vec_env(suite, num_envs, tasks=tasks, workers=workers)
     spec = venv.spec
+    create_s = time.perf_counter() - t0
+    ids = np.arange(num_envs) % len(spec.tasks)
+    t0 = time.perf_counter()
+    venv.reset(ids, np.arange(num_envs))  # the first reset may build simulators / compile shaders
+    first_reset_s = time.perf_counter() - t0
+    reset_s = []
+    for k in range(3):  # later resets: new seeds (initial states), same tasks
+        t0 = time.perf_counter()
+        venv.reset(ids, np.arange(num_envs) + 100 * (k + 1))
+        reset_s.append(time.perf_counter() - t0)
     policy = build_policy(head=head, state_dim=spec.state_dim, action_dim=spec.action_dim, chunk_size=chunk,
                           views=spec.image_shape[0], image_size=spec.image_shape[1])
     rng = np.random.default_rng(0)
@@ -61,7 +81,8 @@ def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: flo
                      "sim_ms_per_env_step": 1000 * sim_t / max(steps, 1)}
     venv.close()
     return {"suite": suite, "num_envs": num_envs, "workers": workers, "chunk": chunk, "head": head,
-            "image": list(spec.image_shape), "renderer": spec.renderer, **out,
+            "image": list(spec.image_shape), "renderer": spec.renderer, "create_s": create_s,
+            "first_reset_s": first_reset_s, "reset_s": float(np.median(reset_s)), **out,
             "ratio": out["policy"]["steps_per_s"] / out["raw"]["steps_per_s"]}
 
 
@@ -80,11 +101,12 @@ def main() -> None:
     rows = []
     for s in a.suites.split(","):
         workers = 0 if s == "pointreach" else a.workers
-        r = run(s, SUITES[s]["tasks"], a.num_envs, workers, a.chunk, a.seconds, a.head)
+        r = run(s, SUITES[s]["tasks"], SUITES[s].get("num_envs", a.num_envs), workers, a.chunk, a.seconds, a.head)
         rows.append(r)
         print(f"{s:<11} raw {r['raw']['steps_per_s']:8.0f} steps/s | with policy {r['policy']['steps_per_s']:8.0f} "
               f"steps/s | ratio {r['ratio']:.2f} | policy {r['policy']['policy_ms_per_env_step']:.3f} ms/step, "
-              f"sim {r['policy']['sim_ms_per_env_step']:.3f} ms/step", flush=True)
+              f"sim {r['policy']['sim_ms_per_env_step']:.3f} ms/step | create {r['create_s']:.1f} s, first reset "
+              f"{r['first_reset_s']:.1f} s, reset {r['reset_s']:.2f} s ({r['num_envs']} envs)", flush=True)
     result = {"benchmark": "rollout_throughput", "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {__import__('os').cpu_count()} cores",
               "args": vars(a), "rows": rows}
