@@ -31,10 +31,16 @@ def _eval(args):
 
 
 def _train(cfg):
-    from vlaforge.rollout.evaluate import format_table  # noqa: F401  (fail early on a broken install)
-    from vlaforge.train.loop import train
+    from vlaforge.recipes import run_recipe
+    from vlaforge.train.loop import resumed_config, train
 
-    final = train(cfg)
+    if cfg.resume:  # a recipe's hooks are rebuilt from the checkpoint's own config
+        saved = resumed_config(cfg.resume)
+        if saved.recipe:
+            saved.resume = cfg.resume
+            saved.ray = cfg.ray  # where to run comes from this command line, not the checkpoint
+            cfg = saved
+    final = run_recipe(cfg) if cfg.recipe else train(cfg)
     keys = sorted(k for k in final if k.startswith("eval/"))
     print("final: " + ", ".join(f"{k}={final[k]:.3f}" for k in keys))
     print(f"run directory: {cfg.out}")
@@ -44,6 +50,16 @@ def _demo(args):
     from vlaforge.demo import run_demo
 
     run_demo(args)
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    """The value of ``--flag VALUE`` or ``--flag=VALUE`` in ``args`` (None if absent)."""
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     cls, fn = commands[argv[0]]
     if argv[0] == "train":  # `--ray` is short for `--ray.enabled`
         argv = [("--ray.enabled" if a == "--ray" else a) for a in argv]
-    args = tyro.cli(cls, args=argv[1:], prog=f"vlaforge {argv[0]}")
+    default = None
+    if argv[0] == "train" and (name := _flag_value(argv[1:], "--recipe")):
+        from vlaforge.recipes import recipe_defaults
+
+        try:
+            default = recipe_defaults(name)
+        except ValueError as e:
+            print(f"vlaforge train: error: {e}", file=sys.stderr)
+            return 2
+    args = tyro.cli(cls, args=argv[1:], prog=f"vlaforge {argv[0]}", default=default)
     try:
         fn(args)
     except (EnvError, CheckpointError, MissingExtra, ValueError, FileNotFoundError) as e:

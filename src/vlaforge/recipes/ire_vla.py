@@ -72,9 +72,10 @@ def sl_stage(policy, demos, buffer: SuccessBuffer, task_index: dict[str, int], s
     from vlaforge.algos.sft import DemoSampler, sft_step
     from vlaforge.types import Observation
 
-    for p in policy.parameters():
+    for p in policy.backbone_parameters() + policy.head_parameters():  # not frozen copies (HF LoRA base, references)
         p.requires_grad_(True)
-    params = [p for p in policy.parameters() if id(p) not in {id(q) for q in policy.value_parameters()}]
+    params = [p for p in policy.parameters()
+              if p.requires_grad and id(p) not in {id(q) for q in policy.value_parameters()}]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     dsamp = DemoSampler(demos, policy.chunk_size, task_index, seed) if demos is not None and len(demos) else None

@@ -36,6 +36,7 @@ from vlaforge.envs import make_vec_env
 from vlaforge.pipeline import suite_task_names
 from vlaforge.policies import build_policy, load_policy
 from vlaforge.policies.hf.model import HFConfig
+from vlaforge.recipes.configs import GrapeConfig, IReVLAConfig, VLARLConfig
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.rollout.evaluate import evaluate_policy
 from vlaforge.rollout.sampling import TaskSampler
@@ -50,6 +51,9 @@ class TrainConfig:
 
     algo: Literal["ppo", "grpo", "rloo", "tpo"] = "rloo"
     """algorithm"""
+    recipe: str | None = None
+    """named method (ire-vla | grape | ript-vla | vla-rl | simplevla-rl): presets this config and adds the
+    method's own parts; flags given on the command line override the preset"""
     suite: str = "pointreach"
     """simulator suite: pointreach | metaworld | kitchen"""
     tasks: str = "train"
@@ -125,6 +129,9 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rloo: RLOOConfig = field(default_factory=RLOOConfig)
     tpo: TPOConfig = field(default_factory=TPOConfig)
+    ire_vla: IReVLAConfig = field(default_factory=IReVLAConfig)
+    grape: GrapeConfig = field(default_factory=GrapeConfig)
+    vla_rl: VLARLConfig = field(default_factory=VLARLConfig)
 
     @property
     def algo_cfg(self):
@@ -136,7 +143,8 @@ def config_to_dict(cfg) -> dict:
 
 
 def config_from_dict(d: dict) -> TrainConfig:
-    sub = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "tpo": TPOConfig}
+    sub = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "tpo": TPOConfig, "ire_vla": IReVLAConfig,
+           "grape": GrapeConfig, "vla_rl": VLARLConfig}
     sub["ray"] = RayConfig
     sub["hf"] = HFConfig
     kw = dict(d)
@@ -147,6 +155,14 @@ def config_from_dict(d: dict) -> TrainConfig:
                 v["keep_band"] = tuple(v["keep_band"])
             kw[k] = cls(**v)
     return TrainConfig(**kw)
+
+
+def resumed_config(path: str | Path) -> TrainConfig:
+    """The training config stored in a full-state checkpoint (to resume a recipe with its hooks)."""
+    f = Path(path) / "state.json"
+    if not f.exists():
+        raise FileNotFoundError(f"no training checkpoint at '{path}' (state.json missing); pass the run's checkpoint/ directory")
+    return config_from_dict(json.loads(f.read_text())["config"])
 
 
 def make_optimizer(policy, cfg: TrainConfig) -> torch.optim.Optimizer:
