@@ -191,3 +191,17 @@ def test_vla_rl_needs_a_token_head_and_demos(tmp_path):
     cfg.init, cfg.out = str(tmp_path / "t"), str(tmp_path / "run")
     with pytest.raises(ValueError, match="--vla-rl.demos"):
         run_recipe(cfg)
+
+
+def test_ire_vla_rl_stage_config_is_plain_frozen_ppo_on_seen_and_new_tasks(tmp_path):
+    from vlaforge.recipes.ire_vla import rl_stage_config
+
+    cfg = recipe_defaults("ire-vla")
+    cfg.suite, cfg.tasks, cfg.eval_tasks = "metaworld", "reach-v3", "reach-v3,drawer-close-v3,door-close-v3"
+    cfg.ire_vla.rl_iterations = 3
+    groups = {"seen": ["reach-v3"], "new": ["drawer-close-v3"], "heldout": ["door-close-v3"]}
+    rl = rl_stage_config(cfg, groups, tmp_path / "init", tmp_path / "rl", seed=5)
+    assert (rl.recipe, rl.algo, rl.freeze_backbone, rl.iterations, rl.seed) == (None, "ppo", True, 3, 5)
+    # held-out tasks are never trained on, and the stage never evaluates on tasks its envs lack
+    assert rl.tasks == rl.eval_tasks == "reach-v3,drawer-close-v3"
+    assert cfg.recipe == "ire-vla" and cfg.eval_tasks.endswith("door-close-v3")  # the caller's config untouched

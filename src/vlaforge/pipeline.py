@@ -60,11 +60,13 @@ class CollectArgs:
     """image size"""
     seed: int = 0
     """seed"""
+    env_kwargs: dict[str, float] = field(default_factory=dict)
+    """extra numeric options of the suite's env constructor (e.g. PointReach's privileged 1)"""
 
 
 def run_collect(a: CollectArgs, quiet: bool = False):
     venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks_arg(a.suite, a.tasks), image_size=a.image_size,
-                        workers=a.workers)
+                        workers=a.workers, **a.env_kwargs)
     try:
         names = suite_task_names(venv.spec, a.tasks)
         prog, task = progress_bar("collect", a.episodes * len(names), not quiet)

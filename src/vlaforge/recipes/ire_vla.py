@@ -103,6 +103,17 @@ def sl_stage(policy, demos, buffer: SuccessBuffer, task_index: dict[str, int], s
     return out
 
 
+def rl_stage_config(cfg, groups: dict[str, list[str]], init, out, seed: int):
+    """The RL stage as a plain PPO run: frozen backbone, seen + new tasks, no recipe, no evaluation of its own."""
+    rl = copy.deepcopy(cfg)
+    rl.recipe, rl.algo, rl.freeze_backbone = None, "ppo", True
+    rl.init, rl.out, rl.iterations = str(init), str(out), cfg.ire_vla.rl_iterations
+    rl.tasks = ",".join(groups["seen"] + groups["new"])
+    rl.eval_tasks = rl.tasks  # the stage's envs hold only its tasks; the three groups are evaluated by run()
+    rl.eval_every, rl.seed = 0, seed
+    return rl
+
+
 def task_groups(cfg) -> dict[str, list[str]]:
     """iRe-VLA's three groups by name: seen in SFT, new (RL only), held out (never trained)."""
     from vlaforge.envs import suite_spec
@@ -168,11 +179,7 @@ def run(cfg) -> dict:
     buffer = SuccessBuffer()
     current = cfg.init
     for r in range(ic.rounds):
-        rl = copy.deepcopy(cfg)
-        rl.recipe, rl.algo, rl.freeze_backbone = None, "ppo", True
-        rl.init, rl.out, rl.iterations = str(current), str(out / f"round{r}" / "rl"), ic.rl_iterations
-        rl.tasks = ",".join(groups["seen"] + groups["new"])
-        rl.eval_every, rl.seed = 0, cfg.seed + r
+        rl = rl_stage_config(cfg, groups, current, out / f"round{r}" / "rl", cfg.seed + r)
         train(rl, hooks=KeepSuccesses(buffer))
         policy = load_policy(out / f"round{r}" / "rl" / "final")
         rl_eval = evaluate_groups(policy, cfg, groups)

@@ -1,0 +1,102 @@
+"""Action heads under RL: Gaussian, binned tokens and flow matching, each SFT'd then trained with
+the same algorithm and budget, success before/after on fixed held-out evaluation seeds.
+
+Default setting: PointReach with the goal offset in the state and the state-only backbone, so
+that what differs between rows is the head (its sampling distribution and log-probabilities:
+the flow head's are the exact Gaussian densities of its SDE denoising chain). The SFT is short on
+purpose (a weak start); RL is PPO with 64-step minibatches.
+
+    python benchmarks/rl_heads.py --out docs/bench/rl_heads_pointreach.json --plot docs/bench/rl_heads_pointreach.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rl_common import plot, summarize, write  # noqa: E402
+
+from vlaforge.algos.sft import SFTConfig  # noqa: E402
+from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft  # noqa: E402
+from vlaforge.train.loop import TrainConfig, train  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--heads", default="gaussian,tokens,flow")
+    ap.add_argument("--algo", default="ppo")
+    ap.add_argument("--suite", default="pointreach")
+    ap.add_argument("--tasks", default="train")
+    ap.add_argument("--eval-tasks", default="all")
+    ap.add_argument("--backbone", default="state")
+    ap.add_argument("--env-kwargs", default="privileged=1,radius=0.2", help="name=value pairs for the suite's envs")
+    ap.add_argument("--demo-episodes", type=int, default=20)
+    ap.add_argument("--sft-steps", type=int, default=150)
+    ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--groups", type=int, default=64, help="episodes per iteration (PPO) / contexts (group methods)")
+    ap.add_argument("--minibatch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--num-envs", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--eval-episodes", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default="runs/bench/heads")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--plot", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    env_kw = {k: float(v) for k, v in (p.split("=") for p in a.env_kwargs.split(",") if p)}
+    if a.max_steps:
+        env_kw["max_steps"] = float(a.max_steps)
+    work = Path(a.work)
+    if not (work / "demos" / "meta" / "info.json").exists():
+        run_collect(CollectArgs(suite=a.suite, tasks=a.tasks, episodes=a.demo_episodes, out=str(work / "demos"),
+                                noise=0.3, num_envs=a.num_envs, workers=a.workers,
+                                env_kwargs={k: v for k, v in env_kw.items() if k != "max_steps"}), quiet=True)
+    ev = EvalArgs(checkpoint="", suite=a.suite, tasks=a.eval_tasks, episodes=a.eval_episodes, num_envs=a.num_envs,
+                  workers=a.workers, threads=a.threads, env_kwargs=env_kw)
+    rows = []
+    for head in a.heads.split(","):
+        sft = work / f"sft_{head}"
+        if not (sft / "model.safetensors").exists():
+            run_sft(SFTArgs(demos=str(work / "demos"), out=str(sft), head=head, backbone=a.backbone, threads=a.threads,
+                            sft=SFTConfig(steps=a.sft_steps, seed=a.seed)), quiet=True)
+        before = summarize(run_eval(EvalArgs(**{**ev.__dict__, "checkpoint": str(sft),
+                                                "out": str(work / f"eval_sft_{head}.json")}), quiet=True)[0])
+        t0 = time.perf_counter()
+        cfg = TrainConfig(algo=a.algo, suite=a.suite, tasks=a.tasks, init=str(sft), out=str(work / f"{a.algo}_{head}"),
+                          iterations=a.iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
+                          eval_every=0, progress=False, seed=a.seed, lr=a.lr, threads=a.threads,
+                          env_kwargs={k: v for k, v in env_kw.items() if k != "max_steps"},
+                          max_steps=int(env_kw["max_steps"]) if "max_steps" in env_kw else None)
+        if hasattr(cfg.algo_cfg, "minibatch_size"):
+            cfg.algo_cfg.minibatch_size = a.minibatch_size
+        if a.algo == "ppo":
+            cfg.ppo.critic_warmup = 1
+        train(cfg)
+        wall = time.perf_counter() - t0
+        after = summarize(run_eval(EvalArgs(**{**ev.__dict__, "checkpoint": str(Path(cfg.out) / "final"),
+                                               "out": str(work / f"eval_{a.algo}_{head}.json")}), quiet=True)[0])
+        ms = [json.loads(x) for x in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+        curve = [(m["rollout/env_steps"], m["rollout/success"]) for m in ms if "rollout/success" in m]
+        rows.append({"algo": f"{a.algo} / {head}", "head": head, "before": before, "after": after,
+                     "env_steps": curve[-1][0], "wall_s": wall, "curve": curve})
+        print(f"{head}: before {before} after {after} wall {wall:.0f}s", flush=True)
+        write({"machine": f"{platform.machine()}, {os.cpu_count()} cores, {a.threads} torch threads",
+               "date": time.strftime("%Y-%m-%d"), "args": vars(a), "rows": rows}, a.out)
+    if a.plot:
+        plot({"rows": rows}, a.plot, f"{a.algo} per action head ({a.suite}, {a.backbone} backbone)")
+
+
+if __name__ == "__main__":
+    main()
