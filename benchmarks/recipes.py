@@ -63,7 +63,8 @@ def main() -> None:
     ap.add_argument("--new-tasks", default="drawer-close-v3", help="iRe-VLA: tasks learned by RL only")
     ap.add_argument("--heldout", default="door-close-v3", help="iRe-VLA: tasks never trained on")
     ap.add_argument("--runs", default=",".join(RUNS))
-    ap.add_argument("--head", default="tokens", help="action head of the shared SFT start (vla-rl needs tokens)")
+    ap.add_argument("--head", default="gaussian",
+                    help="action head of the SFT start every recipe but vla-rl shares (vla-rl: tokens, same demos)")
     ap.add_argument("--demo-episodes", type=int, default=30)
     ap.add_argument("--sft-steps", type=int, default=1200)
     ap.add_argument("--iterations", type=int, default=5)
@@ -83,22 +84,36 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     work = Path(a.work)
     env_kw = {"max_steps": a.max_steps}
-    sft = work / "sft"
-    t0 = time.perf_counter()
-    if not (sft / "model.safetensors").exists():
-        run_collect(CollectArgs(suite="metaworld", tasks=a.tasks, episodes=a.demo_episodes, out=str(work / "demos"),
-                                num_envs=a.num_envs, workers=a.workers), quiet=True)
-        run_sft(SFTArgs(demos=str(work / "demos"), out=str(sft), threads=a.threads, head=a.head,
-                        sft=SFTConfig(steps=a.sft_steps, seed=a.seed)), quiet=True)
-    sft_time = time.perf_counter() - t0
-    ev = EvalArgs(checkpoint=str(sft), suite="metaworld", tasks=a.tasks, episodes=a.eval_episodes,
-                  num_envs=a.num_envs, workers=a.workers, out=str(work / "eval_sft.json"), threads=a.threads,
-                  env_kwargs=env_kw)
-    before = summarize(run_eval(ev, quiet=True)[0])
-    print(f"SFT start: {before}", flush=True)
+
+    def sft_start(head: str) -> Path:
+        """One SFT checkpoint per action head, on the same demos with the same settings."""
+        d = work / f"sft_{head}"
+        if not (d / "model.safetensors").exists():
+            if not (work / "demos" / "meta" / "info.json").exists():
+                run_collect(CollectArgs(suite="metaworld", tasks=a.tasks, episodes=a.demo_episodes,
+                                        out=str(work / "demos"), num_envs=a.num_envs, workers=a.workers), quiet=True)
+            run_sft(SFTArgs(demos=str(work / "demos"), out=str(d), threads=a.threads, head=head,
+                            sft=SFTConfig(steps=a.sft_steps, seed=a.seed)), quiet=True)
+        return d
+
+    ev = EvalArgs(checkpoint="", suite="metaworld", tasks=a.tasks, episodes=a.eval_episodes,
+                  num_envs=a.num_envs, workers=a.workers, threads=a.threads, env_kwargs=env_kw)
+    starts: dict[str, tuple[Path, dict]] = {}
+
+    def start_for(recipe: str) -> tuple[Path, dict]:
+        head = "tokens" if recipe == "vla-rl" else a.head  # VLA-RL is defined on action tokens
+        if head not in starts:
+            d = sft_start(head)
+            res = run_eval(EvalArgs(**{**ev.__dict__, "checkpoint": str(d), "out": str(work / f"eval_sft_{head}.json")}),
+                           quiet=True)[0]
+            starts[head] = (d, summarize(res))
+            print(f"SFT start ({head} head): {starts[head][1]}", flush=True)
+        return starts[head]
+
     rows = []
     for name in a.runs.split(","):
         recipe, over = RUNS[name]
+        sft, before = start_for(recipe)
         cfg = recipe_defaults(recipe)
         cfg.suite, cfg.tasks, cfg.init, cfg.out = "metaworld", a.tasks, str(sft), str(work / name.replace("/", "_"))
         cfg.iterations, cfg.groups, cfg.num_envs, cfg.workers = a.iterations, a.groups, a.num_envs, a.workers
@@ -119,7 +134,7 @@ def main() -> None:
         run_recipe(cfg)
         wall = time.perf_counter() - t1
         out_dir = Path(cfg.out)
-        row = {"run": name, "recipe": recipe, "wall_s": wall}
+        row = {"run": name, "recipe": recipe, "start": sft.name, "wall_s": wall}
         if recipe == "ire-vla":
             rep = json.loads((out_dir / "ire_vla.json").read_text())
             row["groups"] = rep["groups"]
@@ -146,8 +161,8 @@ def main() -> None:
         print(f"{name}: before {before.get('train')} after {after.get('train')} env steps {env_steps} "
               f"wall {wall:.0f}s", flush=True)
         result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {a.threads} torch threads",
-                  "date": time.strftime("%Y-%m-%d"), "args": vars(a), "sft_time_s": sft_time, "sft": before,
-                  "rows": rows}
+                  "date": time.strftime("%Y-%m-%d"), "args": vars(a),
+                  "sft": {h: {"checkpoint": str(d), **b} for h, (d, b) in starts.items()}, "rows": rows}
         if a.out:
             atomic_write_text(a.out, json.dumps(result, indent=2))
 

@@ -32,7 +32,7 @@ def summarize(results) -> dict:
 
 def sft_start(a, work: Path, suite: str, tasks: str, env_kw: dict) -> tuple[Path, float]:
     t0 = time.perf_counter()
-    if a.backbone == "state":  # the state-only baseline starts from scratch (no demos needed)
+    if a.backbone == "state" and a.sft_steps == 0:  # the state-only baseline from scratch (no demos needed)
         from vlaforge.envs import suite_spec
         from vlaforge.policies import build_policy, save_policy
 
@@ -44,9 +44,10 @@ def sft_start(a, work: Path, suite: str, tasks: str, env_kw: dict) -> tuple[Path
     sft_dir = work / "sft"
     if not (sft_dir / "model.safetensors").exists():
         run_collect(CollectArgs(suite=suite, tasks=tasks, episodes=a.demo_episodes, out=str(work / "demos"),
-                                num_envs=a.num_envs, workers=a.workers, noise=a.demo_noise), quiet=True)
-        run_sft(SFTArgs(demos=str(work / "demos"), out=str(sft_dir), head=a.head,
-                        sft=SFTConfig(steps=a.sft_steps, seed=a.seed)), quiet=True)
+                                num_envs=a.num_envs, workers=a.workers, noise=a.demo_noise,
+                                env_kwargs={k: float(v) for k, v in env_kw.items() if k == "privileged"}), quiet=True)
+        run_sft(SFTArgs(demos=str(work / "demos"), out=str(sft_dir), head=a.head, backbone=a.backbone,
+                        threads=a.threads, sft=SFTConfig(steps=a.sft_steps, seed=a.seed)), quiet=True)
     return sft_dir, time.perf_counter() - t0
 
 

@@ -6,7 +6,8 @@ that what differs between rows is the head (its sampling distribution and log-pr
 the flow head's are the exact Gaussian densities of its SDE denoising chain). The SFT is short on
 purpose (a weak start); RL is PPO with 64-step minibatches.
 
-    python benchmarks/rl_heads.py --out docs/bench/rl_heads_pointreach.json --plot docs/bench/rl_heads_pointreach.png
+    python benchmarks/rl_heads.py --sft-steps 4 --out docs/bench/rl_heads_pointreach_ppo_lr1e-4.json
+    python benchmarks/rl_heads.py --sft-steps 4 --algo rloo --groups 8 --iterations 40 --out docs/bench/rl_heads_pointreach_rloo.json
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--groups", type=int, default=64, help="episodes per iteration (PPO) / contexts (group methods)")
     ap.add_argument("--minibatch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--num-envs", type=int, default=16)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=0)

@@ -3,7 +3,9 @@ evaluation seeds (training tasks and the held-out colour/instruction split), env
 time, learning curves.
 
     python benchmarks/rl_pointreach.py --out docs/bench/rl_pointreach.json --plot docs/bench/rl_pointreach.png
-    python benchmarks/rl_pointreach.py --backbone state --privileged --out docs/bench/rl_pointreach_state.json
+    python benchmarks/rl_pointreach.py --backbone state --privileged --sft-steps 0 --out docs/bench/rl_pointreach_state.json
+    python benchmarks/rl_pointreach.py --backbone state --privileged --sft-steps 4 --demo-episodes 20 --lr 1e-4 \
+        --minibatch-size 64 --iterations 30 --out docs/bench/rl_pointreach_state_sft.json
 """
 
 import argparse
@@ -23,7 +25,7 @@ if __name__ == "__main__":
     env_kw = {"privileged": True, "radius": 0.2} if a.privileged else {}
     if a.radius:
         env_kw["radius"] = a.radius
-    name = "pointreach" + ("_state" if a.backbone == "state" else "") + (f"_r{a.radius:g}" if a.radius else "")
+    name = "pointreach" + ("_state" if a.backbone == "state" else "") + ("_sft" if a.backbone == "state" and a.sft_steps else "") + (f"_r{a.radius:g}" if a.radius else "")
     res = run_algos(a, Path(a.work) / name, "pointreach", "train", "all", env_kw, {})
     write(res, a.out)
     if a.plot:

@@ -97,12 +97,14 @@ def test_kl_guard_stops_update():
     assert m["train/skipped_kl_guard"] == 1 and m["train/optimizer_steps"] >= 1
 
 
-def test_critic_warmup_steps_value_head_only():
+@pytest.mark.parametrize("vf_coef", [0.5, 0.0])
+def test_critic_warmup_steps_value_head_only(vf_coef):
+    """The warm-up trains the critic alone, also when the PPO loss gives the value term no weight."""
     torch.manual_seed(0)
-    p = build_policy()
+    p = build_policy(backbone="state")
     r, _ = _rollout(p)
     a = get_algo("ppo")
-    cfg = a.config(critic_warmup=5)
+    cfg = a.config(critic_warmup=5, vf_coef=vf_coef)
     batch, _ = a.prepare(r, cfg)
     before = {n: x.detach().clone() for n, x in p.named_parameters()}
     a.update(p, torch.optim.AdamW(p.parameters(), lr=1e-3, weight_decay=0.0), batch, cfg, iteration=0)

@@ -184,9 +184,10 @@ def _pg_loss(policy, mb: StepBatch, s: PGSettings):
             eb, em = entropy_bonus(ent.mean(-1), mb.chunk_mask)
             loss = loss - s.ent_coef * eb
             m.update(em)
-    if s.vf_coef and v is not None:
+    vf_coef = (s.vf_coef or 1.0) if s.value_only else s.vf_coef  # the warm-up trains the critic even at vf_coef 0
+    if vf_coef and v is not None:
         vl, vm = value_loss(v, mb.v_old, mb.returns, torch.ones_like(mb.adv, dtype=torch.bool), s.value_clip)
-        loss = loss + s.vf_coef * vl
+        loss = loss + vf_coef * vl
         m.update(vm)
     m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
     return loss, m
