@@ -31,6 +31,7 @@ from vlaforge.types import Observation  # noqa: E402
 
 hf_logging.set_verbosity_error()
 warnings.filterwarnings("ignore", message=".*torchvision.*")
+pytestmark = pytest.mark.filterwarnings("ignore:.*(is_gradient_checkpointing|gradient_checkpointing_enable).*:FutureWarning")
 
 
 def _policy(family="llava", **kw) -> HFVLA:
@@ -305,3 +306,36 @@ def test_cli_train_with_policy_hf(tmp_path, capsys):
                "--out", str(tmp_path / "bad"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "no Hugging Face model" in err and len(err.splitlines()) == 1
+
+
+def test_recipes_run_on_an_hf_policy(tmp_path):
+    """GRAPE (TPO with its scorer hooks) through the loop, and iRe-VLA's frozen RL stage / SL stage."""
+    from vlaforge.recipes import recipe_defaults, run_recipe
+    from vlaforge.recipes.ire_vla import reset_value_head, sl_stage
+    from vlaforge.train.loop import make_optimizer
+
+    d = save_tiny_vlm(tmp_path / "tiny-idefics3", "idefics3")
+    p = build_policy("hf", path=str(d), n_bins=32, max_text_tokens=48, chunk_size=2, lora_rank=4, head_hidden=32)
+    save_policy(p, tmp_path / "init")
+    cfg = recipe_defaults("grape")
+    cfg.init, cfg.out, cfg.iterations, cfg.groups, cfg.num_envs = str(tmp_path / "init"), str(tmp_path / "g"), 1, 1, 4
+    cfg.tpo.group_size, cfg.max_steps, cfg.image_size, cfg.chunk_size = 4, 4, 32, 2
+    cfg.eval_every, cfg.progress, cfg.tensorboard = 0, False, False
+    run_recipe(cfg)
+    row = json.loads((tmp_path / "g" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "grape/r_self" in row and np.isfinite(row["grape/r_self"])
+    # iRe-VLA: the RL stage freezes the backbone (LoRA adapters); the SL stage unfreezes exactly them
+    q = load_policy(tmp_path / "init")
+    frozen = make_optimizer(q, types.SimpleNamespace(freeze_backbone=True, lr=1e-3, value_lr=1e-3, weight_decay=0.0))
+    trainable = {id(x) for g in frozen.param_groups for x in g["params"]}
+    assert not any(id(x) in trainable for x in q.backbone_parameters()) and q.backbone_parameters()
+    assert reset_value_head(q) == 3
+    from vlaforge.data.replay import SuccessBuffer
+
+    buf = SuccessBuffer()
+    r = _rollout(q)
+    buf.add(r)
+    lora0 = {n: x.detach().clone() for n, x in q.named_parameters() if "lora_" in n}
+    m = sl_stage(q, None, buf, {}, steps=1, lr=1e-2, demo_fraction=0.5, batch_size=4)
+    assert np.isfinite(m["sft/loss"]) and any(not torch.equal(x, lora0[n]) for n, x in q.named_parameters() if n in lora0)
+    assert not any(x.requires_grad for n, x in q.vlm.named_parameters() if "lora_" not in n)

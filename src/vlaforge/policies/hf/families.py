@@ -9,8 +9,9 @@ vision tower lives (to give a clear error when a checkpoint lacks one). Supporte
     qwen2_vl, qwen2_5_vl  Qwen2-VL / Qwen2.5-VL (native-resolution ViT, M-RoPE)
     llava              LLaVA-style (CLIP/SigLIP tower + projector + Llama/Mistral)
 
-OpenVLA (model type ``openvla``, remote code) is a LLaVA-style Prismatic model; it loads only
-with ``trust_remote_code=True`` and is mapped to the ``llava`` rules when its config says so.
+Not supported yet: OpenVLA (model type ``openvla``). Its Prismatic remote code has no ``.model``
+backbone and its own forward signature, so it is refused as an unknown family (loading any
+remote-code checkpoint needs ``trust_remote_code=True`` in the first place).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class HFConfig:
     path: str | None = None
     """local directory of the model, its tokenizer and image processor (no downloads)"""
     trust_remote_code: bool = False
-    """run the checkpoint's own Python code (needed for OpenVLA); off unless you trust the files"""
+    """run the checkpoint's own Python code (remote-code checkpoints); off unless you trust the files"""
     head: Literal["tokens", "gaussian", "flow"] = "tokens"
     """action head: binned action tokens of the LM, or a continuous (gaussian / flow) head on hidden states"""
     n_bins: int = 256
@@ -202,9 +202,18 @@ class HFVLA(nn.Module):
                                  f"{str(e).splitlines()[0]}") from None
             self.ref_head = copy.deepcopy(self.head).requires_grad_(False)  # the reference's head: frozen
         self.vlm = model
+        # the backbone's trainable set, fixed here (LoRA adapters, or every weight without LoRA) so that
+        # freezing it (iRe-VLA's RL stage) and unfreezing it again find the same tensors
+        self._backbone = [p for p in model.parameters() if p.requires_grad]
         self._use_ref = False
         self.register_buffer("act_lo", -torch.ones(cfg.action_dim))
         self.register_buffer("act_hi", torch.ones(cfg.action_dim))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.critic_backbone is not None:  # the frozen critic copy never runs in training mode
+            self.critic_backbone.eval()
+        return self
 
     # -- parameter groups ---------------------------------------------------------------------
     def base_model(self):
@@ -212,7 +221,7 @@ class HFVLA(nn.Module):
         return self.vlm.get_base_model() if self.cfg.lora_rank > 0 else self.vlm
 
     def backbone_parameters(self):
-        return [p for p in self.vlm.parameters() if p.requires_grad]
+        return list(self._backbone)
 
     def head_parameters(self):
         return list(self.head.parameters())
