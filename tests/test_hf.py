@@ -263,6 +263,11 @@ def test_cpu_offload_adamw_matches_adamw():
         torch.testing.assert_close(x, y)
     state = ob.state_dict()  # tensors only: checkpointable with weights_only loads
     assert all(isinstance(v, torch.Tensor) for st in state["state"].values() for v in st.values())
+    c = torch.nn.Linear(4, 3).to(torch.bfloat16)  # reloaded over bf16 weights: the state stays fp32 on the host
+    oc = CPUOffloadAdamW(c.parameters(), lr=0.1)
+    oc.load_state_dict(state)
+    assert all(v.dtype == torch.float32 and v.device.type == "cpu" for st in oc.state.values() for v in st.values())
+    torch.testing.assert_close(oc.state[c.weight]["master"], ob.state[b.weight]["master"])
 
 
 def test_clear_errors(tmp_path):
@@ -301,6 +306,11 @@ def test_cli_train_with_policy_hf(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     p = load_policy(out / "final")
     assert isinstance(p, HFVLA) and p.cfg.lora_rank == 4 and (out / "checkpoint" / "adapter").is_dir()
+    from vlaforge.train.checkpoint import load_checkpoint
+
+    q, opt_state, state, _ = load_checkpoint(out / "checkpoint")  # what --resume reads
+    assert isinstance(q, HFVLA) and state["iteration"] == 1 and opt_state["param_groups"]
+    assert state["config"]["policy"] == "hf" and state["config"]["hf"]["path"] == str(d)
     capsys.readouterr()
     rc = main(["train", "--policy", "hf", "--policy.path", str(tmp_path / "missing"), "--iterations", "1",
                "--out", str(tmp_path / "bad"), "--no-progress"])

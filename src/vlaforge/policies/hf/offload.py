@@ -19,6 +19,17 @@ class CPUOffloadAdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
+    def load_state_dict(self, state_dict):
+        """As torch's, but the state stays in host memory in fp32 (torch would cast it to each
+        parameter's device and dtype)."""
+        super().load_state_dict(state_dict)
+        saved = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(saved, params):  # replace torch's cast copies by the saved tensors themselves
+            if i in state_dict["state"]:
+                self.state[p] = {k: v.detach().to("cpu", torch.float32, copy=True) if isinstance(v, torch.Tensor)
+                                 else v for k, v in state_dict["state"][i].items()}
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
