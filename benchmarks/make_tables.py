@@ -44,7 +44,8 @@ def sft(d: dict) -> str:
 
 
 def rl(d: dict) -> str:
-    lines = [f"Machine: {d['machine']}; date {d['date']}; SFT start built in {d['sft_time_s']:.0f}s; args {d['args']}", "",
+    built = f"; SFT start built in {d['sft_time_s']:.0f}s" if "sft_time_s" in d else ""
+    lines = [f"Machine: {d['machine']}; date {d['date']}{built}; args {d['args']}", "",
              "| algo | split | SFT start | after RL | env steps | wall |", "| --- | --- | --- | --- | --- | --- |"]
     for r in d["rows"]:
         for split in ("train", "heldout"):
@@ -80,7 +81,26 @@ def scaling(d: dict) -> str:
     return table(d)
 
 
-KINDS = {"scaling": scaling, "rollout_throughput": throughput, "sft_": sft, "rl_": rl, "rprm": rprm}
+def recipes(d: dict) -> str:
+    lines = [f"Machine: {d['machine']}; date {d['date']}; args {d['args']}", "",
+             "| run | SFT start (checkpoint) | start success | after | env steps | wall | rejected groups | "
+             "env steps to rollout success ≥ level |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in d["rows"]:
+        lvl = next((v for k, v in r.items() if k.startswith("env_steps_to_")), None)
+        lines.append(f"| {r['run']} | {r['start']} | {ci(r['before']['train'])} | {ci(r['after']['train'])} | "
+                     f"{r['env_steps']} | {r['wall_s']:.0f}s | {100 * r['rejected_group_share']:.0f}% | "
+                     f"{'not reached' if lvl is None else lvl} |")
+    for r in d["rows"]:
+        if "stages" in r:
+            groups = [g for g in ("seen", "new", "heldout") if r["groups"].get(g)]
+            lines += ["", f"iRe-VLA task groups ({', '.join(f'{g}: ' + ', '.join(r['groups'][g]) for g in groups)}):", "",
+                      "| stage | " + " | ".join(groups) + " |", "| --- |" + " --- |" * len(groups)]
+            for st in r["stages"]:
+                lines.append(f"| {st['stage']} | " + " | ".join(ci(st[g]) if g in st else "–" for g in groups) + " |")
+    return "\n".join(lines)
+
+
+KINDS = {"recipes": recipes, "scaling": scaling, "rollout_throughput": throughput, "sft_": sft, "rl_": rl, "rprm": rprm}
 
 
 def main() -> None:
