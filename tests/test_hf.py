@@ -50,9 +50,9 @@ def _obs(n=3, seed=0) -> Observation:
 
 
 def _rollout(policy, n=4):
-    """n episodes of one PointReach context (one group), two decisions each; half marked successes."""
+    """n episodes of one PointReach context (one group), one decision each; half marked successes."""
     torch.manual_seed(0)
-    venv = make_vec_env("pointreach", n, image_size=32, max_steps=2 * policy.chunk_size)
+    venv = make_vec_env("pointreach", n, image_size=32, max_steps=policy.chunk_size)
     r, _ = collect(policy, venv, np.zeros(n, np.int64), np.full(n, 7, np.int64))
     venv.close()
     r.success[:] = torch.arange(n) % 2 == 0
