@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--minibatch-size", type=int, default=0, help="decision steps per optimizer step (0: each algorithm's default)")
     ap.add_argument("--level", type=float, default=0.5, help="rollout success level for 'env steps to reach'")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -128,6 +129,8 @@ def main() -> None:
             cfg.eval_tasks = ",".join([a.tasks, a.new_tasks, a.heldout])
             cfg.ire_vla.rl_iterations = max(1, a.iterations // 2)
             cfg.ire_vla.rounds = 2
+        if a.minibatch_size and hasattr(cfg.algo_cfg, "minibatch_size"):
+            cfg.algo_cfg.minibatch_size = a.minibatch_size
         for k, v in over.items():
             _set(cfg, k, v)
         t1 = time.perf_counter()
