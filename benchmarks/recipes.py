@@ -39,6 +39,7 @@ RUNS = {  # name -> (recipe, overrides applied after the preset)
     "ript-vla/no-rejection": ("ript-vla", {"dynamic_rejection": False}),
     "vla-rl/no-rprm": ("vla-rl", {"vla_rl.rprm_weight": 0.0}),
     "vla-rl/no-curriculum": ("vla-rl", {"curriculum": "uniform"}),
+    "ire-vla/sl-demos-only": ("ire-vla", {"ire_vla.demo_fraction": 1.0}),  # SL stages without the RL successes
 }
 
 
@@ -62,7 +63,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="reach-v3,button-press-topdown-v3", help="seen tasks (demos, RL)")
     ap.add_argument("--new-tasks", default="drawer-close-v3", help="iRe-VLA: tasks learned by RL only")
     ap.add_argument("--heldout", default="door-close-v3", help="iRe-VLA: tasks never trained on")
-    ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--runs", default=",".join(k for k in RUNS if k != "ire-vla/sl-demos-only"),
+                    help=f"comma-separated, from: {', '.join(RUNS)}")
     ap.add_argument("--head", default="gaussian",
                     help="action head of the SFT start every recipe but vla-rl shares (vla-rl: tokens, same demos)")
     ap.add_argument("--demo-episodes", type=int, default=30)
