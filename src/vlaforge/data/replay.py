@@ -26,6 +26,7 @@ class SuccessBuffer:
         self.task_ids: list[torch.Tensor] = []
         self.instructions: list[str] = []
         self.episodes = 0
+        self._cat = None  # the stored lists joined once per change, not once per batch
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -48,6 +49,7 @@ class SuccessBuffer:
             self.episodes += 1
             added += len(steps)
         self._trim()
+        self._cat = None
         return added
 
     def _trim(self) -> None:
@@ -59,8 +61,10 @@ class SuccessBuffer:
             self.episodes -= 1
 
     def _flat(self):
-        return (torch.cat(self.images), torch.cat(self.state), torch.cat(self.actions), torch.cat(self.mask),
-                torch.cat(self.task_ids))
+        if self._cat is None:
+            self._cat = (torch.cat(self.images), torch.cat(self.state), torch.cat(self.actions), torch.cat(self.mask),
+                         torch.cat(self.task_ids))
+        return self._cat
 
     def batch(self, size: int, gen: torch.Generator) -> tuple[Observation, torch.Tensor, torch.Tensor]:
         """A task-balanced batch: (Observation, actions (B, C, A) env space, mask (B, C))."""
@@ -81,5 +85,5 @@ class SuccessBuffer:
     def task_counts(self) -> dict[int, int]:
         if len(self) == 0:
             return {}
-        t, c = torch.unique(torch.cat(self.task_ids), return_counts=True)
+        t, c = torch.unique(self._flat()[4], return_counts=True)
         return {int(a): int(b) for a, b in zip(t, c)}
