@@ -145,7 +145,8 @@ def evaluate_groups(policy, cfg, groups: dict[str, list[str]]) -> dict:
     res, _ = run_eval(EvalArgs(checkpoint="(in memory)", suite=cfg.suite, tasks=",".join(names),
                                episodes=cfg.eval_episodes, num_envs=cfg.num_envs, workers=cfg.workers,
                                out=str(Path(cfg.out) / "eval_tmp.json"), threads=cfg.threads,
-                               env_kwargs=dict(cfg.env_kwargs)), quiet=True, policy=policy)
+                               env_kwargs={**cfg.env_kwargs, **({"max_steps": cfg.max_steps} if cfg.max_steps else {})}),
+                     quiet=True, policy=policy)
     by = {r.task: r for r in res}
     out = {}
     for g, ns in groups.items():
