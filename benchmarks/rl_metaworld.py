@@ -17,9 +17,12 @@ if __name__ == "__main__":
              sft_steps=1200, eval_episodes=20, demo_noise=0.1)
     ap.add_argument("--tasks", default="reach-v3")
     ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--shaping", type=float, default=0.0,
+                    help="weight of the potential-based reward from Meta-World's own shaped reward (0 = sparse)")
     a = ap.parse_args()
+    env_kw = {"max_steps": a.max_steps, **({"shaping": a.shaping} if a.shaping else {})}
     res = run_algos(a, Path(a.work) / ("metaworld_" + a.tasks.replace(",", "+")), "metaworld", a.tasks, a.tasks,
-                    {"max_steps": a.max_steps}, {"max_steps": a.max_steps})
+                    env_kw, {"max_steps": a.max_steps})
     write(res, a.out)
     if a.plot:
         plot(res, a.plot, f"Meta-World {a.tasks}: RL from one SFT start")

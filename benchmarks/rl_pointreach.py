@@ -21,11 +21,15 @@ if __name__ == "__main__":
     ap.add_argument("--privileged", action="store_true", help="goal offset in the state (for --backbone state)")
     ap.add_argument("--radius", type=float, default=0.0,
                     help="success radius for RL and evaluation (0 = the suite's 0.12); demos keep the default")
+    ap.add_argument("--shaping", type=float, default=0.0,
+                    help="weight of the potential-based progress reward in RL (0 = sparse success only)")
     a = ap.parse_args()
     env_kw = {"privileged": True, "radius": 0.2} if a.privileged else {}
     if a.radius:
         env_kw["radius"] = a.radius
-    name = "pointreach" + ("_state" if a.backbone == "state" else "") + ("_sft" if a.backbone == "state" and a.sft_steps else "") + (f"_r{a.radius:g}" if a.radius else "")
+    if a.shaping:
+        env_kw["shaping"] = a.shaping
+    name = "pointreach" + ("_state" if a.backbone == "state" else "") + ("_sft" if a.backbone == "state" and a.sft_steps else "") + (f"_r{a.radius:g}" if a.radius else "") + (f"_shape{a.shaping:g}" if a.shaping else "")
     res = run_algos(a, Path(a.work) / name, "pointreach", "train", "all", env_kw, {})
     write(res, a.out)
     if a.plot:

@@ -79,3 +79,23 @@ def test_pointreach_expert_succeeds():
             done = r.done
         wins += r.success
     assert wins == 20
+
+
+def test_pointreach_shaping_telescopes_and_leaves_success_alone():
+    w = 2.0
+    plain, shaped = PointReachEnv(), PointReachEnv(shaping=w)
+    rng = np.random.default_rng(3)
+    for seed in range(6):
+        plain.reset(seed % 12, seed)
+        shaped.reset(seed % 12, seed)
+        d0 = np.linalg.norm(shaped.pos - shaped.targets[shaped.goal])
+        total, done = 0.0, False
+        while not done:
+            a = (shaped.expert_action()[None] if seed % 2 else rng.uniform(-1, 1, (3, 2))).astype(np.float32)
+            r0, r = plain.step_chunk(a), shaped.step_chunk(a)
+            assert r.success == r0.success and r.done == r0.done and r.steps == r0.steps
+            total, done = total + r.reward, r.done
+        dT = np.linalg.norm(shaped.pos - shaped.targets[shaped.goal])
+        assert total == pytest.approx(w * (d0 - dT) + float(r.success), abs=1e-9)
+    with pytest.raises(EnvError, match="shaping"):
+        PointReachEnv(shaping=-1.0)

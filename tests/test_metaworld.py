@@ -144,3 +144,23 @@ def test_bad_actions_and_task_ids(env):
         env.step_chunk(np.zeros((2, 3), np.float32))
     with pytest.raises(EnvError, match="out of range"):
         env.reset(2, 0)
+
+
+def test_shaping_is_potential_based_on_metaworlds_own_reward():
+    w = 3.0
+    env = MetaWorldEnv(tasks="reach-v3", image_size=16, max_steps=150, shaping=w)
+    try:
+        env.reset(0, 5)
+        sim = env._sim.env
+        phi0 = sim.evaluate_state(env._obs, np.zeros(4, np.float32))[0] / 10.0
+        total, done = 0.0, False
+        while not done:
+            r = env.step_chunk(env.expert_action()[None])
+            total, done = total + r.reward, r.done
+        phiT = sim.evaluate_state(env._obs, np.zeros(4, np.float32))[0] / 10.0
+        assert r.success  # the expert solves reach within 150 steps
+        assert total == pytest.approx(w * (phiT - phi0) + 1.0, abs=1e-6)
+    finally:
+        env.close()
+    with pytest.raises(EnvError, match="shaping"):
+        MetaWorldEnv(tasks="reach-v3", shaping=float("nan"))

@@ -16,6 +16,9 @@
 * On Linux, MUJOCO_GL defaults to egl and LP_NUM_THREADS to 0 (set before mujoco is imported):
   with llvmpipe's render threads, a process forked after rendering hangs in its first render.
 * Rewards are sparse: 1.0 on the step where the task is first solved; the episode then ends.
+  ``shaping`` = w > 0 adds the potential-based term w * (phi(s') - phi(s)) per simulator step with
+  phi = Meta-World's own shaped reward / 10 (in [0, 1]): dense progress that telescopes over an
+  episode to w * (phi_T - phi_0), so it cannot be farmed by prolonging episodes; success is unchanged.
 * ``sim_state`` (privileged, for reward models only) is Meta-World's full 39-D observation, named
   in ``SIM_STATE_NAMES``: hand xyz (ee_*), gripper opening in [0, 1] (1 = open), object 0 position
   and quaternion (obj_*, obj_q*; for drawers and buttons the handle / button point), object 1
@@ -217,7 +220,9 @@ class MetaWorldEnv:
     """One Meta-World simulator instance serving a list of tasks. See the module docstring."""
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, camera: str = "corner",
-                 max_steps: int = 200, benchmark: str | None = None):
+                 max_steps: int = 200, benchmark: str | None = None, shaping: float = 0.0):
+        if not np.isfinite(shaping) or shaping < 0:
+            raise EnvError(f"metaworld shaping must be a finite weight >= 0; got {shaping}")
         if image_size < 8:
             raise EnvError(f"metaworld image_size must be >= 8; got {image_size}")
         if camera not in CAMERAS:
@@ -231,6 +236,8 @@ class MetaWorldEnv:
         self.camera = camera
         self.size = int(image_size)
         self.max_steps = int(max_steps)
+        self.shaping = float(shaping)
+        self._phi = 0.0  # potential (Meta-World's own reward / 10) of the current state, with shaping
         self.spec = EnvSpec(suite=SUITE, tasks=tuple(specs), image_shape=(1, self.size, self.size, 3),
                             state_dim=4, action_dim=4, max_steps=self.max_steps, cameras=(camera,),
                             renderer=os.environ.get("MUJOCO_GL", "egl"), extra={"benchmark": bench},
@@ -254,6 +261,8 @@ class MetaWorldEnv:
             sim = self._sims[name] = _Sim(name, self.size, self.size, self.max_steps)
         self._sim = sim
         self._obs = sim.reset(int(seed) % (2 ** 63))
+        if self.shaping:
+            self._phi = float(sim.env.evaluate_state(self._obs, np.zeros(4, np.float32))[0]) / 10.0
         self.t, self.done = 0, False
         self._update_obs()
         return self._image, self._state
@@ -267,11 +276,16 @@ class MetaWorldEnv:
         env = self._sim.env
         reward, success, n = 0.0, False, 0
         for a_t in np.clip(a, -1.0, 1.0):
-            self._obs, _r, _term, _trunc, info = env.step(a_t)
+            self._obs, r_mw, _term, _trunc, info = env.step(a_t)
             self.t += 1
             n += 1
+            if self.shaping:  # potential-based: the episode's sum telescopes to shaping * (phi_T - phi_0)
+                phi = float(r_mw) / 10.0
+                reward += self.shaping * (phi - self._phi)
+                self._phi = phi
             if info["success"]:
-                success, reward = True, 1.0
+                success = True
+                reward += 1.0
                 break
             if self.t >= self.max_steps:
                 break

@@ -3,7 +3,10 @@
 An agent (white disc) moves in the square arena [-1, 1]^2 among three coloured targets;
 the instruction names the goal ("reach the blue target"). Observation: one 64x64 RGB image
 plus the agent's 2-D position; action: a 2-D velocity in [-1, 1] scaled by ``speed``.
-Success when the agent is within ``radius`` of the named target.
+Success when the agent is within ``radius`` of the named target. Reward: 1 on success; with
+``shaping`` = w > 0 also the potential-based progress term w * (d_before - d_after) per step
+(d: distance to the goal target), whose episode sum w * (d_0 - d_T) cannot be farmed by dawdling
+and leaves the optimal policies unchanged (Ng et al., 1999). Success is never shaped.
 
 ``sim_state`` (privileged, for reward models): ``SIM_STATE_NAMES`` = agent (ee_x, ee_y), goal
 target (goal_x, goal_y), then every target's position in drawing order (target0_x ... target2_y).
@@ -73,13 +76,16 @@ class PointReachEnv:
     """One PointReach arena. See the module docstring."""
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, max_steps: int = 48,
-                 speed: float = 0.1, radius: float = 0.12, privileged: bool = False):
+                 speed: float = 0.1, radius: float = 0.12, privileged: bool = False, shaping: float = 0.0):
         if image_size < 16:
             raise EnvError("pointreach image_size must be >= 16")
+        if not np.isfinite(shaping) or shaping < 0:
+            raise EnvError(f"pointreach shaping must be a finite weight >= 0; got {shaping}")
         self.tasks = resolve_tasks(tasks)
         self.size = image_size
         self.speed, self.radius = speed, radius
         self.privileged = bool(privileged)
+        self.shaping = float(shaping)
         self.spec = EnvSpec(suite="pointreach", tasks=tuple(self.tasks), image_shape=(1, image_size, image_size, 3),
                             state_dim=4 if self.privileged else 2, action_dim=2, max_steps=max_steps, cameras=("top",), renderer="numpy",
                             sim_state_names=SIM_STATE_NAMES)
@@ -128,11 +134,15 @@ class PointReachEnv:
         reward, success, n = 0.0, False, 0
         goal = self.targets[self.goal]
         for a_t in np.clip(a, -1.0, 1.0):
+            before = np.linalg.norm(self.pos - goal)
             self.pos = np.clip(self.pos + self.speed * a_t, -1.0, 1.0)
             self.t += 1
             n += 1
-            if np.linalg.norm(self.pos - goal) < self.radius:
-                success, reward = True, 1.0
+            after = np.linalg.norm(self.pos - goal)
+            reward += self.shaping * (before - after)  # potential-based: telescopes to shaping * (d_0 - d_T)
+            if after < self.radius:
+                success = True
+                reward += 1.0
                 break
             if self.t >= self.spec.max_steps:
                 break
