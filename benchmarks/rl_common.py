@@ -66,7 +66,7 @@ def run_algos(a, work: Path, suite: str, tasks: str, eval_tasks: str, env_kw: di
                           env_kwargs={k: float(v) for k, v in env_kw.items() if k != "max_steps"}, **train_kw)
         if hasattr(cfg.algo_cfg, "group_size") and algo != "ppo":
             cfg.algo_cfg.group_size = a.group_size
-        for k in ("minibatch_size", "epochs"):  # 0 keeps the algorithm's default
+        for k in ("minibatch_size", "epochs", "temperature", "critic_warmup"):  # 0 keeps the algorithm's default
             if getattr(a, k, 0) and hasattr(cfg.algo_cfg, k):
                 setattr(cfg.algo_cfg, k, getattr(a, k))
         if algo == "ppo":
@@ -112,7 +112,8 @@ def write(result: dict, out: str | None) -> None:
 def add_args(ap, **defaults) -> None:
     d = {"algos": "ppo,grpo,rloo,tpo", "iterations": 20, "groups": 8, "group_size": 8, "demo_episodes": 30,
          "sft_steps": 500, "eval_episodes": 20, "num_envs": 16, "workers": 0, "head": "gaussian", "lr": 3e-5,
-         "threads": 2, "seed": 0, "demo_noise": 0.3, "backbone": "vision", "minibatch_size": 0, "epochs": 0}
+         "threads": 2, "seed": 0, "demo_noise": 0.3, "backbone": "vision", "minibatch_size": 0, "epochs": 0,
+         "temperature": 0.0, "critic_warmup": 0}
     d.update(defaults)
     for k, v in d.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)

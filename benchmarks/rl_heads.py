@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=64, help="episodes per iteration (PPO) / contexts (group methods)")
     ap.add_argument("--minibatch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--critic-warmup", type=int, default=1, help="PPO: first iterations that train the value head only")
     ap.add_argument("--num-envs", type=int, default=16)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=0)
@@ -83,7 +84,7 @@ def main() -> None:
         if hasattr(cfg.algo_cfg, "minibatch_size"):
             cfg.algo_cfg.minibatch_size = a.minibatch_size
         if a.algo == "ppo":
-            cfg.ppo.critic_warmup = 1
+            cfg.ppo.critic_warmup = a.critic_warmup
         train(cfg)
         wall = time.perf_counter() - t0
         after = summarize(run_eval(EvalArgs(**{**ev.__dict__, "checkpoint": str(Path(cfg.out) / "final"),
