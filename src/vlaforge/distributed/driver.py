@@ -52,19 +52,18 @@ from vlaforge.algos.tpo import PairBatch
 from vlaforge.distributed import RunFailed
 from vlaforge.distributed.actors import EnvWorker, Learner, derived_seed
 from vlaforge.envs import require, suite_spec
-from vlaforge.policies import load_policy
 from vlaforge.rollout.collect import CollectStats, group_ids_for
 from vlaforge.rollout.sampling import TaskSampler
-from vlaforge.train.checkpoint import load_checkpoint, save_checkpoint
+from vlaforge.train.checkpoint import save_checkpoint
 from vlaforge.train.logging import RunLogger, progress_bar
 from vlaforge.train.loop import (
     _truncate_metrics,
     collect_groups,
-    config_from_dict,
     config_to_dict,
     env_settings,
     fresh_policy,
     run_tasks,
+    start_state,
 )
 from vlaforge.types import Rollout
 
@@ -344,19 +343,9 @@ def _checkpoint_note(path: Path) -> str:
 def train_ray(cfg, hooks=None) -> dict:
     """``train(cfg, hooks)`` with ``cfg.ray``'s actors. Returns the final metrics (evaluation included)."""
     ray = require("ray", "ray")
-    start_it, env_steps_total = 0, 0
-    out = Path(cfg.out)
-    opt_state = rng = None
-    sampler_state = None
     resuming = cfg.resume is not None
-    if resuming:
-        policy, opt_state, state, rng = load_checkpoint(cfg.resume)
-        cfg = dataclasses.replace(config_from_dict(state["config"]), ray=cfg.ray)
-        out = Path(cfg.out)
-        start_it, env_steps_total, sampler_state = state["iteration"], state["env_steps"], state["sampler"]
-    else:
-        torch.manual_seed(cfg.seed)
-        policy = load_policy(cfg.init) if cfg.init else None
+    cfg, policy, opt_state, rng, start_it, env_steps_total, sampler_state = start_state(cfg)
+    out = Path(cfg.out)
     torch.set_num_threads(cfg.threads)
     algo = get_algo(cfg.algo)
     acfg = cfg.algo_cfg

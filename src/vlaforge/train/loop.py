@@ -272,6 +272,18 @@ def eval_metrics(policy, venv, eval_names: list[str], episodes: int) -> dict:
     return m
 
 
+
+def start_state(cfg: TrainConfig):
+    """Where a run starts: from ``cfg.resume`` (its saved config, with the caller's ``ray`` settings) or
+    fresh (seeded; policy from ``cfg.init`` or None). Returns (cfg, policy, optimizer state, RNG states,
+    iteration, env steps, sampler state); the local loop and the Ray driver share it."""
+    if cfg.resume is None:
+        torch.manual_seed(cfg.seed)
+        return cfg, (load_policy(cfg.init) if cfg.init else None), None, None, 0, 0, None
+    policy, opt_state, state, rng = load_checkpoint(cfg.resume)
+    cfg = dataclasses.replace(config_from_dict(state["config"]), ray=cfg.ray)  # where to run: the caller's
+    return cfg, policy, opt_state, rng, state["iteration"], state["env_steps"], state["sampler"]
+
 def train(cfg: TrainConfig, hooks=None) -> dict:
     """Run RL post-training. Returns the final metrics (evaluation included).
 
@@ -283,19 +295,9 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
         from vlaforge.distributed import train_ray
 
         return train_ray(cfg, hooks)
-    start_it, env_steps_total = 0, 0
-    out = Path(cfg.out)
-    opt_state = rng = None
-    sampler_state = None
     resuming = cfg.resume is not None
-    if resuming:
-        policy, opt_state, state, rng = load_checkpoint(cfg.resume)
-        cfg = dataclasses.replace(config_from_dict(state["config"]), ray=cfg.ray)  # where to run: the caller's
-        out = Path(cfg.out)
-        start_it, env_steps_total, sampler_state = state["iteration"], state["env_steps"], state["sampler"]
-    else:
-        torch.manual_seed(cfg.seed)
-        policy = load_policy(cfg.init) if cfg.init else None
+    cfg, policy, opt_state, rng, start_it, env_steps_total, sampler_state = start_state(cfg)
+    out = Path(cfg.out)
     torch.set_num_threads(cfg.threads)  # after resolving a resumed config: thread count changes float sums
     algo = get_algo(cfg.algo)
     acfg = cfg.algo_cfg
