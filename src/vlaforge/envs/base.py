@@ -129,11 +129,34 @@ class VecEnv(Protocol):
 def validate_chunk(actions: np.ndarray, action_dim: int, suite: str) -> np.ndarray:
     """Check one env's action chunk; returns float32 (C, A). Raises EnvError saying what is wrong."""
     a = np.asarray(actions, dtype=np.float32)
-    if a.ndim != 2 or a.shape[1] != action_dim:
-        raise EnvError(f"{suite} expects an action chunk of shape (C, {action_dim}); got {a.shape}")
+    if a.ndim != 2 or a.shape[1] != action_dim or a.shape[0] == 0:
+        raise EnvError(f"{suite} expects an action chunk of shape (C, {action_dim}) with C >= 1; got {a.shape}")
     if not np.all(np.isfinite(a)):
         raise EnvError(f"{suite} actions contain NaN or inf; check the policy output")
     return a
+
+
+def run_chunk(env, actions: np.ndarray, step_one, limit: int) -> tuple[float, bool, int]:
+    """Execute one validated action chunk open-loop on a ``TaskEnv`` (one that keeps ``t`` and ``done``).
+
+    ``step_one(a_t) -> (solved, dense_reward)`` advances the simulator one step with the clipped action
+    ``a_t``. The chunk stops at success (reward +1) or once ``env.t`` reaches ``limit``; ``env.t`` and
+    ``env.done`` are updated. Returns (reward, success, steps executed): the sum of the dense rewards
+    (0 unless the suite shapes) plus the success reward.
+    """
+    reward, success, n = 0.0, False, 0
+    for a_t in np.clip(actions, -1.0, 1.0):
+        success, dense = step_one(a_t)
+        env.t += 1
+        n += 1
+        reward += dense
+        if success:
+            reward += 1.0
+            break
+        if env.t >= limit:
+            break
+    env.done = success or env.t >= limit
+    return reward, success, n
 
 
 def validate_actions(actions: np.ndarray, num_envs: int, action_dim: int) -> np.ndarray:

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vlaforge.envs import mjrender, require  # mjrender sets the MUJOCO_GL defaults before mujoco loads
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, validate_chunk
+from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, run_chunk, validate_chunk
 
 mujoco = require("mujoco", "kitchen")
 require("gymnasium_robotics", "kitchen")
@@ -471,18 +471,15 @@ class KitchenEnv:
         if self.done:
             return ChunkResult(self._image, self._state, 0.0, False, True, False, 0)
         gym_name = _TASKS[self._task][0]
-        reward, success, n, obs = 0.0, False, 0, None
-        for a_t in np.clip(a, -1.0, 1.0):
-            obs, success = self._sim.step(a_t, gym_name)
-            self.t += 1
-            n += 1
-            if success:
-                reward = 1.0
-                break
-            if self.t >= self.max_steps:
-                break
-        self.done = success or self.t >= self.max_steps
-        self._update_obs(obs)
+        last = []
+
+        def step_one(a_t):
+            obs, solved = self._sim.step(a_t, gym_name)
+            last[:] = [obs]
+            return solved, 0.0
+
+        reward, success, n = run_chunk(self, a, step_one, self.max_steps)
+        self._update_obs(last[0])
         return ChunkResult(self._image, self._state, reward, success, self.done, self.done and not success, n)
 
     def expert_action(self) -> np.ndarray:

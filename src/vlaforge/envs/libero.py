@@ -63,7 +63,7 @@ from collections import OrderedDict
 import numpy as np
 
 from vlaforge.envs import mjrender, require  # mjrender sets the MUJOCO_GL defaults before mujoco loads
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, validate_chunk
+from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, run_chunk, validate_chunk
 
 mujoco = require("mujoco", "libero")
 
@@ -301,18 +301,13 @@ class LiberoEnv:
         if self.done:
             return ChunkResult(self._image, self._state, 0.0, False, True, False, 0)
         limit = self._max[self._task]
-        reward, success, n = 0.0, False, 0
-        for a_t in np.clip(a, -1.0, 1.0):
-            self._sim.env.step(a_t.astype(np.float64))
-            self.t += 1
-            n += 1
-            success = bool(self._sim.env.check_success())
-            if success:
-                reward = 1.0
-                break
-            if self.t >= limit:
-                break
-        self.done = success or self.t >= limit
+        env = self._sim.env
+
+        def step_one(a_t):
+            env.step(a_t.astype(np.float64))
+            return bool(env.check_success()), 0.0
+
+        reward, success, n = run_chunk(self, a, step_one, limit)
         self._update_obs()
         return ChunkResult(self._image, self._state, reward, success, self.done, self.done and not success, n)
 

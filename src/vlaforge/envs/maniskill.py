@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from vlaforge.envs import MissingExtra, require
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, validate_chunk
+from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, run_chunk, validate_chunk
 
 SUITE = "maniskill"
 DEFAULT_ICD = Path.home() / ".cache" / "vlaforge" / "mesa-vulkan" / "lvp_icd.json"
@@ -173,18 +173,12 @@ class ManiSkillEnv:
             raise EnvError("call reset(task_id, seed) before step_chunk")
         if self.done:
             return ChunkResult(self._image, self._state, 0.0, False, True, False, 0)
-        reward, success, n = 0.0, False, 0
-        for a_t in np.clip(a, -1.0, 1.0):
+
+        def step_one(a_t):
             _obs, _r, _term, _trunc, info = self._env.step(torch.as_tensor(a_t[None]))
-            self.t += 1
-            n += 1
-            success = bool(_np(info["success"]).reshape(-1)[0])
-            if success:
-                reward = 1.0
-                break
-            if self.t >= self.max_steps:
-                break
-        self.done = success or self.t >= self.max_steps
+            return bool(_np(info["success"]).reshape(-1)[0]), 0.0
+
+        reward, success, n = run_chunk(self, a, step_one, self.max_steps)
         self._update_obs()
         return ChunkResult(self._image, self._state, reward, success, self.done, self.done and not success, n)
 

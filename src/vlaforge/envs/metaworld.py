@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 
 from vlaforge.envs import mjrender, require  # mjrender sets the MUJOCO_GL defaults before mujoco loads
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, validate_chunk
+from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, run_chunk, validate_chunk
 
 _mw = require("metaworld", "metaworld")
 mujoco = require("mujoco", "metaworld")
@@ -274,22 +274,16 @@ class MetaWorldEnv:
         if self.done:
             return ChunkResult(self._image, self._state, 0.0, False, True, False, 0)
         env = self._sim.env
-        reward, success, n = 0.0, False, 0
-        for a_t in np.clip(a, -1.0, 1.0):
+
+        def step_one(a_t):
             self._obs, r_mw, _term, _trunc, info = env.step(a_t)
-            self.t += 1
-            n += 1
+            dense = 0.0
             if self.shaping:  # potential-based: the episode's sum telescopes to shaping * (phi_T - phi_0)
                 phi = float(r_mw) / 10.0
-                reward += self.shaping * (phi - self._phi)
-                self._phi = phi
-            if info["success"]:
-                success = True
-                reward += 1.0
-                break
-            if self.t >= self.max_steps:
-                break
-        self.done = success or self.t >= self.max_steps
+                dense, self._phi = self.shaping * (phi - self._phi), phi
+            return bool(info["success"]), dense
+
+        reward, success, n = run_chunk(self, a, step_one, self.max_steps)
         self._update_obs()
         return ChunkResult(self._image, self._state, reward, success, self.done, self.done and not success, n)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, validate_chunk
+from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, run_chunk, validate_chunk
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -131,22 +131,16 @@ class PointReachEnv:
         if self.done:
             img, st = self._obs()
             return ChunkResult(img, st, 0.0, False, True, False, 0)
-        reward, success, n = 0.0, False, 0
         goal = self.targets[self.goal]
-        for a_t in np.clip(a, -1.0, 1.0):
+
+        def step_one(a_t):
             before = np.linalg.norm(self.pos - goal)
             self.pos = np.clip(self.pos + self.speed * a_t, -1.0, 1.0)
-            self.t += 1
-            n += 1
             after = np.linalg.norm(self.pos - goal)
-            reward += self.shaping * (before - after)  # potential-based: telescopes to shaping * (d_0 - d_T)
-            if after < self.radius:
-                success = True
-                reward += 1.0
-                break
-            if self.t >= self.spec.max_steps:
-                break
-        self.done = success or self.t >= self.spec.max_steps
+            # potential-based: telescopes to shaping * (d_0 - d_T) over an episode
+            return bool(after < self.radius), self.shaping * (before - after)
+
+        reward, success, n = run_chunk(self, a, step_one, self.spec.max_steps)
         img, st = self._obs()
         return ChunkResult(img, st, reward, success, self.done, self.done and not success, n)
 
