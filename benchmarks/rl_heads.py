@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--backbone", default="state")
     ap.add_argument("--env-kwargs", default="privileged=1,radius=0.2", help="name=value pairs for the suite's envs")
     ap.add_argument("--demo-episodes", type=int, default=20)
+    ap.add_argument("--demo-noise", type=float, default=0.3, help="Gaussian action noise of the scripted expert")
     ap.add_argument("--sft-steps", type=int, default=150)
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--groups", type=int, default=64, help="episodes per iteration (PPO) / contexts (group methods)")
@@ -63,7 +64,7 @@ def main() -> None:
     work = Path(a.work)
     if not (work / "demos" / "meta" / "info.json").exists():
         run_collect(CollectArgs(suite=a.suite, tasks=a.tasks, episodes=a.demo_episodes, out=str(work / "demos"),
-                                noise=0.3, num_envs=a.num_envs, workers=a.workers,
+                                noise=a.demo_noise, num_envs=a.num_envs, workers=a.workers,
                                 env_kwargs={k: v for k, v in env_kw.items() if k != "max_steps"}), quiet=True)
     ev = EvalArgs(checkpoint="", suite=a.suite, tasks=a.eval_tasks, episodes=a.eval_episodes, num_envs=a.num_envs,
                   workers=a.workers, threads=a.threads, env_kwargs=env_kw)
