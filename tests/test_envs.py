@@ -99,3 +99,23 @@ def test_pointreach_shaping_telescopes_and_leaves_success_alone():
         assert total == pytest.approx(w * (d0 - dT) + float(r.success), abs=1e-9)
     with pytest.raises(EnvError, match="shaping"):
         PointReachEnv(shaping=-1.0)
+
+
+def test_run_chunk_stops_at_success_or_limit_and_sums_dense_rewards():
+    from types import SimpleNamespace
+
+    from vlaforge.envs.base import run_chunk
+
+    env = SimpleNamespace(t=0, done=False)
+    seen = []
+
+    def step_one(a_t):
+        seen.append(float(a_t[0]))
+        return len(seen) == 3, 0.25  # solved on the third step
+
+    reward, success, n = run_chunk(env, np.array([[0.1], [2.0], [-3.0], [0.4]], np.float32), step_one, limit=10)
+    assert (reward, success, n, env.t, env.done) == (0.25 * 3 + 1.0, True, 3, 3, True)
+    assert seen == pytest.approx([0.1, 1.0, -1.0])  # actions clipped to [-1, 1]; the 4th never executed
+    env = SimpleNamespace(t=8, done=False)
+    reward, success, n = run_chunk(env, np.zeros((4, 1), np.float32), lambda a: (False, 0.0), limit=10)
+    assert (reward, success, n, env.t, env.done) == (0.0, False, 2, 10, True)
