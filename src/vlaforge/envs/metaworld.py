@@ -18,7 +18,8 @@
 * Rewards are sparse: 1.0 on the step where the task is first solved; the episode then ends.
   ``shaping`` = w > 0 adds the potential-based term w * (phi(s') - phi(s)) per simulator step with
   phi = Meta-World's own shaped reward / 10 (in [0, 1]): dense progress that telescopes over an
-  episode to w * (phi_T - phi_0), so it cannot be farmed by prolonging episodes; success is unchanged.
+  episode to w * (phi_T - phi_0): net progress only, nothing to gain by prolonging episodes or
+  oscillating (a failed episode that ends nearer the goal does score higher); success is unchanged.
 * ``sim_state`` (privileged, for reward models only) is Meta-World's full 39-D observation, named
   in ``SIM_STATE_NAMES``: hand xyz (ee_*), gripper opening in [0, 1] (1 = open), object 0 position
   and quaternion (obj_*, obj_q*; for drawers and buttons the handle / button point), object 1

@@ -5,8 +5,10 @@ the instruction names the goal ("reach the blue target"). Observation: one 64x64
 plus the agent's 2-D position; action: a 2-D velocity in [-1, 1] scaled by ``speed``.
 Success when the agent is within ``radius`` of the named target. Reward: 1 on success; with
 ``shaping`` = w > 0 also the potential-based progress term w * (d_before - d_after) per step
-(d: distance to the goal target), whose episode sum w * (d_0 - d_T) cannot be farmed by dawdling
-and leaves the optimal policies unchanged (Ng et al., 1999). Success is never shaped.
+(d: distance to the goal target), whose episode sum w * (d_0 - d_T) counts net progress only, so
+moving back and forth earns nothing (potential-based shaping, Ng et al., 1999; with episodes that
+end anywhere it is not exactly invariant: a failed episode that ends closer scores higher). Success
+itself is never shaped.
 
 ``sim_state`` (privileged, for reward models): ``SIM_STATE_NAMES`` = agent (ee_x, ee_y), goal
 target (goal_x, goal_y), then every target's position in drawing order (target0_x ... target2_y).
