@@ -272,7 +272,6 @@ def eval_metrics(policy, venv, eval_names: list[str], episodes: int) -> dict:
     return m
 
 
-
 def start_state(cfg: TrainConfig):
     """Where a run starts: from ``cfg.resume`` (its saved config, with the caller's ``ray`` settings) or
     fresh (seeded; policy from ``cfg.init`` or None). Returns (cfg, policy, optimizer state, RNG states,
@@ -283,6 +282,7 @@ def start_state(cfg: TrainConfig):
     policy, opt_state, state, rng = load_checkpoint(cfg.resume)
     cfg = dataclasses.replace(config_from_dict(state["config"]), ray=cfg.ray)  # where to run: the caller's
     return cfg, policy, opt_state, rng, state["iteration"], state["env_steps"], state["sampler"]
+
 
 def train(cfg: TrainConfig, hooks=None) -> dict:
     """Run RL post-training. Returns the final metrics (evaluation included).
