@@ -17,6 +17,7 @@ from vlaforge.core import (
     entropy_bonus,
     gae,
     gaussian_nll,
+    group_centered_advantages,
     group_normalized_advantages,
     group_success_rate,
     leave_one_out_advantages,
@@ -168,6 +169,17 @@ def test_leave_one_out_equals_scaled_centred_reward():
         for k in torch.nonzero(sel).flatten():
             others = r[sel & (torch.arange(7) != k)]
             torch.testing.assert_close(adv[k], r[k] - others.mean())
+
+
+def test_group_centered_is_scaled_leave_one_out_and_keeps_reward_scale():
+    r = B([1.0, 0.0, 0.0, 1.0, 0.30, 0.31, 0.29, 0.30, 5.0])
+    gid = B([0, 0, 0, 0, 1, 1, 1, 1, 2])
+    adv = group_centered_advantages(r, gid)
+    torch.testing.assert_close(adv[:4], B([0.5, -0.5, -0.5, 0.5]))
+    torch.testing.assert_close(adv[:8], 3 / 4 * leave_one_out_advantages(r, gid)[:8])
+    assert adv[8] == 0  # group of one
+    # nearly equal returns: centred advantages stay ~0.01, std-normalised ones are blown up to ~1
+    assert adv[4:8].abs().max() < 0.011 and group_normalized_advantages(r, gid)[4:8].abs().max() > 1.0
 
 
 def test_group_normalized_hand_example():

@@ -11,7 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlaforge.algos.common import PGSettings, flatten_steps, pg_update, trajectory_reward
-from vlaforge.core.advantages import broadcast_to_steps, group_normalized_advantages, group_success_rate
+from vlaforge.core.advantages import (
+    broadcast_to_steps,
+    group_centered_advantages,
+    group_normalized_advantages,
+    group_success_rate,
+)
 from vlaforge.types import Rollout
 
 
@@ -37,11 +42,15 @@ class GRPOConfig:
     """keep only groups with success rate in [lo, hi] (SimpleVLA-RL: (0.1, 0.9)); None keeps all"""
     kl_guard: float | None = None
     """skip the rest of an update once a minibatch's approx KL exceeds this"""
+    normalize_std: bool = True
+    """divide by the group's reward std (GRPO); off: mean-centred advantages that keep the reward
+    scale (Dr. GRPO), so groups of nearly equal shaped returns give nearly zero advantages"""
 
 
 def prepare(rollout: Rollout, cfg: GRPOConfig):
     R = trajectory_reward(rollout)
-    adv_ep = group_normalized_advantages(R, rollout.group_id)
+    adv_fn = group_normalized_advantages if cfg.normalize_std else group_centered_advantages
+    adv_ep = adv_fn(R, rollout.group_id)
     keep_ep = rollout.valid.clone()
     if cfg.keep_band is not None:
         rate = group_success_rate(rollout.success.float(), rollout.group_id)

@@ -202,6 +202,23 @@ def group_normalized_advantages(
     return torch.where(k > 1, adv, torch.zeros_like(adv))
 
 
+def group_centered_advantages(traj_reward: torch.Tensor, group_id: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO's advantage: R − mean_g, without dividing by the group's std, so the advantage keeps
+    the reward's scale (near-equal returns give near-zero advantages). Equals (K−1)/K times the
+    leave-one-out advantage. Groups of size 1 give 0.
+
+    Args:
+        traj_reward: float (N,) one return per trajectory.
+        group_id: int (N,) trajectories sharing an id share an initial state.
+    Returns:
+        float32 (N,).
+    """
+    _check_group_inputs(traj_reward, group_id)
+    r = traj_reward.float()
+    s, k, _ = _group_stats(r, group_id)
+    return torch.where(k > 1, r - s / k, torch.zeros_like(r))
+
+
 def leave_one_out_advantages(traj_reward: torch.Tensor, group_id: torch.Tensor) -> torch.Tensor:
     """RLOO / LOOP advantage: R_k − mean_{j≠k} R_j = K/(K−1)·(R_k − mean_g).
 
