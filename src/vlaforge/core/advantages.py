@@ -192,13 +192,9 @@ def group_normalized_advantages(
     Returns:
         float32 (N,).
     """
-    _check_group_inputs(traj_reward, group_id)
-    r = traj_reward.float()
-    s, k, _ = _group_stats(r, group_id)
-    mean = s / k
-    sq, _, _ = _group_stats((r - mean) ** 2, group_id)
-    std = (sq / k).sqrt()
-    adv = (r - mean) / (std + eps)
+    centred = group_centered_advantages(traj_reward, group_id)  # checks the inputs
+    sq, k, _ = _group_stats(centred ** 2, group_id)
+    adv = centred / ((sq / k).sqrt() + eps)
     return torch.where(k > 1, adv, torch.zeros_like(adv))
 
 
