@@ -164,3 +164,29 @@ def test_shaping_is_potential_based_on_metaworlds_own_reward():
         env.close()
     with pytest.raises(EnvError, match="shaping"):
         MetaWorldEnv(tasks="reach-v3", shaping=float("nan"))
+
+
+def test_privileged_state_and_no_render():
+    plain = MetaWorldEnv(tasks="reach-v3", image_size=16)
+    env = MetaWorldEnv(tasks="reach-v3", image_size=16, privileged=True, render=False)
+    try:
+        assert env.spec.state_dim == 13 and env.spec.renderer == "none" and plain.spec.state_dim == 4
+        img, st = env.reset(0, 7)
+        _, st_plain = plain.reset(0, 7)
+        full = env.sim_state()
+        assert st.shape == (13,) and img.shape == (1, 16, 16, 3) and not img.any()
+        np.testing.assert_array_equal(st[:4], st_plain)  # proprioception first, as without privileged
+        np.testing.assert_allclose(st[4:7], full[4:7])  # object 0 position
+        np.testing.assert_allclose(st[10:], full[-3:])  # goal position
+        other_img, other_st = env.reset(0, 8)
+        assert not np.allclose(other_st[10:], st[10:])  # reach's goal moves with the seed, and the state shows it
+        r = env.step_chunk(np.ones((3, 4), np.float32))
+        assert r.state.shape == (13,) and not r.image.any()
+        venv = make_vec_env("metaworld", num_envs=2, tasks="reach-v3", workers=0, privileged=1.0, render=0.0)
+        try:
+            check_env(venv)
+        finally:
+            venv.close()
+    finally:
+        env.close()
+        plain.close()
