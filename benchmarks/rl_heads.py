@@ -9,6 +9,13 @@ purpose (a weak start); RL is PPO with 64-step minibatches.
     python benchmarks/rl_heads.py --sft-steps 4 --out docs/bench/rl_heads_pointreach_ppo_lr1e-4.json
     python benchmarks/rl_heads.py --sft-steps 4 --algo rloo --groups 8 --iterations 40 --out docs/bench/rl_heads_pointreach_rloo.json
 
+Meta-World with the privileged state (object and goal xyz) and no rendering, three training seeds:
+
+    python benchmarks/rl_heads.py --suite metaworld --tasks button-press-topdown-v3 --eval-tasks button-press-topdown-v3 \
+        --backbone state --env-kwargs privileged=1,render=0,shaping=1 --max-steps 150 --demo-episodes 30 \
+        --sft-steps 200 --iterations 40 --groups 32 --critic-warmup 2 --threads 2 --eval-episodes 50 \
+        --seeds 0,1,2 --work runs/bench/heads_mw_button_priv --out docs/bench/rl_heads_metaworld_button_privileged.json
+
 ``--seeds 0,1,2`` repeats the whole pipeline per training seed (demos collected with that seed,
 SFT, RL) and adds a pooled row per head: the evaluation seeds stay the same fixed held-out set.
 """
