@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=64, help="episodes per iteration (PPO) / contexts (group methods)")
     ap.add_argument("--minibatch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr-warmup", type=int, default=0, help="iterations of linear policy-lr ramp (0 = off)")
     ap.add_argument("--critic-warmup", type=int, default=1, help="PPO: first iterations that train the value head only")
     ap.add_argument("--num-envs", type=int, default=16)
     ap.add_argument("--workers", type=int, default=0)
@@ -110,7 +111,7 @@ def run_head(a, head: str, seed: int, wd: Path, ev: EvalArgs, env_kw: dict) -> d
     t0 = time.perf_counter()
     cfg = TrainConfig(algo=a.algo, suite=a.suite, tasks=a.tasks, init=str(sft), out=str(wd / f"{a.algo}_{head}"),
                       iterations=a.iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
-                      eval_every=0, progress=False, seed=seed, lr=a.lr, threads=a.threads,
+                      eval_every=0, progress=False, seed=seed, lr=a.lr, lr_warmup=a.lr_warmup, threads=a.threads,
                       env_kwargs={k: v for k, v in env_kw.items() if k != "max_steps"},
                       max_steps=int(env_kw["max_steps"]) if "max_steps" in env_kw else None)
     if hasattr(cfg.algo_cfg, "minibatch_size"):

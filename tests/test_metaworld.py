@@ -190,3 +190,26 @@ def test_privileged_state_and_no_render():
     finally:
         env.close()
         plain.close()
+
+
+def test_render_off_refuses_image_policies(tmp_path):
+    from vlaforge.algos.sft import SFTConfig
+    from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft
+
+    kw = {"privileged": 1.0, "render": 0.0, "max_steps": 150.0}  # the reach expert needs ~50 steps
+    demos = tmp_path / "demos"
+    run_collect(CollectArgs(suite="metaworld", tasks="reach-v3", episodes=2, out=str(demos), num_envs=2,
+                            env_kwargs=kw), quiet=True)
+    with pytest.raises(ValueError, match="render 0"):
+        run_sft(SFTArgs(demos=str(demos), out=str(tmp_path / "vis"), backbone="vision", sft=SFTConfig(steps=1)),
+                quiet=True)
+    assert not (tmp_path / "vis").exists()
+    policy, _ = run_sft(SFTArgs(demos=str(demos), out=str(tmp_path / "st"), backbone="state",
+                                sft=SFTConfig(steps=2, batch_size=4)), quiet=True)
+    assert policy.cfg.state_dim == 13
+    res, _ = run_eval(EvalArgs(checkpoint=str(tmp_path / "st"), suite="metaworld", tasks="reach-v3", episodes=2,
+                               num_envs=2, env_kwargs=kw, out=str(tmp_path / "ev.json")), quiet=True)
+    assert res[0].episodes == 2
+    with pytest.raises(ValueError, match="state/action dims 13/4"):  # the same policy without privileged state
+        run_eval(EvalArgs(checkpoint=str(tmp_path / "st"), suite="metaworld", tasks="reach-v3", episodes=2,
+                          num_envs=2, env_kwargs={"max_steps": 20.0}, out=str(tmp_path / "ev2.json")), quiet=True)

@@ -180,7 +180,8 @@ def _final_row(path):
 def _cli_train(out, *extra):
     return [sys.executable, "-m", "vlaforge.cli", "train", "--algo", "rloo", "--suite", "pointreach", "--backbone",
             "state", "--env-kwargs", "radius", "0.2", "privileged", "1.0", "--groups", "4", "--num-envs", "16",
-            "--eval-every", "0", "--no-progress", "--no-tensorboard", "--iterations", "8", "--out", str(out), *extra]
+            "--eval-every", "0", "--no-progress", "--no-tensorboard", "--iterations", "8", "--lr-warmup", "6",
+            "--out", str(out), *extra]  # a resume at iteration 3..7 lands inside or at the end of the lr ramp
 
 
 @pytest.mark.slow
@@ -210,6 +211,20 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 
     a, b = load_policy(tmp_path / "ref" / "final"), load_policy(tmp_path / "run" / "final")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_lr_warmup_ramps_the_policy_group_only(tmp_path):
+    from vlaforge.train.loop import make_optimizer, policy_lr, set_policy_lr
+
+    cfg = TrainConfig(lr=1e-4, value_lr=1e-3, lr_warmup=4, out=str(tmp_path))
+    assert [policy_lr(cfg, i) for i in range(6)] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4])
+    assert policy_lr(TrainConfig(lr=1e-4), 0) == 1e-4  # off by default
+    policy = build_policy(backbone="state", state_dim=4, action_dim=2)
+    opt = make_optimizer(policy, cfg)
+    set_policy_lr(opt, cfg, 1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-5) and opt.param_groups[1]["lr"] == 1e-3
+    with pytest.raises(ValueError, match="lr-warmup"):
+        make_optimizer(policy, TrainConfig(lr_warmup=-1))
 
 
 def test_corrupt_training_checkpoint_refused(tmp_path):

@@ -17,6 +17,7 @@ from vlaforge.algos.sft import SFTConfig, train_sft
 from vlaforge.data.demos import collect_demos, load_demos
 from vlaforge.envs import make_vec_env
 from vlaforge.policies import build_policy, load_policy, policy_hash, save_policy
+from vlaforge.policies.base import check_fits
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, evaluate_policy, format_table, manifest, write_manifest
 from vlaforge.train.logging import RunLogger, progress_bar
 
@@ -113,6 +114,9 @@ def run_sft(a: SFTArgs, quiet: bool = False):
         policy = build_policy("tiny", state_dim=info["features"]["observation.state"]["shape"][0],
                               action_dim=info["features"]["action"]["shape"][0], chunk_size=a.chunk_size,
                               views=V, image_size=H, head=a.head, backbone=a.backbone)
+    if info.get("renderer") == "none" and getattr(policy.cfg, "backbone", None) != "state":
+        raise ValueError(f"demos '{a.demos}' were recorded with render 0 (blank images) but this policy reads images; "
+                         "use --backbone state or record the demos with rendering")
     tasks = [json.loads(line) for line in (Path(a.demos) / "meta" / "tasks.jsonl").read_text().splitlines() if line]
     task_index = {t["name"]: t["task_index"] for t in tasks}
     logger = RunLogger(Path(a.out).with_name(Path(a.out).name + "_logs"))
@@ -166,9 +170,7 @@ def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
     venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks_arg(a.suite, a.tasks),
                         image_size=policy.cfg.image_size, workers=a.workers, **a.env_kwargs)
     try:
-        if (policy.cfg.state_dim, policy.cfg.action_dim) != (venv.spec.state_dim, venv.spec.action_dim):
-            raise ValueError(f"policy was trained for state/action dims {policy.cfg.state_dim}/{policy.cfg.action_dim}; "
-                             f"suite '{a.suite}' has {venv.spec.state_dim}/{venv.spec.action_dim}")
+        check_fits(policy, venv.spec, a.suite)
         names = suite_task_names(venv.spec, a.tasks)
         out = Path(a.out) if a.out else Path(a.checkpoint) / f"eval_{a.suite}.json"
         t0 = time.perf_counter()

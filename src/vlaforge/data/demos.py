@@ -136,7 +136,7 @@ def collect_demos(venv: VecEnv, out: str | Path, task_names: list[str], episodes
                 "observation.state": {"dtype": "float32", "shape": [spec.state_dim]},
                 "action": {"dtype": "float32", "shape": [spec.action_dim]},
             },
-            "camera": cam, "views": V, "image_size": H,
+            "camera": cam, "views": V, "image_size": H, "renderer": spec.renderer,
         }
         (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=2))
         with open(tmp / "meta" / "tasks.jsonl", "w") as f:

@@ -164,7 +164,10 @@ class Learner:
 
     def update(self, batch, acfg, iteration: int, rng):
         """The algorithm's own update on this learner's shard; returns (metrics, RNG state)."""
+        from vlaforge.train.loop import set_policy_lr
+
         set_rng(rng)
+        set_policy_lr(self.optimizer, self.cfg, iteration)
         if self.sync is None:
             metrics = self.algo.update(self.policy, self.optimizer, batch, acfg, iteration, self.gen)
         else:

@@ -62,6 +62,7 @@ from vlaforge.train.loop import (
     config_to_dict,
     env_settings,
     fresh_policy,
+    policy_lr,
     run_tasks,
     start_state,
 )
@@ -392,6 +393,7 @@ def train_ray(cfg, hooks=None) -> dict:
                         metrics.update(pinfo)
                         with timer("update"):
                             metrics.update(cluster.update(batch, acfg, it))
+                        metrics["train/lr"] = policy_lr(cfg, it)  # the learners set it (set_policy_lr)
                         metrics["rollout/return"] = float(trajectory_reward(rollout)[rollout.valid].mean())
                         with timer("sync"):
                             cluster.sync_weights()

@@ -35,6 +35,17 @@ class Policy(Protocol):
     def sft_loss(self, obs: Observation, expert_actions: torch.Tensor, mask: torch.Tensor | None = None): ...
 
 
+def check_fits(policy, spec, suite: str) -> None:
+    """Raise ValueError when ``policy`` cannot act in envs described by ``spec`` (an ``EnvSpec``)."""
+    if (policy.cfg.state_dim, policy.cfg.action_dim) != (spec.state_dim, spec.action_dim):
+        raise ValueError(f"policy expects state/action dims {policy.cfg.state_dim}/{policy.cfg.action_dim} but suite "
+                         f"'{suite}' has {spec.state_dim}/{spec.action_dim}; pass a checkpoint trained on this suite "
+                         "with the same env options (e.g. privileged)")
+    if spec.renderer == "none" and getattr(policy.cfg, "backbone", None) != "state":
+        raise ValueError(f"suite '{suite}' runs with render 0 (blank images) but this policy reads images; "
+                         "use a state-backbone policy or drop render 0")
+
+
 def action_stats(actions: np.ndarray, lo_q: float = 1.0, hi_q: float = 99.0) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension 1st/99th percentiles of demo actions (M, A); degenerate dims get a unit range."""
     a = np.asarray(actions, dtype=np.float64).reshape(-1, actions.shape[-1])

@@ -35,6 +35,7 @@ from vlaforge.distributed.config import RayConfig
 from vlaforge.envs import make_vec_env
 from vlaforge.pipeline import suite_task_names
 from vlaforge.policies import build_policy, load_policy
+from vlaforge.policies.base import check_fits
 from vlaforge.policies.hf.model import HFConfig
 from vlaforge.recipes.configs import GrapeConfig, IReVLAConfig, VLARLConfig
 from vlaforge.rollout.collect import CollectStats, collect
@@ -93,6 +94,10 @@ class TrainConfig:
     lr: float = 3e-5
     """policy learning rate (RL moves a vision backbone destructively at SFT-like rates: 3e-4 lowered
     PointReach success in docs/benchmarks.md; the measured gains there used 1e-4 with 64-step minibatches)"""
+    lr_warmup: int = 0
+    """ramp the policy learning rate linearly over the first N iterations (lr * (it + 1) / N; critic
+    warm-up iterations count), so that the first Adam steps, each ~lr per parameter whatever the
+    gradient's size, are small; 0 = off"""
     value_lr: float = 1e-3
     """value-head learning rate"""
     weight_decay: float = 0.0
@@ -165,7 +170,21 @@ def resumed_config(path: str | Path) -> TrainConfig:
     return config_from_dict(json.loads(f.read_text())["config"])
 
 
+def policy_lr(cfg: TrainConfig, iteration: int) -> float:
+    """The policy learning rate at ``iteration`` (0-based) under ``cfg.lr_warmup``."""
+    if cfg.lr_warmup > 0 and iteration < cfg.lr_warmup:
+        return cfg.lr * (iteration + 1) / cfg.lr_warmup
+    return cfg.lr
+
+
+def set_policy_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, iteration: int) -> None:
+    """Set the policy parameter group (the first; ``make_optimizer``) to ``policy_lr``; the value head's is untouched."""
+    optimizer.param_groups[0]["lr"] = policy_lr(cfg, iteration)
+
+
 def make_optimizer(policy, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.lr_warmup < 0:
+        raise ValueError(f"--lr-warmup must be >= 0 iterations; got {cfg.lr_warmup}")
     if cfg.freeze_backbone:
         for p in policy.backbone_parameters():
             p.requires_grad_(False)
@@ -254,9 +273,7 @@ def run_tasks(cfg: TrainConfig, spec, policy) -> tuple[list[int], list[str]]:
     train_names = [n for n in named if spec.tasks[spec.task_index(n)].split == "train"] or named
     train_ids = [spec.task_index(n) for n in train_names]
     eval_names = suite_task_names(spec, cfg.eval_tasks)
-    if (policy.cfg.state_dim, policy.cfg.action_dim) != (spec.state_dim, spec.action_dim):
-        raise ValueError(f"policy expects state/action dims {policy.cfg.state_dim}/{policy.cfg.action_dim} but suite "
-                         f"'{cfg.suite}' has {spec.state_dim}/{spec.action_dim}; pass a checkpoint trained on this suite")
+    check_fits(policy, spec, cfg.suite)
     return train_ids, eval_names
 
 
@@ -341,7 +358,9 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
                 kw = {"score": hooks.score(rollout)} if cfg.algo == "tpo" and hasattr(hooks, "score") else {}
                 batch, pinfo = algo.prepare(rollout, acfg, **kw)
                 metrics.update(pinfo)
+                set_policy_lr(optimizer, cfg, it)
                 metrics.update(algo.update(policy, optimizer, batch, acfg, it, gen))
+                metrics["train/lr"] = optimizer.param_groups[0]["lr"]
                 metrics["rollout/return"] = float(trajectory_reward(rollout)[rollout.valid].mean())
                 if hooks is not None and hasattr(hooks, "after_iteration"):
                     metrics.update(hooks.after_iteration(it, policy, rollout) or {})
