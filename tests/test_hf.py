@@ -336,7 +336,8 @@ def test_recipes_run_on_an_hf_policy(tmp_path):
     assert "grape/r_self" in row and np.isfinite(row["grape/r_self"])
     # iRe-VLA: the RL stage freezes the backbone (LoRA adapters); the SL stage unfreezes exactly them
     q = load_policy(tmp_path / "init")
-    frozen = make_optimizer(q, types.SimpleNamespace(freeze_backbone=True, lr=1e-3, value_lr=1e-3, weight_decay=0.0))
+    frozen = make_optimizer(q, types.SimpleNamespace(freeze_backbone=True, lr=1e-3, lr_warmup=0, value_lr=1e-3,
+                                                  weight_decay=0.0))
     trainable = {id(x) for g in frozen.param_groups for x in g["params"]}
     assert not any(id(x) in trainable for x in q.backbone_parameters()) and q.backbone_parameters()
     assert reset_value_head(q) == 3
