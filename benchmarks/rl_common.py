@@ -17,15 +17,20 @@ from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_e
 from vlaforge.train.loop import TrainConfig, train
 
 
+def rate(successes: int, episodes: int) -> dict:
+    """One success count as the JSON files store it: rate and Wilson 95% interval."""
+    from vlaforge.rollout.evaluate import wilson
+
+    return {"successes": successes, "episodes": episodes, "rate": successes / episodes,
+            "ci95": list(wilson(successes, episodes))}
+
+
 def summarize(results) -> dict:
     out = {}
     for split in ("train", "heldout"):
         rs = [r for r in results if r.split == split]
         if rs:
-            from vlaforge.rollout.evaluate import wilson
-
-            s, n = sum(r.successes for r in rs), sum(r.episodes for r in rs)
-            out[split] = {"successes": s, "episodes": n, "rate": s / n, "ci95": list(wilson(s, n))}
+            out[split] = rate(sum(r.successes for r in rs), sum(r.episodes for r in rs))
     out["per_task"] = {r.task: r.rate for r in results}
     return out
 

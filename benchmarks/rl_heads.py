@@ -33,11 +33,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rl_common import plot, summarize, write  # noqa: E402
+from rl_common import plot, rate, summarize, write  # noqa: E402
 
 from vlaforge.algos.sft import SFTConfig  # noqa: E402
 from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft  # noqa: E402
-from vlaforge.rollout.evaluate import wilson  # noqa: E402
 from vlaforge.train.loop import TrainConfig, train  # noqa: E402
 
 
@@ -147,8 +146,7 @@ def pool(summaries: list[dict]) -> dict:
     for split in ("train", "heldout"):
         parts = [s[split] for s in summaries if split in s]
         if parts:
-            k, n = sum(p["successes"] for p in parts), sum(p["episodes"] for p in parts)
-            out[split] = {"successes": k, "episodes": n, "rate": k / n, "ci95": list(wilson(k, n))}
+            out[split] = rate(sum(p["successes"] for p in parts), sum(p["episodes"] for p in parts))
     return out
 
 

@@ -3,6 +3,8 @@ render schedule (one render per action chunk) versus with the tiny VLA choosing 
 
     python benchmarks/rollout_throughput.py --out docs/bench/rollout_throughput.json
     python benchmarks/rollout_throughput.py --suites libero,maniskill --out docs/bench/rollout_throughput_libero_maniskill.json
+    python benchmarks/rollout_throughput.py --suites metaworld --env-kwargs privileged=1,render=0 --backbone state \
+        --out docs/bench/rollout_throughput_metaworld_norender.json
 
 Also reports the time to build the vector env, its first reset (which may build simulators or
 compile shaders) and the median of three later resets to new initial states (all envs at once).
@@ -36,9 +38,10 @@ SUITES = {
 }
 
 
-def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: float, head: str) -> dict:
+def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: float, head: str,
+        backbone: str = "vision", env_kw: dict | None = None) -> dict:
     t0 = time.perf_counter()
-    venv = make_vec_env(suite, num_envs, tasks=tasks, workers=workers)
+    venv = make_vec_env(suite, num_envs, tasks=tasks, workers=workers, **(env_kw or {}))
     spec = venv.spec
     create_s = time.perf_counter() - t0
     ids = np.arange(num_envs) % len(spec.tasks)
@@ -50,7 +53,7 @@ def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: flo
         t0 = time.perf_counter()
         venv.reset(ids, np.arange(num_envs) + 100 * (k + 1))
         reset_s.append(time.perf_counter() - t0)
-    policy = build_policy(head=head, state_dim=spec.state_dim, action_dim=spec.action_dim, chunk_size=chunk,
+    policy = build_policy(head=head, backbone=backbone, state_dim=spec.state_dim, action_dim=spec.action_dim, chunk_size=chunk,
                           views=spec.image_shape[0], image_size=spec.image_shape[1])
     rng = np.random.default_rng(0)
     out = {}
@@ -81,6 +84,7 @@ def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: flo
                      "sim_ms_per_env_step": 1000 * sim_t / max(steps, 1)}
     venv.close()
     return {"suite": suite, "num_envs": num_envs, "workers": workers, "chunk": chunk, "head": head,
+            "backbone": backbone, "env_kwargs": env_kw or {},
             "image": list(spec.image_shape), "renderer": spec.renderer, "create_s": create_s,
             "first_reset_s": first_reset_s, "reset_s": float(np.median(reset_s)), **out,
             "ratio": out["policy"]["steps_per_s"] / out["raw"]["steps_per_s"]}
@@ -95,13 +99,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--head", default="gaussian")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the policy")
+    ap.add_argument("--backbone", default="vision", help="tiny policy backbone (state: ignores the images)")
+    ap.add_argument("--env-kwargs", default="", help="name=value pairs for the suites' envs, e.g. privileged=1,render=0")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    env_kw = {k: float(v) for k, v in (p.split("=") for p in a.env_kwargs.split(",") if p)}
     rows = []
     for s in a.suites.split(","):
         workers = 0 if s == "pointreach" else a.workers
-        r = run(s, SUITES[s]["tasks"], SUITES[s].get("num_envs", a.num_envs), workers, a.chunk, a.seconds, a.head)
+        r = run(s, SUITES[s]["tasks"], SUITES[s].get("num_envs", a.num_envs), workers, a.chunk, a.seconds, a.head,
+                a.backbone, env_kw)
         rows.append(r)
         print(f"{s:<11} raw {r['raw']['steps_per_s']:8.0f} steps/s | with policy {r['policy']['steps_per_s']:8.0f} "
               f"steps/s | ratio {r['ratio']:.2f} | policy {r['policy']['policy_ms_per_env_step']:.3f} ms/step, "

@@ -17,7 +17,7 @@ from vlaforge.algos.sft import SFTConfig, train_sft
 from vlaforge.data.demos import collect_demos, load_demos
 from vlaforge.envs import make_vec_env
 from vlaforge.policies import build_policy, load_policy, policy_hash, save_policy
-from vlaforge.policies.base import check_fits
+from vlaforge.policies.base import check_fits, reads_images
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, evaluate_policy, format_table, manifest, write_manifest
 from vlaforge.train.logging import RunLogger, progress_bar
 
@@ -114,7 +114,7 @@ def run_sft(a: SFTArgs, quiet: bool = False):
         policy = build_policy("tiny", state_dim=info["features"]["observation.state"]["shape"][0],
                               action_dim=info["features"]["action"]["shape"][0], chunk_size=a.chunk_size,
                               views=V, image_size=H, head=a.head, backbone=a.backbone)
-    if info.get("renderer") == "none" and getattr(policy.cfg, "backbone", None) != "state":
+    if info.get("renderer") == "none" and reads_images(policy):
         raise ValueError(f"demos '{a.demos}' were recorded with render 0 (blank images) but this policy reads images; "
                          "use --backbone state or record the demos with rendering")
     tasks = [json.loads(line) for line in (Path(a.demos) / "meta" / "tasks.jsonl").read_text().splitlines() if line]

@@ -471,15 +471,15 @@ class KitchenEnv:
         if self.done:
             return ChunkResult(self._image, self._state, 0.0, False, True, False, 0)
         gym_name = _TASKS[self._task][0]
-        last = []
+        obs = None
 
         def step_one(a_t):
+            nonlocal obs
             obs, solved = self._sim.step(a_t, gym_name)
-            last[:] = [obs]
             return solved, 0.0
 
         reward, success, n = run_chunk(self, a, step_one, self.max_steps)
-        self._update_obs(last[0])
+        self._update_obs(obs)
         return ChunkResult(self._image, self._state, reward, success, self.done, self.done and not success, n)
 
     def expert_action(self) -> np.ndarray:

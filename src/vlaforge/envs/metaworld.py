@@ -13,8 +13,8 @@
   13 dims): a state-only policy can then solve the task without vision (algorithm and action-head
   studies apart from localisation from pixels).
 * ``render=False`` skips the camera: every image is zeros (same shape). Only for policies that
-  ignore images (the tiny policy's ``state`` backbone); ~15x more env steps per second (scripted expert,
-  one process: 136 -> 2,100 steps/s). Training, evaluation and SFT refuse image-reading policies then.
+  ignore images (the tiny policy's ``state`` backbone); ~5x the env steps per second with 4-step
+  chunks (docs/benchmarks.md). Training, evaluation and SFT refuse image-reading policies then.
 * One Meta-World env (and one ``mujoco.Renderer``) per task name, created on first use and reused.
 * Fast rendering (``mjrender.FastRenderer``): no multisampling, shadows or reflections (~7 ms per 64x64 frame on a
   software renderer instead of ~90 ms). The ``corner`` camera is mounted upside down in
@@ -54,7 +54,7 @@ _CUR = ("ee_x", "ee_y", "ee_z", "gripper", "obj_x", "obj_y", "obj_z", "obj_qw", 
 SIM_STATE_NAMES = _CUR + tuple(f"prev_{n}" for n in _CUR) + ("goal_x", "goal_y", "goal_z")
 PRIVILEGED_STATE_NAMES = ("ee_x", "ee_y", "ee_z", "gripper", "obj_x", "obj_y", "obj_z", "obj1_x", "obj1_y", "obj1_z",
                           "goal_x", "goal_y", "goal_z")
-_PRIV_IDX = [SIM_STATE_NAMES.index(n) for n in PRIVILEGED_STATE_NAMES]
+_PRIV_IDX = np.array([SIM_STATE_NAMES.index(n) for n in PRIVILEGED_STATE_NAMES])
 CAMERAS = ("corner", "topview", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 _UPSIDE_DOWN = {"corner"}  # cameras whose frame is rolled 180 degrees in Meta-World's XML
 
@@ -250,6 +250,7 @@ class MetaWorldEnv:
         self.shaping = float(shaping)
         self.privileged = bool(privileged)
         self.render = bool(render)
+        self._state_idx = _PRIV_IDX if self.privileged else slice(0, 4)  # of Meta-World's observation
         self._phi = 0.0  # potential (Meta-World's own reward / 10) of the current state, with shaping
         self.spec = EnvSpec(suite=SUITE, tasks=tuple(specs), image_shape=(1, self.size, self.size, 3),
                             state_dim=len(_PRIV_IDX) if self.privileged else 4, action_dim=4,
@@ -329,5 +330,4 @@ class MetaWorldEnv:
         elif self._image is None:
             self._image = np.zeros((1, self.size, self.size, 3), np.uint8)
             self._image.flags.writeable = False  # shared by every step of this env
-        idx = _PRIV_IDX if self.privileged else slice(0, 4)
-        self._state = np.asarray(self._obs[idx], dtype=np.float32).copy()
+        self._state = np.asarray(self._obs[self._state_idx], dtype=np.float32).copy()

@@ -35,13 +35,18 @@ class Policy(Protocol):
     def sft_loss(self, obs: Observation, expert_actions: torch.Tensor, mask: torch.Tensor | None = None): ...
 
 
+def reads_images(policy) -> bool:
+    """False only for the tiny policy's state-only backbone; every other policy looks at the cameras."""
+    return getattr(policy.cfg, "backbone", None) != "state"
+
+
 def check_fits(policy, spec, suite: str) -> None:
     """Raise ValueError when ``policy`` cannot act in envs described by ``spec`` (an ``EnvSpec``)."""
     if (policy.cfg.state_dim, policy.cfg.action_dim) != (spec.state_dim, spec.action_dim):
         raise ValueError(f"policy expects state/action dims {policy.cfg.state_dim}/{policy.cfg.action_dim} but suite "
                          f"'{suite}' has {spec.state_dim}/{spec.action_dim}; pass a checkpoint trained on this suite "
                          "with the same env options (e.g. privileged)")
-    if spec.renderer == "none" and getattr(policy.cfg, "backbone", None) != "state":
+    if spec.renderer == "none" and reads_images(policy):
         raise ValueError(f"suite '{suite}' runs with render 0 (blank images) but this policy reads images; "
                          "use a state-backbone policy or drop render 0")
 

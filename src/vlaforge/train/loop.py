@@ -360,7 +360,7 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
                 metrics.update(pinfo)
                 set_policy_lr(optimizer, cfg, it)
                 metrics.update(algo.update(policy, optimizer, batch, acfg, it, gen))
-                metrics["train/lr"] = optimizer.param_groups[0]["lr"]
+                metrics["train/lr"] = policy_lr(cfg, it)
                 metrics["rollout/return"] = float(trajectory_reward(rollout)[rollout.valid].mean())
                 if hooks is not None and hasattr(hooks, "after_iteration"):
                     metrics.update(hooks.after_iteration(it, policy, rollout) or {})
