@@ -18,6 +18,7 @@ from vlaforge.data.demos import collect_demos, load_demos
 from vlaforge.envs import make_vec_env
 from vlaforge.policies import build_policy, load_policy, policy_hash, save_policy
 from vlaforge.policies.base import check_fits, reads_images
+from vlaforge.policies.privileged import perception_targets
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, evaluate_policy, format_table, manifest, write_manifest
 from vlaforge.train.logging import RunLogger, progress_bar
 
@@ -97,6 +98,10 @@ class SFTArgs:
     """action chunk length of a fresh policy"""
     backbone: str = "vision"
     """backbone of a fresh policy: vision | state"""
+    aux: bool = False
+    """give a fresh policy a perception readout trained to predict the object/goal positions of the demos'
+    recorded sim_state from the image features (an auxiliary loss that teaches the encoder to localise;
+    never an actor input). Weight: --sft.aux-weight"""
     threads: int = 2
     """torch CPU threads"""
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -111,9 +116,16 @@ def run_sft(a: SFTArgs, quiet: bool = False):
         policy = load_policy(a.init)
     else:
         V, H = info.get("views", 1), info["image_size"]
+        aux = {}
+        if a.aux:
+            aux_index = perception_targets(demos.sim_state_names)
+            if demos.sim_state is None or not aux_index:
+                raise ValueError(f"--aux needs demos with object/goal positions in sim_state; '{a.demos}' has none "
+                                 "(re-collect them with this version of `vlaforge collect`)")
+            aux = {"aux_index": aux_index, "sim_state_dim": demos.sim_state.shape[1], "aux_weight": a.sft.aux_weight}
         policy = build_policy("tiny", state_dim=info["features"]["observation.state"]["shape"][0],
                               action_dim=info["features"]["action"]["shape"][0], chunk_size=a.chunk_size,
-                              views=V, image_size=H, head=a.head, backbone=a.backbone)
+                              views=V, image_size=H, head=a.head, backbone=a.backbone, **aux)
     if info.get("renderer") == "none" and reads_images(policy):
         raise ValueError(f"demos '{a.demos}' were recorded with render 0 (blank images) but this policy reads images; "
                          "use --backbone state or record the demos with rendering")

@@ -35,6 +35,8 @@ class SFTConfig:
     augment_shift: int = 0
     """random image shift in pixels (0 = off). Off by default: the state carries absolute positions,
     so shifting the image alone breaks the image/state correspondence the policy relies on"""
+    aux_weight: float = 1.0
+    """weight of the perception readout's loss (fresh policies built with `--aux`)"""
     seed: int = 0
     """sampling seed"""
 
@@ -67,8 +69,9 @@ class DemoSampler:
         idx = torch.randint(0, len(self.demos), (size,), generator=self.gen).numpy()
         acts, mask = self.demos.chunk_targets(idx, self.chunk)
         images = random_shift(torch.from_numpy(self.demos.images[idx]), shift, self.gen)
+        sim = None if self.demos.sim_state is None else torch.from_numpy(self.demos.sim_state[idx])
         obs = Observation(images, torch.from_numpy(self.demos.state[idx]),
-                          [self.demos.instructions[i] for i in idx], torch.from_numpy(self.task_ids[idx]))
+                          [self.demos.instructions[i] for i in idx], torch.from_numpy(self.task_ids[idx]), sim)
         return obs, torch.from_numpy(acts), torch.from_numpy(mask)
 
 
@@ -97,6 +100,14 @@ def train_sft(policy, demos: DemoData, cfg: SFTConfig, task_index: dict[str, int
     torch.manual_seed(cfg.seed)
     if set_stats:
         policy.set_action_stats(*action_stats(demos.actions))
+    aux_index = list(getattr(policy.cfg, "aux_index", []) or [])
+    if aux_index:  # the perception readout learns from the demos' privileged positions
+        if demos.sim_state is None:
+            raise ValueError("the policy has a perception readout but the demos recorded no sim_state; "
+                             "re-collect them with this version of `vlaforge collect`")
+        if set_stats:
+            targets = demos.sim_state[:, aux_index]
+            policy.set_aux_stats(targets.mean(0), targets.std(0))
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     sampler = DemoSampler(demos, policy.chunk_size, task_index, cfg.seed)

@@ -59,7 +59,8 @@ def run_expert_episodes(venv: VecEnv, task_ids: np.ndarray, seeds: np.ndarray, n
         executed = np.clip(expert + noise * rng.standard_normal(expert.shape).astype(np.float32), -1, 1)
         st = venv.step(executed[:, None, :])
         for i in np.nonzero(~done)[0]:
-            frames[i].append((obs.images[i], obs.state[i], expert[i], bool(st.done[i]), bool(st.success[i])))
+            sim = None if obs.sim_state is None else np.asarray(obs.sim_state[i], np.float32)
+            frames[i].append((obs.images[i], obs.state[i], expert[i], bool(st.done[i]), bool(st.success[i]), sim))
         success |= st.success & ~done
         valid &= st.valid
         done |= st.done
@@ -104,7 +105,7 @@ def collect_demos(venv: VecEnv, out: str | Path, task_names: list[str], episodes
                 L = len(fr)
                 chunk_dir = tmp / "data" / f"chunk-{ep // CHUNK_FILES:03d}"
                 chunk_dir.mkdir(parents=True, exist_ok=True)
-                table = pa.table({
+                columns = {
                     f"observation.images.{cam}": [{"bytes": _png(f[0][0] if f[0].shape[0] == 1 else
                                                                   np.concatenate(list(f[0]), 1)), "path": None}
                                                    for f in fr],
@@ -117,8 +118,10 @@ def collect_demos(venv: VecEnv, out: str | Path, task_names: list[str], episodes
                     "task_index": np.full(L, tid, np.int64),
                     "next.done": [f[3] for f in fr],
                     "next.success": [f[4] for f in fr],
-                })
-                pq.write_table(table, chunk_dir / f"episode_{ep:06d}.parquet")
+                }
+                if spec.sim_state_names and fr[0][5] is not None:  # privileged state, for readouts and critics
+                    columns["observation.sim_state"] = [f[5].tolist() for f in fr]
+                pq.write_table(pa.table(columns), chunk_dir / f"episode_{ep:06d}.parquet")
                 ep_meta.append({"episode_index": ep, "tasks": [spec.tasks[tid].instruction], "length": L,
                                 "success": bool(success[i]), "seed": int(s), "task_name": spec.tasks[tid].name})
                 total += L
@@ -135,6 +138,8 @@ def collect_demos(venv: VecEnv, out: str | Path, task_names: list[str], episodes
                 f"observation.images.{cam}": {"dtype": "image", "shape": [H, W * V, 3], "names": ["height", "width", "channel"]},
                 "observation.state": {"dtype": "float32", "shape": [spec.state_dim]},
                 "action": {"dtype": "float32", "shape": [spec.action_dim]},
+                **({"observation.sim_state": {"dtype": "float32", "shape": [len(spec.sim_state_names)],
+                                              "names": list(spec.sim_state_names)}} if spec.sim_state_names else {}),
             },
             "camera": cam, "views": V, "image_size": H, "renderer": spec.renderer,
         }
@@ -161,6 +166,11 @@ class DemoData:
     frame: np.ndarray  # int64 (M,)
     episode_end: np.ndarray  # int64 (M,) index one past the episode's last frame
     info: dict
+    sim_state: np.ndarray | None = None  # float32 (M, P) privileged state when the demos recorded it
+
+    @property
+    def sim_state_names(self) -> list[str]:
+        return list(self.info.get("features", {}).get("observation.sim_state", {}).get("names", []))
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -187,7 +197,8 @@ def load_demos(path: str | Path, success_only: bool = True, tasks: list[str] | N
     by_index = {t["task_index"]: t for t in tasks_meta}
     cam_col = f"observation.images.{info['camera']}"
     V = info.get("views", 1)
-    imgs, states, acts, names, instr, ep_ids, frame_ids, ends = [], [], [], [], [], [], [], []
+    imgs, states, acts, names, instr, ep_ids, frame_ids, ends, sims = [], [], [], [], [], [], [], [], []
+    has_sim = "observation.sim_state" in info.get("features", {})
     count = 0
     for ep in episodes:
         if success_only and not ep["success"]:
@@ -203,6 +214,8 @@ def load_demos(path: str | Path, success_only: bool = True, tasks: list[str] | N
             imgs.append(np.stack(np.split(img, V, axis=1)) if V > 1 else img[None])
         states.append(np.asarray(t["observation.state"], np.float32))
         acts.append(np.asarray(t["action"], np.float32))
+        if has_sim:
+            sims.append(np.asarray(t["observation.sim_state"], np.float32))
         tm = by_index[t["task_index"][0]]
         names += [tm["name"]] * L
         instr += [tm["task"]] * L
@@ -213,4 +226,5 @@ def load_demos(path: str | Path, success_only: bool = True, tasks: list[str] | N
     if count == 0:
         raise EnvError(f"no {'successful ' if success_only else ''}episodes in '{path}' for the chosen tasks")
     return DemoData(np.stack(imgs), np.concatenate(states), np.concatenate(acts), names, instr,
-                    np.concatenate(ep_ids), np.concatenate(frame_ids), np.concatenate(ends), info)
+                    np.concatenate(ep_ids), np.concatenate(frame_ids), np.concatenate(ends), info,
+                    np.concatenate(sims) if has_sim else None)

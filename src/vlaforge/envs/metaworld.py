@@ -12,6 +12,8 @@
   ``privileged=True`` appends object 0 xyz, object 1 xyz and goal xyz (``PRIVILEGED_STATE_NAMES``,
   13 dims): a state-only policy can then solve the task without vision (algorithm and action-head
   studies apart from localisation from pixels).
+* ``wrist=True`` adds Meta-World's hand-mounted ``gripperPOV`` camera as a second view (V = 2; each view
+  costs one more render per chunk).
 * ``render=False`` skips the camera: every image is zeros (same shape). Only for policies that
   ignore images (the tiny policy's ``state`` backbone); ~5x the env steps per second with 4-step
   chunks (docs/benchmarks.md). Training, evaluation and SFT refuse image-reading policies then.
@@ -231,7 +233,7 @@ class MetaWorldEnv:
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, camera: str = "corner",
                  max_steps: int = 200, benchmark: str | None = None, shaping: float = 0.0,
-                 privileged: bool = False, render: bool = True):
+                 privileged: bool = False, render: bool = True, wrist: bool = False):
         if not np.isfinite(shaping) or shaping < 0:
             raise EnvError(f"metaworld shaping must be a finite weight >= 0; got {shaping}")
         if image_size < 8:
@@ -245,6 +247,7 @@ class MetaWorldEnv:
             raise EnvError("no metaworld tasks selected; pass tasks='reach-v3' or a benchmark like 'MT10'")
         self.tasks = specs
         self.camera = camera
+        self.cameras = (camera, "gripperPOV") if wrist else (camera,)  # wrist 1: a second, hand-mounted view
         self.size = int(image_size)
         self.max_steps = int(max_steps)
         self.shaping = float(shaping)
@@ -252,9 +255,9 @@ class MetaWorldEnv:
         self.render = bool(render)
         self._state_idx = _PRIV_IDX if self.privileged else slice(0, 4)  # of Meta-World's observation
         self._phi = 0.0  # potential (Meta-World's own reward / 10) of the current state, with shaping
-        self.spec = EnvSpec(suite=SUITE, tasks=tuple(specs), image_shape=(1, self.size, self.size, 3),
+        self.spec = EnvSpec(suite=SUITE, tasks=tuple(specs), image_shape=(len(self.cameras), self.size, self.size, 3),
                             state_dim=len(_PRIV_IDX) if self.privileged else 4, action_dim=4,
-                            max_steps=self.max_steps, cameras=(camera,),
+                            max_steps=self.max_steps, cameras=self.cameras,
                             renderer=os.environ.get("MUJOCO_GL", "egl") if self.render else "none", extra={"benchmark": bench},
                             sim_state_names=SIM_STATE_NAMES)
         self._sims: dict[str, _Sim] = {}
@@ -326,8 +329,8 @@ class MetaWorldEnv:
     # -- helpers -------------------------------------------------------------------------------
     def _update_obs(self) -> None:
         if self.render:
-            self._image = self._sim.render(self.camera)[None]
+            self._image = np.stack([self._sim.render(c) for c in self.cameras])
         elif self._image is None:
-            self._image = np.zeros((1, self.size, self.size, 3), np.uint8)
+            self._image = np.zeros((len(self.cameras), self.size, self.size, 3), np.uint8)
             self._image.flags.writeable = False  # shared by every step of this env
         self._state = np.asarray(self._obs[self._state_idx], dtype=np.float32).copy()

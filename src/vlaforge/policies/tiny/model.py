@@ -11,7 +11,7 @@ by an MLP on the state alone: the baseline for debugging algorithms apart from v
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch import nn
 from vlaforge.policies.base import denormalize, normalize
 from vlaforge.policies.heads import HEADS
 from vlaforge.policies.heads.common import mlp
+from vlaforge.policies.privileged import PrivilegedCritic, aux_regression_loss
 from vlaforge.types import ActionOutput, Observation
 
 
@@ -63,6 +64,16 @@ class TinyConfig:
     """noise level a of the flow head's SDE sampler"""
     value_head: bool = True
     """build a value head (PPO); group methods ignore it"""
+    critic: str = "image"
+    """value head input: image (the fused tokens the actor reads) or privileged (``sim_state`` + proprio, an
+    asymmetric critic for training only; the actor never reads ``sim_state``)"""
+    sim_state_dim: int = 0
+    """dims P of the suite's privileged ``sim_state`` (needed by the privileged critic and the readout)"""
+    aux_index: list[int] = field(default_factory=list)
+    """``sim_state`` entries the perception readout predicts from the image features (empty = no readout;
+    ``policies.privileged.perception_targets`` picks object/goal positions)"""
+    aux_weight: float = 1.0
+    """weight of the readout's loss in ``sft_loss`` (standardised mean squared error)"""
 
 
 def _word_id(word: str, vocab: int) -> int:
@@ -109,14 +120,40 @@ class TinyVLA(nn.Module):
             raise ValueError(f"unknown backbone '{cfg.backbone}'; choose vision or state")
         self.head = HEADS[cfg.head](d, cfg.chunk_size, cfg.action_dim, hidden=cfg.head_hidden, n_bins=cfg.n_bins,
                                     log_std_init=cfg.log_std_init, steps=cfg.flow_steps, noise=cfg.flow_noise)
-        self.value_net = mlp(d, cfg.head_hidden, 1, layers=3) if cfg.value_head else None
+        self.value_net = self._make_critic() if cfg.value_head else None
+        if cfg.aux_index:
+            if max(cfg.aux_index) >= cfg.sim_state_dim:
+                raise ValueError(f"aux_index {cfg.aux_index} out of range for sim_state_dim {cfg.sim_state_dim}")
+            self.aux_head = mlp(d, cfg.head_hidden, len(cfg.aux_index), layers=2)
+            self.register_buffer("aux_mu", torch.zeros(len(cfg.aux_index)))
+            self.register_buffer("aux_sd", torch.ones(len(cfg.aux_index)))
+        else:
+            self.aux_head = None
         self.register_buffer("act_lo", -torch.ones(cfg.action_dim))
         self.register_buffer("act_hi", torch.ones(cfg.action_dim))
         self._word_cache: dict[str, list[int]] = {}
 
+    def _make_critic(self) -> nn.Module:
+        if self.cfg.critic == "privileged":
+            return PrivilegedCritic(self.cfg.sim_state_dim, self.cfg.state_dim, self.cfg.head_hidden)
+        if self.cfg.critic != "image":
+            raise ValueError(f"unknown critic '{self.cfg.critic}'; choose image or privileged")
+        return mlp(self.cfg.dim, self.cfg.head_hidden, 1, layers=3)
+
+    def use_privileged_critic(self, sim_state_dim: int) -> None:
+        """Replace the value head by a fresh asymmetric critic on ``sim_state`` (dims P) + proprio (RL from
+        an SFT checkpoint whose critic read images or was never trained). The actor is untouched."""
+        self.cfg.critic, self.cfg.sim_state_dim, self.cfg.value_head = "privileged", int(sim_state_dim), True
+        self.value_net = self._make_critic().to(self.act_lo.device)
+
+    def set_aux_stats(self, mu, sd) -> None:
+        """Standardisation of the readout's targets (mean and std of the training frames' positions)."""
+        self.aux_mu.copy_(torch.as_tensor(mu, dtype=torch.float32))
+        self.aux_sd.copy_(torch.as_tensor(sd, dtype=torch.float32).clamp_min(1e-3))
+
     # -- parameter groups --------------------------------------------------------------------
     def backbone_parameters(self):
-        return [p for n, p in self.named_parameters() if not n.startswith(("head.", "value_net."))]
+        return [p for n, p in self.named_parameters() if not n.startswith(("head.", "value_net.", "aux_head."))]
 
     def head_parameters(self):
         return list(self.head.parameters())
@@ -175,23 +212,45 @@ class TinyVLA(nn.Module):
         xs = torch.linspace(-1, 1, w, device=x.device)
         return torch.cat([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], 1)
 
-    def _value(self, feats: torch.Tensor) -> torch.Tensor | None:
-        return None if self.value_net is None else self.value_net(feats.mean(1))[:, 0]
+    def _sim_state(self, obs: Observation) -> torch.Tensor:
+        if obs.sim_state is None or obs.sim_state.shape[-1] != self.cfg.sim_state_dim:
+            got = None if obs.sim_state is None else obs.sim_state.shape[-1]
+            raise ValueError(f"this policy's privileged critic/readout needs sim_state with {self.cfg.sim_state_dim} "
+                             f"dims; the observation has {got}")
+        return torch.as_tensor(obs.sim_state, dtype=torch.float32, device=self.act_lo.device)
+
+    def _value(self, feats: torch.Tensor, obs: Observation) -> torch.Tensor | None:
+        if self.value_net is None:
+            return None
+        if self.cfg.critic == "privileged":
+            state = torch.as_tensor(obs.state, dtype=torch.float32, device=self.act_lo.device)
+            return self.value_net(self._sim_state(obs), state)
+        return self.value_net(feats.mean(1))[:, 0]
+
+    def aux_predict(self, obs: Observation) -> torch.Tensor:
+        """The readout's position estimates in ``sim_state`` units, (N, K) for the K entries of ``aux_index``."""
+        if self.aux_head is None:
+            raise ValueError("this policy has no perception readout (built without aux_index)")
+        return self.aux_head(self.features(obs).mean(1)) * self.aux_sd + self.aux_mu
+
+    def _aux_loss(self, feats: torch.Tensor, obs: Observation):
+        target = self._sim_state(obs)[:, self.cfg.aux_index]
+        return aux_regression_loss(self.aux_head(feats.mean(1)), target, self.aux_mu, self.aux_sd)
 
     # -- Policy protocol -----------------------------------------------------------------------
     @torch.no_grad()
     def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput:
         feats = self.features(obs)
         x, log_prob, taken = self.head.sample(feats, deterministic, self.temperature)
-        return ActionOutput(denormalize(x, self.act_lo, self.act_hi), log_prob, self._value(feats), taken)
+        return ActionOutput(denormalize(x, self.act_lo, self.act_hi), log_prob, self._value(feats, obs), taken)
 
     def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
         feats = self.features(obs)
         log_prob, entropy = self.head.evaluate(feats, taken, self.temperature)
-        return log_prob, entropy, self._value(feats)
+        return log_prob, entropy, self._value(feats, obs)
 
     def value(self, obs: Observation) -> torch.Tensor:
-        v = self._value(self.features(obs))
+        v = self._value(self.features(obs) if self.cfg.critic == "image" else None, obs)
         if v is None:
             raise ValueError("this policy has no value head (built with value_head=False)")
         return v
@@ -199,7 +258,13 @@ class TinyVLA(nn.Module):
     def sft_loss(self, obs: Observation, expert_actions: torch.Tensor, mask: torch.Tensor | None = None):
         target = normalize(torch.as_tensor(expert_actions, dtype=torch.float32, device=self.act_lo.device),
                            self.act_lo, self.act_hi)
-        return self.head.sft_loss(self.features(obs), target, mask)
+        feats = self.features(obs)
+        loss, metrics = self.head.sft_loss(feats, target, mask)
+        if self.aux_head is not None and obs.sim_state is not None and self.cfg.aux_weight > 0:
+            aux, am = self._aux_loss(feats, obs)
+            loss = loss + self.cfg.aux_weight * aux
+            metrics = {**metrics, **am}
+        return loss, metrics
 
     def config_dict(self) -> dict:
         return {"family": "tiny", **asdict(self.cfg)}
