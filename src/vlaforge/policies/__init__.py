@@ -31,6 +31,10 @@ def build_policy(family: str = "tiny", **cfg) -> TinyVLA:
         from vlaforge.policies.hf import build_hf_policy
 
         return build_hf_policy(**cfg)
+    if family in ("openvla", "openvla-oft"):  # OpenVLA / OpenVLA-OFT checkpoints (vlaforge.policies.openvla)
+        from vlaforge.policies.openvla import build_openvla_policy
+
+        return build_openvla_policy(family, **cfg)
     if family != "tiny":
         raise ValueError(f"unknown policy family '{family}'; available: tiny, hf")
     known = {f.name for f in fields(TinyConfig)}
@@ -48,6 +52,10 @@ def write_policy_files(policy: torch.nn.Module, d: Path, extra: dict | None = No
         from vlaforge.policies.hf import write_hf_files
 
         state = write_hf_files(policy, d)
+    elif policy.config_dict()["family"] in ("openvla", "openvla-oft"):  # backbone/ in the released layout
+        from vlaforge.policies.openvla import write_openvla_files
+
+        state = write_openvla_files(policy, d)
     else:
         state = policy.state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
@@ -87,6 +95,10 @@ def load_policy(path: str | Path, device: str = "cpu") -> TinyVLA:
     meta = read_config(path)
     cfg = dict(meta["policy"])
     family = cfg.pop("family")
+    if family in ("openvla", "openvla-oft"):
+        from vlaforge.policies.openvla import load_openvla_policy
+
+        return load_openvla_policy(path, family, cfg, device)
     if family == "hf":
         return _load_hf(path, cfg, device)
     try:

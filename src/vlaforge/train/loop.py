@@ -37,6 +37,7 @@ from vlaforge.pipeline import suite_task_names
 from vlaforge.policies import build_policy, load_policy
 from vlaforge.policies.base import check_fits
 from vlaforge.policies.hf.model import HFConfig
+from vlaforge.policies.openvla.model import OpenVLAOptions, config_from_flags
 from vlaforge.recipes.configs import GrapeConfig, IReVLAConfig, VLARLConfig
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.rollout.evaluate import evaluate_policy
@@ -69,10 +70,12 @@ class TrainConfig:
     """action chunk of a fresh policy"""
     backbone: str = "vision"
     """backbone of a fresh policy: vision, or state (MLP on proprioception only; a debugging baseline)"""
-    policy: Literal["tiny", "hf"] = "tiny"
+    policy: Literal["tiny", "hf", "openvla", "openvla-oft"] = "tiny"
     """fresh policy: the tiny VLA, or a local Hugging Face VLM (`--policy hf --policy.path DIR`, docs/hf.md)"""
     hf: Annotated[HFConfig, tyro.conf.arg(name="policy")] = field(default_factory=HFConfig)
     """Hugging Face VLM and its memory switches (`--policy.*`, used with `--policy hf`)"""
+    openvla: OpenVLAOptions = field(default_factory=OpenVLAOptions)
+    """OpenVLA / OpenVLA-OFT options (`--openvla.*`, used with `--policy openvla|openvla-oft`)"""
     out: str = "runs/train"
     """run directory (TensorBoard, metrics.jsonl, checkpoint/, final/)"""
     resume: str | None = None
@@ -152,6 +155,7 @@ def config_from_dict(d: dict) -> TrainConfig:
            "grape": GrapeConfig, "vla_rl": VLARLConfig}
     sub["ray"] = RayConfig
     sub["hf"] = HFConfig
+    sub["openvla"] = OpenVLAOptions
     kw = dict(d)
     for k, cls in sub.items():
         if k in kw:
@@ -257,6 +261,9 @@ def env_settings(cfg: TrainConfig) -> dict:
 
 
 def fresh_policy(cfg: TrainConfig, spec):
+    if cfg.policy in ("openvla", "openvla-oft"):  # --policy.* switches + --openvla.* options (docs/vlas.md)
+        return build_policy(cfg.policy, **config_from_flags(cfg.policy, cfg.hf, cfg.openvla, cfg.chunk_size, spec,
+                                                            cfg.image_size))
     if cfg.policy == "hf":
         return build_policy("hf", **{**dataclasses.asdict(cfg.hf), "chunk_size": cfg.chunk_size,
                                      "state_dim": spec.state_dim, "action_dim": spec.action_dim,
