@@ -227,7 +227,9 @@ def _norm_stats(path: Path, stats: dict) -> dict:
 class OpenVLAPolicy(nn.Module):
     """See the module docstring. Implements ``vlaforge.policies.base.Policy``."""
 
-    def __init__(self, cfg: OpenVLAConfig, weights_path: str | None = None):
+    def __init__(self, cfg: OpenVLAConfig, weights_path: str | None = None, loaded=None):
+        """``loaded = (PrismaticVLM, PrismaticConfig)`` skips reading weights (random real-size models for
+        benchmarks); ``cfg.path`` still supplies the tokenizer and statistics."""
         super().__init__()
         if not cfg.path:
             raise UserError("--policy openvla needs --policy.path DIR (a released OpenVLA / OpenVLA-OFT directory)")
@@ -236,7 +238,7 @@ class OpenVLAPolicy(nn.Module):
         src = Path(weights_path or cfg.path).expanduser()
         base = Path(cfg.path).expanduser()
         wdtype = torch.bfloat16 if cfg.weights_dtype == "bfloat16" else torch.float32
-        vlm, pcfg = load_prismatic(src, wdtype)
+        vlm, pcfg = loaded if loaded is not None else load_prismatic(src, wdtype)
         self.cfg, self.pcfg = cfg, pcfg
         self.temperature = 1.0
         self.micro_batch = cfg.micro_batch
