@@ -35,6 +35,10 @@ def build_policy(family: str = "tiny", **cfg) -> TinyVLA:
         from vlaforge.policies.openvla import build_openvla_policy
 
         return build_openvla_policy(family, **cfg)
+    if family == "smolvla":  # a LeRobot SmolVLA checkpoint (vlaforge.policies.smolvla)
+        from vlaforge.policies.smolvla import build_smolvla_policy
+
+        return build_smolvla_policy(**cfg)
     if family != "tiny":
         raise ValueError(f"unknown policy family '{family}'; available: tiny, hf")
     known = {f.name for f in fields(TinyConfig)}
@@ -52,6 +56,10 @@ def write_policy_files(policy: torch.nn.Module, d: Path, extra: dict | None = No
         from vlaforge.policies.hf import write_hf_files
 
         state = write_hf_files(policy, d)
+    elif policy.config_dict()["family"] == "smolvla":  # tokenizer/ beside; every weight in model.safetensors
+        from vlaforge.policies.smolvla import write_smolvla_files
+
+        state = write_smolvla_files(policy, d)
     elif policy.config_dict()["family"] in ("openvla", "openvla-oft"):  # backbone/ in the released layout
         from vlaforge.policies.openvla import write_openvla_files
 
@@ -74,6 +82,10 @@ def save_policy(policy: torch.nn.Module, path: str | Path, extra: dict | None = 
 
 def read_config(path: str | Path) -> dict:
     path = Path(path)
+    from vlaforge.policies.smolvla.lerobot import is_lerobot_dir, lerobot_meta
+
+    if is_lerobot_dir(path):  # LeRobot's own config.json, seen as a smolvla policy config
+        return lerobot_meta(path)
     cfg_file = path / "config.json"
     if not path.is_dir() or not cfg_file.exists():
         raise CheckpointError(f"no checkpoint at '{path}' (expected a directory with config.json and "
@@ -92,9 +104,19 @@ def load_policy(path: str | Path, device: str = "cpu") -> TinyVLA:
     from safetensors.torch import load_file
 
     path = Path(path)
+    from vlaforge.policies.smolvla.lerobot import is_lerobot_dir
+
+    if is_lerobot_dir(path):  # a LeRobot SmolVLA checkpoint as released (vlaforge.policies.smolvla)
+        from vlaforge.policies.smolvla import load_lerobot
+
+        return load_lerobot(path).to(device)
     meta = read_config(path)
     cfg = dict(meta["policy"])
     family = cfg.pop("family")
+    if family == "smolvla":
+        from vlaforge.policies.smolvla import load_smolvla_policy
+
+        return load_smolvla_policy(path, cfg, device)
     if family in ("openvla", "openvla-oft"):
         from vlaforge.policies.openvla import load_openvla_policy
 

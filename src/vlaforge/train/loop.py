@@ -70,8 +70,9 @@ class TrainConfig:
     """action chunk of a fresh policy"""
     backbone: str = "vision"
     """backbone of a fresh policy: vision, or state (MLP on proprioception only; a debugging baseline)"""
-    policy: Literal["tiny", "hf", "openvla", "openvla-oft"] = "tiny"
-    """fresh policy: the tiny VLA, or a local Hugging Face VLM (`--policy hf --policy.path DIR`, docs/hf.md)"""
+    policy: Literal["tiny", "hf", "smolvla", "openvla", "openvla-oft"] = "tiny"
+    """fresh policy: the tiny VLA, a local Hugging Face VLM (`--policy hf --policy.path DIR`, docs/hf.md), or a
+    LeRobot SmolVLA checkpoint (`--policy smolvla --policy.path DIR`, docs/vlas.md)"""
     hf: Annotated[HFConfig, tyro.conf.arg(name="policy")] = field(default_factory=HFConfig)
     """Hugging Face VLM and its memory switches (`--policy.*`, used with `--policy hf`)"""
     openvla: OpenVLAOptions = field(default_factory=OpenVLAOptions)
@@ -264,6 +265,8 @@ def fresh_policy(cfg: TrainConfig, spec):
     if cfg.policy in ("openvla", "openvla-oft"):  # --policy.* switches + --openvla.* options (docs/vlas.md)
         return build_policy(cfg.policy, **config_from_flags(cfg.policy, cfg.hf, cfg.openvla, cfg.chunk_size, spec,
                                                             cfg.image_size))
+    if cfg.policy == "smolvla":  # the checkpoint fixes dims and chunk; the --policy.* switches that apply pass on
+        return build_policy("smolvla", **dataclasses.asdict(cfg.hf))
     if cfg.policy == "hf":
         return build_policy("hf", **{**dataclasses.asdict(cfg.hf), "chunk_size": cfg.chunk_size,
                                      "state_dim": spec.state_dim, "action_dim": spec.action_dim,

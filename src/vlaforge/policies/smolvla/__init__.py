@@ -1,0 +1,182 @@
+"""SmolVLA (LeRobot's flow-matching VLA on SmolVLM2) as a vlaforge policy, without LeRobot.
+
+Public API:
+    SmolVLA, SmolVLAConfig          the policy and its switches (policy.py); network in model.py
+    load_lerobot(dir, **switches)   a LeRobot SmolVLA checkpoint directory -> SmolVLA (lerobot.py layout)
+    build_smolvla_policy(**cfg)     ``--policy smolvla --policy.path DIR`` (the ``--policy.*`` switches)
+    write_smolvla_files, load_smolvla_policy   vlaforge checkpoints (used by ``vlaforge.policies``)
+    export_lerobot(policy, dir)     back to LeRobot's layout (LoRA merged, statistics in processor files)
+    tiny_lerobot_dir(dir, ...)      a random tiny checkpoint in LeRobot's layout, offline (tests, benchmarks)
+
+``vlaforge.policies.load_policy(DIR)`` recognises a LeRobot SmolVLA directory (config.json with
+``"type": "smolvla"``), so ``vlaforge eval --checkpoint DIR`` and ``vlaforge sft --init DIR`` read
+released checkpoints directly. A vlaforge checkpoint of a SmolVLA policy holds ``config.json``
+(family ``smolvla``: LeRobot's config, the VLM's config and the switches), ``model.safetensors``
+(every weight under LeRobot's names below ``model.``, LoRA layers as peft names them, the value head
+and the statistics) and ``tokenizer/``; it needs nothing else to load.
+
+π0 is not served here: see docs/vlas.md (its PaliGemma prefix, Gemma expert with joint attention in
+every layer, and state token in the suffix would reuse ``model.py``'s layer maths but need their own
+embedding, norm and checkpoint mapping).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from vlaforge.policies.smolvla.lerobot import LeRobotFormatError, is_lerobot_dir
+from vlaforge.policies.smolvla.policy import SmolVLA, SmolVLAConfig
+
+__all__ = ["LeRobotFormatError", "SmolVLA", "SmolVLAConfig", "build_smolvla_policy", "export_lerobot",
+           "is_lerobot_dir", "load_lerobot", "load_smolvla_policy", "tiny_lerobot_dir", "write_smolvla_files"]
+
+SWITCHES = {f.name for f in fields(SmolVLAConfig)} - {"lerobot", "vlm", "state_dim", "action_dim", "views", "image_size"}
+# --policy.* fields of the shared HF config that mean nothing here and are ignored when left at their defaults
+_HF_ONLY_OK = {"trust_remote_code": False, "critic": "shared"}
+
+
+def load_lerobot(path: str | Path, **switches) -> SmolVLA:
+    """A LeRobot SmolVLA directory -> policy with its weights and statistics (one-line errors on bad input)."""
+    from vlaforge.policies.smolvla import lerobot as L
+
+    path = Path(path).expanduser()
+    if not (path / "config.json").exists():
+        raise LeRobotFormatError(f"no LeRobot checkpoint at '{path}' (expected config.json + model.safetensors)")
+    lr = L.read_config(path)
+    weights = L.load_weights(path)
+    vlm_cfg, tok = L.find_vlm(path, lr.get("vlm_model_name", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"))
+    policy = SmolVLA(SmolVLAConfig(lerobot=lr, vlm=vlm_cfg.to_dict(), **switches), tok)
+    own = {k: v for k, v in policy.model.state_dict().items()}
+    base = {k.replace(".base_layer.", "."): v for k, v in own.items() if "lora_" not in k}
+    mine = L.check_keys({f"model.{k}": v for k, v in base.items()}, weights, path)
+    by_base = {k.replace(".base_layer.", "."): k for k in own if "lora_" not in k}
+    with torch.no_grad():
+        for k, v in mine.items():
+            own[by_base[k[len("model."):]]].copy_(v.to(own[by_base[k[len("model."):]]].dtype))
+    stats = L.read_stats(path, weights)
+    modes = lr.get("normalization_mapping") or {}
+    policy.set_stats(L.affine(stats, "observation.state", modes.get("STATE", "MEAN_STD"), policy.cfg.state_dim, path),
+                     L.affine(stats, "action", modes.get("ACTION", "MEAN_STD"), policy.cfg.action_dim, path))
+    return policy
+
+
+def build_smolvla_policy(**cfg) -> SmolVLA:
+    """``--policy smolvla``: ``path`` names a LeRobot SmolVLA directory; the other ``--policy.*`` switches
+    that apply are passed on (see ``SmolVLAConfig``)."""
+    path = cfg.get("path")
+    if not path:
+        raise ValueError("--policy smolvla needs --policy.path DIR (a LeRobot SmolVLA checkpoint directory)")
+    for k, ok in _HF_ONLY_OK.items():
+        if k in cfg and cfg[k] != ok:
+            raise ValueError(f"--policy.{k.replace('_', '-')} {cfg[k]} does not apply to --policy smolvla")
+    return load_lerobot(path, **{k: v for k, v in cfg.items() if k in SWITCHES})
+
+
+def write_smolvla_files(policy: SmolVLA, d: Path) -> dict[str, torch.Tensor]:
+    """Save the tokenizer beside the checkpoint; return the state for model.safetensors."""
+    policy.tokenizer.save_pretrained(d / "tokenizer")
+    return policy.state_dict()
+
+
+def load_smolvla_policy(path: str | Path, cfg: dict, device: str = "cpu") -> SmolVLA:
+    """Rebuild a policy saved by ``write_smolvla_files`` (``cfg``: its config.json policy dict without 'family')."""
+    import transformers
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from vlaforge.policies import CheckpointError
+
+    path = Path(path)
+    weights = path / "model.safetensors"
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"'{weights}' is missing or corrupt ({str(e).splitlines()[0]}); re-create the "
+                              "checkpoint") from None
+    known = {f.name for f in fields(SmolVLAConfig)}
+    if set(cfg) - known:
+        raise CheckpointError(f"checkpoint '{path}' has unknown smolvla options {sorted(set(cfg) - known)}")
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"'{path / 'tokenizer'}' is missing or unreadable ({type(e).__name__}): the checkpoint "
+                              "is partial; re-create it") from None
+    try:
+        policy = SmolVLA(SmolVLAConfig(**cfg), tok)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint '{path}' has an incompatible config: {e}") from None
+    try:
+        policy.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in '{path}' do not match its config: {str(e).splitlines()[0]}") from None
+    return policy.to(device)
+
+
+def export_lerobot(policy: SmolVLA, path: str | Path) -> Path:
+    """Write ``policy`` in LeRobot's layout (config.json, model.safetensors with LoRA merged, statistics in the
+    processor files, the VLM's config and tokenizer in ``vlm/``). The value head is not part of it."""
+    import transformers
+
+    from vlaforge.policies.smolvla.lerobot import stats_from_affine, write_lerobot_dir
+
+    modes = policy.cfg.lerobot.get("normalization_mapping") or {}
+    stats = {}
+    for feat, kind, (shift, scale) in (("observation.state", "STATE", (policy.state_shift, policy.state_scale)),
+                                       ("action", "ACTION", (policy.action_shift, policy.action_scale))):
+        mode = modes.get(kind, "MEAN_STD")
+        if mode != "IDENTITY":
+            stats[feat] = stats_from_affine(shift.cpu(), scale.cpu(), mode)
+    vlm_cfg = transformers.AutoConfig.for_model(**policy.cfg.vlm)
+    return write_lerobot_dir(path, policy.cfg.lerobot, policy.lerobot_state(), stats, vlm_cfg, policy.tokenizer)
+
+
+def tiny_lerobot_dir(path: str | Path, state_dim: int = 2, action_dim: int = 2, views: int = 1, image_size: int = 32,
+                     chunk_size: int = 4, n_action_steps: int | None = None, num_steps: int = 3, hidden: int = 64,
+                     layers: int = 4, seed: int = 0, legacy_stats: bool = False, **lerobot_fields) -> Path:
+    """A random tiny SmolVLA in LeRobot's layout, with its VLM config and a character tokenizer in ``vlm/``.
+
+    Every config field and weight name is LeRobot's; sizes are tiny (builds in about a second). Extra keyword
+    arguments override LeRobot config fields (e.g. ``num_expert_layers=2``)."""
+    import transformers as T
+
+    from vlaforge.policies.hf.tiny import make_tokenizer
+    from vlaforge.policies.smolvla.lerobot import write_lerobot_dir
+    from vlaforge.policies.smolvla.model import SmolVLAModel
+
+    tok = make_tokenizer("idefics3", n_action_tokens=0)
+    heads = 4
+    vlm_cfg = T.SmolVLMConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=image_size // 4),
+        text_config=dict(model_type="llama", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads // 2, head_dim=hidden // heads,
+                         vocab_size=len(tok), max_position_embeddings=512, pad_token_id=tok.pad_token_id),
+        scale_factor=2, image_token_id=tok.convert_tokens_to_ids("<image>"))
+    images = {f"observation.images.{'image' if i == 0 else f'image{i + 1}'}":
+              {"type": "VISUAL", "shape": [3, image_size, image_size]} for i in range(views)}
+    lr = {"type": "smolvla", "n_obs_steps": 1, "chunk_size": chunk_size,
+          "n_action_steps": n_action_steps or chunk_size,
+          "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+          "input_features": {**images, "observation.state": {"type": "STATE", "shape": [state_dim]}},
+          "output_features": {"action": {"type": "ACTION", "shape": [action_dim]}},
+          "max_state_dim": 8, "max_action_dim": 8, "resize_imgs_with_padding": [image_size, image_size],
+          "empty_cameras": 0, "tokenizer_max_length": 48, "num_steps": num_steps, "use_cache": True,
+          "freeze_vision_encoder": True, "train_expert_only": True, "train_state_proj": True,
+          "vlm_model_name": "HuggingFaceTB/SmolVLM2-500M-Video-Instruct", "load_vlm_weights": True,
+          "add_image_special_tokens": False, "attention_mode": "cross_attn", "prefix_length": -1,
+          "pad_language_to": "longest", "num_expert_layers": -1, "num_vlm_layers": layers,
+          "self_attn_every_n_layers": 2, "expert_width_multiplier": 0.75, "min_period": 4e-3, "max_period": 4.0}
+    lr.update(lerobot_fields)
+    torch.manual_seed(seed)
+    model = SmolVLAModel(vlm_cfg, SmolVLAConfig(lerobot=lr).arch())
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state["model.vlm_with_expert.vlm.lm_head.weight"] = torch.randn(len(tok), hidden) * 0.02  # as released
+    g = torch.Generator().manual_seed(seed + 1)
+    stats = {"observation.state": {"mean": torch.randn(state_dim, generator=g) * 0.1,
+                                   "std": torch.rand(state_dim, generator=g) + 0.5},
+             "action": {"mean": torch.randn(action_dim, generator=g) * 0.1,
+                        "std": torch.rand(action_dim, generator=g) * 0.3 + 0.2}}
+    return write_lerobot_dir(path, lr, state, stats, vlm_cfg, tok, legacy_stats=legacy_stats)

@@ -1,0 +1,429 @@
+"""SmolVLA as a vlaforge policy: ``--policy smolvla --policy.path DIR`` (DIR: a LeRobot SmolVLA checkpoint).
+
+Implements ``vlaforge.policies.base.Policy`` on LeRobot's network (``model.py``), so every algorithm,
+recipe and the eval/SFT commands run it unchanged.
+
+Actions. The network denoises a chunk of ``chunk_size`` (50 in the release) actions padded to
+``max_action_dim`` (32), in the space normalised by the checkpoint's statistics, from t=1 (noise) to
+t=0 in ``num_steps`` (10) steps -- the same convention as ``heads/flow.py`` (x_t = t*x1 + (1-t)*x0,
+v = x1 - x0). The policy exposes the first ``n_action_steps`` of them (LeRobot executes those before
+replanning) and the first ``action_dim`` dims, unnormalised and clipped to the env's [-1, 1] box.
+
+RL likelihood. Sampling is ``heads/flow.py``'s marginal-preserving SDE (noise level a =
+``flow_noise`` x temperature, σ_t = a*sqrt(t/(1-t)), σ at t=1 taken at the next grid point), with
+exact Gaussian log-densities per denoising step; the whole chain (N, K+1, chunk_size,
+max_action_dim) is stored in ``taken["chain"]`` and ``evaluate`` re-scores it with one batched pass
+of the expert over all K steps, reusing one VLM prefix pass. Where this differs: only the exposed
+block -- the first ``n_action_steps`` x ``action_dim`` entries -- takes stochastic steps and is
+scored; the padded action dims and the unexecuted tail of the chunk follow the ODE (deterministic
+given the stored chain, not scored), so the log-prob has the shape (N, C, A) of the actions sent,
+and scoring treats those entries as given (as π_RL's mixed ODE/SDE sampler treats its ODE steps).
+Deterministic acting (evaluation) is the Euler ODE from x1 = 0, the prior's mode; LeRobot instead
+integrates the ODE from a random x1 (``act(obs, noise=...)`` with ``torch.randn`` reproduces that).
+
+DSRL-style noise steering: ``act(obs, deterministic, noise=w)`` starts the chain from ``w`` ((N, C, A):
+the exposed block, zeros elsewhere; or the full (N, chunk_size, max_action_dim)), so a noise-space
+policy can steer the frozen flow policy; with ``deterministic=True`` the action is a deterministic
+function of (obs, w).
+
+SFT (``sft_loss``): LeRobot's flow-matching loss, t ~ Beta(1.5, 1)*0.999 + 0.001, mean squared
+velocity error over the exposed, executed entries only.
+
+Value head: an MLP on the masked mean of the VLM's final (normed) prefix hidden states (shared
+backbone; no gradient reaches the VLM through it unless the VLM trains).
+
+What trains (LeRobot's fine-tuning defaults, read from the checkpoint's config): with
+``train_expert_only`` the VLM is frozen and only the expert, the projections (and the state
+projection when ``train_state_proj``) and the value head learn. ``lora_rank > 0``: peft LoRA adapters
+injected in place (module names kept, ``base_layer``/``lora_A``/``lora_B`` added) on the expert's and
+the projections' linear layers (``lora_targets="all-linear"``) or on the named modules (a
+comma-separated list of module-name suffixes, VLM modules included); every base weight is then
+frozen, and the reference policy (TPO ``--tpo.reference base``) is the same model with adapters
+disabled. Memory switches as ``--policy hf``: ``gradient_checkpointing`` (VLM, vision tower and expert
+layers), ``autocast`` (bf16 compute; SDE maths, log-probs and losses fp32), ``weights_dtype=bfloat16``
+(frozen weights stored in bf16), ``micro_batch``, ``optimizer_on_cpu``.
+
+    vlaforge train --policy smolvla --policy.path ~/models/smolvla_libero --suite libero --algo ppo
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from vlaforge.core.losses import mse_loss
+from vlaforge.policies.heads.common import mlp
+from vlaforge.policies.heads.flow import gaussian_log_prob, sde_step
+from vlaforge.policies.smolvla import obs as O
+from vlaforge.policies.smolvla.model import Arch, SmolVLAModel, repeat_kv
+from vlaforge.types import ActionOutput, Observation
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_EPS = 1e-6
+LOBOT_DEFAULT_TARGETS = (r"vlm_with_expert\.lm_expert\..*_proj|state_proj|action_in_proj|action_out_proj|"
+                         r"action_time_mlp_in|action_time_mlp_out")
+
+
+@dataclass
+class SmolVLAConfig:
+    """A SmolVLA policy: LeRobot's config and the VLM's (as read from the checkpoint) and vlaforge's switches."""
+
+    lerobot: dict[str, Any] = field(default_factory=dict)
+    """LeRobot's config.json of the checkpoint (features, statistics modes, architecture)"""
+    vlm: dict[str, Any] = field(default_factory=dict)
+    """the VLM's transformers config (``to_dict()``)"""
+    state_dim: int = 0
+    """proprioceptive state dims (0: from the checkpoint's observation.state feature)"""
+    action_dim: int = 0
+    """action dims (0: from the checkpoint's action feature)"""
+    views: int = 0
+    """camera images read (0: the checkpoint's VISUAL features)"""
+    image_size: int = 0
+    """rendered image size asked of the suite (0: the first VISUAL feature's width)"""
+    flow_noise: float = 0.5
+    """noise level a of the SDE sampler (RL); 0 = LeRobot's ODE, no log-probs"""
+    value_head: bool = True
+    """build a value head (PPO)"""
+    head_hidden: int = 256
+    """hidden width of the value MLP"""
+    lora_rank: int = 0
+    """LoRA rank via peft (0 = train what the checkpoint's fine-tuning flags say)"""
+    lora_alpha: int = 32
+    """LoRA alpha"""
+    lora_dropout: float = 0.0
+    """LoRA dropout (keep 0 for RL)"""
+    lora_targets: str = "all-linear"
+    """'all-linear' (the expert's and the projections' linear layers) or comma-separated module-name suffixes"""
+    gradient_checkpointing: bool = False
+    """recompute activations in backward"""
+    autocast: bool = False
+    """bf16 autocast of the network (SDE maths, log-probs and losses stay fp32)"""
+    weights_dtype: Literal["float32", "bfloat16"] = "float32"
+    """storage dtype of the frozen weights"""
+    micro_batch: int = 0
+    """gradient-accumulation micro-batch size inside the algorithms' updates (0 = off)"""
+    optimizer_on_cpu: bool = False
+    """keep AdamW's moments in host memory (GPU runs)"""
+    image_transform: str = "auto"
+    """camera flip before the model: auto | none | hflip | vflip | rot180 (obs.py)"""
+
+    def __post_init__(self):
+        """Fill the dims left at 0 from LeRobot's features (they are saved, so that a checkpoint's config.json
+        states them like every other family's)."""
+        if not self.lerobot:
+            return
+        feats = self.lerobot["input_features"]
+        derived = {"state_dim": int(feats["observation.state"]["shape"][0]),
+                   "action_dim": int(self.lerobot["output_features"]["action"]["shape"][0]),
+                   "views": len(self.image_keys), "image_size": int(feats[self.image_keys[0]]["shape"][-1])}
+        for k, v in derived.items():
+            if getattr(self, k) == 0:
+                setattr(self, k, v)
+            elif getattr(self, k) != v:
+                raise ValueError(f"{k}={getattr(self, k)} disagrees with the LeRobot features ({v})")
+
+    # -- derived from the checkpoint ---------------------------------------------------------
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k, v in self.lerobot["input_features"].items() if v.get("type") == "VISUAL"]
+
+    @property
+    def chunk_size(self) -> int:
+        """actions exposed per decision (LeRobot's n_action_steps)"""
+        return int(self.lerobot.get("n_action_steps", self.lerobot.get("chunk_size", 50)))
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.lerobot.get("num_steps", 10))
+
+    def arch(self) -> Arch:
+        names = {f for f in Arch.__dataclass_fields__}
+        return Arch(**{k: v for k, v in self.lerobot.items() if k in names})
+
+
+def flow_grid(steps: int, noise: float, device=None):
+    """t (K+1,), δ, σ (K,) of ``heads/flow.py``'s sampler (σ at t=1 taken at the next grid point)."""
+    t = 1 - torch.arange(steps + 1, dtype=torch.float32, device=device) / steps
+    ts = t[:-1].clone()
+    ts[0] = t[1]
+    ts = ts.clamp(0.0, 1 - _EPS)
+    return t, 1.0 / steps, noise * (ts / (1 - ts)).sqrt()
+
+
+class SmolVLA(nn.Module):
+    """See the module docstring. Implements ``vlaforge.policies.base.Policy``."""
+
+    def __init__(self, cfg: SmolVLAConfig, tokenizer):
+        super().__init__()
+        import transformers
+
+        lr = cfg.lerobot
+        if cfg.flow_noise < 0:
+            raise ValueError(f"--policy.flow-noise must be >= 0 (got {cfg.flow_noise})")
+        self.cfg = cfg
+        arch = cfg.arch()
+        if cfg.chunk_size > arch.chunk_size:
+            raise ValueError(f"n_action_steps={cfg.chunk_size} exceeds chunk_size={arch.chunk_size} in the checkpoint")
+        if cfg.action_dim > arch.max_action_dim or cfg.state_dim > arch.max_state_dim:
+            raise ValueError("the checkpoint's state/action dims exceed max_state_dim/max_action_dim")
+        vlm_cfg = transformers.AutoConfig.for_model(**cfg.vlm)
+        self.model = SmolVLAModel(vlm_cfg, arch)
+        self.tokenizer = tokenizer
+        self.chunk_size, self.action_dim, self.temperature = cfg.chunk_size, cfg.action_dim, 1.0
+        self.micro_batch = cfg.micro_batch
+        self.transform = O.resolve_transform(cfg.image_transform, cfg.image_keys, cfg.state_dim, cfg.action_dim)
+        self.register_buffer("state_shift", torch.zeros(cfg.state_dim))
+        self.register_buffer("state_scale", torch.ones(cfg.state_dim))
+        self.register_buffer("action_shift", torch.zeros(cfg.action_dim))
+        self.register_buffer("action_scale", torch.ones(cfg.action_dim))
+        D = self.model.vlm_with_expert.config.text_config.hidden_size
+        self.value_net = mlp(D, cfg.head_hidden, 1, layers=3) if cfg.value_head else None
+        # what trains: LeRobot's flags, then LoRA freezes every base weight
+        vw = self.model.vlm_with_expert
+        if lr.get("train_expert_only", True):
+            vw.vlm.requires_grad_(False)
+        if lr.get("freeze_vision_encoder", True):
+            vw.vlm_model.vision_model.requires_grad_(False)
+        self.model.state_proj.requires_grad_(bool(lr.get("train_state_proj", True)))
+        self._lora_layers: list[nn.Module] = []
+        if cfg.lora_rank > 0:
+            self._inject_lora()
+        if cfg.weights_dtype == "bfloat16":
+            for p in self.model.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(torch.bfloat16)
+        if cfg.gradient_checkpointing:
+            vw.gradient_checkpointing = True
+            vw.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        mask = torch.zeros(arch.chunk_size, arch.max_action_dim, dtype=torch.bool)
+        mask[:cfg.chunk_size, :cfg.action_dim] = True
+        self.register_buffer("block", mask, persistent=False)  # the exposed, stochastic entries
+        self._backbone = [p for p in vw.vlm.parameters() if p.requires_grad]
+        bb = {id(p) for p in self._backbone}
+        self._head = [p for p in self.model.parameters() if p.requires_grad and id(p) not in bb]
+        self._use_ref = False
+
+    def _inject_lora(self) -> None:
+        import peft
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        c = self.cfg
+        targets = LOBOT_DEFAULT_TARGETS if c.lora_targets == "all-linear" else [
+            t.strip() for t in c.lora_targets.split(",") if t.strip()]
+        lcfg = peft.LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                               target_modules=targets)
+        self.model.requires_grad_(False)
+        try:
+            peft.inject_adapter_in_model(lcfg, self.model)
+        except ValueError as e:
+            raise ValueError(f"--policy.lora-targets '{c.lora_targets}' match no module of SmolVLA: "
+                             f"{str(e).splitlines()[0]}") from None
+        self._lora_layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        for n, p in self.model.named_parameters():
+            p.requires_grad_("lora_" in n)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        vw = self.model.vlm_with_expert
+        if self.cfg.lerobot.get("train_expert_only", True):
+            vw.vlm.eval()
+        elif self.cfg.lerobot.get("freeze_vision_encoder", True):
+            vw.vlm_model.vision_model.eval()
+        return self
+
+    # -- parameter groups & statistics --------------------------------------------------------
+    def backbone_parameters(self):
+        return list(self._backbone)
+
+    def head_parameters(self):
+        return list(self._head)
+
+    def value_parameters(self):
+        return list(self.value_net.parameters()) if self.value_net is not None else []
+
+    def set_action_stats(self, lo, hi) -> None:
+        """Percentile statistics from vlaforge demos: [lo, hi] maps to [-1, 1] (LeRobot's MIN_MAX form)."""
+        lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+        self.action_shift.copy_((lo + hi) / 2)
+        self.action_scale.copy_((hi - lo).clamp_min(1e-8) / 2)
+
+    def set_stats(self, state: tuple[torch.Tensor, torch.Tensor], action: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """(shift, scale) pairs: normalised = (x - shift) / scale."""
+        for (a, b), (s, c) in ((state, (self.state_shift, self.state_scale)),
+                               (action, (self.action_shift, self.action_scale))):
+            s.copy_(torch.as_tensor(a, dtype=torch.float32))
+            c.copy_(torch.as_tensor(b, dtype=torch.float32))
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The reference policy: the same weights with the LoRA adapters disabled."""
+        if not self._lora_layers:
+            raise ValueError("the reference policy is SmolVLA with LoRA adapters disabled; build it with "
+                             "--policy.lora-rank > 0 (or use the rollout's log-probs as reference)")
+        for m in self._lora_layers:
+            m.enable_adapters(False)
+        try:
+            yield self
+        finally:
+            for m in self._lora_layers:
+                m.enable_adapters(True)
+
+    # -- network ------------------------------------------------------------------------------
+    def _autocast(self):
+        dev = self.state_shift.device.type
+        return torch.autocast(dev, dtype=torch.bfloat16) if self.cfg.autocast else contextlib.nullcontext()
+
+    def _prefix(self, obs: Observation):
+        """-> (prefix hidden (N, Lp, D), kv, pad (N, Lp))"""
+        lr, dev = self.cfg.lerobot, self.state_shift.device
+        size = tuple(lr.get("resize_imgs_with_padding") or ())
+        pix, masks = O.images_to_pixels(obs.images, self.cfg.views, int(lr.get("empty_cameras", 0)), size,
+                                        self.transform, dev)
+        ids, lmask = O.tokenize(self.tokenizer, list(obs.instructions), int(lr.get("tokenizer_max_length", 48)),
+                                lr.get("pad_language_to", "longest"), dev)
+        state = torch.as_tensor(obs.state, dtype=torch.float32, device=dev)
+        state = O.pad_vector((state - self.state_shift) / self.state_scale, self.model.arch.max_state_dim)
+        with self._autocast():
+            return self.model.prefix(pix, masks, ids, lmask, state)
+
+    def _velocity(self, kv, pad, x, t):
+        with self._autocast():
+            return self.model.velocity(kv, pad, x, t)
+
+    def _value(self, h: torch.Tensor, pad: torch.Tensor) -> torch.Tensor | None:
+        if self.value_net is None:
+            return None
+        m = pad.unsqueeze(-1).float()
+        pooled = (h.float() * m).sum(1) / m.sum(1).clamp_min(1)
+        return self.value_net(pooled)[:, 0]
+
+    def _env_actions(self, x: torch.Tensor) -> torch.Tensor:
+        """normalised chunk (N, chunk, max_A) -> env actions (N, C, A) clipped to [-1, 1]"""
+        a = x[:, :self.chunk_size, :self.action_dim]
+        return (a * self.action_scale + self.action_shift).clamp(-1, 1)
+
+    def _score(self, chain: torch.Tensor, vels: torch.Tensor, noise: float):
+        """Log-prob and entropy (N, C, A) of the exposed block's steps of ``chain`` (N, K+1, ch, maxA) given
+        the velocities ``vels`` (N, K, ch, maxA) along it."""
+        K = vels.shape[1]
+        t, delta, sigma = flow_grid(K, noise, chain.device)
+        shape = (1, K, 1, 1)
+        C, A = self.chunk_size, self.action_dim
+        mean, std = sde_step(chain[:, :-1, :C, :A], vels[..., :C, :A], t[:-1].view(shape), delta, sigma.view(shape))
+        lp = gaussian_log_prob(chain[:, 1:, :C, :A], mean, std).sum(1)
+        return lp, (0.5 + _LOG_SQRT_2PI + std.log()).sum(1)
+
+    def _start(self, n: int, noise: torch.Tensor | None, deterministic: bool) -> torch.Tensor:
+        arch, dev = self.model.arch, self.state_shift.device
+        full = (n, arch.chunk_size, arch.max_action_dim)
+        if noise is None:
+            return torch.zeros(full, device=dev) if deterministic else torch.randn(full, device=dev)
+        w = torch.as_tensor(noise, dtype=torch.float32, device=dev)
+        if tuple(w.shape) == full:
+            return w
+        if tuple(w.shape) != (n, self.chunk_size, self.action_dim):
+            raise ValueError(f"initial noise must be (N, C, A)={(n, self.chunk_size, self.action_dim)} or {full}; "
+                             f"got {tuple(w.shape)}")
+        x = torch.zeros(full, device=dev)
+        x[:, :self.chunk_size, :self.action_dim] = w
+        return x
+
+    # -- Policy protocol -----------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: Observation, deterministic: bool = False, noise: torch.Tensor | None = None) -> ActionOutput:
+        n = len(obs)
+        h, kv, pad = self._prefix(obs)
+        a = self.cfg.flow_noise * float(self.temperature)
+        K = self.cfg.num_steps
+        t, delta, sigma = flow_grid(K, a, pad.device)
+        if deterministic:
+            sigma = torch.zeros_like(sigma)
+        x = self._start(n, noise, deterministic)
+        chain, vels = [x], []
+        block = self.block.float()
+        for k in range(K):
+            v = self._velocity(kv, pad, x, t[k].expand(n))
+            mean, std = sde_step(x, v, t[k], delta, sigma[k] * block)
+            x = mean + std * torch.randn_like(mean) if sigma[k] > 0 else mean
+            chain.append(x)
+            vels.append(v)
+        chain, vels = torch.stack(chain, 1), torch.stack(vels, 1)
+        if a > 0:
+            log_prob, _ = self._score(chain, vels, a)
+        else:
+            log_prob = torch.zeros(n, self.chunk_size, self.action_dim, device=pad.device)
+        return ActionOutput(self._env_actions(chain[:, -1]), log_prob, self._value(h, pad), {"chain": chain})
+
+    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
+        a = self.cfg.flow_noise * float(self.temperature)
+        if a <= 0:
+            raise ValueError("SmolVLA's sampler is an ODE at noise level 0 and has no log-prob; set "
+                             "--policy.flow-noise > 0 (and temperature > 0) for RL")
+        chain = taken["chain"].float()
+        n, k1 = chain.shape[:2]
+        K = self.cfg.num_steps
+        if k1 != K + 1 or tuple(chain.shape[2:]) != tuple(self.block.shape):
+            raise ValueError(f"stored chain {tuple(chain.shape)} does not match this policy "
+                             f"({K} steps, chunk {tuple(self.block.shape)})")
+        h, kv, pad = self._prefix(obs)
+        t, _, _ = flow_grid(K, a, chain.device)
+        kvr, padr = repeat_kv(kv, pad, K)
+        v = self._velocity(kvr, padr, chain[:, :-1].flatten(0, 1), t[:-1].repeat(n))
+        lp, ent = self._score(chain, v.view(n, K, *chain.shape[2:]), a)
+        return lp, ent, self._value(h, pad)
+
+    def value(self, obs: Observation) -> torch.Tensor:
+        if self.value_net is None:
+            raise ValueError("this policy has no value head (built with value_head=False)")
+        h, _, pad = self._prefix(obs)
+        return self._value(h, pad)
+
+    def sft_loss(self, obs: Observation, expert_actions: torch.Tensor, mask: torch.Tensor | None = None):
+        dev, arch = self.state_shift.device, self.model.arch
+        target = (torch.as_tensor(expert_actions, dtype=torch.float32, device=dev) - self.action_shift) / self.action_scale
+        n, C, A = target.shape
+        if (C, A) != (self.chunk_size, self.action_dim):
+            raise ValueError(f"expert actions {(C, A)} do not match the policy's chunk/action dims "
+                             f"{(self.chunk_size, self.action_dim)}")
+        x0 = torch.zeros(n, arch.chunk_size, arch.max_action_dim, device=dev)
+        x0[:, :C, :A] = target
+        t = torch.distributions.Beta(1.5, 1.0).sample((n,)).to(dev) * 0.999 + 0.001
+        x1 = torch.randn_like(x0)
+        tb = t.view(n, 1, 1)
+        h, kv, pad = self._prefix(obs)
+        v = self._velocity(kv, pad, tb * x1 + (1 - tb) * x0, t)
+        loss, m = mse_loss(v[:, :C, :A], (x1 - x0)[:, :C, :A], mask)
+        return loss, {"sft/flow_mse": m["mse"]}
+
+    # -- persistence ----------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {"family": "smolvla", **asdict(self.cfg)}
+
+    def lerobot_state(self) -> dict[str, torch.Tensor]:
+        """The network's weights under LeRobot's names (LoRA merged), for ``export_lerobot``."""
+        model = self.model
+        if self._lora_layers:
+            model = copy.deepcopy(self.model)
+            for m in [m for m in model.modules() if hasattr(m, "merge")]:
+                m.merge()
+            state = {}
+            for k, v in model.state_dict().items():
+                if "lora_" in k:
+                    continue
+                state[k.replace(".base_layer.", ".")] = v
+        else:
+            state = model.state_dict()
+        return {f"model.{k}": v.float() for k, v in state.items()}
+
+    def optimizer_class(self):
+        if self.cfg.optimizer_on_cpu:
+            from vlaforge.policies.hf.offload import CPUOffloadAdamW
+
+            return CPUOffloadAdamW
+        return torch.optim.AdamW
