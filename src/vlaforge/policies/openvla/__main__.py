@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--center-crop", type=float, default=1.0)
+    ap.add_argument("--max-text-tokens", type=int, default=48)
     ap.add_argument("--lora-rank", type=int, default=32, help="adapters start at zero (same outputs); 0 copies the weights")
     a = ap.parse_args(argv)
     from vlaforge.policies import build_policy, save_policy
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = build_policy("openvla-oft" if a.oft else "openvla", path=a.path, unnorm_key=a.unnorm_key,
                               convention=a.convention, chunk_size=a.chunk_size, action_dim=a.action_dim,
                               state_dim=a.state_dim, views=a.views, image_size=a.image_size, center_crop=a.center_crop,
-                              lora_rank=a.lora_rank)
+                              lora_rank=a.lora_rank, max_text_tokens=a.max_text_tokens)
     except ValueError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
