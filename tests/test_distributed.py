@@ -17,6 +17,7 @@ from vlaforge.algos.common import StepBatch  # noqa: E402
 from vlaforge.algos.ppo import PPOConfig  # noqa: E402
 from vlaforge.algos.tpo import PairBatch  # noqa: E402
 from vlaforge.distributed import RayConfig, RunFailed  # noqa: E402
+from vlaforge.hooks import Hooks  # noqa: E402
 from vlaforge.distributed.driver import merge_learner_metrics, per_learner_config, shard_batch  # noqa: E402
 from vlaforge.train.loop import TrainConfig, train  # noqa: E402
 
@@ -86,7 +87,7 @@ def test_ray_flag_without_ray_says_how_to_install(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "run").exists()
 
 
-class _KillLearner:
+class _KillLearner(Hooks):
     """Kill learner 0 while it runs the update of iteration `at` (0-based)."""
 
     def __init__(self, at: int):
@@ -122,7 +123,7 @@ def test_one_worker_one_learner_matches_local_run_and_resumes_after_learner_deat
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-class _KillWorkerAndWatchLearners:
+class _KillWorkerAndWatchLearners(Hooks):
     """Kill env worker 1 while it collects in iteration 1; record the learners' weight digests after each update."""
 
     def __init__(self):

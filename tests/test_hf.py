@@ -20,7 +20,9 @@ pytest.importorskip("peft")
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from vlaforge.algos import get_algo  # noqa: E402
-from vlaforge.algos.common import PGSettings, _pg_loss, accumulate  # noqa: E402
+from vlaforge.algos.common import accumulate  # noqa: E402
+from vlaforge.algos.ppo import PPOConfig, loss as ppo_loss  # noqa: E402
+from vlaforge.hooks import NO_HOOKS  # noqa: E402
 from vlaforge.envs import make_vec_env  # noqa: E402
 from vlaforge.policies import build_policy, load_policy, save_policy  # noqa: E402
 from vlaforge.policies.hf import FAMILY_NAMES, HFVLA, HFConfig, export_merged, make_tiny_vlm, save_tiny_vlm  # noqa: E402
@@ -234,11 +236,11 @@ def test_micro_batches_accumulate_the_whole_batch_gradient():
     cfg = a.config(critic_warmup=0)
     batch, _ = a.prepare(r, cfg)
     batch.chunk_mask[:] = True
-    s = PGSettings(1, 256, 0.2, 0.2, "action", 1.0, ent_coef=0.01, vf_coef=0.5, value_clip=0.2)
+    s = PPOConfig(clip=0.2, level="action", ent_coef=0.01, vf_coef=0.5, value_clip=0.2)
     grads = []
     for micro in (0, 5):
         p.zero_grad()
-        loss, m, pending = accumulate(lambda part: _pg_loss(p, part, s), len(batch), micro, batch.index)
+        loss, m, pending = accumulate(lambda part: ppo_loss(p, part, s), len(batch), micro, batch.index)
         if pending:
             loss.backward()
         assert pending == (micro == 0)
@@ -370,13 +372,11 @@ def test_every_recipe_updates_each_family(family):
             if hasattr(acfg, k):
                 setattr(acfg, k, v)
         rr = _rollout(p)  # collected by the current policy (the previous recipe moved it)
-        kw = {}
-        if name == "grape":
-            kw["score"] = hooks_for(cfg).score(rr)
+        hooks = hooks_for(cfg) if name == "grape" else NO_HOOKS
         if name == "vla-rl":
             RPRMShaper(RPRM.for_spec(suite_spec("pointreach", image_size=32)), cfg.vla_rl.rprm_weight).shape_rewards(rr)
         a = get_algo(cfg.algo)
-        batch, _ = a.prepare(rr, acfg, **kw)
+        batch, _ = a.prepare(rr, acfg, hooks)
         cfg.lr = cfg.value_lr = 1e-2
         opt = make_optimizer(p, cfg)
         before = {n: x.detach().clone() for n, x in p.named_parameters()}

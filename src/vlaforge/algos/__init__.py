@@ -1,34 +1,71 @@
-"""RL algorithms, chosen by name. Each module has a Config dataclass, ``prepare(rollout, cfg)``
-(advantages / pairs from a rollout) and ``update(policy, optimizer, batch, cfg, iteration)``.
+"""RL algorithms, chosen by name from ``ALGOS``.
+
+An algorithm is one file (``ppo.py`` is the model) that reads top to bottom:
+
+- ``XConfig``: a dataclass, one docstring per field; it must have ``group_size`` (rollouts per initial
+  state; 1 = none) and ``temperature`` (sampling temperature). ``TrainConfig`` gains ``--x.*`` from it.
+- ``prepare(rollout, cfg, hooks) -> (batch, metrics)``: the rollout turned into what ``update`` trains on
+  (a ``StepBatch``, ``PairBatch``, ...: anything with ``len()`` and ``index(idx)``, so the Ray backend can
+  shard it). Runs once per iteration on the driver, before ``update``; ``hooks`` (``vlaforge.hooks.Hooks``)
+  may supply ranking scores.
+- ``update(policy, optimizer, batch, cfg, iteration, gen, sync, state) -> metrics``: the optimizer steps,
+  usually ``common.optimize`` over the algorithm's own ``loss``; ``gen`` shuffles (checkpointed),
+  ``sync`` makes data-parallel learners agree, ``state`` is the algorithm's own state (or None).
+- optionally ``init_state(policy, cfg) -> algos.state.AlgoState`` (replay buffer, own optimizers, target
+  networks): created once per run next to the optimizer, saved in and restored from every full-state
+  checkpoint.
+
+Adding an algorithm = its file + one ``ALGOS`` line below; ``TrainConfig`` (``algo`` choices and the
+``--x.*`` sub-config) and the Ray backend follow from the registry. docs/architecture.md has an
+off-policy example.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
+from typing import Literal
 
 from vlaforge.algos import grpo, ppo, rloo, tpo
+from vlaforge.algos.common import LOCAL
+from vlaforge.hooks import NO_HOOKS
 
 
 @dataclass(frozen=True)
 class Algo:
+    """One registry entry: the algorithm's functions, named explicitly."""
+
     name: str
     config: type
-    module: ModuleType
+    """its Config dataclass"""
+    prepare_fn: Callable
+    """``prepare(rollout, cfg, hooks) -> (batch, metrics)``"""
+    update_fn: Callable
+    """``update(policy, optimizer, batch, cfg, iteration, gen, sync, state) -> metrics``"""
+    init_state: Callable | None = None
+    """``init_state(policy, cfg) -> AlgoState`` for algorithms with state (None: on-policy, stateless)"""
+    batch_fields: tuple[str, ...] = ("minibatch_size",)
+    """config fields counting batch items per optimizer step (divided over data-parallel learners)"""
 
-    def prepare(self, rollout, cfg, **kw):
-        return self.module.prepare(rollout, cfg, **kw)
+    def prepare(self, rollout, cfg, hooks=NO_HOOKS):
+        return self.prepare_fn(rollout, cfg, hooks)
 
-    def update(self, policy, optimizer, batch, cfg, iteration: int, gen=None) -> dict:
-        return self.module.update(policy, optimizer, batch, cfg, iteration, gen)
+    def update(self, policy, optimizer, batch, cfg, iteration: int, gen=None, sync=LOCAL, state=None) -> dict:
+        return self.update_fn(policy, optimizer, batch, cfg, iteration, gen, sync, state)
+
+    def new_state(self, policy, cfg):
+        """A fresh ``AlgoState`` for this run, or None."""
+        return None if self.init_state is None else self.init_state(policy, cfg)
 
 
 ALGOS: dict[str, Algo] = {
-    "ppo": Algo("ppo", ppo.PPOConfig, ppo),
-    "grpo": Algo("grpo", grpo.GRPOConfig, grpo),
-    "rloo": Algo("rloo", rloo.RLOOConfig, rloo),
-    "tpo": Algo("tpo", tpo.TPOConfig, tpo),
+    "ppo": Algo("ppo", ppo.PPOConfig, ppo.prepare, ppo.update),
+    "grpo": Algo("grpo", grpo.GRPOConfig, grpo.prepare, grpo.update),
+    "rloo": Algo("rloo", rloo.RLOOConfig, rloo.prepare, rloo.update),
+    "tpo": Algo("tpo", tpo.TPOConfig, tpo.prepare, tpo.update, batch_fields=("pairs_per_batch",)),
 }
+
+AlgoName = Literal[tuple(ALGOS)]  # type: ignore[valid-type]  # TrainConfig.algo's choices
 
 
 def get_algo(name: str) -> Algo:

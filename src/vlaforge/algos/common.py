@@ -1,17 +1,20 @@
-"""Shared machinery of the policy-gradient algorithms: flattening rollouts into step batches
-and one clipped-surrogate update used by PPO, GRPO and RLOO/LOOP (they differ only in how
-advantages are formed and in their defaults).
+"""What every algorithm shares: the step batch (decision steps flattened out of a rollout), the
+learner-sync seam, micro-batch gradient accumulation, the clipped surrogate of the policy-gradient
+family, and ``optimize`` — the one optimizer-step skeleton (epochs × shuffled minibatches,
+micro-batching, non-finite and KL skips, gradient sync, clipping) every ``update`` runs on.
+
+An algorithm file (``ppo.py``, ``grpo.py``, ``rloo.py``, ``tpo.py``) writes its own loss and calls
+``optimize(policy, optimizer, batch, loss_fn, settings, ...)``; nothing here knows an algorithm by name.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from vlaforge.core.advantages import reduce_log_prob
-from vlaforge.core.losses import entropy_bonus, masked_mean, ppo_clip_loss, value_loss
+from vlaforge.core.losses import ppo_clip_loss
 from vlaforge.types import Observation, Rollout
 
 
@@ -32,17 +35,20 @@ class StepBatch:
     returns: torch.Tensor  # (B,)
     episode: torch.Tensor  # (B,) column in the rollout
     t: torch.Tensor  # (B,) decision index within the episode
+    sim_state: torch.Tensor | None = None  # (B, P) privileged simulator state (a privileged critic reads it)
 
     def __len__(self) -> int:
         return int(self.adv.shape[0])
 
     def obs(self) -> Observation:
-        return Observation(self.images, self.state, self.instructions, self.task_ids)
+        return Observation(self.images, self.state, self.instructions, self.task_ids, self.sim_state)
 
     def index(self, idx: torch.Tensor) -> StepBatch:
         out = {}
         for k, v in self.__dict__.items():
-            if k == "instructions":
+            if v is None:
+                out[k] = None
+            elif k == "instructions":
                 out[k] = [v[int(i)] for i in idx]
             elif k == "taken":
                 out[k] = {a: b[idx] for a, b in v.items()}
@@ -69,8 +75,16 @@ def flatten_steps(rollout: Rollout, keep: torch.Tensor, adv: torch.Tensor, retur
         v_old=rollout.value[t_idx, n_idx], adv=adv[t_idx, n_idx].float(),
         returns=(returns if returns is not None else torch.zeros_like(adv))[t_idx, n_idx].float(),
         episode=n_idx, t=t_idx,
+        sim_state=None if rollout.sim_state is None else rollout.sim_state[t_idx, n_idx],
     )
 
+
+def trajectory_reward(rollout: Rollout) -> torch.Tensor:
+    """(N,) sum of rewards over each episode's alive steps."""
+    return (rollout.reward * rollout.alive).sum(0)
+
+
+# -- the policy-gradient family's surrogate ---------------------------------------------------------
 
 def level_view(logp: torch.Tensor, cmask: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Element-wise log-probs (B, C, A) -> log-probs at the ratio level and their mask.
@@ -84,27 +98,22 @@ def level_view(logp: torch.Tensor, cmask: torch.Tensor, level: str) -> tuple[tor
     return red, cmask
 
 
-@dataclass
-class PGSettings:
-    """The knobs of one clipped-surrogate update (filled from each algorithm's config)."""
+def clipped_surrogate(logp: torch.Tensor, mb: StepBatch, clip_low: float, clip_high: float, level: str):
+    """PPO's clipped surrogate of new log-probs ``logp (B, C, A)`` against ``mb.logp_old`` at the ratio
+    ``level``, every entry weighted by its step's advantage ``mb.adv (B,)``; ratios clipped to
+    ``[1 - clip_low, 1 + clip_high]``. Returns (loss, metrics incl. ``approx_kl``)."""
+    lp_new, mask = level_view(logp, mb.chunk_mask, level)
+    lp_old, _ = level_view(mb.logp_old, mb.chunk_mask, level)
+    adv = mb.adv.view(-1, *[1] * (mask.dim() - 1)).expand(mask.shape)
+    return ppo_clip_loss(lp_new, lp_old, adv, mask, clip_low, clip_high)
 
-    epochs: int
-    minibatch_size: int
-    clip_low: float
-    clip_high: float
-    level: str
-    grad_clip: float
-    ent_coef: float = 0.0
-    vf_coef: float = 0.0
-    value_clip: float | None = None
-    kl_guard: float | None = None
-    value_only: bool = False  # critic warm-up: only the value head steps
 
+# -- learners agreeing --------------------------------------------------------------------------------
 
 class LocalSync:
-    """How data-parallel learners agree during an update. One process has nothing to agree on;
-    ``vlaforge.distributed`` installs an all-reduce version with ``data_parallel`` so that every
-    learner skips the same steps and applies the same averaged gradient."""
+    """How data-parallel learners agree during an update, passed to ``update(..., sync=)``. One process
+    has nothing to agree on; the Ray backend passes an all-reduce version so that every learner skips
+    the same steps and applies the same averaged gradient."""
 
     def any(self, flag: bool) -> bool:
         """True when ``flag`` holds on any learner."""
@@ -118,22 +127,10 @@ class LocalSync:
         """Average the parameters' ``.grad`` over learners, in place."""
 
 
-_SYNC: list = [LocalSync()]
+LOCAL = LocalSync()
 
 
-@contextmanager
-def data_parallel(sync):
-    """Run updates inside with ``sync`` (a ``LocalSync``-like object) shared by all learners."""
-    _SYNC.append(sync)
-    try:
-        yield sync
-    finally:
-        _SYNC.pop()
-
-
-def learner_sync():
-    return _SYNC[-1]
-
+# -- the optimizer-step skeleton ----------------------------------------------------------------------
 
 def micro_size(policy) -> int:
     """The policy's micro-batch size for gradient accumulation (0 = whole minibatches)."""
@@ -170,35 +167,35 @@ def accumulate(loss_fn, n: int, micro: int, select):
     return total, metrics, False
 
 
-def _pg_loss(policy, mb: StepBatch, s: PGSettings):
-    """Clipped surrogate (+ entropy bonus, + value loss) of one (micro-)batch and its metrics."""
-    logp, ent, v = policy.evaluate(mb.obs(), mb.taken)
-    lp_new, mask = level_view(logp, mb.chunk_mask, s.level)
-    lp_old, _ = level_view(mb.logp_old, mb.chunk_mask, s.level)
-    adv = mb.adv.view(-1, *[1] * (mask.dim() - 1)).expand(mask.shape)
-    pg, m = ppo_clip_loss(lp_new, lp_old, adv, mask, s.clip_low, s.clip_high)
-    loss = torch.zeros(())
-    if not s.value_only:
-        loss = loss + pg
-        if s.ent_coef:
-            eb, em = entropy_bonus(ent.mean(-1), mb.chunk_mask)
-            loss = loss - s.ent_coef * eb
-            m.update(em)
-    vf_coef = (s.vf_coef or 1.0) if s.value_only else s.vf_coef  # the warm-up trains the critic even at vf_coef 0
-    if vf_coef and v is not None:
-        vl, vm = value_loss(v, mb.v_old, mb.returns, torch.ones_like(mb.adv, dtype=torch.bool), s.value_clip)
-        loss = loss + vf_coef * vl
-        m.update(vm)
-    m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
-    return loss, m
+@dataclass(kw_only=True)
+class StepSettings:
+    """The knobs of ``optimize`` (each algorithm fills them from its config)."""
+
+    epochs: int
+    """passes over the batch"""
+    minibatch_size: int
+    """batch items (decision steps, preference pairs, ...) per optimizer step"""
+    grad_clip: float
+    """max gradient norm"""
+    micro_batch: int = 0
+    """items per backward pass inside a minibatch (0 = the whole minibatch at once)"""
+    kl_guard: float | None = None
+    """stop the update once a minibatch's ``approx_kl`` metric (mean over learners) exceeds this"""
 
 
-def pg_update(policy, optimizer, batch: StepBatch, s: PGSettings, gen: torch.Generator | None = None) -> dict:
-    """Epochs of minibatch clipped-surrogate steps. Skips the optimizer step (and counts it) on
-    a non-finite loss or when the minibatch's approximate KL exceeds ``kl_guard``."""
+def optimize(policy, optimizer, batch, loss_fn, s: StepSettings, gen: torch.Generator | None = None,
+             sync: LocalSync = LOCAL, trainable=None) -> dict:
+    """Epochs of shuffled minibatch steps over ``batch`` (anything with ``len()`` and ``index(idx)``).
+
+    ``loss_fn(part) -> (loss, metrics)`` is the algorithm's loss of a (micro-)batch. A step is skipped
+    (and counted) on a non-finite loss or gradient norm; the rest of the update is skipped once
+    ``metrics["approx_kl"]`` exceeds ``s.kl_guard``. ``trainable`` (a collection of parameters, None = all)
+    limits which parameters step: the others' gradients are dropped before the sync (PPO's critic warm-up).
+    ``sync`` makes data-parallel learners agree (``LocalSync``: one process).
+    Returns ``train/*`` metrics: per-step means of the loss's metrics, ``grad_norm``, ``loss``, and counts.
+    """
     policy.train()
-    sync = learner_sync()
-    value_params = set(policy.value_parameters()) if hasattr(policy, "value_parameters") else set()
+    keep = None if trainable is None else {id(p) for p in trainable}
     sums: dict[str, float] = {}
     count = 0
     skipped = {"nonfinite": 0, "kl_guard": 0}
@@ -209,22 +206,21 @@ def pg_update(policy, optimizer, batch: StepBatch, s: PGSettings, gen: torch.Gen
         for start in range(0, B, s.minibatch_size):
             mb = batch.index(perm[start:start + s.minibatch_size])
             optimizer.zero_grad(set_to_none=True)
-            loss, m, pending = accumulate(lambda part: _pg_loss(policy, part, s), len(mb), micro_size(policy),
-                                          mb.index)
+            loss, m, pending = accumulate(loss_fn, len(mb), s.micro_batch, mb.index)
             if sync.any(not torch.isfinite(loss)):
                 skipped["nonfinite"] += 1
                 optimizer.zero_grad(set_to_none=True)
                 continue
-            if s.kl_guard is not None and not s.value_only and sync.mean(float(m["approx_kl"])) > s.kl_guard:
+            if s.kl_guard is not None and sync.mean(float(m["approx_kl"])) > s.kl_guard:
                 skipped["kl_guard"] += 1
                 optimizer.zero_grad(set_to_none=True)
                 stop = True  # the policy moved too far from the rollout policy: stop this update
                 break
             if pending:
                 loss.backward()
-            if s.value_only:
+            if keep is not None:
                 for p in policy.parameters():
-                    if p not in value_params:
+                    if id(p) not in keep:
                         p.grad = None
             sync.grads(list(policy.parameters()))
             gn = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.grad is not None], s.grad_clip)
@@ -244,8 +240,3 @@ def pg_update(policy, optimizer, batch: StepBatch, s: PGSettings, gen: torch.Gen
     out.update({"train/optimizer_steps": count, "train/skipped_nonfinite": skipped["nonfinite"],
                 "train/skipped_kl_guard": skipped["kl_guard"], "train/batch_steps": B})
     return out
-
-
-def trajectory_reward(rollout: Rollout) -> torch.Tensor:
-    """(N,) sum of rewards over each episode's alive steps."""
-    return (rollout.reward * rollout.alive).sum(0)

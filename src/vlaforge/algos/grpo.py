@@ -10,13 +10,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlaforge.algos.common import PGSettings, flatten_steps, pg_update, trajectory_reward
+from vlaforge.algos.common import (
+    LOCAL,
+    StepBatch,
+    StepSettings,
+    clipped_surrogate,
+    flatten_steps,
+    micro_size,
+    optimize,
+    trajectory_reward,
+)
 from vlaforge.core.advantages import (
     broadcast_to_steps,
     group_centered_advantages,
     group_normalized_advantages,
     group_success_rate,
 )
+from vlaforge.core.losses import masked_mean
+from vlaforge.hooks import Hooks
 from vlaforge.types import Rollout
 
 
@@ -47,7 +58,7 @@ class GRPOConfig:
     scale (Dr. GRPO), so groups of nearly equal shaped returns give nearly zero advantages"""
 
 
-def prepare(rollout: Rollout, cfg: GRPOConfig):
+def prepare(rollout: Rollout, cfg: GRPOConfig, hooks: Hooks) -> tuple[StepBatch, dict]:
     R = trajectory_reward(rollout)
     adv_fn = group_normalized_advantages if cfg.normalize_std else group_centered_advantages
     adv_ep = adv_fn(R, rollout.group_id)
@@ -60,7 +71,16 @@ def prepare(rollout: Rollout, cfg: GRPOConfig):
     return flatten_steps(rollout, keep, broadcast_to_steps(adv_ep, rollout.alive)), info
 
 
-def update(policy, optimizer, batch, cfg: GRPOConfig, iteration: int, gen=None) -> dict:
-    s = PGSettings(cfg.epochs, cfg.minibatch_size, cfg.clip_low, cfg.clip_high, cfg.level, cfg.grad_clip,
-                   kl_guard=cfg.kl_guard)
-    return pg_update(policy, optimizer, batch, s, gen)
+def loss(policy, mb: StepBatch, cfg: GRPOConfig):
+    """The clipped surrogate with clip-higher bounds [1 − clip_low, 1 + clip_high]; nothing else."""
+    logp, ent, _ = policy.evaluate(mb.obs(), mb.taken)
+    pg, m = clipped_surrogate(logp, mb, cfg.clip_low, cfg.clip_high, cfg.level)
+    m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
+    return pg, m
+
+
+def update(policy, optimizer, batch: StepBatch, cfg: GRPOConfig, iteration: int, gen=None, sync=LOCAL,
+           state=None) -> dict:
+    s = StepSettings(epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, grad_clip=cfg.grad_clip,
+                     micro_batch=micro_size(policy), kl_guard=cfg.kl_guard)
+    return optimize(policy, optimizer, batch, lambda part: loss(policy, part, cfg), s, gen, sync)

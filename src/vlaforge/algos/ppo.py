@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlaforge.algos.common import PGSettings, flatten_steps, pg_update
+import torch
+
+from vlaforge.algos.common import LOCAL, StepBatch, StepSettings, clipped_surrogate, flatten_steps, micro_size, optimize
 from vlaforge.core.advantages import gae
+from vlaforge.core.losses import entropy_bonus, masked_mean, value_loss
+from vlaforge.hooks import Hooks
 from vlaforge.types import Rollout
 
 
@@ -52,7 +56,7 @@ class PPOConfig:
     """sampling temperature (scoring uses the same)"""
 
 
-def prepare(rollout: Rollout, cfg: PPOConfig):
+def prepare(rollout: Rollout, cfg: PPOConfig, hooks: Hooks) -> tuple[StepBatch, dict]:
     keep = rollout.alive & rollout.valid.unsqueeze(0)
     adv, ret = gae(rollout.reward, rollout.value, rollout.alive, rollout.terminated, rollout.truncated,
                    rollout.next_value, cfg.gamma, cfg.lam)
@@ -62,9 +66,33 @@ def prepare(rollout: Rollout, cfg: PPOConfig):
     return flatten_steps(rollout, keep, adv, ret), {}
 
 
-def update(policy, optimizer, batch, cfg: PPOConfig, iteration: int, gen=None) -> dict:
-    s = PGSettings(cfg.epochs, cfg.minibatch_size, cfg.clip, cfg.clip, cfg.level, cfg.grad_clip, cfg.ent_coef,
-                   cfg.vf_coef, cfg.value_clip, cfg.kl_guard, value_only=iteration < cfg.critic_warmup)
-    out = pg_update(policy, optimizer, batch, s, gen)
-    out["train/critic_warmup"] = float(s.value_only)
+def loss(policy, mb: StepBatch, cfg: PPOConfig, warmup: bool = False):
+    """Clipped surrogate − ent_coef · entropy + vf_coef · clipped value loss of one (micro-)batch.
+    In the critic warm-up only the value term counts, weighted 1 when ``vf_coef`` is 0."""
+    logp, ent, v = policy.evaluate(mb.obs(), mb.taken)
+    pg, m = clipped_surrogate(logp, mb, cfg.clip, cfg.clip, cfg.level)
+    total = torch.zeros(())
+    if not warmup:
+        total = total + pg
+        if cfg.ent_coef:
+            eb, em = entropy_bonus(ent.mean(-1), mb.chunk_mask)
+            total = total - cfg.ent_coef * eb
+            m.update(em)
+    vf_coef = (cfg.vf_coef or 1.0) if warmup else cfg.vf_coef
+    if vf_coef and v is not None:
+        vl, vm = value_loss(v, mb.v_old, mb.returns, torch.ones_like(mb.adv, dtype=torch.bool), cfg.value_clip)
+        total = total + vf_coef * vl
+        m.update(vm)
+    m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
+    return total, m
+
+
+def update(policy, optimizer, batch: StepBatch, cfg: PPOConfig, iteration: int, gen=None, sync=LOCAL,
+           state=None) -> dict:
+    warmup = iteration < cfg.critic_warmup
+    s = StepSettings(epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, grad_clip=cfg.grad_clip,
+                     micro_batch=micro_size(policy), kl_guard=None if warmup else cfg.kl_guard)
+    out = optimize(policy, optimizer, batch, lambda part: loss(policy, part, cfg, warmup), s, gen, sync,
+                   trainable=policy.value_parameters() if warmup else None)
+    out["train/critic_warmup"] = float(warmup)
     return out

@@ -9,9 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlaforge.algos.common import PGSettings, flatten_steps, pg_update, trajectory_reward
+from vlaforge.algos.common import (
+    LOCAL,
+    StepBatch,
+    StepSettings,
+    clipped_surrogate,
+    flatten_steps,
+    micro_size,
+    optimize,
+    trajectory_reward,
+)
 from vlaforge.core.advantages import broadcast_to_steps, leave_one_out_advantages
-from vlaforge.core.losses import loop_bounds
+from vlaforge.core.losses import loop_bounds, masked_mean
+from vlaforge.hooks import Hooks
 from vlaforge.types import Rollout
 
 
@@ -37,7 +47,7 @@ class RLOOConfig:
     """skip the rest of an update once a minibatch's approx KL exceeds this"""
 
 
-def prepare(rollout: Rollout, cfg: RLOOConfig):
+def prepare(rollout: Rollout, cfg: RLOOConfig, hooks: Hooks) -> tuple[StepBatch, dict]:
     adv_ep = leave_one_out_advantages(trajectory_reward(rollout), rollout.group_id)
     keep_ep = rollout.valid & (adv_ep.abs() >= cfg.min_abs_adv)
     keep = rollout.alive & keep_ep.unsqueeze(0)
@@ -45,7 +55,17 @@ def prepare(rollout: Rollout, cfg: RLOOConfig):
     return flatten_steps(rollout, keep, broadcast_to_steps(adv_ep, rollout.alive)), info
 
 
-def update(policy, optimizer, batch, cfg: RLOOConfig, iteration: int, gen=None) -> dict:
+def loss(policy, mb: StepBatch, cfg: RLOOConfig):
+    """The clipped surrogate with LOOP's bounds [1/(1+clip), 1+clip]; nothing else."""
     lo, hi = loop_bounds(cfg.clip)
-    s = PGSettings(cfg.epochs, cfg.minibatch_size, lo, hi, cfg.level, cfg.grad_clip, kl_guard=cfg.kl_guard)
-    return pg_update(policy, optimizer, batch, s, gen)
+    logp, ent, _ = policy.evaluate(mb.obs(), mb.taken)
+    pg, m = clipped_surrogate(logp, mb, lo, hi, cfg.level)
+    m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
+    return pg, m
+
+
+def update(policy, optimizer, batch: StepBatch, cfg: RLOOConfig, iteration: int, gen=None, sync=LOCAL,
+           state=None) -> dict:
+    s = StepSettings(epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, grad_clip=cfg.grad_clip,
+                     micro_batch=micro_size(policy), kl_guard=cfg.kl_guard)
+    return optimize(policy, optimizer, batch, lambda part: loss(policy, part, cfg), s, gen, sync)

@@ -19,8 +19,9 @@ from typing import Literal
 
 import torch
 
-from vlaforge.algos.common import accumulate, chunk_mask, learner_sync, micro_size, trajectory_reward
+from vlaforge.algos.common import LOCAL, StepSettings, chunk_mask, micro_size, optimize, trajectory_reward
 from vlaforge.core.losses import tpo_loss
+from vlaforge.hooks import Hooks
 from vlaforge.types import Observation, Rollout
 
 
@@ -54,6 +55,9 @@ class PairBatch:
     def __len__(self) -> int:
         return int(self.chosen.shape[0])
 
+    def index(self, idx: torch.Tensor) -> PairBatch:
+        return PairBatch(self.rollout, self.chosen[idx], self.rejected[idx])
+
 
 def make_pairs(success: torch.Tensor, group_id: torch.Tensor, score: torch.Tensor, m: int, valid=None):
     """Success-vs-failure pairs within each group: top-m successes by score vs bottom-m failures.
@@ -77,7 +81,9 @@ def make_pairs(success: torch.Tensor, group_id: torch.Tensor, score: torch.Tenso
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def prepare(rollout: Rollout, cfg: TPOConfig, score: torch.Tensor | None = None):
+def prepare(rollout: Rollout, cfg: TPOConfig, hooks: Hooks) -> tuple[PairBatch, dict]:
+    """Pairs ranked by ``hooks.score(rollout)`` (GRAPE's score), else by the trajectory reward."""
+    score = hooks.score(rollout)
     score = trajectory_reward(rollout) if score is None else score
     chosen, rejected = make_pairs(rollout.success, rollout.group_id, score, cfg.pairs_per_group, rollout.valid)
     groups = len(torch.unique(rollout.group_id))
@@ -92,7 +98,8 @@ def _traj_logps(policy, r: Rollout, eps: torch.Tensor, reference: str = "rollout
     t_idx, p_idx = torch.nonzero(sub, as_tuple=True)
     n_idx = eps[p_idx]
     obs = Observation(r.obs_images[t_idx, n_idx], r.obs_state[t_idx, n_idx],
-                      [r.instructions[int(n)] for n in n_idx], r.task_id[n_idx])
+                      [r.instructions[int(n)] for n in n_idx], r.task_id[n_idx],
+                      None if r.sim_state is None else r.sim_state[t_idx, n_idx])
     cm = chunk_mask(r.executed[t_idx, n_idx].clamp_min(1), r.log_prob.shape[2]).unsqueeze(-1)
     taken = {k: v[t_idx, n_idx] for k, v in r.taken.items()}
     logp, _, _ = policy.evaluate(obs, taken)
@@ -110,46 +117,15 @@ def _traj_logps(policy, r: Rollout, eps: torch.Tensor, reference: str = "rollout
     return new, ref, sub
 
 
-def update(policy, optimizer, batch: PairBatch, cfg: TPOConfig, iteration: int, gen=None) -> dict:
-    policy.train()
-    sync = learner_sync()
-    P = len(batch)
-    sums: dict[str, float] = {}
-    steps, skipped = 0, 0
-    if P == 0:
-        return {"train/optimizer_steps": 0, "train/skipped_nonfinite": 0}
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(P, generator=gen)
-        for start in range(0, P, cfg.pairs_per_batch):
-            sel = perm[start:start + cfg.pairs_per_batch]
+def update(policy, optimizer, batch: PairBatch, cfg: TPOConfig, iteration: int, gen=None, sync=LOCAL,
+           state=None) -> dict:
+    def pair_loss(part: PairBatch):
+        new_w, ref_w, m_w = _traj_logps(policy, part.rollout, part.chosen, cfg.reference)
+        new_l, ref_l, m_l = _traj_logps(policy, part.rollout, part.rejected, cfg.reference)
+        return tpo_loss(new_w, ref_w, m_w, new_l, ref_l, m_l, cfg.beta)
 
-            def pair_loss(part):
-                new_w, ref_w, m_w = _traj_logps(policy, batch.rollout, batch.chosen[part], cfg.reference)
-                new_l, ref_l, m_l = _traj_logps(policy, batch.rollout, batch.rejected[part], cfg.reference)
-                return tpo_loss(new_w, ref_w, m_w, new_l, ref_l, m_l, cfg.beta)
-
-            optimizer.zero_grad(set_to_none=True)
-            # micro-batches of pairs holding about micro_batch decision steps (2 trajectories of <= T steps each)
-            micro = micro_size(policy)
-            pairs = max(1, micro // (2 * batch.rollout.num_steps)) if micro else 0
-            loss, m, pending = accumulate(pair_loss, len(sel), pairs, sel.__getitem__)
-            if sync.any(not torch.isfinite(loss)):
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            if pending:
-                loss.backward()
-            sync.grads(list(policy.parameters()))
-            gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            if not torch.isfinite(gn):
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            optimizer.step()
-            m["grad_norm"] = gn.detach()
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            steps += 1
-    out = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
-    out.update({"train/optimizer_steps": steps, "train/skipped_nonfinite": skipped})
-    return out
+    # micro-batches of pairs holding about micro_batch decision steps (2 trajectories of <= T steps each)
+    micro = micro_size(policy)
+    pairs = max(1, micro // (2 * batch.rollout.num_steps)) if micro and len(batch) else 0
+    s = StepSettings(epochs=cfg.epochs, minibatch_size=cfg.pairs_per_batch, grad_clip=cfg.grad_clip, micro_batch=pairs)
+    return optimize(policy, optimizer, batch, pair_loss, s, gen, sync)

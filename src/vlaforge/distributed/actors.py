@@ -5,9 +5,9 @@
   the simulator, on the env worker; new weights arrive after every update (``set_weights``).
 - ``Learner`` owns a copy of the policy and its optimizer and runs the algorithm's own
   ``update()`` on its shard of the batch. With more than one learner they form a
-  ``torch.distributed`` gloo group and ``AllReduceSync`` (installed with
-  ``algos.common.data_parallel``) averages gradients and agrees on skipped steps, so every learner
-  ends each step with identical weights.
+  ``torch.distributed`` gloo group and ``AllReduceSync`` (passed to ``update(..., sync=)``) averages
+  gradients and agrees on skipped steps, so every learner ends each step with identical weights. A
+  stateful algorithm's state (``algos.state``) lives here too, one per learner.
 
 Randomness: one torch RNG stream (the one a local run uses) is handed from call to call by the
 driver: env worker 0 samples with it, learner 0 updates with it, and its state comes back with
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from vlaforge.algos import get_algo
-from vlaforge.algos.common import data_parallel
+from vlaforge.algos.common import LOCAL
 from vlaforge.envs import make_vec_env
 from vlaforge.rollout.collect import CollectStats, collect
 
@@ -54,7 +54,7 @@ class EnvWorker:
         self.venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
         self.policy = policy
         self.policy.load_state_dict(weights)
-        self.policy.temperature = getattr(cfg.algo_cfg, "temperature", 1.0)
+        self.policy.temperature = cfg.algo_cfg.temperature
 
     def ready(self) -> int:
         return self.index
@@ -127,7 +127,7 @@ class Learner:
     """One role: run the algorithm's ``update()`` on a shard of each batch (rank ``rank`` of ``world``)."""
 
     def __init__(self, cfg, policy, weights: dict, rank: int, world: int, opt_state: dict | None,
-                 gen_state: torch.Tensor):
+                 gen_state: torch.Tensor, algo_state: tuple | None = None):
         from vlaforge.train.loop import make_optimizer
 
         torch.set_num_threads(cfg.threads)
@@ -140,7 +140,10 @@ class Learner:
             self.optimizer.load_state_dict(opt_state)
         self.gen = torch.Generator()
         self.gen.set_state(gen_state)  # every rank shuffles its own shard with the same permutations
-        self.sync = None
+        self.state = self.algo.new_state(self.policy, cfg.algo_cfg)
+        if self.state is not None and algo_state is not None:
+            self.state.load_state_dict(*algo_state)
+        self.sync = LOCAL
 
     def ready(self) -> int:
         return self.rank
@@ -168,19 +171,16 @@ class Learner:
 
         set_rng(rng)
         set_policy_lr(self.optimizer, self.cfg, iteration)
-        if self.sync is None:
-            metrics = self.algo.update(self.policy, self.optimizer, batch, acfg, iteration, self.gen)
-        else:
-            with data_parallel(self.sync):
-                metrics = self.algo.update(self.policy, self.optimizer, batch, acfg, iteration, self.gen)
+        metrics = self.algo.update(self.policy, self.optimizer, batch, acfg, iteration, self.gen, self.sync, self.state)
         return metrics, torch.get_rng_state()
 
     def weights(self) -> dict:
         return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
 
-    def train_state(self) -> tuple[dict, dict, torch.Tensor]:
-        """(weights, optimizer state, update-generator state) for a checkpoint."""
-        return self.weights(), self.optimizer.state_dict(), self.gen.get_state()
+    def train_state(self) -> tuple[dict, dict, torch.Tensor, tuple | None]:
+        """(weights, optimizer state, update-generator state, algorithm state or None) for a checkpoint."""
+        return (self.weights(), self.optimizer.state_dict(), self.gen.get_state(),
+                None if self.state is None else self.state.state_dict())
 
     def digest(self) -> str:
         """Hash of the weights (tests check that every learner holds the same ones)."""

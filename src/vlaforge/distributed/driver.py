@@ -47,14 +47,14 @@ import numpy as np
 import torch
 
 from vlaforge.algos import get_algo
-from vlaforge.algos.common import StepBatch, trajectory_reward
-from vlaforge.algos.tpo import PairBatch
+from vlaforge.algos.common import trajectory_reward
+from vlaforge.hooks import NO_HOOKS
 from vlaforge.distributed import RunFailed
 from vlaforge.distributed.actors import EnvWorker, Learner, derived_seed
 from vlaforge.envs import require, suite_spec
 from vlaforge.rollout.collect import CollectStats, group_ids_for
 from vlaforge.rollout.sampling import TaskSampler
-from vlaforge.train.checkpoint import save_checkpoint
+from vlaforge.train.checkpoint import load_algo_state, save_checkpoint
 from vlaforge.train.logging import RunLogger, progress_bar
 from vlaforge.train.loop import (
     _truncate_metrics,
@@ -90,25 +90,21 @@ class StageTimer:
 
 
 def shard_batch(batch, world: int) -> tuple[list, int]:
-    """Cut a StepBatch (decision steps) or PairBatch (preference pairs) into ``world`` equal shards,
-    interleaved; returns (shards, items left out). One learner gets the batch unchanged."""
+    """Cut a batch (a StepBatch of decision steps, a PairBatch of preference pairs: anything with ``len()``
+    and ``index(idx)``) into ``world`` equal shards, interleaved; returns (shards, items left out). One
+    learner gets the batch unchanged."""
     if world == 1:
         return [batch], 0
     n = len(batch)
     per = n // world
     idx = [torch.arange(per) * world + r for r in range(world)]  # empty shards when n < world
-    if isinstance(batch, StepBatch):
-        return [batch.index(i) for i in idx], n - per * world
-    if isinstance(batch, PairBatch):
-        return [PairBatch(batch.rollout, batch.chosen[i], batch.rejected[i]) for i in idx], n - per * world
-    raise TypeError(f"cannot shard a {type(batch).__name__} over learners")
+    return [batch.index(i) for i in idx], n - per * world
 
 
-def per_learner_config(acfg, world: int):
-    """The algorithm config with its minibatch (steps or pairs) divided over the learners."""
-    kw = {name: max(1, math.ceil(getattr(acfg, name) / world))
-          for name in ("minibatch_size", "pairs_per_batch") if hasattr(acfg, name)}
-    return dataclasses.replace(acfg, **kw) if kw and world > 1 else acfg
+def per_learner_config(acfg, world: int, fields: tuple[str, ...] = ("minibatch_size",)):
+    """The algorithm config with its per-step batch sizes (``Algo.batch_fields``) divided over the learners."""
+    kw = {name: max(1, math.ceil(getattr(acfg, name) / world)) for name in fields}
+    return dataclasses.replace(acfg, **kw) if world > 1 else acfg
 
 
 def merge_learner_metrics(results: list[dict]) -> dict:
@@ -130,6 +126,16 @@ class _SavedOptimizer:
         return self._state
 
 
+class _SavedAlgoState:
+    """What ``save_checkpoint`` needs of an algorithm state, for one that lives on learner 0."""
+
+    def __init__(self, state: tuple):
+        self._state = state
+
+    def state_dict(self) -> tuple:
+        return self._state
+
+
 class LearnerDied(Exception):
     pass
 
@@ -137,7 +143,7 @@ class LearnerDied(Exception):
 class Cluster:
     """The actors of one run in one placement group: ``env_workers`` EnvWorkers and ``learners`` Learners."""
 
-    def __init__(self, ray, cfg, policy, opt_state, gen_state, hooks=None):
+    def __init__(self, ray, cfg, policy, opt_state, gen_state, hooks=NO_HOOKS, algo_state=None):
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -166,7 +172,7 @@ class Cluster:
         self.workers = [self._new_worker(i) for i in range(rc.env_workers)]
         self.learners = [
             self._Learner.options(num_cpus=rc.learner_cpus, scheduling_strategy=self._strategy(rc.env_workers + r))
-            .remote(cfg, self.policy_ref, self.weights, r, rc.learners, opt_state, gen_state)
+            .remote(cfg, self.policy_ref, self.weights, r, rc.learners, opt_state, gen_state, algo_state)
             for r in range(rc.learners)]
         try:
             ray.get([w.ready.remote() for w in self.workers])
@@ -199,8 +205,7 @@ class Cluster:
     def _after_submit(self, stage: str) -> None:
         """Testing aid: ``hooks.after_submit(stage, iteration, cluster)`` runs while the stage's calls are
         in flight (the fault tests kill an actor there)."""
-        if self.hooks is not None and hasattr(self.hooks, "after_submit"):
-            self.hooks.after_submit(stage, self.iteration, self)
+        self.hooks.after_submit(stage, self.iteration, self)
 
     def collect(self, task_ids: np.ndarray, seeds: np.ndarray, stats: CollectStats) -> Rollout:
         """``collect_fn`` for ``collect_groups``: whole groups to each worker, results joined in order.
@@ -281,7 +286,7 @@ class Cluster:
     def update(self, batch, acfg, it: int) -> dict:
         world = len(self.learners)
         shards, dropped = shard_batch(batch, world)
-        lcfg = per_learner_config(acfg, world)
+        lcfg = per_learner_config(acfg, world, get_algo(self.cfg.algo).batch_fields)
         refs = [lr.update.remote(shards[r], lcfg, it, torch.get_rng_state() if r == 0 else
                                  derived_seed(self.cfg.seed, it, r)) for r, lr in enumerate(self.learners)]
         self._after_submit("update")
@@ -344,13 +349,14 @@ def _checkpoint_note(path: Path) -> str:
 def train_ray(cfg, hooks=None) -> dict:
     """``train(cfg, hooks)`` with ``cfg.ray``'s actors. Returns the final metrics (evaluation included)."""
     ray = require("ray", "ray")
+    hooks = NO_HOOKS if hooks is None else hooks
     resuming = cfg.resume is not None
     cfg, policy, opt_state, rng, start_it, env_steps_total, sampler_state = start_state(cfg)
     out = Path(cfg.out)
     torch.set_num_threads(cfg.threads)
     algo = get_algo(cfg.algo)
     acfg = cfg.algo_cfg
-    K = getattr(acfg, "group_size", 1)
+    K = acfg.group_size
     spec = suite_spec(cfg.suite, **env_settings(cfg))
     if policy is None:
         policy = fresh_policy(cfg, spec)
@@ -362,11 +368,12 @@ def train_ray(cfg, hooks=None) -> dict:
         torch.set_rng_state(rng["torch_cpu"])  # the run's RNG stream, handed to worker 0 / learner 0
         gen.set_state(rng["update_gen"])
         _truncate_metrics(out / "metrics.jsonl", start_it)
-    policy.temperature = getattr(acfg, "temperature", 1.0)
+    policy.temperature = acfg.temperature
     started = _connect(ray, cfg.ray)
     cluster = None
     try:
-        cluster = Cluster(ray, cfg, policy, opt_state, gen.get_state(), hooks)
+        algo_state = load_algo_state(cfg.resume) if resuming and algo.init_state is not None else None
+        cluster = Cluster(ray, cfg, policy, opt_state, gen.get_state(), hooks, algo_state)
         logger = RunLogger(out, cfg.tensorboard)
         (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
         final: dict = {}
@@ -385,11 +392,9 @@ def train_ray(cfg, hooks=None) -> dict:
                     metrics = dict(info)
                     if rollout is not None:
                         with timer("reward"):
-                            if hooks is not None and hasattr(hooks, "shape_rewards"):
-                                metrics.update(hooks.shape_rewards(rollout) or {})
-                            kw = {"score": hooks.score(rollout)} if cfg.algo == "tpo" and hasattr(hooks, "score") else {}
+                            metrics.update(hooks.shape_rewards(rollout))
                         with timer("advantages"):
-                            batch, pinfo = algo.prepare(rollout, acfg, **kw)
+                            batch, pinfo = algo.prepare(rollout, acfg, hooks)
                         metrics.update(pinfo)
                         with timer("update"):
                             metrics.update(cluster.update(batch, acfg, it))
@@ -397,9 +402,8 @@ def train_ray(cfg, hooks=None) -> dict:
                         metrics["rollout/return"] = float(trajectory_reward(rollout)[rollout.valid].mean())
                         with timer("sync"):
                             cluster.sync_weights()
-                        if hooks is not None and hasattr(hooks, "after_iteration"):
-                            policy.load_state_dict(ray.get(cluster.weights))
-                            metrics.update(hooks.after_iteration(it, policy, rollout) or {})
+                        policy.load_state_dict(ray.get(cluster.weights))
+                        metrics.update(hooks.after_iteration(it, policy, rollout))
                     env_steps_total += stats.env_steps
                     metrics.update({"time/env_steps_per_s": stats.env_steps / max(timer.seconds["collect"], 1e-9),
                                     "rollout/env_steps": env_steps_total, "rollout/invalid_episodes": stats.invalid,
@@ -410,12 +414,12 @@ def train_ray(cfg, hooks=None) -> dict:
                     metrics.update(timer.metrics())
                     final = logger.log(it + 1, metrics)
                     if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
-                        weights, opt, gen_state = cluster.train_state()
+                        weights, opt, gen_state, astate = cluster.train_state()
                         policy.load_state_dict(weights)
                         gen.set_state(gen_state)
                         save_checkpoint(out / "checkpoint", policy, _SavedOptimizer(opt), {
                             "iteration": it + 1, "env_steps": env_steps_total, "sampler": sampler.state_dict(),
-                            "config": config_to_dict(cfg)}, gen)
+                            "config": config_to_dict(cfg)}, gen, None if astate is None else _SavedAlgoState(astate))
                     prog.update(task, advance=1, info=f"success {metrics['rollout/success']:.2f}")
         except LearnerDied as e:
             raise RunFailed(f"{e}; {_checkpoint_note(out / 'checkpoint')}") from None

@@ -22,6 +22,8 @@ pairs are whole trajectories (its release aligned fixed windows by index).
 
 from __future__ import annotations
 
+from vlaforge.hooks import Hooks
+
 NAME = "grape"
 SUMMARY = "TPO on success-vs-failure pairs ranked by λ1·R_self + λ2·R_ext (staged costs) + λ3·success"
 
@@ -64,7 +66,7 @@ def make_decomposer(cfg, spec):
     raise ValueError(f"unknown --grape.decomposer '{g.decomposer}'; choose rule or lm")
 
 
-class GrapeHooks:
+class GrapeHooks(Hooks):
     """``train()`` hooks: TPO's ranking score and the per-iteration GRAPE metrics."""
 
     def __init__(self, scorer):

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from vlaforge.data.replay import SuccessBuffer
+from vlaforge.hooks import Hooks
 
 NAME = "ire-vla"
 SUMMARY = "RL on a frozen backbone (PPO: head + critic) alternating with SFT on demos ∪ RL successes"
@@ -55,7 +56,7 @@ def reset_value_head(policy) -> int:
     return n
 
 
-class KeepSuccesses:
+class KeepSuccesses(Hooks):
     """Loop hook: store every successful episode of each RL iteration in a buffer."""
 
     def __init__(self, buffer: SuccessBuffer):

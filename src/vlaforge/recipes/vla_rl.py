@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlaforge.hooks import NO_HOOKS, Hooks
+
 NAME = "vla-rl"
 SUMMARY = "PPO on action tokens + process reward model (dense progress reward) + success-rate curriculum"
 
@@ -58,6 +60,16 @@ def build_rprm(cfg):
     return model, {"rprm/loss_first": info["loss_first"], "rprm/loss_last": info["loss_last"]}
 
 
+class ProcessReward(Hooks):
+    """The RPRM's progress increments as the loop's ``shape_rewards`` hook."""
+
+    def __init__(self, shaper):
+        self.shaper = shaper
+
+    def shape_rewards(self, rollout) -> dict:
+        return self.shaper.shape_rewards(rollout)
+
+
 def run(cfg) -> dict:
     from vlaforge.policies import read_config
     from vlaforge.rewards.rprm import RPRMShaper, load_rprm
@@ -66,11 +78,11 @@ def run(cfg) -> dict:
     if cfg.init and read_config(cfg.init)["policy"].get("head") != "tokens":
         raise ValueError("VLA-RL trains a binned action-token head; SFT one with `vlaforge sft --head tokens` "
                          "and pass it as --init")
-    hooks = None
+    hooks = NO_HOOKS
     if cfg.vla_rl.rprm_weight != 0:
         saved = Path(cfg.out) / "rprm"  # a resumed run keeps the model it trained before RL
         model, info = (load_rprm(saved), {}) if cfg.resume and saved.exists() else build_rprm(cfg)
-        hooks = RPRMShaper(model, cfg.vla_rl.rprm_weight)
+        hooks = ProcessReward(RPRMShaper(model, cfg.vla_rl.rprm_weight))
         if info:
             print("process reward model: " + ", ".join(f"{k}={v:.4f}" for k, v in info.items()), flush=True)
     return train(cfg, hooks=hooks)

@@ -24,12 +24,8 @@ import numpy as np
 import torch
 import tyro
 
-from vlaforge.algos import get_algo
-from vlaforge.algos.common import trajectory_reward
-from vlaforge.algos.grpo import GRPOConfig
-from vlaforge.algos.ppo import PPOConfig
-from vlaforge.algos.rloo import RLOOConfig
-from vlaforge.algos.tpo import TPOConfig
+from vlaforge.algos import ALGOS, AlgoName, get_algo
+from vlaforge.algos.common import LOCAL, trajectory_reward
 from vlaforge.core.advantages import uniform_groups
 from vlaforge.distributed.config import RayConfig
 from vlaforge.envs import make_vec_env
@@ -42,17 +38,18 @@ from vlaforge.recipes.configs import GrapeConfig, IReVLAConfig, VLARLConfig
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.rollout.evaluate import evaluate_policy
 from vlaforge.rollout.sampling import TaskSampler
-from vlaforge.train.checkpoint import load_checkpoint, save_checkpoint
+from vlaforge.hooks import NO_HOOKS, Hooks
+from vlaforge.train.checkpoint import load_algo_state, load_checkpoint, save_checkpoint
 from vlaforge.train.logging import RunLogger, progress_bar
 from vlaforge.types import Rollout
 
 
 @dataclass
-class TrainConfig:
+class _TrainFields:
     """RL post-training of a VLA on a simulator suite."""
 
-    algo: Literal["ppo", "grpo", "rloo", "tpo"] = "rloo"
-    """algorithm"""
+    algo: AlgoName = "rloo"
+    """algorithm (vlaforge.algos.ALGOS)"""
     recipe: str | None = None
     """named method (ire-vla | grape | ript-vla | vla-rl | simplevla-rl): presets this config and adds the
     method's own parts; flags given on the command line override the preset"""
@@ -134,17 +131,22 @@ class TrainConfig:
     """show a progress bar"""
     ray: RayConfig = field(default_factory=RayConfig)
     """scale-out on a Ray cluster (`--ray`, see docs/distributed.md); never taken from a checkpoint"""
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    rloo: RLOOConfig = field(default_factory=RLOOConfig)
-    tpo: TPOConfig = field(default_factory=TPOConfig)
     ire_vla: IReVLAConfig = field(default_factory=IReVLAConfig)
     grape: GrapeConfig = field(default_factory=GrapeConfig)
     vla_rl: VLARLConfig = field(default_factory=VLARLConfig)
 
-    @property
-    def algo_cfg(self):
-        return getattr(self, self.algo)
+
+def _algo_cfg(self):
+    """The chosen algorithm's sub-config (``cfg.ppo`` for ``algo == "ppo"``)."""
+    return getattr(self, self.algo)
+
+
+# TrainConfig = the fields above + one ``--<name>.*`` sub-config per registered algorithm (``ALGOS``), so a
+# new algorithm adds no line here.
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", [(name, a.config, field(default_factory=a.config)) for name, a in ALGOS.items()],
+    bases=(_TrainFields,), namespace={"__doc__": _TrainFields.__doc__, "__module__": __name__,
+                                       "algo_cfg": property(_algo_cfg)})
 
 
 def config_to_dict(cfg) -> dict:
@@ -152,8 +154,8 @@ def config_to_dict(cfg) -> dict:
 
 
 def config_from_dict(d: dict) -> TrainConfig:
-    sub = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "tpo": TPOConfig, "ire_vla": IReVLAConfig,
-           "grape": GrapeConfig, "vla_rl": VLARLConfig}
+    sub = {name: a.config for name, a in ALGOS.items()}
+    sub.update({"ire_vla": IReVLAConfig, "grape": GrapeConfig, "vla_rl": VLARLConfig})
     sub["ray"] = RayConfig
     sub["hf"] = HFConfig
     sub["openvla"] = OpenVLAOptions
@@ -311,24 +313,24 @@ def start_state(cfg: TrainConfig):
     return cfg, policy, opt_state, rng, state["iteration"], state["env_steps"], state["sampler"]
 
 
-def train(cfg: TrainConfig, hooks=None) -> dict:
+def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
     """Run RL post-training. Returns the final metrics (evaluation included).
 
-    ``hooks`` (optional) may define ``score(rollout) -> (N,)`` (TPO ranking), ``shape_rewards(rollout)``
-    (dense rewards added in place before advantages) and ``after_iteration(it, policy, rollout)``.
+    ``hooks`` (``vlaforge.hooks.Hooks``): dense reward shaping, ranking scores, per-iteration callbacks.
     With ``cfg.ray.enabled`` the same loop runs on a Ray cluster (``vlaforge.distributed.train_ray``).
     """
     if cfg.ray.enabled:
         from vlaforge.distributed import train_ray
 
         return train_ray(cfg, hooks)
+    hooks = NO_HOOKS if hooks is None else hooks
     resuming = cfg.resume is not None
     cfg, policy, opt_state, rng, start_it, env_steps_total, sampler_state = start_state(cfg)
     out = Path(cfg.out)
     torch.set_num_threads(cfg.threads)  # after resolving a resumed config: thread count changes float sums
     algo = get_algo(cfg.algo)
     acfg = cfg.algo_cfg
-    K = getattr(acfg, "group_size", 1)
+    K = acfg.group_size
     venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
     spec = venv.spec
     if policy is None:
@@ -337,13 +339,16 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
     optimizer = make_optimizer(policy, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     sampler = TaskSampler(train_ids, cfg.curriculum, cfg.curriculum_tau, seed=cfg.seed)
+    algo_state = algo.new_state(policy, acfg)
     if resuming:
+        if algo_state is not None:
+            algo_state.load_state_dict(*load_algo_state(cfg.resume))
         optimizer.load_state_dict(opt_state)
         sampler.load_state_dict(sampler_state)
         torch.set_rng_state(rng["torch_cpu"])
         gen.set_state(rng["update_gen"])
         _truncate_metrics(out / "metrics.jsonl", start_it)
-    policy.temperature = getattr(acfg, "temperature", 1.0)
+    policy.temperature = acfg.temperature
     logger = RunLogger(out, cfg.tensorboard)
     (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
 
@@ -363,17 +368,14 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
             t1 = time.perf_counter()
             metrics = dict(info)
             if rollout is not None:
-                if hooks is not None and hasattr(hooks, "shape_rewards"):
-                    metrics.update(hooks.shape_rewards(rollout) or {})
-                kw = {"score": hooks.score(rollout)} if cfg.algo == "tpo" and hasattr(hooks, "score") else {}
-                batch, pinfo = algo.prepare(rollout, acfg, **kw)
+                metrics.update(hooks.shape_rewards(rollout))
+                batch, pinfo = algo.prepare(rollout, acfg, hooks)
                 metrics.update(pinfo)
                 set_policy_lr(optimizer, cfg, it)
-                metrics.update(algo.update(policy, optimizer, batch, acfg, it, gen))
+                metrics.update(algo.update(policy, optimizer, batch, acfg, it, gen, LOCAL, algo_state))
                 metrics["train/lr"] = policy_lr(cfg, it)
                 metrics["rollout/return"] = float(trajectory_reward(rollout)[rollout.valid].mean())
-                if hooks is not None and hasattr(hooks, "after_iteration"):
-                    metrics.update(hooks.after_iteration(it, policy, rollout) or {})
+                metrics.update(hooks.after_iteration(it, policy, rollout))
             env_steps_total += stats.env_steps
             t2 = time.perf_counter()
             metrics.update({"time/collect_s": t1 - t0, "time/update_s": t2 - t1,
@@ -385,7 +387,7 @@ def train(cfg: TrainConfig, hooks=None) -> dict:
             if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
                 save_checkpoint(out / "checkpoint", policy, optimizer, {
                     "iteration": it + 1, "env_steps": env_steps_total, "sampler": sampler.state_dict(),
-                    "config": config_to_dict(cfg)}, gen)
+                    "config": config_to_dict(cfg)}, gen, algo_state)
             prog.update(task, advance=1, info=f"success {metrics['rollout/success']:.2f}")
     logger.close()
     venv.close()
