@@ -6,7 +6,8 @@ Public API:
     build_smolvla_policy(**cfg)     ``--policy smolvla --policy.path DIR`` (the ``--policy.*`` switches)
     write_smolvla_files, load_smolvla_policy   vlaforge checkpoints (used by ``vlaforge.policies``)
     export_lerobot(policy, dir)     back to LeRobot's layout (LoRA merged, statistics in processor files)
-    tiny_lerobot_dir(dir, ...)      a random tiny checkpoint in LeRobot's layout, offline (tests, benchmarks)
+    tiny_lerobot_dir(dir, ...)      a random tiny checkpoint in LeRobot's layout, offline (tests)
+    configs(real_size=...)          LeRobot + VLM configs of a random SmolVLA, tiny or at the real size (benchmarks)
 
 ``vlaforge.policies.load_policy(DIR)`` recognises a LeRobot SmolVLA directory (config.json with
 ``"type": "smolvla"``), so ``vlaforge eval --checkpoint DIR`` and ``vlaforge sft --init DIR`` read
@@ -30,7 +31,7 @@ import torch
 from vlaforge.policies.smolvla.lerobot import LeRobotFormatError, is_lerobot_dir
 from vlaforge.policies.smolvla.policy import SmolVLA, SmolVLAConfig
 
-__all__ = ["LeRobotFormatError", "SmolVLA", "SmolVLAConfig", "build_smolvla_policy", "export_lerobot",
+__all__ = ["LeRobotFormatError", "SmolVLA", "SmolVLAConfig", "build_smolvla_policy", "configs", "export_lerobot",
            "is_lerobot_dir", "load_lerobot", "load_smolvla_policy", "tiny_lerobot_dir", "write_smolvla_files"]
 
 SWITCHES = {f.name for f in fields(SmolVLAConfig)} - {"lerobot", "vlm", "state_dim", "action_dim", "views", "image_size"}
@@ -133,28 +134,41 @@ def export_lerobot(policy: SmolVLA, path: str | Path) -> Path:
     return write_lerobot_dir(path, policy.cfg.lerobot, policy.lerobot_state(), stats, vlm_cfg, policy.tokenizer)
 
 
-def tiny_lerobot_dir(path: str | Path, state_dim: int = 2, action_dim: int = 2, views: int = 1, image_size: int = 32,
-                     chunk_size: int = 4, n_action_steps: int | None = None, num_steps: int = 3, hidden: int = 64,
-                     layers: int = 4, seed: int = 0, legacy_stats: bool = False, **lerobot_fields) -> Path:
-    """A random tiny SmolVLA in LeRobot's layout, with its VLM config and a character tokenizer in ``vlm/``.
+# SmolVLM2-500M-Video-Instruct's architecture (SmolVLA's VLM), for random-weight runs at the real size
+SMOLVLM2_500M = dict(text=dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+                               num_key_value_heads=5, head_dim=64, vocab_size=49280, rope_theta=100000.0,
+                               max_position_embeddings=8192, rms_norm_eps=1e-5),
+                     vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                 image_size=512, patch_size=16),
+                     scale_factor=4, num_vlm_layers=16)
 
-    Every config field and weight name is LeRobot's; sizes are tiny (builds in about a second). Extra keyword
-    arguments override LeRobot config fields (e.g. ``num_expert_layers=2``)."""
+
+def configs(state_dim: int = 2, action_dim: int = 2, views: int = 1, image_size: int = 32, chunk_size: int = 4,
+            n_action_steps: int | None = None, num_steps: int = 3, hidden: int = 64, layers: int = 4,
+            real_size: bool = False, **lerobot_fields):
+    """(LeRobot config dict, VLM config, character tokenizer) of a random SmolVLA: tiny (``hidden``, ``layers``,
+    a 1-layer vision tower at ``image_size``), or ``real_size`` (SmolVLM2-500M cut to 16 layers, 512 px, max
+    dims 32: the released SmolVLA's ~450M parameters). Extra keyword arguments override LeRobot fields."""
     import transformers as T
 
     from vlaforge.policies.hf.tiny import make_tokenizer
-    from vlaforge.policies.smolvla.lerobot import write_lerobot_dir
-    from vlaforge.policies.smolvla.model import SmolVLAModel
 
     tok = make_tokenizer("idefics3", n_action_tokens=0)
-    heads = 4
-    vlm_cfg = T.SmolVLMConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=image_size, patch_size=image_size // 4),
-        text_config=dict(model_type="llama", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads // 2, head_dim=hidden // heads,
-                         vocab_size=len(tok), max_position_embeddings=512, pad_token_id=tok.pad_token_id),
-        scale_factor=2, image_token_id=tok.convert_tokens_to_ids("<image>"))
+    if real_size:
+        R = SMOLVLM2_500M
+        text, vision = dict(R["text"]), dict(R["vision"])
+        scale, n_layers, max_dim, resize = R["scale_factor"], R["num_vlm_layers"], 32, [512, 512]
+    else:
+        heads = 4
+        text = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                    num_key_value_heads=heads // 2, head_dim=hidden // heads, vocab_size=len(tok),
+                    max_position_embeddings=512)
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=image_size, patch_size=image_size // 4)
+        scale, n_layers, max_dim, resize = 2, layers, 8, [image_size, image_size]
+    vlm_cfg = T.SmolVLMConfig(vision_config=vision, text_config=dict(model_type="llama", pad_token_id=tok.pad_token_id,
+                                                                     **text),
+                              scale_factor=scale, image_token_id=tok.convert_tokens_to_ids("<image>"))
     images = {f"observation.images.{'image' if i == 0 else f'image{i + 1}'}":
               {"type": "VISUAL", "shape": [3, image_size, image_size]} for i in range(views)}
     lr = {"type": "smolvla", "n_obs_steps": 1, "chunk_size": chunk_size,
@@ -162,21 +176,32 @@ def tiny_lerobot_dir(path: str | Path, state_dim: int = 2, action_dim: int = 2, 
           "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
           "input_features": {**images, "observation.state": {"type": "STATE", "shape": [state_dim]}},
           "output_features": {"action": {"type": "ACTION", "shape": [action_dim]}},
-          "max_state_dim": 8, "max_action_dim": 8, "resize_imgs_with_padding": [image_size, image_size],
+          "max_state_dim": max_dim, "max_action_dim": max_dim, "resize_imgs_with_padding": resize,
           "empty_cameras": 0, "tokenizer_max_length": 48, "num_steps": num_steps, "use_cache": True,
           "freeze_vision_encoder": True, "train_expert_only": True, "train_state_proj": True,
           "vlm_model_name": "HuggingFaceTB/SmolVLM2-500M-Video-Instruct", "load_vlm_weights": True,
           "add_image_special_tokens": False, "attention_mode": "cross_attn", "prefix_length": -1,
-          "pad_language_to": "longest", "num_expert_layers": -1, "num_vlm_layers": layers,
+          "pad_language_to": "longest", "num_expert_layers": -1, "num_vlm_layers": n_layers,
           "self_attn_every_n_layers": 2, "expert_width_multiplier": 0.75, "min_period": 4e-3, "max_period": 4.0}
     lr.update(lerobot_fields)
+    return lr, vlm_cfg, tok
+
+
+def tiny_lerobot_dir(path: str | Path, seed: int = 0, legacy_stats: bool = False, **kw) -> Path:
+    """A random tiny SmolVLA written in LeRobot's layout, with its VLM config and a character tokenizer in
+    ``vlm/``. Every config field and weight name is LeRobot's; sizes are tiny (builds in about a second).
+    ``kw`` go to ``configs`` (dims, views, image_size, chunk_size, n_action_steps, num_steps, LeRobot fields)."""
+    from vlaforge.policies.smolvla.lerobot import write_lerobot_dir
+    from vlaforge.policies.smolvla.model import SmolVLAModel
+
+    lr, vlm_cfg, tok = configs(**kw)
     torch.manual_seed(seed)
     model = SmolVLAModel(vlm_cfg, SmolVLAConfig(lerobot=lr).arch())
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    state["model.vlm_with_expert.vlm.lm_head.weight"] = torch.randn(len(tok), hidden) * 0.02  # as released
+    state["model.vlm_with_expert.vlm.lm_head.weight"] = torch.randn(vlm_cfg.text_config.vocab_size,
+                                                                    vlm_cfg.text_config.hidden_size) * 0.02  # as released
     g = torch.Generator().manual_seed(seed + 1)
-    stats = {"observation.state": {"mean": torch.randn(state_dim, generator=g) * 0.1,
-                                   "std": torch.rand(state_dim, generator=g) + 0.5},
-             "action": {"mean": torch.randn(action_dim, generator=g) * 0.1,
-                        "std": torch.rand(action_dim, generator=g) * 0.3 + 0.2}}
+    sd, ad = lr["input_features"]["observation.state"]["shape"][0], lr["output_features"]["action"]["shape"][0]
+    stats = {"observation.state": {"mean": torch.randn(sd, generator=g) * 0.1, "std": torch.rand(sd, generator=g) + 0.5},
+             "action": {"mean": torch.randn(ad, generator=g) * 0.1, "std": torch.rand(ad, generator=g) * 0.3 + 0.2}}
     return write_lerobot_dir(path, lr, state, stats, vlm_cfg, tok, legacy_stats=legacy_stats)

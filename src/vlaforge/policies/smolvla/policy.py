@@ -200,7 +200,10 @@ class SmolVLA(nn.Module):
                     p.data = p.data.to(torch.bfloat16)
         if cfg.gradient_checkpointing:
             vw.gradient_checkpointing = True
-            vw.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(vw.vlm, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                vw.vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                vw.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         mask = torch.zeros(arch.chunk_size, arch.max_action_dim, dtype=torch.bool)
         mask[:cfg.chunk_size, :cfg.action_dim] = True
         self.register_buffer("block", mask, persistent=False)  # the exposed, stochastic entries
@@ -365,7 +368,7 @@ class SmolVLA(nn.Module):
         if a <= 0:
             raise ValueError("SmolVLA's sampler is an ODE at noise level 0 and has no log-prob; set "
                              "--policy.flow-noise > 0 (and temperature > 0) for RL")
-        chain = taken["chain"].float()
+        chain = taken["chain"].to(self.state_shift.device, torch.float32)
         n, k1 = chain.shape[:2]
         K = self.cfg.num_steps
         if k1 != K + 1 or tuple(chain.shape[2:]) != tuple(self.block.shape):
