@@ -1,4 +1,8 @@
-"""Successful RL trajectories kept as supervised samples (iRe-VLA's D_RL).
+"""Replay: successful RL trajectories kept as supervised samples (``SuccessBuffer``, iRe-VLA's D_RL) and a
+bounded transition buffer for off-policy RL (``ReplayBuffer`` with ``sample_symmetric``, RLPD's 50/50
+demo/online batches; ``algos/sac.py``, ``algos/dsrl.py``).
+
+SuccessBuffer:
 
 Rollouts are stored one decision per step, so a sample is the observation at a decision and
 the action chunk that was sent from it (masked past the sim steps that actually ran). Batches
@@ -87,3 +91,86 @@ class SuccessBuffer:
             return {}
         t, c = torch.unique(self._flat()[4], return_counts=True)
         return {int(a): int(b) for a, b in zip(t, c)}
+
+
+class ReplayBuffer:
+    """A bounded ring buffer of transitions stored as preallocated tensors, one per field (off-policy RL).
+
+    Fields are named on the first ``add`` (``{"state": (B, S) float32, "action": (B, D), "reward": (B,), ...}``,
+    any dtypes); storage is allocated once for ``capacity`` rows, so memory is bounded by
+    ``capacity × bytes_per_transition``; once full the oldest rows are overwritten. ``sample`` draws uniform
+    indices from a ``torch.Generator`` (the training loop's checkpointed one), and ``state_dict`` /
+    ``load_state_dict`` give a (tensors, JSON) pair that ``algos.state.flatten`` stores in a full-state
+    checkpoint: only the filled rows are saved, so a resumed run draws exactly the same batches.
+
+    Bytes per transition are those of the fields' dtypes and shapes (``bytes_per_transition``): e.g. SAC on
+    state Meta-World with 4-step chunks stores state + next state (13 + 13) + sim_state pair (39 + 39) +
+    action (16) + reward + done floats ≈ 0.5 KB; a 64×64 image pair adds 24.6 KB (uint8).
+    """
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1; got {capacity}")
+        self.capacity = int(capacity)
+        self.data: dict[str, torch.Tensor] = {}
+        self.ptr = 0  # next row to write
+        self.size = 0  # filled rows
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def bytes_per_transition(self) -> int:
+        return sum(v[0].numel() * v.element_size() for v in self.data.values())
+
+    def add(self, fields: dict[str, torch.Tensor]) -> int:
+        """Append B transitions (every field with leading dim B); returns B."""
+        n = {int(v.shape[0]) for v in fields.values()}
+        if len(n) != 1:
+            raise ValueError(f"replay fields disagree on the batch size: { {k: tuple(v.shape) for k, v in fields.items()} }")
+        b = n.pop()
+        if not self.data:
+            self.data = {k: torch.zeros((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in fields.items()}
+        elif set(fields) != set(self.data):
+            raise ValueError(f"replay fields {sorted(fields)} differ from the stored {sorted(self.data)}")
+        if b == 0:
+            return 0
+        if b > self.capacity:  # only the newest capacity rows survive anyway
+            fields = {k: v[b - self.capacity:] for k, v in fields.items()}
+            b = self.capacity
+        rows = (self.ptr + torch.arange(b)) % self.capacity
+        for k, v in fields.items():
+            self.data[k][rows] = v.detach().to(self.data[k].dtype)
+        self.ptr = (self.ptr + b) % self.capacity
+        self.size = min(self.size + b, self.capacity)
+        return b
+
+    def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """n transitions drawn uniformly with replacement: {field: (n, ...)}."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        idx = torch.randint(0, self.size, (n,), generator=generator)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def state_dict(self) -> dict:
+        """Nested dict of tensors and ints for ``algos.state.flatten`` (filled rows only)."""
+        return {"capacity": self.capacity, "ptr": self.ptr, "size": self.size,
+                "data": {k: v[:self.size].clone() for k, v in self.data.items()},
+                "shapes": {k: [list(v.shape[1:]), str(v.dtype).removeprefix("torch.")] for k, v in self.data.items()}}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.capacity, self.ptr, self.size = int(d["capacity"]), int(d["ptr"]), int(d["size"])
+        self.data = {}
+        for k, (shape, dtype) in d["shapes"].items():
+            self.data[k] = torch.zeros((self.capacity, *shape), dtype=getattr(torch, dtype))
+            self.data[k][:self.size] = d["data"][k]
+
+
+def sample_symmetric(demos: ReplayBuffer | None, online: ReplayBuffer, n: int,
+                     generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """RLPD's symmetric sampling: ``n // 2`` transitions from ``demos`` and the rest from ``online``,
+    concatenated (demo rows first); all from ``online`` when there are no demos."""
+    if demos is None or len(demos) == 0:
+        return online.sample(n, generator)
+    a, b = demos.sample(n // 2, generator), online.sample(n - n // 2, generator)
+    return {k: torch.cat([a[k], b[k]]) for k in b}
