@@ -1,47 +1,111 @@
-"""Rollout throughput: env steps/s of the raw simulator with random actions under the same
-render schedule (one render per action chunk) versus with the tiny VLA choosing the actions.
+"""Rollout throughput: env steps/s of the raw simulator (random actions, same render schedule: one
+render per action chunk) against the tiny VLA in the loop through ``collect()``, plain and pipelined.
 
-    python benchmarks/rollout_throughput.py --out docs/bench/rollout_throughput.json
+    python benchmarks/rollout_throughput.py --suites pointreach,metaworld,kitchen --seconds 5 --runs 3 \
+        --out docs/bench/rollout_throughput.json
     python benchmarks/rollout_throughput.py --suites libero,maniskill --out docs/bench/rollout_throughput_libero_maniskill.json
     python benchmarks/rollout_throughput.py --suites metaworld --env-kwargs privileged=1,render=0 --backbone state \
         --out docs/bench/rollout_throughput_metaworld_norender.json
 
-Also reports the time to build the vector env, its first reset (which may build simulators or
-compile shaders) and the median of three later resets to new initial states (all envs at once).
-LIBERO and ManiSkill use fewer envs than ``--num-envs`` (``SUITES``): a LIBERO simulator takes
-~10-15 s and ~0.5 GB to build.
+Each run measures three modes back to back for ``--seconds`` each (their order rotates from run to
+run, so that a drifting machine load does not favour one): ``raw``; ``plain`` — ``collect(policy,
+venv, ..., pipeline=False)``, the policy acting while every worker waits; ``pipelined`` — the policy
+acting for one group of envs while the other groups simulate (``collect(..., pipeline=True)``,
+rollout/collect.py). ``collect()`` is what the training loop calls, with ``keep_obs=True`` as there;
+it runs whole batches (reset + one episode per env), so a mode may run a little past ``--seconds``;
+raw resets when all episodes have ended, as a batch does. Kitchen episodes are shortened to 64 steps
+(``SUITES``) so that a batch fits a short run.
 
-Writes JSON (``--out``) from which docs/benchmarks.md's table is made; prints the table too.
-The ratio policy/raw is the share of simulator speed kept with the policy in the loop.
+Writes JSON (``--out``): per suite two rows, ``"pipelined": false`` and ``true``, each with the
+creation/reset times, ``raw`` and ``policy`` (the median run's figures), ``ratio`` (the median over
+runs of policy steps/s over that run's raw steps/s), ``runs`` (every run, with the 1-minute load
+average), ``load_avg`` (``os.getloadavg()`` after the row's runs) and CPU milliseconds per env step
+spent by the env workers and by this (driver) process, from which ``cpu_bound_ceiling`` follows: the
+share of raw speed that the CPU time allows once every core is busy, or once the driver's threads are,
+``min(1, cores / ((cpu workers + cpu driver) * raw steps/s), driver threads / (cpu driver * raw steps/s))``. LIBERO and ManiSkill use fewer envs than ``--num-envs``: a
+LIBERO simulator takes ~10-15 s and ~0.5 GB to build. Prints the thread plan it used and a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
 import numpy as np
 import torch
 
-from vlaforge.envs import make_vec_env
+from vlaforge.envs import env_factory, make_vec_env
+from vlaforge.envs.vector import SubprocVecEnv, thread_plan
 from vlaforge.policies import build_policy
+from vlaforge.rollout.collect import collect
 
 SUITES = {
     "pointreach": {"tasks": None},
     "metaworld": {"tasks": "reach-v3,button-press-topdown-v3"},
-    "kitchen": {"tasks": None},
+    "kitchen": {"tasks": None, "env_kwargs": {"max_steps": 64}},
     # LIBERO: one simulator per env (~10-15 s to build each), two cameras; ManiSkill: CPU PhysX + lavapipe
     "libero": {"tasks": "object-0", "num_envs": 2},
     "maniskill": {"tasks": "pick-cube,stack-cube", "num_envs": 4},
 }
+MODES = ("raw", "plain", "pipelined")
 
 
-def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: float, head: str,
-        backbone: str = "vision", env_kw: dict | None = None) -> dict:
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def measure(mode: str, venv, policy, spec, num_envs: int, chunk: int, seconds: float, rng, pids) -> dict:
+    """Env steps/s of one mode for about ``seconds`` (whole batches for the policy modes)."""
+    ids = np.arange(num_envs) % len(spec.tasks)
+    steps, sim_t, pol_t, ep = 0, 0.0, 0.0, 0
+    w0, d0, t_start = _cpu_s(pids), time.process_time(), time.perf_counter()
+    while time.perf_counter() - t_start < seconds:
+        seeds = np.arange(num_envs) + 1000 * ep
+        ep += 1
+        if mode == "raw":
+            venv.reset(ids, seeds)
+            while time.perf_counter() - t_start < seconds:
+                t0 = time.perf_counter()
+                a = rng.uniform(-1, 1, (num_envs, chunk, spec.action_dim)).astype(np.float32)
+                t1 = time.perf_counter()
+                st = venv.step(a)
+                sim_t += time.perf_counter() - t1
+                pol_t += t1 - t0
+                steps += int(st.steps.sum())
+                if st.done.all():
+                    break
+        else:
+            _, stats = collect(policy, venv, ids, seeds, pipeline=mode == "pipelined")
+            steps += stats.env_steps
+            sim_t += stats.sim_time
+            pol_t += stats.policy_time
+    wall = time.perf_counter() - t_start
+    n = max(steps, 1)
+    return {"env_steps": steps, "wall_s": wall, "steps_per_s": steps / wall, "policy_ms_per_env_step": 1000 * pol_t / n,
+            "sim_ms_per_env_step": 1000 * sim_t / n, "cpu_ms_per_env_step": {
+                "workers": 1000 * (_cpu_s(pids) - w0) / n, "driver": 1000 * (time.process_time() - d0) / n}}
+
+
+def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: float, head: str, runs: int,
+        groups_per_worker: int = 1, backbone: str = "vision", env_kw: dict | None = None) -> list[dict]:
+    env_kw = {**SUITES[suite].get("env_kwargs", {}), **(env_kw or {})}
     t0 = time.perf_counter()
-    venv = make_vec_env(suite, num_envs, tasks=tasks, workers=workers, **(env_kw or {}))
+    if workers > 0:
+        venv = SubprocVecEnv(env_factory(suite, tasks, **env_kw), num_envs, workers=workers,
+                             groups_per_worker=groups_per_worker, threads=thread_plan(workers))
+        pids = [p.pid for p in venv.procs]
+    else:
+        venv, pids = make_vec_env(suite, num_envs, tasks=tasks, **env_kw), []
     spec = venv.spec
     create_s = time.perf_counter() - t0
     ids = np.arange(num_envs) % len(spec.tasks)
@@ -56,68 +120,75 @@ def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: flo
     policy = build_policy(head=head, backbone=backbone, state_dim=spec.state_dim, action_dim=spec.action_dim, chunk_size=chunk,
                           views=spec.image_shape[0], image_size=spec.image_shape[1])
     rng = np.random.default_rng(0)
-    out = {}
-    for mode in ("raw", "policy"):
-        steps, sim_t, pol_t = 0, 0.0, 0.0
-        ep = 0
-        t_start = time.perf_counter()
-        obs = venv.reset(np.arange(num_envs) % len(spec.tasks), np.arange(num_envs) + 1000 * ep)
-        while time.perf_counter() - t_start < seconds:
-            t0 = time.perf_counter()
-            if mode == "raw":
-                a = rng.uniform(-1, 1, (num_envs, chunk, spec.action_dim)).astype(np.float32)
-            else:
-                a = policy.act(obs).actions.numpy()
-            t1 = time.perf_counter()
-            st = venv.step(a)
-            t2 = time.perf_counter()
-            steps += int(st.steps.sum())
-            pol_t += t1 - t0
-            sim_t += t2 - t1
-            obs = st.obs
-            if st.done.all():
-                ep += 1
-                obs = venv.reset(np.arange(num_envs) % len(spec.tasks), np.arange(num_envs) + 1000 * ep)
-        wall = time.perf_counter() - t_start
-        out[mode] = {"env_steps": steps, "wall_s": wall, "steps_per_s": steps / wall,
-                     "policy_ms_per_env_step": 1000 * pol_t / max(steps, 1),
-                     "sim_ms_per_env_step": 1000 * sim_t / max(steps, 1)}
+    res: dict[str, list[dict]] = {m: [] for m in MODES}
+    loads = []
+    for r in range(runs):
+        for mode in MODES[r % 3:] + MODES[:r % 3]:  # rotate the order from run to run
+            res[mode].append(measure(mode, venv, policy, spec, num_envs, chunk, seconds, rng, pids))
+        loads.append(os.getloadavg()[0])
     venv.close()
-    return {"suite": suite, "num_envs": num_envs, "workers": workers, "chunk": chunk, "head": head,
-            "backbone": backbone, "env_kwargs": env_kw or {},
-            "image": list(spec.image_shape), "renderer": spec.renderer, "create_s": create_s,
-            "first_reset_s": first_reset_s, "reset_s": float(np.median(reset_s)), **out,
-            "ratio": out["policy"]["steps_per_s"] / out["raw"]["steps_per_s"]}
+    base = {"suite": suite, "num_envs": num_envs, "workers": workers, "groups_per_worker": groups_per_worker,
+            "chunk": chunk, "head": head, "backbone": backbone, "env_kwargs": env_kw, "image": list(spec.image_shape),
+            "renderer": spec.renderer, "create_s": create_s, "first_reset_s": first_reset_s,
+            "reset_s": float(np.median(reset_s))}
+    rows = []
+    for mode in ("plain", "pipelined"):
+        ratios = [p["steps_per_s"] / w["steps_per_s"] for p, w in zip(res[mode], res["raw"])]
+        mid = int(np.argsort(ratios)[len(ratios) // 2])  # the median run (runs is odd)
+        raw, pol = res["raw"][mid], res[mode][mid]
+        cpu = pol["cpu_ms_per_env_step"]
+        cores = len(os.sched_getaffinity(0))
+        per_s = raw["steps_per_s"] / 1000  # env steps per ms of raw simulation
+        ceiling = min(1.0, cores / ((cpu["workers"] + cpu["driver"]) * per_s),
+                      torch.get_num_threads() / max(cpu["driver"] * per_s, 1e-9))
+        rows.append({**base, "pipelined": mode == "pipelined", "raw": raw, "policy": pol, "ratio": float(np.median(ratios)),
+                     "cpu_bound_ceiling": ceiling, "load_avg": list(os.getloadavg()),
+                     "runs": [{"raw_steps_per_s": w["steps_per_s"], "policy_steps_per_s": p["steps_per_s"],
+                               "ratio": x, "load_avg_1min": lo}
+                              for w, p, x, lo in zip(res["raw"], res[mode], ratios, loads)]})
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suites", default="pointreach,metaworld")
+    ap.add_argument("--suites", default="pointreach,metaworld,kitchen")
     ap.add_argument("--num-envs", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=2, help="env subprocesses for simulator suites (pointreach: 0)")
+    ap.add_argument("--workers", type=int, default=2, help="env subprocesses (0: in process, nothing to pipeline)")
+    ap.add_argument("--groups-per-worker", type=int, default=1, help="pipelining groups per worker")
     ap.add_argument("--chunk", type=int, default=4)
-    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per mode and run")
+    ap.add_argument("--runs", type=int, default=3, help="runs per suite (odd: the median run is reported)")
     ap.add_argument("--head", default="gaussian")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for the policy")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for the policy (0: the thread plan's)")
     ap.add_argument("--backbone", default="vision", help="tiny policy backbone (state: ignores the images)")
     ap.add_argument("--env-kwargs", default="", help="name=value pairs for the suites' envs, e.g. privileged=1,render=0")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    env_kw = {k: float(v) for k, v in (p.split("=") for p in a.env_kwargs.split(",") if p)}
+    suites = [s for s in a.suites.split(",") if s]
+    bad = [s for s in suites if s not in SUITES]
+    if bad or a.runs < 1 or a.runs % 2 == 0 or a.seconds <= 0 or a.workers < 0 or a.groups_per_worker < 1:
+        ap.error(f"unknown suites {bad} (choose from {', '.join(SUITES)})" if bad else
+                 "--runs must be odd and >= 1, --seconds > 0, --workers >= 0, --groups-per-worker >= 1")
+    try:
+        env_kw = {k: float(v) for k, v in (p.split("=") for p in a.env_kwargs.split(",") if p)}
+    except ValueError:
+        ap.error("--env-kwargs takes name=value pairs with numeric values, e.g. privileged=1,render=0")
+    plan = thread_plan(a.workers)
+    torch.set_num_threads(a.threads or plan.driver)
+    threads = {"plan": plan.describe(), "driver_torch_threads": torch.get_num_threads(), "worker_env": plan.worker_env()}
+    print(f"threads: {plan.describe()}; driver torch threads used: {torch.get_num_threads()}", flush=True)
     rows = []
-    for s in a.suites.split(","):
-        workers = 0 if s == "pointreach" else a.workers
-        r = run(s, SUITES[s]["tasks"], SUITES[s].get("num_envs", a.num_envs), workers, a.chunk, a.seconds, a.head,
-                a.backbone, env_kw)
-        rows.append(r)
-        print(f"{s:<11} raw {r['raw']['steps_per_s']:8.0f} steps/s | with policy {r['policy']['steps_per_s']:8.0f} "
-              f"steps/s | ratio {r['ratio']:.2f} | policy {r['policy']['policy_ms_per_env_step']:.3f} ms/step, "
-              f"sim {r['policy']['sim_ms_per_env_step']:.3f} ms/step | create {r['create_s']:.1f} s, first reset "
-              f"{r['first_reset_s']:.1f} s, reset {r['reset_s']:.2f} s ({r['num_envs']} envs)", flush=True)
+    for s in suites:
+        for r in run(s, SUITES[s]["tasks"], SUITES[s].get("num_envs", a.num_envs), a.workers, a.chunk, a.seconds, a.head,
+                     a.runs, a.groups_per_worker, a.backbone, env_kw):
+            rows.append(r)
+            print(f"{s:<11} {'pipelined' if r['pipelined'] else 'plain':<9} raw {r['raw']['steps_per_s']:7.0f} | policy "
+                  f"{r['policy']['steps_per_s']:7.0f} steps/s | ratio {r['ratio']:.2f} (runs "
+                  f"{', '.join(format(x['ratio'], '.2f') for x in r['runs'])}; CPU-bound ceiling {r['cpu_bound_ceiling']:.2f}) | "
+                  f"policy {r['policy']['policy_ms_per_env_step']:.3f} ms/step | load {r['load_avg'][0]:.1f}", flush=True)
     result = {"benchmark": "rollout_throughput", "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {__import__('os').cpu_count()} cores",
-              "args": vars(a), "rows": rows}
+              "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores",
+              "threads": threads, "args": vars(a), "rows": rows}
     if a.out:
         from vlaforge.fsutil import atomic_write_text
 

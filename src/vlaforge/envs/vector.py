@@ -9,14 +9,27 @@ Grouped resets are just equal (task_id, seed) pairs: the initial state is a func
 worker that dies (segfault, OOM kill) is restarted: its envs are rebuilt and reset to their
 episode's (task, seed), and their episodes are marked ``valid=False`` and ``done`` so that
 rollout code drops them instead of counting them.
+
+For pipelined rollouts (``collect(..., pipeline=True)``) the envs also form ``groups``: one slice
+of the batch per worker (``groups_per_worker`` > 1 splits each worker's envs further).
+``step_async(g, actions)`` sends group g's chunk and returns at once; ``step_wait(g)`` returns its
+``VecStep`` (rows of that group only), so the policy can act for one group while the others
+simulate. Several groups of one worker may be in flight; the worker answers them in order.
+
+``thread_plan(workers)`` sizes the threads of a rollout so that W workers and the policy process
+fit the machine's cores; each worker applies its share (OpenMP/BLAS/torch, llvmpipe render threads)
+before building its envs.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -68,6 +81,7 @@ class SyncVecEnv:
         self.envs = [env_fn() for _ in range(num_envs)]
         self.spec: EnvSpec = self.envs[0].spec
         self.num_envs = num_envs
+        self.groups = [slice(0, num_envs)]  # one group: nothing to overlap in process
         self._task_ids = np.zeros(num_envs, np.int64)
 
     def reset(self, task_ids, seeds) -> Observation:
@@ -101,8 +115,54 @@ def _vec_step(spec, task_ids, results: Sequence[ChunkResult], valid: np.ndarray)
     )
 
 
-def _worker(conn, env_fn, n_local: int) -> None:
-    os.environ.setdefault("LP_NUM_THREADS", "1")  # llvmpipe: one thread per worker
+@dataclass(frozen=True)
+class ThreadPlan:
+    """Threads per process for a rollout with W env workers, so that 2 cores are not oversubscribed."""
+
+    cores: int
+    """CPU cores this process may run on (``os.sched_getaffinity``)"""
+    workers: int
+    """env worker processes (0: the envs step inside the driver)"""
+    driver: int
+    """torch intra-op threads for the policy in the driver: the cores the workers leave, at least 1"""
+    worker: int
+    """OpenMP / BLAS / torch threads per env worker (MuJoCo steps on one thread)"""
+    render: int
+    """llvmpipe rasteriser threads per worker (``LP_NUM_THREADS``; 0 rasterises on the calling thread)"""
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment variables a worker sets before it builds its envs."""
+        n = str(self.worker)
+        return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "LP_NUM_THREADS": str(self.render)}
+
+    def describe(self) -> str:
+        return (f"{self.cores} cores, {self.workers} env workers: driver {self.driver} torch threads; per worker "
+                f"{self.worker} OMP/BLAS/torch thread(s), LP_NUM_THREADS={self.render}")
+
+
+def thread_plan(workers: int, cores: int | None = None) -> ThreadPlan:
+    """Default threads for a driver and ``workers`` env workers on ``cores`` cores (default: this process's).
+
+    Every worker simulates on one core, so the policy gets the cores left over (at least one: with as
+    many workers as cores, the policy shares a core with a worker, which is what pipelining overlaps).
+    ``LP_NUM_THREADS`` in the environment overrides the render threads (default 1, measured best).
+    """
+    cores = cores or len(os.sched_getaffinity(0))
+    render = int(os.environ.get("LP_NUM_THREADS", "1"))
+    driver = max(1, cores - workers) if workers > 0 else cores
+    return ThreadPlan(cores=cores, workers=workers, driver=driver, worker=1, render=render)
+
+
+def _limit_threads(env: dict[str, str], torch_threads: int) -> None:
+    """Apply a worker's thread limits: env vars for libraries that start later (llvmpipe, BLAS in a spawned
+    process), and torch's pool directly when torch came in with the fork (its OpenMP pool is already built)."""
+    os.environ.update(env)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(torch_threads)
+
+
+def _worker(conn, env_fn, n_local: int, threads: ThreadPlan) -> None:
+    _limit_threads(threads.worker_env(), threads.worker)
     try:
         envs = [env_fn() for _ in range(n_local)]
         conn.send(("ok", envs[0].spec))
@@ -112,6 +172,9 @@ def _worker(conn, env_fn, n_local: int) -> None:
                 conn.send(("ok", [_reset_one(e, int(t), int(s)) for e, (t, s) in zip(envs, arg)]))
             elif cmd == "step":
                 conn.send(("ok", [_step_one(e, a) for e, a in zip(envs, arg)]))
+            elif cmd == "step_part":  # one group of this worker's envs: (first local index, actions (n_g, C, A))
+                lo, acts = arg
+                conn.send(("ok", [_step_one(e, a) for e, a in zip(envs[lo:lo + len(acts)], acts)]))
             elif cmd == "expert":
                 conn.send(("ok", [e.expert_action() for e in envs]))
             elif cmd == "crash":  # for tests: die like a segfaulting simulator would
@@ -135,16 +198,31 @@ class WorkerCrash(RuntimeError):
 
 
 class SubprocVecEnv:
-    """N envs spread over ``workers`` subprocesses; crashed workers are restarted (see module doc)."""
+    """N envs spread over ``workers`` subprocesses; crashed workers are restarted (see module doc).
 
-    def __init__(self, env_fn: Callable[[], TaskEnv], num_envs: int, workers: int = 2, context: str = "fork"):
+    ``groups_per_worker`` splits each worker's envs into that many groups for ``step_async`` /
+    ``step_wait``; ``threads`` (default ``thread_plan(workers)``) limits each worker's threads.
+    """
+
+    def __init__(self, env_fn: Callable[[], TaskEnv], num_envs: int, workers: int = 2, context: str = "fork",
+                 groups_per_worker: int = 1, threads: ThreadPlan | None = None):
         if workers < 1:
             raise EnvError("workers must be >= 1")
+        if groups_per_worker < 1:
+            raise EnvError("groups_per_worker must be >= 1")
         workers = min(workers, num_envs)
         self.env_fn, self.num_envs = env_fn, num_envs
+        self.threads = threads or thread_plan(workers)
         self._ctx = mp.get_context(context)
         bounds = np.linspace(0, num_envs, workers + 1).astype(int)
         self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.groups: list[slice] = []  # step_async / step_wait units, each inside one worker's slice
+        self._group_worker: list[int] = []
+        for w, sl in enumerate(self.slices):
+            k = min(groups_per_worker, sl.stop - sl.start)
+            cuts = np.linspace(sl.start, sl.stop, k + 1).astype(int)
+            self.groups += [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+            self._group_worker += [w] * k
         self.procs: list = [None] * workers
         self.conns: list = [None] * workers
         self.restarts = 0
@@ -153,11 +231,14 @@ class SubprocVecEnv:
         self._task_ids = np.zeros(num_envs, np.int64)
         self._seeds = np.zeros(num_envs, np.int64)
         self._valid = np.ones(num_envs, bool)
+        self._crashed = np.zeros(num_envs, bool)  # worker died this episode: report done, steps 0 until reset
+        self._queue: list[deque] = [deque() for _ in range(workers)]  # groups in flight per worker, in send order
+        self._inbox: dict[int, list] = {}  # group -> ChunkResults received ahead of its step_wait
 
     def _start(self, w: int) -> None:
         parent, child = self._ctx.Pipe()
         n_local = self.slices[w].stop - self.slices[w].start
-        p = self._ctx.Process(target=_worker, args=(child, self.env_fn, n_local), daemon=True)
+        p = self._ctx.Process(target=_worker, args=(child, self.env_fn, n_local, self.threads), daemon=True)
         p.start()
         child.close()
         self.procs[w], self.conns[w] = p, parent
@@ -174,6 +255,8 @@ class SubprocVecEnv:
 
     def _call(self, cmd: str, args: list) -> list:
         """Send one command to every worker; returns per-worker payloads (None for crashed ones)."""
+        if self.in_flight:
+            raise RuntimeError(f"SubprocVecEnv.{cmd} while group steps are in flight: step_wait them first")
         for w, c in enumerate(self.conns):
             try:
                 c.send((cmd, args[w]))
@@ -200,9 +283,25 @@ class SubprocVecEnv:
         self._valid[sl] = False
         return self._recv(w)
 
+    @staticmethod
+    def _crash_results(resets: list) -> list[ChunkResult]:
+        return [ChunkResult(img, st, 0.0, False, True, False, 0, sim) for img, st, sim in resets]
+
+    def _mask_crashed(self, sl: slice, results: list[ChunkResult]) -> list[ChunkResult]:
+        """Envs whose worker died earlier in this episode stay ended (their new envs are not the episode's)."""
+        return [ChunkResult(r.image, r.state, 0.0, False, True, False, 0, r.sim_state) if c else r
+                for r, c in zip(results, self._crashed[sl])]
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether some group's ``step_async`` has not been collected by ``step_wait`` yet."""
+        return bool(self._inbox) or any(self._queue)
+
     def reset(self, task_ids, seeds) -> Observation:
+        self.drain()
         self._task_ids, self._seeds = _check_reset_args(self.spec, self.num_envs, task_ids, seeds)
         self._valid[:] = True
+        self._crashed[:] = False
         args = [list(zip(self._task_ids[s], self._seeds[s])) for s in self.slices]
         out = self._call("reset", args)
         for w, res in enumerate(out):
@@ -218,10 +317,52 @@ class SubprocVecEnv:
         results: list[ChunkResult] = []
         for w, res in enumerate(out):
             if res is None:  # crashed: episode is invalid and over
-                resets = self._restart(w)
-                res = [ChunkResult(img, st, 0.0, False, True, False, 0, sim) for img, st, sim in resets]
+                res = self._crash_results(self._restart(w))
+                self._crashed[self.slices[w]] = True
             results.extend(res)
-        return _vec_step(self.spec, self._task_ids, results, self._valid)
+        return _vec_step(self.spec, self._task_ids, self._mask_crashed(slice(0, self.num_envs), results), self._valid)
+
+    def step_async(self, g: int, actions: np.ndarray) -> None:
+        """Send group ``g``'s action chunk, float32 (n_g, C, A), to its worker and return at once."""
+        sl, w = self.groups[g], self._group_worker[g]
+        if g in self._inbox or g in self._queue[w]:
+            raise RuntimeError(f"group {g} already has a step in flight: step_wait({g}) first")
+        a = validate_actions(actions, sl.stop - sl.start, self.spec.action_dim)
+        try:
+            self.conns[w].send(("step_part", (sl.start - self.slices[w].start, a)))
+        except (BrokenPipeError, OSError):
+            pass  # noticed at step_wait
+        self._queue[w].append(g)
+
+    def step_wait(self, g: int) -> VecStep:
+        """Block until group ``g``'s chunk is done; returns its ``VecStep`` (n_g rows).
+
+        If the worker died, every group it had in flight comes back ended and invalid, as in ``step``.
+        """
+        w = self._group_worker[g]
+        while g not in self._inbox:
+            if not self._queue[w]:
+                raise RuntimeError(f"step_wait({g}) without a step_async({g})")
+            try:
+                res = self._recv(w)
+            except WorkerCrash:
+                lost, lo = list(self._queue[w]), self.slices[w].start
+                self._queue[w].clear()
+                resets = self._restart(w)
+                self._crashed[self.slices[w]] = True
+                for h in lost:
+                    self._inbox[h] = self._crash_results(resets[self.groups[h].start - lo:self.groups[h].stop - lo])
+                continue
+            self._inbox[self._queue[w].popleft()] = res
+        sl = self.groups[g]
+        return _vec_step(self.spec, self._task_ids[sl], self._mask_crashed(sl, self._inbox.pop(g)), self._valid[sl])
+
+    def drain(self) -> None:
+        """Collect and drop every group step still in flight (after an error in pipelined code)."""
+        for q in self._queue:
+            for g in list(q):
+                self.step_wait(g)
+        self._inbox.clear()
 
     def expert_actions(self) -> np.ndarray:
         out = self._call("expert", [None] * len(self.conns))
@@ -235,6 +376,10 @@ class SubprocVecEnv:
         self.procs[w].join(timeout=10)
 
     def close(self) -> None:
+        try:
+            self.drain()  # so that each worker's next answer is the one to "close"
+        except Exception:
+            pass
         for w, c in enumerate(self.conns):
             try:
                 c.send(("close", None))

@@ -20,6 +20,8 @@ from vlaforge.types import ActionOutput, Observation
 class ExpertPolicy:
     """The vector env's scripted expert as a policy (chunk of 1; log-probs are zeros: not a model)."""
 
+    whole_batch = True  # reads venv.expert_actions() for all envs: collect() must not split the batch into groups
+
     def __init__(self, venv, noise: float = 0.0, seed: int = 0):
         if noise < 0:
             raise ValueError(f"noise must be >= 0; got {noise}")
