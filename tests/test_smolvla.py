@@ -262,15 +262,40 @@ def test_bad_checkpoints_one_line_errors(ckpt, tmp_path):
         assert len(str(e.value).splitlines()) == 1
 
 
-def test_cli_train_and_eval_with_policy_smolvla(ckpt, tmp_path, capsys):
+@pytest.mark.parametrize("algo", ["ppo", "grpo", "rloo", "tpo"])
+def test_cli_train_every_algorithm(algo, ckpt, tmp_path, capsys):
     from vlaforge.cli import main
 
     out = tmp_path / "run"
-    rc = main(["train", "--policy", "smolvla", "--policy.path", str(ckpt), "--algo", "rloo", "--rloo.group-size", "2",
+    group = [] if algo == "ppo" else [f"--{algo}.group-size", "2"]
+    rc = main(["train", "--policy", "smolvla", "--policy.path", str(ckpt), "--algo", algo, *group,
                "--groups", "1", "--num-envs", "2", "--max-steps", "4", "--image-size", "32", "--iterations", "1",
                "--eval-every", "0", "--threads", "1", "--no-tensorboard", "--no-progress", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     assert isinstance(load_policy(out / "final"), SmolVLA)
+    from vlaforge.train.checkpoint import load_checkpoint
+
+    q, opt_state, state, _ = load_checkpoint(out / "checkpoint")  # what --resume reads
+    assert isinstance(q, SmolVLA) and state["iteration"] == 1 and opt_state["param_groups"]
+
+
+def test_cli_sft_from_a_lerobot_dir(ckpt, tmp_path, capsys):
+    from vlaforge.cli import main
+    from vlaforge.data.demos import collect_demos
+
+    venv = make_vec_env("pointreach", 2, image_size=32)
+    collect_demos(venv, tmp_path / "demos", ["red-0"], 2, seed=0, noise=0.1)
+    venv.close()
+    rc = main(["sft", "--demos", str(tmp_path / "demos"), "--init", str(ckpt), "--out", str(tmp_path / "sft"),
+               "--sft.steps", "2", "--sft.batch-size", "4", "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    p = load_policy(tmp_path / "sft")
+    assert isinstance(p, SmolVLA) and not torch.equal(p.model.action_out_proj.weight, load_lerobot(ckpt).model.action_out_proj.weight)
+
+
+def test_cli_eval_and_errors(ckpt, tmp_path, capsys):
+    from vlaforge.cli import main
+
     rc = main(["eval", "--checkpoint", str(ckpt), "--episodes", "1", "--num-envs", "1", "--tasks", "red-0",
                "--threads", "1", "--out", str(tmp_path / "eval.json")])
     assert rc == 0, capsys.readouterr().err
