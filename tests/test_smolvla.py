@@ -261,6 +261,13 @@ def test_bad_checkpoints_one_line_errors(ckpt, tmp_path):
             load_policy(d)
         assert len(str(e.value).splitlines()) == 1
 
+    def pi0(d):
+        c = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**c, "type": "pi0"}))
+
+    with pytest.raises(CheckpointError, match="LeRobot 'pi0' policy; only smolvla"):  # --policy smolvla --policy.path
+        load_lerobot(_break(ckpt, tmp_path / "pi0", pi0))
+
 
 @pytest.mark.parametrize("algo", ["ppo", "grpo", "rloo", "tpo"])
 def test_cli_train_every_algorithm(algo, ckpt, tmp_path, capsys):
