@@ -1,13 +1,20 @@
 """Command line: ``vlaforge collect | sft | train | eval | demo``.
 
 Every subcommand's options come from a dataclass (``vlaforge <cmd> --help`` lists them with
-their docstrings). Bad input exits with status 2 and one line saying what to do.
+their docstrings). ``vlaforge.validate.check`` runs first, before any env is built or file written.
+Bad input (``UsageError``, ``EnvError``, ``CheckpointError``, ``MissingExtra``) exits with status 2
+and one line saying what to do; a diverged run (``NonFiniteError``) or a broken-down Ray run exits 1
+with one line naming the last good checkpoint; anything else is a bug and keeps its traceback.
+
+    vlaforge train --resume runs/rl/checkpoint    # writes into runs/rl (the checkpoint's parent)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -31,19 +38,41 @@ def _eval(args):
 
 
 def _train(cfg):
+    import dataclasses
+
     from vlaforge.recipes import run_recipe
-    from vlaforge.train.loop import resumed_config, train
+    from vlaforge.rollout.evaluate import protocol_line
+    from vlaforge.train.checkpoint import read_train_state
+    from vlaforge.train.loop import train
 
     if cfg.resume:  # a recipe's hooks are rebuilt from the checkpoint's own config
-        saved = resumed_config(cfg.resume)
-        if saved.recipe:
-            saved.resume = cfg.resume
-            saved.ray = cfg.ray  # where to run comes from this command line, not the checkpoint
-            cfg = saved
+        saved = read_train_state(cfg.resume)["config_obj"]
+        if saved.recipe:  # where to run, write and show: this command line's (validate resolved out)
+            cfg = dataclasses.replace(saved, resume=cfg.resume, ray=cfg.ray, out=cfg.out, progress=cfg.progress,
+                                      tensorboard=cfg.tensorboard,
+                                      hf=dataclasses.replace(saved.hf, trust_remote_code=cfg.hf.trust_remote_code))
     final = run_recipe(cfg) if cfg.recipe else train(cfg)
     keys = sorted(k for k in final if k.startswith("eval/"))
-    print("final: " + ", ".join(f"{k}={final[k]:.3f}" for k in keys))
+    if keys:
+        ran = read_train_state(cfg.resume)["config_obj"] if cfg.resume else cfg  # eval settings are the run's
+        print("final: " + ", ".join(f"{k}={final[k]:.3f}" for k in keys))
+        print("  " + protocol_line(ran.eval_episodes))
+    lost = _lost_episodes(Path(cfg.out) / "metrics.jsonl")
+    if lost:
+        print(f"warning: {lost} training episodes were lost to crashed env workers (restarted; the episodes were "
+              "dropped from the updates); see rollout/invalid_episodes in metrics.jsonl", file=sys.stderr)
     print(f"run directory: {cfg.out}")
+
+
+def _lost_episodes(path: Path) -> int:
+    n = 0
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                n += int(json.loads(line).get("rollout/invalid_episodes", 0))
+            except (ValueError, AttributeError, TypeError):
+                pass
+    return n
 
 
 def _demo(args):
@@ -71,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs
     from vlaforge.policies import CheckpointError
     from vlaforge.train.loop import TrainConfig
+    from vlaforge.validate import NonFiniteError, UsageError, check
 
     commands = {
         "collect": (CollectArgs, _collect),
@@ -92,22 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "train":  # `--ray` is short for `--ray.enabled`
         argv = [("--ray.enabled" if a == "--ray" else a) for a in argv]
     default = None
-    if argv[0] == "train" and (name := _flag_value(argv[1:], "--recipe")):
-        from vlaforge.recipes import recipe_defaults
-
-        try:
-            default = recipe_defaults(name)
-        except ValueError as e:
-            print(f"vlaforge train: error: {e}", file=sys.stderr)
-            return 2
-    args = tyro.cli(cls, args=argv[1:], prog=f"vlaforge {argv[0]}", default=default)
+    user_errors = (UsageError, EnvError, CheckpointError, MissingExtra)
     try:
+        if argv[0] == "train" and (name := _flag_value(argv[1:], "--recipe")):
+            from vlaforge.recipes import RECIPES, recipe_defaults
+
+            if name not in RECIPES:
+                raise UsageError(f"--recipe '{name}' is unknown; choose one of: {', '.join(RECIPES)}")
+            default = recipe_defaults(name)
+        args = tyro.cli(cls, args=argv[1:], prog=f"vlaforge {argv[0]}", default=default)
+        args = check(argv[0], args, argv[1:])  # every check before any work or any file written
         fn(args)
-    except (EnvError, CheckpointError, MissingExtra, ValueError, FileNotFoundError) as e:
+    except user_errors as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"vlaforge {argv[0]}: error: {msg}", file=sys.stderr)
         return 2
-    except RunFailed as e:  # a Ray run broke down (dead learner, ...): the message names the checkpoint
+    except (NonFiniteError, RunFailed) as e:  # a run broke down: the message names the last good checkpoint
         print(f"vlaforge {argv[0]}: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

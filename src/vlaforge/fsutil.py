@@ -1,13 +1,70 @@
-"""Atomic writes: a file or directory appears whole or not at all."""
+"""Atomic writes: a file or directory appears whole or not at all.
+
+``atomic_dir(path)`` builds the directory in ``.<name>.tmp-<pid>-*`` beside it and renames it into
+place (an existing one is first renamed to ``.<name>.old-<pid>``, then deleted). A process killed
+in between leaves those names behind; ``repair_atomic(path)`` (run on resume, and by every
+``atomic_dir`` for temp dirs of processes that are gone) restores ``path`` from its ``.old-`` copy
+when the kill fell between the two renames and deletes the rest.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(path: Path) -> list[tuple[Path, str, int | None]]:
+    """(leftover, 'tmp' | 'old', pid or None) beside ``path``."""
+    pat = re.compile(rf"^\.{re.escape(path.name)}\.(tmp|old)-(?:(\d+)(?:-|$))?")
+    out = []
+    if path.parent.is_dir():
+        for p in path.parent.iterdir():
+            m = pat.match(p.name)
+            if m:
+                out.append((p, m.group(1), int(m.group(2)) if m.group(2) else None))
+    return out
+
+
+def repair_atomic(path: str | os.PathLike, only_dead: bool = False) -> list[Path]:
+    """Clean up after an interrupted ``atomic_dir(path)`` / ``atomic_write_text(path)``.
+
+    If ``path`` is missing but a ``.old-`` copy exists (killed between the two renames), the newest
+    copy is renamed back. Temp and old leftovers are then deleted; with ``only_dead`` only those
+    tagged with the pid of a process that no longer runs. Returns what was deleted or restored."""
+    path = Path(path)
+    left = [x for x in _leftovers(path) if not only_dead or (x[2] is not None and not _pid_alive(x[2]))]
+    done = []
+    olds = sorted((p for p, kind, _ in left if kind == "old"), key=lambda p: p.stat().st_mtime)
+    if not path.exists() and olds:
+        os.rename(olds[-1], path)
+        done.append(olds.pop())
+    for p, _, _ in left:
+        if p in done:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        done.append(p)
+    return done
 
 
 @contextlib.contextmanager
@@ -18,7 +75,8 @@ def atomic_dir(path: str | os.PathLike):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    repair_atomic(path, only_dead=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
         for f in tmp.rglob("*"):  # flush file contents before the rename makes them visible
@@ -28,6 +86,8 @@ def atomic_dir(path: str | os.PathLike):
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old, ignore_errors=True)
             os.rename(path, old)
         os.rename(tmp, path)
         if old is not None:
@@ -40,7 +100,7 @@ def atomic_dir(path: str | os.PathLike):
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

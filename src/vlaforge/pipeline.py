@@ -139,6 +139,11 @@ def run_sft(a: SFTArgs, quiet: bool = False):
                             progress=lambda s, n, m: prog.update(task, completed=s, info=f"loss {float(m.get('sft/loss', 0)):.4f}")
                             if s % 10 == 0 or s == n else None)
     logger.close()
+    if metrics.get("sft/skipped_nonfinite"):  # the final weights give a NaN/inf loss: a model that cannot act
+        from vlaforge.validate import NonFiniteError
+
+        raise NonFiniteError(f"SFT diverged: the loss at the last step is non-finite ({metrics}); '{a.out}' was not "
+                             "written: lower --sft.lr")
     save_policy(policy, a.out, extra={"trained_on": {"demos": str(a.demos), "suite": info["suite"],
                                                        "frames": len(demos), "steps": a.sft.steps}})
     if not quiet:
@@ -174,11 +179,13 @@ class EvalArgs:
     """torch CPU threads"""
     env_kwargs: dict[str, float] = field(default_factory=dict)
     """extra numeric options of the suite's env constructor (e.g. PointReach's radius)"""
+    trust_remote_code: bool = False
+    """let a Hugging Face checkpoint run its own Python code (auto_map); only if you trust its files"""
 
 
 def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
     torch.set_num_threads(a.threads)
-    policy = policy if policy is not None else load_policy(a.checkpoint)
+    policy = policy if policy is not None else load_policy(a.checkpoint, trust_remote_code=a.trust_remote_code)
     venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks_arg(a.suite, a.tasks),
                         image_size=policy.cfg.image_size, workers=a.workers, **a.env_kwargs)
     try:
@@ -193,11 +200,13 @@ def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
                         if (Path(a.checkpoint) / "model.safetensors").exists() else None, results,
                         {"deterministic": not a.stochastic, "wall_time_s": time.perf_counter() - t0,
                          "env_steps": stats.env_steps, "policy_s_per_env_step": stats.policy_time / max(stats.env_steps, 1),
-                         "sim_s_per_env_step": stats.sim_time / max(stats.env_steps, 1)})
+                         "sim_s_per_env_step": stats.sim_time / max(stats.env_steps, 1),
+                         "lost_episodes": stats.invalid})
         write_manifest(out, data)
     finally:
         venv.close()
     if not quiet:
-        print(format_table(results, f"{a.suite}: {Path(a.checkpoint).name}"))
+        print(format_table(results, f"{a.suite}: {Path(a.checkpoint).name}", a.episodes, a.seed_base,
+                           not a.stochastic))
         print(f"manifest: {out}")
     return results, data

@@ -16,10 +16,10 @@ import torch
 from vlaforge.fsutil import atomic_dir, file_sha256
 from vlaforge.policies.base import Policy
 from vlaforge.policies.tiny import TinyConfig, TinyVLA
+from vlaforge.validate import FORMAT_VERSION, check_finite_tensors, check_policy_config
 
 __all__ = ["CheckpointError", "Policy", "build_policy", "load_policy", "policy_hash", "save_policy"]
 
-FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
@@ -67,6 +67,7 @@ def write_policy_files(policy: torch.nn.Module, d: Path, extra: dict | None = No
     else:
         state = policy.state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    check_finite_tensors(state)  # a diverged policy is never written (NonFiniteError)
     save_file(state, str(d / "model.safetensors"))
     meta = {"format_version": FORMAT_VERSION, "policy": policy.config_dict(), **(extra or {})}
     (d / "config.json").write_text(json.dumps(meta, indent=2))
@@ -93,12 +94,13 @@ def read_config(path: str | Path) -> dict:
     try:
         meta = json.loads(cfg_file.read_text())
         meta["policy"]["family"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(f"corrupt config.json in '{path}'; re-create the checkpoint") from None
+    meta["policy"] = check_policy_config(meta, path)  # allow-list of fields and types per family
     return meta
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> TinyVLA:
+def load_policy(path: str | Path, device: str = "cpu", trust_remote_code: bool = False) -> TinyVLA:
     """Load a policy directory written by ``save_policy`` (weights via safetensors, no unpickling)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -122,7 +124,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> TinyVLA:
 
         return load_openvla_policy(path, family, cfg, device)
     if family == "hf":
-        return _load_hf(path, cfg, device)
+        return _load_hf(path, cfg, device, trust_remote_code)
     try:
         policy = build_policy(family, **cfg)
     except (TypeError, ValueError) as e:
@@ -141,7 +143,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> TinyVLA:
     return policy.to(device)
 
 
-def _load_hf(path: Path, cfg: dict, device: str):
+def _load_hf(path: Path, cfg: dict, device: str, trust_remote_code: bool = False):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -154,7 +156,7 @@ def _load_hf(path: Path, cfg: dict, device: str):
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"'{weights}' is missing or corrupt ({e}); re-create the checkpoint") from None
-    return load_hf_policy(path, cfg, state, device)
+    return load_hf_policy(path, cfg, state, device, trust_remote_code=trust_remote_code)
 
 
 def policy_hash(path: str | Path) -> str:

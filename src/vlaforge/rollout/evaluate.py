@@ -2,6 +2,18 @@
 
 Evaluation seeds come from ``eval_seeds`` (offset far from the ranges used for demos and
 training), so a reported success rate is never measured on a training initial state.
+
+Protocol (what the numbers mean; every table prints the seeds and episode counts with it):
+
+* ``success_once``: the task was solved at some step of the episode. This is ``success_rate`` /
+  ``successes`` in manifests and ``eval/success_*`` in training logs.
+* ``success_at_end``: the task is solved at the episode's last step (the state the episode ends in).
+* An episode cut by the time limit (truncated) is never a success under either metric, and an
+  episode of a crashed env worker is not counted at all (``episodes`` counts the valid ones).
+
+Every suite here ends an episode at its first success, so the two agree by construction; they differ
+only for an env that keeps running after a success (and then ``success_at_end`` is the stricter one).
+Some papers report success-at-end (e.g. ManiSkill's ``success_at_end``); compare like with like.
 """
 
 from __future__ import annotations
@@ -42,7 +54,11 @@ class TaskResult:
     task: str
     split: str
     successes: int
+    """episodes solved at some step (success_once)"""
     episodes: int
+    """valid episodes evaluated"""
+    successes_at_end: int | None = None
+    """episodes solved at their last step (success_at_end); None when not measured"""
 
     @property
     def rate(self) -> float:
@@ -52,10 +68,30 @@ class TaskResult:
     def interval(self) -> tuple[float, float]:
         return wilson(self.successes, self.episodes)
 
+    @property
+    def rate_at_end(self) -> float | None:
+        return None if self.successes_at_end is None else self.successes_at_end / max(self.episodes, 1)
+
     def as_dict(self) -> dict:
         lo, hi = self.interval
         return {"task": self.task, "split": self.split, "successes": self.successes, "episodes": self.episodes,
-                "success_rate": self.rate, "ci95": [lo, hi]}
+                "success_rate": self.rate, "ci95": [lo, hi], "success_once": self.rate,
+                "successes_at_end": self.successes_at_end, "success_at_end": self.rate_at_end}
+
+
+def episode_outcomes(rollout) -> tuple:
+    """Per episode (N,) bools ``(once, at_end)`` of a collected ``Rollout``: solved at some step, and solved
+    at the last step. An episode whose last step is truncated (time limit) is a success under neither."""
+    import torch
+
+    alive = rollout.alive  # (T, N)
+    T = alive.shape[0]
+    last = (alive.long() * torch.arange(T).unsqueeze(1)).max(0).values  # index of each episode's last step
+    cols = torch.arange(alive.shape[1])
+    truncated = rollout.truncated[last, cols]
+    once = rollout.success & ~truncated
+    at_end = rollout.terminated[last, cols] & rollout.success & ~truncated
+    return once, at_end
 
 
 def evaluate_policy(policy, venv: VecEnv, tasks: list[str], episodes: int, deterministic: bool = True,
@@ -66,11 +102,12 @@ def evaluate_policy(policy, venv: VecEnv, tasks: list[str], episodes: int, deter
     seeds = np.tile(eval_seeds(episodes, seed_base), len(tasks))
     rollout, stats = collect(policy, venv, tids, seeds, deterministic=deterministic, keep_obs=False,
                              record=videos)
+    once, at_end = episode_outcomes(rollout)
     results = []
     for t in tasks:
         i = spec.task_index(t)
         m = (rollout.task_id == i) & rollout.valid
-        results.append(TaskResult(t, spec.tasks[i].split, int(rollout.success[m].sum()), int(m.sum())))
+        results.append(TaskResult(t, spec.tasks[i].split, int(once[m].sum()), int(m.sum()), int(at_end[m].sum())))
     if videos and video_dir is not None:
         write_videos(stats.frames, video_dir)
     return results, stats
@@ -107,6 +144,7 @@ def manifest(spec, tasks: list[str], episodes: int, seed_base: int, checkpoint_h
              results: list[TaskResult], extra: dict | None = None) -> dict:
     V, H, W, _ = spec.image_shape
     total = sum(r.successes for r in results), sum(r.episodes for r in results)
+    at_end = sum(r.successes_at_end or 0 for r in results)
     return {
         "suite": spec.suite, "tasks": tasks, "episodes_per_task": episodes,
         "seeds": {"base": seed_base, "count": episodes, "rule": "seed_base + k, k < episodes, same for every task"},
@@ -114,7 +152,14 @@ def manifest(spec, tasks: list[str], episodes: int, seed_base: int, checkpoint_h
         "max_steps": spec.max_steps, "checkpoint_sha256_16": checkpoint_hash, "versions": _versions(),
         "results": [r.as_dict() for r in results],
         "overall": {"successes": total[0], "episodes": total[1], "success_rate": total[0] / max(total[1], 1),
-                    "ci95": list(wilson(*total))},
+                    "ci95": list(wilson(*total)), "success_once": total[0] / max(total[1], 1),
+                    "successes_at_end": at_end, "success_at_end": at_end / max(total[1], 1),
+                    "ci95_at_end": list(wilson(at_end, total[1]))},
+        "metrics": {"success_rate": "success_once: solved at some step of the episode",
+                    "success_once": "solved at some step of the episode",
+                    "success_at_end": "solved at the episode's last step",
+                    "truncated": "an episode ended by the time limit is never a success",
+                    "episodes": "valid episodes (crashed env workers' episodes are not counted)"},
         **(extra or {}),
     }
 
@@ -123,12 +168,29 @@ def write_manifest(path: str | Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
-def format_table(results: list[TaskResult], title: str = "") -> str:
-    """A plain-text table of success per task with Wilson intervals."""
+def protocol_line(episodes: int, seed_base: int = EVAL_SEED_BASE, deterministic: bool = True) -> str:
+    """The evaluation protocol in one line: printed under every table of results."""
+    return (f"eval: {episodes} episodes per task on seeds {seed_base}..{seed_base + episodes - 1} (same for every "
+            f"task), {'deterministic (mode)' if deterministic else 'sampled'} actions; success_once = solved at "
+            "some step, success_at_end = solved at the last step; truncated episodes never count")
+
+
+def format_table(results: list[TaskResult], title: str = "", episodes: int | None = None,
+                 seed_base: int = EVAL_SEED_BASE, deterministic: bool = True) -> str:
+    """A plain-text table of success per task (success_once with its Wilson interval, and success_at_end),
+    followed by the protocol line (seeds and episode counts) when ``episodes`` is given."""
     lines = [title] if title else []
     w = max([len(r.task) for r in results] + [4])
-    lines.append(f"{'task':<{w}}  {'split':<7}  {'success':>9}  {'rate':>5}  95% CI")
+    lines.append(f"{'task':<{w}}  {'split':<7}  {'once':>9}  {'rate':>5}  {'95% CI':<12}  {'at_end':>6}")
     for r in results:
         lo, hi = r.interval
-        lines.append(f"{r.task:<{w}}  {r.split:<7}  {r.successes:>4}/{r.episodes:<4}  {r.rate:5.2f}  [{lo:.2f}, {hi:.2f}]")
+        end = "-" if r.rate_at_end is None else f"{r.rate_at_end:.2f}"
+        lines.append(f"{r.task:<{w}}  {r.split:<7}  {r.successes:>4}/{r.episodes:<4}  {r.rate:5.2f}  "
+                     f"[{lo:.2f}, {hi:.2f}]  {end:>6}")
+    lost = [r for r in results if episodes is not None and r.episodes < episodes]
+    if episodes is not None:
+        lines.append(protocol_line(episodes, seed_base, deterministic))
+    if lost:
+        lines.append(f"warning: {sum(episodes - r.episodes for r in lost)} episodes lost to crashed env workers "
+                     "(not counted)")
     return "\n".join(lines)

@@ -7,9 +7,15 @@ A checkpoint directory holds::
     model.safetensors    policy weights and action statistics
     optimizer.pt         optimizer state (tensors and numbers only; loaded with weights_only=True)
     rng.safetensors      torch RNG states (global CPU generator, update-shuffling generator)
-    state.json           iteration, env steps, task-sampler state (numpy RNG included), train config,
-                         and the JSON part of the algorithm's own state (``algo_state``; stateful algorithms)
-    algo_state.safetensors  the tensors of the algorithm's own state (replay buffer, its optimizers; if any)
+    state.json           iteration, env steps, task-sampler state (numpy RNG included), train config
+    algo_state.safetensors  tensors of a stateful algorithm's ``AlgoState`` (its JSON part: state.json's
+                         ``algo_state``); absent for on-policy algorithms
+
+A policy with a NaN/inf tensor is never written (``NonFiniteError`` names the last good
+checkpoint). ``state.json`` is checked against the fields and types of ``TrainConfig`` before
+use; its ``out`` is never read (the run directory comes from the command line: the checkpoint's
+parent by default). ``repair_metrics`` drops the killed run's tail of ``metrics.jsonl``, torn
+last line included.
 """
 
 from __future__ import annotations
@@ -20,32 +26,80 @@ from pathlib import Path
 
 import torch
 
-from vlaforge.fsutil import atomic_dir
+from vlaforge.fsutil import atomic_dir, atomic_write_text
 from vlaforge.policies import CheckpointError, load_policy, read_config, write_policy_files
+from vlaforge.validate import NonFiniteError, dataclass_problems
 
 REQUIRED = ("config.json", "model.safetensors", "optimizer.pt", "rng.safetensors", "state.json")
 
 
+def last_good(path: str | Path) -> str:
+    """'the last good checkpoint is P (iteration k)' for a checkpoint dir, or that there is none."""
+    path = Path(path)
+    try:
+        it = json.loads((path / "state.json").read_text())["iteration"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no checkpoint was written before"
+    return f"the last good checkpoint is '{path}' (iteration {it}); restart from it with a lower --lr: " \
+           f"vlaforge train --init {path} ..."
+
+
 def save_checkpoint(path: str | Path, policy, optimizer, state: dict, gen: torch.Generator, algo_state=None) -> Path:
-    """``algo_state``: an ``algos.state.AlgoState`` (or None), stored beside the rest in the same atomic write."""
+    """Write the full training state; ``algo_state`` (an ``algos.state.AlgoState`` or None) beside it."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    if algo_state is not None:
-        tensors, meta = algo_state.state_dict()
-        state = {**state, "algo_state": meta}
-    with atomic_dir(path) as tmp:
-        if algo_state is not None:
-            save_file(tensors, str(tmp / "algo_state.safetensors"))
-        write_policy_files(policy, tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        save_file({"torch_cpu": torch.get_rng_state(), "update_gen": gen.get_state()}, str(tmp / "rng.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    state = dict(state)
+    try:
+        with atomic_dir(path) as tmp:
+            write_policy_files(policy, tmp)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            save_file({"torch_cpu": torch.get_rng_state(), "update_gen": gen.get_state()}, str(tmp / "rng.safetensors"))
+            if algo_state is not None:
+                tensors, meta = algo_state.state_dict()
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                          str(tmp / "algo_state.safetensors"))
+                state["algo_state"] = meta
+            (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    except NonFiniteError as e:
+        raise NonFiniteError(f"iteration {state.get('iteration')}: {str(e).split(';')[0]}; the training diverged and "
+                             f"stopped: {last_good(path)}") from None
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple:
-    """Returns (policy, optimizer_state, state, rng) or raises CheckpointError with what to do."""
+def read_train_state(path: str | Path) -> dict:
+    """``state.json`` of a training checkpoint, checked: iteration, env_steps, sampler and a config that
+    fits ``TrainConfig`` (returned as ``config_obj``). Raises CheckpointError naming the file."""
+    from vlaforge.train.loop import TrainConfig, config_from_dict
+
+    f = Path(path) / "state.json"
+    if not f.exists():
+        raise CheckpointError(f"no training checkpoint at '{path}' (state.json missing); pass the run's "
+                              "checkpoint/ directory")
+    try:
+        state = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"'{f}' is corrupt ({type(e).__name__}); resume from an earlier checkpoint or "
+                              "start again") from None
+    ok = (isinstance(state, dict) and isinstance(state.get("iteration"), int) and state["iteration"] >= 0
+          and isinstance(state.get("env_steps"), int) and isinstance(state.get("sampler"), dict)
+          and isinstance(state.get("config"), dict))
+    if not ok:
+        raise CheckpointError(f"'{f}' lacks iteration/env_steps/sampler/config; resume from another checkpoint")
+    problems = dataclass_problems(TrainConfig, state["config"])
+    if problems:
+        raise CheckpointError(f"'{f}': the training config has {problems[0]}; resume from another checkpoint")
+    try:
+        state["config_obj"] = config_from_dict(state["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"'{f}': the training config does not load ({e}); resume from another "
+                              "checkpoint") from None
+    return state
+
+
+def load_checkpoint(path: str | Path, trust_remote_code: bool = False) -> tuple:
+    """Returns (policy, optimizer_state, state, rng) or raises CheckpointError with what to do.
+    ``state["config_obj"]`` is the checked ``TrainConfig``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -55,11 +109,11 @@ def load_checkpoint(path: str | Path) -> tuple:
     if missing:
         raise CheckpointError(f"checkpoint '{path}' is partial (missing {', '.join(missing)}); "
                               "resume from an earlier complete checkpoint or start again")
-    policy = load_policy(path)
+    state = read_train_state(path)
+    policy = load_policy(path, trust_remote_code=trust_remote_code)
     try:
         opt_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
         rng = load_file(str(path / "rng.safetensors"))
-        state = json.loads((path / "state.json").read_text())
     except (RuntimeError, OSError, ValueError, SafetensorError, EOFError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"checkpoint '{path}' is corrupt ({type(e).__name__}); "
                               "resume from an earlier checkpoint or start again") from None
@@ -68,12 +122,37 @@ def load_checkpoint(path: str | Path) -> tuple:
 
 def load_algo_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, JSON part) of the algorithm state saved by ``save_checkpoint(..., algo_state=)``."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     f = path / "algo_state.safetensors"
-    state = json.loads((path / "state.json").read_text())
+    state = read_train_state(path)
     if not f.exists() or "algo_state" not in state:
         raise CheckpointError(f"checkpoint '{path}' holds no algorithm state (algo_state.safetensors); it was written "
                               "by an algorithm without state: resume it with that algorithm")
-    return load_file(str(f)), state["algo_state"]
+    try:
+        return load_file(str(f)), state["algo_state"]
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"'{f}' is corrupt ({type(e).__name__}); resume from an earlier checkpoint") from None
+
+
+def repair_metrics(path: str | Path, upto: int) -> int:
+    """Keep the lines of ``metrics.jsonl`` logged at steps <= ``upto`` (the checkpoint resumed from); lines
+    that do not parse (a torn last line of a killed run) are dropped. Atomic. Returns lines dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+            ok = isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto
+        except ValueError:
+            ok = False
+        if ok:
+            keep.append(line)
+        elif line.strip():
+            dropped += 1
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    return dropped

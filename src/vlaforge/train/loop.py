@@ -305,11 +305,18 @@ def start_state(cfg: TrainConfig):
     """Where a run starts: from ``cfg.resume`` (its saved config, with the caller's ``ray`` settings) or
     fresh (seeded; policy from ``cfg.init`` or None). Returns (cfg, policy, optimizer state, RNG states,
     iteration, env steps, sampler state); the local loop and the Ray driver share it."""
+    trust = cfg.hf.trust_remote_code  # only ever from the caller (the command line), never from a file
     if cfg.resume is None:
         torch.manual_seed(cfg.seed)
-        return cfg, (load_policy(cfg.init) if cfg.init else None), None, None, 0, 0, None
-    policy, opt_state, state, rng = load_checkpoint(cfg.resume)
-    cfg = dataclasses.replace(config_from_dict(state["config"]), ray=cfg.ray)  # where to run: the caller's
+        return cfg, (load_policy(cfg.init, trust_remote_code=trust) if cfg.init else None), None, None, 0, 0, None
+    policy, opt_state, state, rng = load_checkpoint(cfg.resume, trust_remote_code=trust)
+    # the run's settings come from the checkpoint; where to run, where to write and what to show, from the
+    # caller (the CLI sets out to the checkpoint's parent unless --out is given): a crafted state.json
+    # never chooses which directory is rewritten
+    saved = state["config_obj"]
+    cfg = dataclasses.replace(saved, ray=cfg.ray, out=cfg.out, resume=cfg.resume, progress=cfg.progress,
+                              tensorboard=cfg.tensorboard,
+                              hf=dataclasses.replace(saved.hf, trust_remote_code=trust))
     return cfg, policy, opt_state, rng, state["iteration"], state["env_steps"], state["sampler"]
 
 
@@ -398,8 +405,7 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
 
 
 def _truncate_metrics(path: Path, upto: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from (the killed run's tail)."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= upto]
-    path.write_text("".join(line + "\n" for line in lines))
+    """Drop metric lines logged after the checkpoint we resume from (the killed run's tail, a torn line too)."""
+    from vlaforge.train.checkpoint import repair_metrics
+
+    repair_metrics(path, upto)

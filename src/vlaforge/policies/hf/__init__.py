@@ -30,16 +30,22 @@ __all__ = ["FAMILY_NAMES", "HFConfig", "HFVLA", "build_hf_policy", "export_merge
            "make_tiny_vlm", "save_adapter", "save_tiny_vlm", "write_hf_files"]
 
 
-def _config(cfg: dict) -> HFConfig:
+def _config(cfg: dict, trust_remote_code: bool = False) -> HFConfig:
+    """An HFConfig from a dict; ``trust_remote_code`` comes from the caller (the command line), never from ``cfg``."""
+    from vlaforge.validate import UsageError
+
+    cfg = {k: v for k, v in cfg.items() if k != "trust_remote_code"}
     known = {f.name for f in fields(HFConfig)}
     unknown = set(cfg) - known
     if unknown:
-        raise ValueError(f"unknown hf policy options {sorted(unknown)}; known: {sorted(known)}")
-    return HFConfig(**cfg)
+        raise UsageError(f"unknown hf policy options {sorted(unknown)}; known: {sorted(known)}")
+    return HFConfig(**cfg, trust_remote_code=trust_remote_code)
 
 
 def build_hf_policy(**cfg) -> HFVLA:
-    return HFVLA(_config(cfg))
+    """A fresh policy; ``trust_remote_code=True`` here must come from the user's command-line flag."""
+    trust = bool(cfg.pop("trust_remote_code", False))
+    return HFVLA(_config(cfg, trust))
 
 
 def write_hf_files(policy: HFVLA, d: Path) -> dict[str, torch.Tensor]:
@@ -54,14 +60,16 @@ def write_hf_files(policy: HFVLA, d: Path) -> dict[str, torch.Tensor]:
     return policy.own_state_dict()
 
 
-def load_hf_policy(path: str | Path, cfg: dict, state: dict[str, torch.Tensor], device: str = "cpu") -> HFVLA:
-    """Rebuild an HF policy from its checkpoint directory and its model.safetensors ``state``."""
+def load_hf_policy(path: str | Path, cfg: dict, state: dict[str, torch.Tensor], device: str = "cpu",
+                   trust_remote_code: bool = False) -> HFVLA:
+    """Rebuild an HF policy from its checkpoint directory and its model.safetensors ``state``. A
+    ``trust_remote_code`` key in ``cfg`` (older checkpoints) is ignored: only the caller's flag counts."""
     from safetensors.torch import load_file
 
     from vlaforge.policies import CheckpointError
 
     path = Path(path)
-    config = _config(cfg)
+    config = _config(cfg, trust_remote_code)
     full = path / "backbone"
     try:
         policy = HFVLA(config, backbone_path=str(full) if config.lora_rank <= 0 else None)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vlaforge.validate import UsageError
+
 FAMILIES: dict[str, str] = {
     "paligemma": "paligemma",
     "idefics3": "idefics3",
@@ -51,10 +53,10 @@ def detect_family(config) -> Family:
     """The family of a transformers config, or a ValueError naming the supported ones."""
     mt = getattr(config, "model_type", None)
     if mt not in FAMILIES:
-        raise ValueError(f"unknown VLM family '{mt}': vlaforge supports model types {', '.join(sorted(FAMILIES))}; "
+        raise UsageError(f"unknown VLM family '{mt}': vlaforge supports model types {', '.join(sorted(FAMILIES))}; "
                          "other image-text models need a Family entry in vlaforge/policies/hf/families.py")
     if getattr(config, "vision_config", None) is None:
-        raise ValueError(f"model of type '{mt}' has no vision tower (config.vision_config is missing); "
+        raise UsageError(f"model of type '{mt}' has no vision tower (config.vision_config is missing); "
                          "load an image-text checkpoint, not a text-only one")
     return SPECS[FAMILIES[mt]]
 
@@ -63,14 +65,14 @@ def check_vision_tower(model, family: Family) -> None:
     """Raise a ValueError naming what is missing if the loaded model has no vision tower."""
     inner = getattr(model, "model", None)
     if inner is None:
-        raise ValueError(f"{type(model).__name__} has no '.model' backbone (expected a *ForConditionalGeneration "
+        raise UsageError(f"{type(model).__name__} has no '.model' backbone (expected a *ForConditionalGeneration "
                          "of a supported family)")
     names = ("vision_tower", "vision_model", "visual")
     if not any(getattr(inner, n, None) is not None for n in names):
-        raise ValueError(f"{type(model).__name__} ({family.name}) has no vision tower (none of {', '.join(names)}); "
+        raise UsageError(f"{type(model).__name__} ({family.name}) has no vision tower (none of {', '.join(names)}); "
                          "load an image-text checkpoint")
     if getattr(model, "lm_head", None) is None:
-        raise ValueError(f"{type(model).__name__} has no lm_head; load an *ForConditionalGeneration checkpoint")
+        raise UsageError(f"{type(model).__name__} has no lm_head; load an *ForConditionalGeneration checkpoint")
 
 
 def image_tokens(family: Family, config, pixel: dict, view: int) -> int:

@@ -53,6 +53,7 @@ from vlaforge.policies.heads.tokens import actions_to_tokens, tokens_to_actions
 from vlaforge.policies.hf.families import check_vision_tower, detect_family
 from vlaforge.policies.hf.processor import ObsProcessor
 from vlaforge.types import ActionOutput, Observation
+from vlaforge.validate import UsageError
 
 
 @dataclass
@@ -62,7 +63,8 @@ class HFConfig:
     path: str | None = None
     """local directory of the model, its tokenizer and image processor (no downloads)"""
     trust_remote_code: bool = False
-    """run the checkpoint's own Python code (remote-code checkpoints); off unless you trust the files"""
+    """run the model's own Python code (remote-code checkpoints); off unless you trust the files. Taken only
+    from the command line: never saved with a checkpoint, never read from one"""
     head: Literal["tokens", "gaussian", "flow"] = "tokens"
     """action head: binned action tokens of the LM, or a continuous (gaussian / flow) head on hidden states"""
     n_bins: int = 256
@@ -122,30 +124,57 @@ class LMActionHead(nn.Module):
         return h.float() @ self.weight.t()
 
 
+REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")
+"""keys of a model's JSON files that make transformers import Python files shipped with the model"""
+
+
+def remote_code_files(model_dir: str | Path) -> list[str]:
+    """JSON files of a model directory that ask transformers to run the model's own Python code
+    (``auto_map``: config, tokenizer, image processor, processor). Empty: nothing to run."""
+    import json
+
+    d = Path(model_dir)
+    out = []
+    if d.is_dir():
+        for f in sorted(d.glob("*.json")):
+            try:
+                data = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and any(k in data for k in REMOTE_CODE_KEYS):
+                out.append(str(f))
+    return out
+
+
 def _load(path: str, trust_remote_code: bool, dtype: torch.dtype):
-    transformers = require("transformers", "hf")
     p = Path(path).expanduser()
     if not p.is_dir() or not (p / "config.json").exists():
-        raise ValueError(f"no Hugging Face model at '{path}' (expected a directory with config.json, the weights, "
+        raise UsageError(f"no Hugging Face model at '{path}' (expected a directory with config.json, the weights, "
                          "the tokenizer and the image processor, e.g. written by save_pretrained)")
+    files = [] if trust_remote_code else remote_code_files(p)
+    if files:  # refused before transformers reads anything: a file never decides to run code
+        raise UsageError(f"'{files[0]}' asks to run the model's own Python code (auto_map); vlaforge runs it only "
+                         "with the trust-remote-code flag on the command line (eval: --trust-remote-code, "
+                         "train: --policy.trust-remote-code), if you trust these files")
+    transformers = require("transformers", "hf")
     kw = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     try:
         config = transformers.AutoConfig.from_pretrained(p, **kw)
     except ValueError as e:
         if "trust_remote_code" in str(e):
-            raise ValueError(f"'{path}' needs its own code (e.g. OpenVLA); pass --policy.trust-remote-code "
+            raise UsageError(f"'{path}' needs its own code (e.g. OpenVLA); pass --policy.trust-remote-code "
                              "if you trust it") from None
-        raise ValueError(f"cannot read the config in '{path}': {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot read the config in '{path}': {str(e).splitlines()[0]}") from None
     family = detect_family(config)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(p, **kw)
     except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"'{path}' has no usable tokenizer ({type(e).__name__}); save the processor "
+        raise UsageError(f"'{path}' has no usable tokenizer ({type(e).__name__}); save the processor "
                          "(tokenizer + image processor) next to the model") from None
     try:
         image_processor = transformers.AutoImageProcessor.from_pretrained(p, **kw)
     except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"'{path}' has no image processor ({type(e).__name__}); save the processor "
+        raise UsageError(f"'{path}' has no image processor ({type(e).__name__}); save the processor "
                          "(preprocessor_config.json) next to the model") from None
     model = transformers.AutoModelForImageTextToText.from_pretrained(p, dtype=dtype, **kw)
     return family, model, tokenizer, image_processor
@@ -157,7 +186,7 @@ class HFVLA(nn.Module):
     def __init__(self, cfg: HFConfig, backbone_path: str | None = None, loaded=None):
         super().__init__()
         if not cfg.path and loaded is None:
-            raise ValueError("--policy hf needs --policy.path DIR (a local Hugging Face image-text model)")
+            raise UsageError("--policy hf needs --policy.path DIR (a local Hugging Face image-text model)")
         self.cfg = cfg
         self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
         self.temperature = 1.0
@@ -178,7 +207,7 @@ class HFVLA(nn.Module):
             self.critic_backbone = copy.deepcopy(base_for_critic).requires_grad_(False).eval()
         if cfg.head == "tokens":
             if cfg.n_bins >= vocab:
-                raise ValueError(f"n_bins={cfg.n_bins} does not fit the vocabulary of {vocab} ids; lower --policy.n-bins")
+                raise UsageError(f"n_bins={cfg.n_bins} does not fit the vocabulary of {vocab} ids; lower --policy.n-bins")
             self.first_action_id = vocab - cfg.n_bins
             self.head = LMActionHead(model.lm_head.weight[self.first_action_id:])
         else:
@@ -198,7 +227,7 @@ class HFVLA(nn.Module):
             try:
                 model = peft.get_peft_model(model, lcfg)
             except ValueError as e:
-                raise ValueError(f"LoRA targets '{cfg.lora_targets}' match no module of this model: "
+                raise UsageError(f"LoRA targets '{cfg.lora_targets}' match no module of this model: "
                                  f"{str(e).splitlines()[0]}") from None
             self.ref_head = copy.deepcopy(self.head).requires_grad_(False)  # the reference's head: frozen
         self.vlm = model
@@ -342,7 +371,9 @@ class HFVLA(nn.Module):
 
     # -- persistence -----------------------------------------------------------------------------
     def config_dict(self) -> dict:
-        return {"family": "hf", **asdict(self.cfg)}
+        cfg = asdict(self.cfg)
+        cfg.pop("trust_remote_code")  # a command-line decision, never stored in (or read from) a checkpoint
+        return {"family": "hf", **cfg}
 
     def own_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything but the backbones (heads, reference head, value MLP, action statistics)."""

@@ -34,6 +34,7 @@ from vlaforge.policies.hf.families import (
     required_tokens,
 )
 from vlaforge.types import Observation
+from vlaforge.validate import UsageError
 
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask", "image_grid_thw")
 
@@ -47,10 +48,10 @@ class ObsProcessor:
         vocab = tokenizer.get_vocab()
         missing = [t for t in required_tokens(family) if t not in vocab]
         if missing:
-            raise ValueError(f"the tokenizer lacks the {family.name} special tokens {missing}; "
+            raise UsageError(f"the tokenizer lacks the {family.name} special tokens {missing}; "
                              "load the tokenizer saved with this checkpoint")
         if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token) "
+            raise UsageError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token) "
                              "and save it next to the model")
         self.image_token_id = tokenizer.convert_tokens_to_ids(family.image_token)
         self._text_cache: dict[str, list[int]] = {}
@@ -96,7 +97,7 @@ class ObsProcessor:
         for img_s, txt_s in zip(image_parts, text_parts):
             txt = self.tokenizer(txt_s, add_special_tokens=False)["input_ids"]
             if len(txt) > self.max_text_tokens:
-                raise ValueError(f"prompt has {len(txt)} text tokens, more than max_text_tokens={self.max_text_tokens}; "
+                raise UsageError(f"prompt has {len(txt)} text tokens, more than max_text_tokens={self.max_text_tokens}; "
                                  "raise --policy.max-text-tokens or shorten the instruction")
             ids = self._encode(img_s)
             rows.append((ids, txt))

@@ -1,0 +1,704 @@
+"""Input checks that every command runs first, before any env is stepped or any file is written.
+
+``check(command, args, argv)`` validates the parsed options of ``vlaforge <command>`` and returns
+them, possibly resolved (``train --resume``: the run directory becomes the checkpoint's parent
+unless ``--out`` is given; env options are cast to the types their constructor declares). Every
+failure raises ``UsageError`` whose one-line message names the flag or file and what to do; the
+CLI prints exactly those errors (and ``EnvError`` / ``CheckpointError`` / ``MissingExtra``) as
+one line with exit status 2, and lets every other exception keep its traceback (a bug).
+
+Also here: the allow-list of checkpoint config fields per policy family (``register_config_schema``,
+``check_policy_config``; every ``config.json`` read goes through it) and ``NonFiniteError``
+(a policy with a NaN/inf tensor is never written).
+
+This module imports nothing from vlaforge at import time, so that any module can raise its errors.
+
+    python -c "from vlaforge.validate import check; ..."   # used by vlaforge.cli
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import json
+import math
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """Bad input from the user (a flag, a file it names). The message names it and says what to do."""
+
+
+class NonFiniteError(RuntimeError):
+    """A policy with a non-finite tensor was about to be written; nothing was written. The message names
+    the last good checkpoint, if any."""
+
+
+# -- flags given on the command line --------------------------------------------------------------
+
+def given_fields(argv: list[str], aliases: dict[str, str] | None = None) -> set[str]:
+    """Dotted config field paths named by ``--flags`` in ``argv`` (``--ppo.clip`` -> ``ppo.clip``,
+    ``--no-progress`` -> ``progress``); ``aliases`` maps a flag prefix to a field prefix
+    (train's ``--policy.X`` is ``hf.X``)."""
+    out = set()
+    for a in argv:
+        if not a.startswith("--") or a == "--":
+            continue
+        name = a[2:].split("=", 1)[0]
+        parts = name.split(".")
+        if parts[-1].startswith("no-"):
+            parts[-1] = parts[-1][3:]
+        path = ".".join(p.replace("-", "_") for p in parts)
+        for src, dst in (aliases or {}).items():
+            if path == src or path.startswith(src + "."):
+                path = dst + path[len(src):]
+                break
+        out.add(path)
+    return out
+
+
+def _get(obj, path: str):
+    for p in path.split("."):
+        obj = getattr(obj, p)
+    return obj
+
+
+def flag(path: str, aliases: dict[str, str] | None = None) -> str:
+    """The command-line spelling of a dotted field path (inverse of ``given_fields``)."""
+    for dst, src in (aliases or {}).items():
+        if path == src or path.startswith(src + "."):
+            path = dst + path[len(src):]
+    return "--" + path.replace("_", "-")
+
+
+# -- numbers ----------------------------------------------------------------------------------------
+
+def need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise UsageError(msg)
+
+
+def finite(name: str, v: float) -> None:
+    need(isinstance(v, (int, float)) and math.isfinite(v), f"{name} must be a finite number; got {v}")
+
+
+def at_least(name: str, v, lo, what: str = "") -> None:
+    finite(name, v)
+    need(v >= lo, f"{name} must be >= {lo}{what}; got {v}")
+
+
+def positive(name: str, v, what: str = "") -> None:
+    finite(name, v)
+    need(v > 0, f"{name} must be > 0{what}; got {v}")
+
+
+MAX_LR = 10.0
+
+
+def learning_rate(name: str, v) -> None:
+    """> 0 and at most MAX_LR: AdamW moves every weight by ~lr per step, so larger values only diverge
+    (and past ~1e37 overflow inside the optimizer)."""
+    positive(name, v)
+    need(v <= MAX_LR, f"{name} {v} is far above any useful AdamW rate (each step moves weights by ~lr); "
+                      f"pass a value <= {MAX_LR:g}, typically 1e-5 .. 1e-3")
+
+
+# -- paths ------------------------------------------------------------------------------------------
+
+def _probe_writable(d: Path, name: str) -> None:
+    """Create and delete a file in the existing directory ``d`` (also right for root and read-only mounts)."""
+    try:
+        fd, p = tempfile.mkstemp(prefix=".vlaforge-probe-", dir=d)
+        os.close(fd)
+        os.unlink(p)
+    except OSError as e:
+        raise UsageError(f"{name}: cannot write in '{d}' ({e.strerror or type(e).__name__}); "
+                         "choose a writable directory") from None
+
+
+def check_out_dir(name: str, path: str | os.PathLike) -> None:
+    """``path`` will be a directory: it is one already, or it can be created under a writable folder."""
+    p = Path(path).expanduser()
+    need(str(path).strip() != "", f"{name} is empty; pass a directory")
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{name} '{path}' is a file, not a directory; pass a directory path")
+    _check_creatable(name, p)
+
+
+def check_out_file(name: str, path: str | os.PathLike) -> None:
+    """``path`` will be a file: not an existing directory, in a folder that exists or can be created."""
+    p = Path(path).expanduser()
+    need(str(path).strip() != "", f"{name} is empty; pass a file path")
+    if p.is_dir():
+        raise UsageError(f"{name} '{path}' is a directory; pass a file path (e.g. {Path(path) / 'eval.json'})")
+    _check_creatable(name, p.parent)
+
+
+def _check_creatable(name: str, p: Path) -> None:
+    q = p.absolute()
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        raise UsageError(f"{name} '{p}' lies under the file '{q}'; choose a path under a directory")
+    _probe_writable(q, name)
+
+
+def check_in_dir(name: str, path: str | os.PathLike, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise UsageError(f"{name} '{path}' is not a directory; pass {what}")
+    return p
+
+
+# -- env options ------------------------------------------------------------------------------------
+
+POSITIVE_ENV_OPTIONS = {"radius", "speed", "max_steps", "cache"}
+NONNEG_ENV_OPTIONS = {"shaping", "settle_steps"}
+
+
+def check_env_kwargs(suite: str, kwargs: dict, name: str = "--env-kwargs", taken: dict[str, str] | None = None) -> dict:
+    """``kwargs`` against the keyword options of the suite's env constructor (read with inspect.signature).
+
+    Returns them with whole-number options cast to int (switches stay 0.0 / 1.0, as the config type says).
+    ``taken``: option -> the flag that sets it already (``image_size`` -> ``--image-size``)."""
+    from vlaforge.envs import SUITES, _env_class
+
+    if suite not in SUITES:
+        from vlaforge.envs import EnvError
+
+        raise EnvError(f"unknown suite '{suite}'; choose one of: {', '.join(SUITES)}")
+    params = inspect.signature(_env_class(suite).__init__).parameters
+    options = {k: p for k, p in params.items() if k not in ("self", "tasks") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    taken = {"image_size": "--image-size", **(taken or {})}
+    out = {}
+    for k, v in kwargs.items():
+        if k in taken:
+            raise UsageError(f"{name} {k}: set it with {taken[k]} instead")
+        if k not in options:
+            known = ", ".join(o for o in options if o not in taken)
+            raise UsageError(f"{name}: suite '{suite}' has no option '{k}'; its options: {known}")
+        d = options[k].default
+        if isinstance(d, str) or (isinstance(d, tuple) and d and isinstance(d[0], str)):
+            raise UsageError(f"{name} {k}: a text option, which --env-kwargs (numbers only) cannot set")
+        finite(f"{name} {k}", v)
+        if isinstance(d, bool):
+            need(v in (0, 1), f"{name} {k} is a switch: pass 0 or 1; got {v}")  # kept a number (dict[str, float])
+        elif isinstance(d, int) or (d is None and k == "max_steps"):
+            need(float(v).is_integer(), f"{name} {k} must be a whole number; got {v}")
+            v = int(v)
+        if k in POSITIVE_ENV_OPTIONS:
+            need(v > 0, f"{name} {k} must be > 0; got {v}")
+        if k in NONNEG_ENV_OPTIONS:
+            need(v >= 0, f"{name} {k} must be >= 0; got {v}")
+        out[k] = v
+    return out
+
+
+def check_common(a, episodes_flag: str | None = None) -> None:
+    """Options shared by collect / eval: envs, workers, threads, seed."""
+    if hasattr(a, "threads"):
+        at_least("--threads", a.threads, 1)
+    if hasattr(a, "num_envs"):
+        at_least("--num-envs", a.num_envs, 1)
+    if hasattr(a, "workers"):
+        at_least("--workers", a.workers, 0, " (0 = envs in this process)")
+    if hasattr(a, "image_size"):
+        at_least("--image-size", a.image_size, 8)
+    if hasattr(a, "seed"):
+        at_least("--seed", a.seed, 0)
+
+
+# -- checkpoint configs: an allow-list of fields and types per policy family ------------------------
+
+FORMAT_VERSION = 1
+"""the policy-directory format this vlaforge writes and reads (``config.json``'s ``format_version``)"""
+
+CONFIG_SCHEMAS: dict[str, str | type] = {
+    "tiny": "vlaforge.policies.tiny.model:TinyConfig",
+    "hf": "vlaforge.policies.hf.model:HFConfig",
+    "smolvla": "vlaforge.policies.smolvla.policy:SmolVLAConfig",
+    "openvla": "vlaforge.policies.openvla.model:OpenVLAConfig",
+    "openvla-oft": "vlaforge.policies.openvla.model:OpenVLAConfig",
+}
+"""family -> its config dataclass (or 'module:Class', imported on first use)"""
+
+IGNORED_CONFIG_FIELDS: dict[str, set[str]] = {"hf": {"trust_remote_code"}}
+"""fields a family's older checkpoints may hold and that are never read from a file"""
+
+
+def register_config_schema(family: str, cls: str | type, ignored: tuple[str, ...] = ()) -> None:
+    """Allow checkpoints of ``family``: their ``policy`` fields must be fields of the dataclass ``cls``
+    with values of its annotated types. ``ignored`` fields are accepted and dropped (never trusted)."""
+    CONFIG_SCHEMAS[family] = cls
+    if ignored:
+        IGNORED_CONFIG_FIELDS[family] = set(ignored)
+
+
+def _schema(family: str) -> type:
+    cls = CONFIG_SCHEMAS[family]
+    if isinstance(cls, str):
+        mod, name = cls.split(":")
+        cls = getattr(importlib.import_module(mod), name)
+        CONFIG_SCHEMAS[family] = cls
+    return cls
+
+
+def value_matches(v, tp) -> bool:
+    """Does the JSON value ``v`` fit the annotation ``tp`` (int, float, str, bool, None, Literal, list[X],
+    tuple[...], dict[str, X], unions, Annotated)?"""
+    origin = typing.get_origin(tp)
+    if tp is typing.Any:
+        return True
+    if origin is typing.Annotated:
+        return value_matches(v, typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(value_matches(v, t) for t in typing.get_args(tp))
+    if origin is typing.Literal:
+        return v in typing.get_args(tp) and type(v) is type(next(a for a in typing.get_args(tp) if a == v))
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is str:
+        return isinstance(v, str)
+    if origin in (list, tuple):
+        if not isinstance(v, (list, tuple)):
+            return False
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(v) == len(args) and all(value_matches(x, t) for x, t in zip(v, args))
+        return all(value_matches(x, args[0]) for x in v) if args else True
+    if origin is dict:
+        if not isinstance(v, dict):
+            return False
+        kt, vt = typing.get_args(tp) or (typing.Any, typing.Any)
+        return all(value_matches(k, kt) and value_matches(x, vt) for k, x in v.items())
+    if dataclasses.is_dataclass(tp):
+        return isinstance(v, dict) and not dataclass_problems(tp, v)
+    return False
+
+
+def dataclass_problems(cls: type, d: dict, ignored: set[str] = frozenset()) -> list[str]:
+    """What in the JSON object ``d`` is not a field of dataclass ``cls`` of the right type (empty: fine)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = []
+    for k, v in d.items():
+        if k in ignored:
+            continue
+        if k not in names:
+            out.append(f"unknown field '{k}'")
+        elif not value_matches(v, hints[k]):
+            out.append(f"field '{k}' = {json.dumps(v)[:40]} is not of type {getattr(hints[k], '__name__', hints[k])}")
+    return out
+
+
+def check_policy_config(meta: dict, path: str | os.PathLike) -> dict:
+    """Validate a policy directory's ``config.json`` content; returns the ``policy`` dict to build from
+    (ignored fields dropped). Raises ``CheckpointError`` naming the file and the first problem."""
+    from vlaforge.policies import CheckpointError
+
+    f = Path(path) / "config.json"
+    if not isinstance(meta, dict) or not isinstance(meta.get("policy"), dict):
+        raise CheckpointError(f"'{f}' has no 'policy' object; re-create the checkpoint")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"'{f}' has format_version {json.dumps(version)}; this vlaforge reads format "
+                              f"{FORMAT_VERSION}: use the vlaforge that wrote it, or re-create the checkpoint")
+    pol = dict(meta["policy"])
+    family = pol.pop("family", None)
+    if family not in CONFIG_SCHEMAS:
+        raise CheckpointError(f"'{f}' names policy family {json.dumps(family)}; known families: "
+                              f"{', '.join(CONFIG_SCHEMAS)}")
+    ignored = IGNORED_CONFIG_FIELDS.get(family, set())
+    problems = dataclass_problems(_schema(family), pol, ignored)
+    if problems:
+        raise CheckpointError(f"'{f}': {problems[0]} of a {family} policy"
+                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                              + "; re-create the checkpoint")
+    return {"family": family, **{k: v for k, v in pol.items() if k not in ignored}}
+
+
+def check_finite_tensors(state: dict, what: str = "the policy") -> None:
+    """Raise ``NonFiniteError`` (nothing is written) if any floating tensor of ``state`` holds NaN or inf."""
+    import torch
+
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteError(f"{what} was not written: {len(bad)} of {len(state)} tensors hold NaN/inf (e.g. {bad[0]}); "
+                             "the training diverged: lower the learning rate (--lr, --sft.lr)")
+
+
+# -- per command ------------------------------------------------------------------------------------
+
+def check(command: str, args, argv: list[str]):
+    """Validate ``args`` of ``vlaforge <command>`` (``argv``: the command's own arguments); returns them."""
+    fn = {"collect": check_collect, "sft": check_sft, "eval": check_eval, "train": check_train,
+          "demo": check_demo}.get(command)
+    return fn(args, argv) if fn is not None else args
+
+
+def check_collect(a, argv):
+    check_common(a)
+    at_least("--episodes", a.episodes, 1, " (episodes per task)")
+    at_least("--noise", a.noise, 0)
+    a.env_kwargs = check_env_kwargs(a.suite, a.env_kwargs)
+    check_out_dir("--out", a.out)
+    return a
+
+
+def check_demo(a, argv):
+    for f in ("demo_episodes", "sft_steps", "rl_iterations", "groups", "group_size", "eval_episodes", "max_steps",
+              "num_envs"):
+        at_least(flag(f), getattr(a, f), 1)
+    at_least("--workers", a.workers, 0)
+    need(a.algo in ("ppo", "grpo", "rloo", "tpo"), f"--algo '{a.algo}' is unknown; choose ppo, grpo, rloo or tpo")
+    check_env_kwargs(a.suite, {})
+    check_out_dir("--out", a.out)
+    return a
+
+
+def read_json(path: Path, what: str):
+    """Parse a JSON file; a UsageError naming the file and the line on failure."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {what} '{path}' ({type(e).__name__}); re-create it") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{what} '{path}' is not valid JSON (line {e.lineno}: {e.msg}); re-create it") from None
+
+
+def read_jsonl(path: Path, what: str) -> list:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {what} '{path}' ({type(e).__name__}); re-create it") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{what} '{path}' line {i} is not valid JSON ({e.msg}); re-create the demos") from None
+    return rows
+
+
+def check_demos(path: str, name: str = "--demos") -> dict:
+    """A demo directory's metadata (meta/info.json, tasks.jsonl, episodes.jsonl) parses and has the keys
+    ``load_demos`` reads; returns info.json's content."""
+    d = Path(path).expanduser()
+    info_f = d / "meta" / "info.json"
+    if not info_f.exists():
+        raise UsageError(f"{name}: no demo dataset at '{path}' (meta/info.json missing); create one with `vlaforge collect`")
+    info = read_json(info_f, "demo metadata")
+    try:
+        shape = info["features"]["observation.state"]["shape"][0], info["features"]["action"]["shape"][0]
+        ok = (all(isinstance(x, int) and x > 0 for x in shape) and isinstance(info["image_size"], int)
+              and isinstance(info["camera"], str) and isinstance(info["data_path"], str)
+              and isinstance(info.get("views", 1), int))
+    except (KeyError, IndexError, TypeError):
+        ok = False
+    need(ok, f"demo metadata '{info_f}' lacks the features/state/action shapes, image_size, camera or data_path "
+             "of a `vlaforge collect` dataset; re-create it")
+    tasks = read_jsonl(d / "meta" / "tasks.jsonl", "demo task list") if (d / "meta" / "tasks.jsonl").exists() else None
+    need(tasks is not None and all(isinstance(t, dict) and {"task_index", "name", "task"} <= set(t) for t in tasks),
+         f"demo task list '{d / 'meta' / 'tasks.jsonl'}' is missing or lacks task_index/name/task; re-create the demos")
+    eps_f = d / "meta" / "episodes.jsonl"
+    eps = read_jsonl(eps_f, "demo episode list") if eps_f.exists() else None
+    need(eps is not None and all(isinstance(e, dict) and {"episode_index", "success", "task_name"} <= set(e)
+                                 for e in eps),
+         f"demo episode list '{eps_f}' is missing or lacks episode_index/success/task_name; re-create the demos")
+    need(any(e["success"] for e in eps), f"{name} '{path}' holds no successful episode; collect more demos")
+    return info
+
+
+def check_sft(a, argv):
+    from vlaforge.policies.heads import HEADS
+
+    given = given_fields(argv)
+    at_least("--threads", a.threads, 1)
+    s = a.sft
+    at_least("--sft.steps", s.steps, 1)
+    at_least("--sft.batch-size", s.batch_size, 1)
+    learning_rate("--sft.lr", s.lr)
+    at_least("--sft.weight-decay", s.weight_decay, 0)
+    positive("--sft.grad-clip", s.grad_clip)
+    at_least("--sft.augment-shift", s.augment_shift, 0)
+    at_least("--sft.seed", s.seed, 0)
+    for f in ("aux_weight",):
+        if hasattr(s, f):
+            at_least("--sft." + f.replace("_", "-"), getattr(s, f), 0)
+    info = check_demos(a.demos)
+    if a.init:
+        fresh_only = sorted(f for f in given if f in ("head", "chunk_size", "backbone", "aux"))
+        need(not fresh_only, f"{flag(fresh_only[0]) if fresh_only else ''} shapes a fresh policy and is ignored with "
+                             "--init (the checkpoint fixes it); drop it")
+        meta = read_config_checked("--init", a.init, False)
+        pol = meta["policy"]
+        S, A = info["features"]["observation.state"]["shape"][0], info["features"]["action"]["shape"][0]
+        need((pol.get("state_dim"), pol.get("action_dim")) == (S, A),
+             f"--init policy expects state/action dims {pol.get('state_dim')}/{pol.get('action_dim')} but the demos "
+             f"in '{a.demos}' have {S}/{A}; pass demos of the suite the policy was trained on")
+        need(pol.get("image_size") in (None, info["image_size"]),
+             f"--init policy reads {pol.get('image_size')}px images but the demos have {info['image_size']}px; "
+             "collect demos with a matching --image-size")
+    else:
+        need(a.head in HEADS, f"--head '{a.head}' is unknown; choose one of {', '.join(HEADS)}")
+        need(a.backbone in ("vision", "state"), f"--backbone '{a.backbone}' is unknown; choose vision or state")
+        at_least("--chunk-size", a.chunk_size, 1)
+    check_out_dir("--out", a.out)
+    return a
+
+
+def check_remote_code(pol: dict, path: str, trust: bool, name: str = "--checkpoint") -> None:
+    """Refuse an HF checkpoint whose model files ask to run their own code, unless ``trust`` (the flag)."""
+    if trust:
+        return
+    from vlaforge.policies.hf.model import remote_code_files
+
+    full = Path(path) / "backbone"
+    dirs = [full] if full.is_dir() else []
+    if pol.get("path"):
+        dirs.append(Path(pol["path"]).expanduser())
+    for d in dirs:
+        files = remote_code_files(d)
+        if files:
+            raise UsageError(f"{name} '{path}': '{files[0]}' asks to run the model's own Python code (auto_map); "
+                             "vlaforge runs it only with --trust-remote-code on the command line")
+
+
+def check_fits_suite(name: str, pol: dict, suite: str, tasks, image_size: int | None, env_kwargs: dict) -> None:
+    """The policy config ``pol`` can act in the suite's envs (dims, images); builds one env to ask."""
+    from vlaforge.envs import suite_spec
+    from vlaforge.pipeline import env_tasks_arg
+
+    spec = suite_spec(suite, env_tasks_arg(suite, tasks), image_size=image_size or pol.get("image_size", 64),
+                      **env_kwargs)
+    dims = (pol.get("state_dim"), pol.get("action_dim"))
+    need(dims == (spec.state_dim, spec.action_dim),
+         f"{name} policy expects state/action dims {dims[0]}/{dims[1]} but suite '{suite}' has "
+         f"{spec.state_dim}/{spec.action_dim}; pass a checkpoint trained on this suite with the same --env-kwargs")
+    need(not (spec.renderer == "none" and pol.get("backbone") != "state"),
+         f"suite '{suite}' runs with render 0 (blank images) but the {name} policy reads images; "
+         "use a state-backbone policy or drop render 0")
+    need(pol.get("views", spec.image_shape[0]) == spec.image_shape[0],
+         f"{name} policy reads {pol.get('views')} camera views but suite '{suite}' renders {spec.image_shape[0]}")
+
+
+def check_eval(a, argv):
+    check_common(a)
+    at_least("--episodes", a.episodes, 1, " (episodes per task)")
+    at_least("--videos", a.videos, 0)
+    at_least("--seed-base", a.seed_base, 0)
+    a.env_kwargs = check_env_kwargs(a.suite, a.env_kwargs)
+    meta = read_config_checked("--checkpoint", a.checkpoint, a.trust_remote_code)
+    pol = meta["policy"]
+    check_fits_suite("--checkpoint", pol, a.suite, a.tasks, pol.get("image_size"), a.env_kwargs)
+    out = Path(a.out) if a.out else Path(a.checkpoint) / f"eval_{a.suite}.json"
+    check_out_file("--out" if a.out else f"--out (default {out})", out)
+    return a
+
+
+# train ---------------------------------------------------------------------------------------------
+
+TRAIN_ALIASES = {"policy": "hf", "ray.enabled": "ray.enabled"}
+RESUME_MAY_CHANGE = ("resume", "out", "progress", "tensorboard", "ray", "hf.trust_remote_code")
+"""train fields a resumed run takes from the command line; every other one comes from the checkpoint"""
+
+
+def _train_given(argv) -> set[str]:
+    g = given_fields(argv, {"policy": "hf"})
+    if "hf" in g:  # `--policy hf` is the field `policy`; `--policy.X` is `hf.X`
+        g.discard("hf")
+        g.add("policy")
+    return g
+
+
+def check_algo_config(name: str, c) -> None:
+    """Generic sanity of an algorithm's config (``--<algo>.*``)."""
+    p = f"--{name}."
+    for f in dataclasses.fields(c):
+        v = getattr(c, f.name)
+        fl = p + f.name.replace("_", "-")
+        if isinstance(v, float):
+            finite(fl, v)
+        if f.name in ("epochs", "minibatch_size", "pairs_per_group", "pairs_per_batch"):
+            at_least(fl, v, 1)
+        elif f.name == "group_size":
+            at_least(fl, v, 2 if name in ("grpo", "rloo", "tpo") else 1,
+                     " (a group method compares rollouts of one initial state)" if name != "ppo" else "")
+        elif f.name in ("gamma", "lam"):
+            need(0 <= v <= 1, f"{fl} must be in [0, 1]; got {v}")
+        elif f.name == "temperature":
+            positive(fl, v)
+        elif f.name in ("clip", "clip_low", "clip_high", "grad_clip", "beta"):
+            positive(fl, v)
+        elif f.name in ("vf_coef", "ent_coef", "critic_warmup", "min_abs_adv"):
+            at_least(fl, v, 0)
+        elif f.name in ("kl_guard", "value_clip") and v is not None:
+            positive(fl, v, " (or None = off)")
+        elif f.name == "level":
+            need(v in ("token", "action", "chunk"), f"{fl} '{v}' is unknown; choose token, action or chunk")
+        elif f.name == "keep_band" and v is not None:
+            need(len(v) == 2 and 0 <= v[0] <= v[1] <= 1, f"{fl} must be two rates lo <= hi in [0, 1]; got {v}")
+
+
+def check_train(cfg, argv):
+    """Also resolves a resume: the run directory is the checkpoint's parent unless --out is given."""
+    given = _train_given(argv)
+    if cfg.resume:
+        return check_resume(cfg, given)
+    check_train_fresh(cfg, given)
+    check_out_dir("--out", cfg.out)
+    return cfg
+
+
+def check_train_fresh(cfg, given: set[str]) -> None:
+    from vlaforge.policies.heads import HEADS
+
+    at_least("--threads", cfg.threads, 1)
+    at_least("--iterations", cfg.iterations, 1)
+    at_least("--groups", cfg.groups, 1, " (initial states per iteration)")
+    at_least("--num-envs", cfg.num_envs, 1)
+    at_least("--workers", cfg.workers, 0, " (0 = envs in this process)")
+    at_least("--image-size", cfg.image_size, 8)
+    if cfg.max_steps is not None:
+        at_least("--max-steps", cfg.max_steps, 1)
+    learning_rate("--lr", cfg.lr)
+    at_least("--lr-warmup", cfg.lr_warmup, 0, " iterations")
+    learning_rate("--value-lr", cfg.value_lr)
+    at_least("--weight-decay", cfg.weight_decay, 0)
+    positive("--curriculum-tau", cfg.curriculum_tau)
+    need(0 < cfg.fill_fraction <= 1, f"--fill-fraction must be in (0, 1]; got {cfg.fill_fraction}")
+    at_least("--max-collect-rounds", cfg.max_collect_rounds, 1)
+    at_least("--eval-every", cfg.eval_every, 0, " (0 = no evaluation)")
+    at_least("--eval-episodes", cfg.eval_episodes, 1)
+    at_least("--checkpoint-every", cfg.checkpoint_every, 1, " iterations")
+    at_least("--seed", cfg.seed, 0)
+    check_algo_config(cfg.algo, cfg.algo_cfg)
+    r = cfg.ray
+    if r.enabled:
+        at_least("--ray.env-workers", r.env_workers, 1)
+        at_least("--ray.learners", r.learners, 1)
+        positive("--ray.env-worker-cpus", r.env_worker_cpus)
+        positive("--ray.learner-cpus", r.learner_cpus)
+    taken = {"max_steps": "--max-steps"} if cfg.max_steps else {}
+    cfg.env_kwargs = check_env_kwargs(cfg.suite, cfg.env_kwargs, taken=taken)
+    if cfg.recipe:
+        check_recipe(cfg, given)
+    if cfg.init:
+        fresh_only = sorted(f for f in given if f in ("head", "chunk_size", "backbone", "policy")
+                            or (f.startswith("hf.") and f != "hf.trust_remote_code"))
+        need(not fresh_only, f"{flag(fresh_only[0], {'policy': 'hf'}) if fresh_only else ''} shapes a fresh policy "
+                             "and is ignored with --init (the checkpoint fixes it); drop it")
+        meta = read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)
+        pol = meta["policy"]
+        need(pol.get("image_size", cfg.image_size) == cfg.image_size,
+             f"--init policy reads {pol.get('image_size')}px images; pass --image-size {pol.get('image_size')}")
+        check_fits_suite("--init", pol, cfg.suite, cfg.tasks, cfg.image_size,
+                         {**cfg.env_kwargs, **({"max_steps": cfg.max_steps} if cfg.max_steps else {})})
+    else:
+        need(cfg.head in HEADS, f"--head '{cfg.head}' is unknown; choose one of {', '.join(HEADS)}")
+        need(cfg.backbone in ("vision", "state"), f"--backbone '{cfg.backbone}' is unknown; choose vision or state")
+        at_least("--chunk-size", cfg.chunk_size, 1)
+        if cfg.policy == "hf":
+            need(bool(cfg.hf.path), "--policy hf needs --policy.path DIR (a local Hugging Face image-text model)")
+            need((Path(cfg.hf.path).expanduser() / "config.json").exists(),
+                 f"--policy.path: no Hugging Face model at '{cfg.hf.path}' (expected a directory with config.json, "
+                 "the weights, the tokenizer and the image processor, e.g. written by save_pretrained)")
+            if not cfg.hf.trust_remote_code:
+                from vlaforge.policies.hf.model import remote_code_files
+
+                files = remote_code_files(Path(cfg.hf.path).expanduser())
+                need(not files, f"--policy.path: '{files[0] if files else ''}' asks to run the model's own Python "
+                                "code (auto_map); vlaforge runs it only with --policy.trust-remote-code")
+
+
+def read_config_checked(name: str, path: str, trust: bool) -> dict:
+    from vlaforge.policies import read_config
+
+    meta = read_config(path)
+    if meta["policy"].get("family") == "hf":
+        check_remote_code(meta["policy"], path, trust, name)
+    return meta
+
+
+def check_recipe(cfg, given: set[str]) -> None:
+    from vlaforge.recipes import RECIPES
+
+    need(cfg.recipe in RECIPES, f"--recipe '{cfg.recipe}' is unknown; choose one of: {', '.join(RECIPES)}")
+    if cfg.recipe == "ire-vla":
+        need("iterations" not in given, "--iterations is not read by the ire-vla recipe; set the RL stage's length "
+                                        "with --ire-vla.rl-iterations and the number of rounds with --ire-vla.rounds")
+        need(bool(cfg.init), "the ire-vla recipe starts from an SFT checkpoint: pass --init DIR (from `vlaforge sft`)")
+        ic = cfg.ire_vla
+        at_least("--ire-vla.rounds", ic.rounds, 1)
+        at_least("--ire-vla.rl-iterations", ic.rl_iterations, 1)
+        at_least("--ire-vla.sl-steps", ic.sl_steps, 0)
+        learning_rate("--ire-vla.sl-lr", ic.sl_lr)
+        need(0 <= ic.demo_fraction <= 1, f"--ire-vla.demo-fraction must be in [0, 1]; got {ic.demo_fraction}")
+        if ic.demos:
+            check_demos(ic.demos, "--ire-vla.demos")
+    elif cfg.recipe == "grape":
+        from vlaforge.recipes.grape import parse_weights
+
+        need(cfg.algo == "tpo", f"the grape recipe trains with TPO; drop --algo {cfg.algo}")
+        need(cfg.grape.decomposer in ("rule", "lm"), f"--grape.decomposer '{cfg.grape.decomposer}' is unknown; "
+                                                     "choose rule or lm")
+        need(cfg.grape.decomposer != "lm" or bool(cfg.grape.lm_path),
+             "--grape.decomposer lm needs --grape.lm-path DIR (a local transformers text model)")
+        try:
+            parse_weights(cfg.grape.cost_weights)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    elif cfg.recipe == "vla-rl":
+        v = cfg.vla_rl
+        finite("--vla-rl.rprm-weight", v.rprm_weight)
+        at_least("--vla-rl.rprm-steps", v.rprm_steps, 1)
+        if cfg.init:
+            pol = read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)["policy"]
+            need(pol.get("head") == "tokens", "VLA-RL trains a binned action-token head; SFT one with "
+                                              "`vlaforge sft --head tokens` and pass it as --init")
+        if v.demos:
+            check_demos(v.demos, "--vla-rl.demos")
+
+
+def check_resume(cfg, given: set[str]):
+    """``--resume CK``: the checkpoint is complete and sound; flags the checkpoint fixes are refused unless
+    equal to its values; the run directory is CK's parent unless ``--out`` is given. Stale temp dirs of an
+    interrupted save are repaired first."""
+    from vlaforge.fsutil import repair_atomic
+    from vlaforge.train.checkpoint import read_train_state
+
+    ck = Path(cfg.resume).expanduser()
+    if not (ck / "state.json").exists() and (ck / "checkpoint" / "state.json").exists():
+        raise UsageError(f"--resume '{cfg.resume}' is a run directory; pass its checkpoint: --resume {ck / 'checkpoint'}")
+    repair_atomic(ck)
+    state = read_train_state(ck)
+    saved = state["config_obj"]
+    for f in sorted(given):
+        if f.split(".")[0] in RESUME_MAY_CHANGE or f in RESUME_MAY_CHANGE:
+            continue
+        try:
+            mine, theirs = _get(cfg, f), _get(saved, f)
+        except AttributeError:
+            continue  # not a field (tyro rejects unknown flags before this)
+        if mine != theirs:
+            raise UsageError(f"{flag(f, {'policy': 'hf'})} cannot change on resume (the checkpoint's run has "
+                             f"{theirs!r}, you passed {mine!r}); drop it, or start a new run from the checkpoint "
+                             f"with --init {cfg.resume}")
+    need(saved.recipe != "ire-vla", "an ire-vla run cannot be resumed from a checkpoint (its stages write their own "
+                                    "runs); start it again")
+    if "out" not in given:
+        cfg.out = str(ck.parent)
+    check_out_dir("--out", cfg.out)
+    return cfg

@@ -1,0 +1,375 @@
+"""Hostile input: every bad flag or file is refused by the real CLI entry point with exit 2 and one line
+naming the flag/file and what to do, no traceback, before any work, leaving no file behind. Also: resume
+never writes outside its run directory, torn metrics and stale temp dirs are repaired, a non-finite
+policy is never written, a checkpoint never runs code, and the evaluation protocol's two metrics.
+
+The table runs ``vlaforge.cli.main`` in-process (one import of torch for ~50 cases); one case runs the
+console script as a subprocess to check the real entry point.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlaforge.cli import main
+from vlaforge.envs import make_vec_env
+from vlaforge.policies import build_policy, save_policy
+
+PRIV = ["--env-kwargs", "radius", "0.2", "privileged", "1"]
+TRAIN = ["train", "--backbone", "state", *PRIV, "--groups", "2", "--num-envs", "4", "--eval-every", "0",
+         "--no-progress", "--no-tensorboard", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Inputs the cases point at: demos, a policy, a finished 1-iteration training run, broken variants."""
+    from vlaforge.data.demos import collect_demos
+
+    root = tmp_path_factory.mktemp("world")
+    collect_demos(make_vec_env("pointreach", 4), root / "demos", ["red-0"], 2, seed=0)
+    save_policy(build_policy(backbone="state", state_dim=2, action_dim=2), root / "policy")
+    assert main([*TRAIN, "--iterations", "1", "--out", str(root / "run")]) == 0
+    # broken copies
+    for name, edit in {"v99": lambda m: m.update(format_version=99),
+                       "unknown_field": lambda m: m["policy"].update(evil="x"),
+                       "bad_type": lambda m: m["policy"].update(chunk_size="4"),
+                       "bad_family": lambda m: m["policy"].update(family="pickle")}.items():
+        shutil.copytree(root / "policy", root / name)
+        meta = json.loads((root / name / "config.json").read_text())
+        edit(meta)
+        (root / name / "config.json").write_text(json.dumps(meta))
+    shutil.copytree(root / "demos", root / "demos_badinfo")
+    (root / "demos_badinfo" / "meta" / "info.json").write_text("{not json")
+    shutil.copytree(root / "demos", root / "demos_badeps")
+    with open(root / "demos_badeps" / "meta" / "episodes.jsonl", "a") as f:
+        f.write('{"episode_index": 9, "succ\n')
+    shutil.copytree(root / "run", root / "crafted")  # a checkpoint whose state.json carries an unknown field
+    st = json.loads((root / "crafted" / "checkpoint" / "state.json").read_text())
+    st["config"]["exec"] = "rm -rf /"
+    (root / "crafted" / "checkpoint" / "state.json").write_text(json.dumps(st))
+    (root / "afile").write_text("x")
+    return root
+
+
+def _tree(*roots) -> set:
+    return {str(p) for r in roots for p in Path(r).rglob("*")}
+
+
+# (case id, argv with W = the world fixture dir and T = a fresh temp dir, words the message must hold)
+CASES = [
+    ("collect-episodes-0", ["collect", "--episodes", "0", "--out", "T/d"], ["--episodes", ">= 1"]),
+    ("collect-episodes-neg", ["collect", "--episodes", "-3", "--out", "T/d"], ["--episodes"]),
+    ("collect-envkw-bogus", ["collect", "--env-kwargs", "bogus", "1", "--out", "T/d"], ["--env-kwargs", "bogus", "radius"]),
+    ("collect-envkw-image", ["collect", "--env-kwargs", "image_size", "32", "--out", "T/d"], ["--image-size"]),
+    ("collect-envkw-radius-neg", ["collect", "--env-kwargs", "radius", "-1", "--out", "T/d"], ["radius", "> 0"]),
+    ("collect-envkw-nan", ["collect", "--env-kwargs", "speed", "nan", "--out", "T/d"], ["speed", "finite"]),
+    ("collect-envkw-switch", ["collect", "--env-kwargs", "privileged", "2", "--out", "T/d"], ["privileged", "0 or 1"]),
+    ("collect-workers-neg", ["collect", "--workers", "-1", "--out", "T/d"], ["--workers"]),
+    ("collect-num-envs-0", ["collect", "--num-envs", "0", "--out", "T/d"], ["--num-envs"]),
+    ("collect-noise-neg", ["collect", "--noise", "-0.1", "--out", "T/d"], ["--noise"]),
+    ("collect-out-under-file", ["collect", "--out", "W/afile/d"], ["--out", "under the file"]),
+    ("collect-out-is-file", ["collect", "--out", "W/afile"], ["--out", "is a file"]),
+    ("collect-unknown-suite", ["collect", "--suite", "nosuch", "--out", "T/d"], ["unknown suite"]),
+    ("sft-steps-0", ["sft", "--demos", "W/demos", "--sft.steps", "0", "--out", "T/s"], ["--sft.steps"]),
+    ("sft-steps-neg", ["sft", "--demos", "W/demos", "--sft.steps", "-5", "--out", "T/s"], ["--sft.steps"]),
+    ("sft-batch-0", ["sft", "--demos", "W/demos", "--sft.batch-size", "0", "--out", "T/s"], ["--sft.batch-size"]),
+    ("sft-lr-nan", ["sft", "--demos", "W/demos", "--sft.lr", "nan", "--out", "T/s"], ["--sft.lr", "finite"]),
+    ("sft-lr-neg", ["sft", "--demos", "W/demos", "--sft.lr", "-1", "--out", "T/s"], ["--sft.lr"]),
+    ("sft-lr-huge", ["sft", "--demos", "W/demos", "--sft.lr", "1e38", "--out", "T/s"], ["--sft.lr", "<= 10"]),
+    ("sft-threads-0", ["sft", "--demos", "W/demos", "--threads", "0", "--out", "T/s"], ["--threads"]),
+    ("sft-chunk-0", ["sft", "--demos", "W/demos", "--chunk-size", "0", "--out", "T/s"], ["--chunk-size"]),
+    ("sft-head-bogus", ["sft", "--demos", "W/demos", "--head", "mlp", "--out", "T/s"], ["--head", "gaussian"]),
+    ("sft-no-demos", ["sft", "--demos", "T/nothing", "--out", "T/s"], ["--demos", "vlaforge collect"]),
+    ("sft-bad-info-json", ["sft", "--demos", "W/demos_badinfo", "--out", "T/s"], ["info.json", "not valid JSON"]),
+    ("sft-bad-episodes-json", ["sft", "--demos", "W/demos_badeps", "--out", "T/s"], ["episodes.jsonl", "line"]),
+    ("sft-init-with-head", ["sft", "--demos", "W/demos", "--init", "W/policy", "--head", "flow", "--out", "T/s"],
+     ["--head", "--init"]),
+    ("sft-init-with-chunk", ["sft", "--demos", "W/demos", "--init", "W/policy", "--chunk-size", "8", "--out", "T/s"],
+     ["--chunk-size", "--init"]),
+    ("sft-out-under-file", ["sft", "--demos", "W/demos", "--out", "W/afile/s"], ["--out", "under the file"]),
+    ("train-iterations-neg", [*TRAIN, "--iterations", "-1", "--out", "T/r"], ["--iterations"]),
+    ("train-groups-0", [*TRAIN, "--groups", "0", "--out", "T/r"], ["--groups"]),
+    ("train-checkpoint-every-0", [*TRAIN, "--checkpoint-every", "0", "--out", "T/r"], ["--checkpoint-every"]),
+    ("train-chunk-0", [*TRAIN, "--chunk-size", "0", "--out", "T/r"], ["--chunk-size"]),
+    ("train-threads-0", [*TRAIN, "--threads", "0", "--out", "T/r"], ["--threads"]),
+    ("train-lr-neg", [*TRAIN, "--lr", "-1", "--out", "T/r"], ["--lr", "> 0"]),
+    ("train-lr-nan", [*TRAIN, "--lr", "nan", "--out", "T/r"], ["--lr", "finite"]),
+    ("train-workers-neg", [*TRAIN, "--workers", "-1", "--out", "T/r"], ["--workers"]),
+    ("train-eval-episodes-0", [*TRAIN, "--eval-episodes", "0", "--out", "T/r"], ["--eval-episodes"]),
+    ("train-group-size-1", [*TRAIN, "--rloo.group-size", "1", "--out", "T/r"], ["--rloo.group-size"]),
+    ("train-envkw-bogus", [*TRAIN, "--env-kwargs", "bogus", "1", "--out", "T/r"], ["--env-kwargs", "bogus"]),
+    ("train-envkw-image", [*TRAIN, "--env-kwargs", "image_size", "32", "--out", "T/r"], ["--image-size"]),
+    ("train-out-under-file", [*TRAIN, "--out", "W/afile/r"], ["--out", "under the file"]),
+    ("train-recipe-unknown", [*TRAIN, "--recipe", "nope", "--out", "T/r"], ["--recipe", "ript-vla"]),
+    ("train-ire-vla-iterations", ["train", "--recipe", "ire-vla", "--iterations", "1", "--init", "W/policy",
+                                  "--out", "T/r"], ["--iterations", "--ire-vla.rl-iterations"]),
+    ("train-init-with-head", ["train", *PRIV, "--init", "W/policy", "--head", "flow", "--out", "T/r"],
+     ["--head", "--init"]),
+    ("train-init-wrong-dims", ["train", "--iterations", "1", "--groups", "2", "--num-envs", "4", "--eval-every", "0",
+                               "--init", "W/run/final", "--env-kwargs", "radius", "0.2", "--out", "T/r"],
+     ["--init", "state/action dims"]),
+    ("train-hf-no-path", [*TRAIN, "--policy", "hf", "--out", "T/r"], ["--policy.path"]),
+    ("resume-iterations", ["train", "--resume", "W/run/checkpoint", "--iterations", "5"],
+     ["--iterations", "cannot change on resume"]),
+    ("resume-suite", ["train", "--resume", "W/run/checkpoint", "--suite", "metaworld"], ["--suite", "resume"]),
+    ("resume-threads", ["train", "--resume", "W/run/checkpoint", "--threads", "2"], ["--threads", "resume"]),
+    ("resume-run-dir", ["train", "--resume", "W/run"], ["--resume", "run/checkpoint"]),
+    ("resume-missing", ["train", "--resume", "T/none"], ["no training checkpoint"]),
+    ("resume-crafted-state", ["train", "--resume", "W/crafted/checkpoint"], ["state.json", "exec"]),
+    ("eval-episodes-0", ["eval", "--checkpoint", "W/policy", "--episodes", "0", "--env-kwargs", "privileged", "1"],
+     ["--episodes"]),
+    ("eval-episodes-neg", ["eval", "--checkpoint", "W/policy", "--episodes", "-2"], ["--episodes"]),
+    ("eval-videos-neg", ["eval", "--checkpoint", "W/policy", "--videos", "-1"], ["--videos"]),
+    ("eval-workers-neg", ["eval", "--checkpoint", "W/policy", "--workers", "-1"], ["--workers"]),
+    ("eval-threads-0", ["eval", "--checkpoint", "W/policy", "--threads", "0"], ["--threads"]),
+    ("eval-envkw-bogus", ["eval", "--checkpoint", "W/policy", "--env-kwargs", "bogus", "1"], ["bogus"]),
+    ("eval-envkw-image", ["eval", "--checkpoint", "W/policy", "--env-kwargs", "image_size", "32"], ["--image-size"]),
+    ("eval-out-under-file", ["eval", "--checkpoint", "W/policy", "--out", "W/afile/m.json"], ["--out", "under the file"]),
+    ("eval-out-is-dir", ["eval", "--checkpoint", "W/policy", "--out", "W/demos"], ["--out", "is a directory"]),
+    ("eval-no-checkpoint", ["eval", "--checkpoint", "T/nope"], ["no checkpoint"]),
+    ("eval-format-99", ["eval", "--checkpoint", "W/v99"], ["format_version 99"]),
+    ("eval-config-unknown-field", ["eval", "--checkpoint", "W/unknown_field"], ["config.json", "evil"]),
+    ("eval-config-bad-type", ["eval", "--checkpoint", "W/bad_type"], ["config.json", "chunk_size"]),
+    ("eval-config-bad-family", ["eval", "--checkpoint", "W/bad_family"], ["config.json", "pickle"]),
+    ("eval-wrong-dims", ["eval", "--checkpoint", "W/run/final", "--env-kwargs", "privileged", "0"],
+     ["state/action dims"]),
+    ("eval-unknown-task", ["eval", "--checkpoint", "W/policy", "--tasks", "magenta-7"], ["unknown"]),
+    ("unknown-command", ["frobnicate"], ["unknown command"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_one_line_exit_2_nothing_written(argv, words, world, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative defaults (runs/...) land here and are checked too
+    argv = [a.replace("W/", f"{world}/").replace("T/", f"{tmp_path}/") for a in argv]
+    before = _tree(world, tmp_path)
+    rc = main(argv)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert _tree(world, tmp_path) == before, "a refused command left files behind"
+
+
+def test_console_script_one_line(tmp_path):
+    """The installed entry point (a subprocess) prints the same single line and exits 2."""
+    r = subprocess.run([sys.executable, "-m", "vlaforge.cli", "collect", "--episodes", "0", "--out", str(tmp_path / "d")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--episodes" in r.stderr, r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_in_read_only_folder(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(["collect", "--out", str(ro / "d")]) == 2
+        assert "cannot write" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o755)
+
+
+def test_internal_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    """A plain ValueError from inside a command is a bug: it propagates (traceback), not a one-line message."""
+    import vlaforge.pipeline
+
+    def boom(a, quiet=False):
+        raise ValueError("max() arg is an empty sequence")
+
+    monkeypatch.setattr(vlaforge.pipeline, "run_collect", boom)
+    with pytest.raises(ValueError, match="empty sequence"):
+        main(["collect", "--episodes", "1", "--out", str(tmp_path / "d")])
+
+
+# -- security: a checkpoint never runs code ---------------------------------------------------------
+
+def _poc(root: Path, marker: Path) -> Path:
+    """A checkpoint dir whose backbone/config.json maps AutoConfig to a configuration_x.py that writes ``marker``."""
+    ck = root / "poc"
+    (ck / "backbone").mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({"act_lo": -torch.ones(2), "act_hi": torch.ones(2)}, str(ck / "model.safetensors"))
+    (ck / "config.json").write_text(json.dumps({"format_version": 1, "policy": {
+        "family": "hf", "path": str(ck / "base"), "trust_remote_code": True, "head": "tokens", "state_dim": 2, "action_dim": 2,
+        "views": 1, "image_size": 64, "lora_rank": 0}}))
+    (ck / "backbone" / "config.json").write_text(json.dumps({
+        "model_type": "x", "auto_map": {"AutoConfig": "configuration_x.XConfig"}}))
+    (ck / "backbone" / "configuration_x.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('pwned')\n"
+        "from transformers import PretrainedConfig\nclass XConfig(PretrainedConfig):\n    model_type = 'x'\n")
+    return ck
+
+
+def test_checkpoint_remote_code_never_runs_without_the_flag(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    ck = _poc(tmp_path, marker)
+    assert main(["eval", "--checkpoint", str(ck), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert err.count("\n") == 1 and "--trust-remote-code" in err and "auto_map" in err, err
+    # the loader itself refuses too (programmatic use, no validation in front), before transformers reads it
+    from vlaforge.policies import CheckpointError, load_policy
+
+    with pytest.raises(CheckpointError, match="auto_map"):
+        load_policy(ck)
+    assert not marker.exists()
+
+
+def test_poc_is_real_with_the_flag(tmp_path):
+    """The same directory does run its code when the user passes --trust-remote-code: the test above can fail."""
+    pytest.importorskip("transformers")
+    marker = tmp_path / "marker"
+    ck = _poc(tmp_path, marker)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "vlaforge.cli", "eval", "--checkpoint", str(ck), "--episodes", "1",
+                    "--trust-remote-code", "--threads", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert marker.exists()
+
+
+def test_policy_config_allow_list_is_per_family():
+    from dataclasses import dataclass
+
+    from vlaforge.policies import CheckpointError
+    from vlaforge.validate import CONFIG_SCHEMAS, check_policy_config, register_config_schema
+
+    @dataclass
+    class ToyConfig:
+        width: int = 4
+        name: str | None = None
+
+    meta = {"format_version": 1, "policy": {"family": "toy", "width": 8}}
+    with pytest.raises(CheckpointError, match="family"):
+        check_policy_config(meta, "x")
+    register_config_schema("toy", ToyConfig, ignored=("legacy",))
+    try:
+        assert check_policy_config({**meta, "policy": {**meta["policy"], "legacy": 1}}, "x") == {"family": "toy",
+                                                                                                "width": 8}
+        with pytest.raises(CheckpointError, match="width"):
+            check_policy_config({"policy": {"family": "toy", "width": 1.5}}, "x")
+    finally:
+        CONFIG_SCHEMAS.pop("toy")
+
+
+# -- resume never writes elsewhere; repairs -----------------------------------------------------------
+
+def _mtimes(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in d.rglob("*")}
+
+
+def test_resume_writes_into_the_checkpoints_parent_only(world, tmp_path, capsys):
+    src = world / "run"
+    copy = tmp_path / "C"
+    shutil.copytree(src, copy)
+    st = json.loads((copy / "checkpoint" / "state.json").read_text())
+    st["config"]["out"] = str(tmp_path / "elsewhere")  # a crafted run directory is never used
+    (copy / "checkpoint" / "state.json").write_text(json.dumps(st))
+    before = _mtimes(src)
+    assert main(["train", "--resume", str(copy / "checkpoint"), "--no-progress"]) == 0
+    assert f"run directory: {copy}" in capsys.readouterr().out
+    assert _mtimes(src) == before
+    assert not (tmp_path / "elsewhere").exists()
+    assert (copy / "final" / "model.safetensors").exists()
+    # an explicit --out is honoured
+    assert main(["train", "--resume", str(copy / "checkpoint"), "--out", str(tmp_path / "fork"), "--no-progress"]) == 0
+    assert (tmp_path / "fork" / "final" / "model.safetensors").exists()
+
+
+def test_torn_metrics_line_is_repaired(tmp_path):
+    from vlaforge.train.checkpoint import repair_metrics
+
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"step": 1, "a": 1}\n{"step": 2, "a": 2}\n{"step": 3, "a": 3}\n{"step": 4, "a"')
+    assert repair_metrics(f, 2) == 2
+    assert [json.loads(x)["step"] for x in f.read_text().splitlines()] == [1, 2]
+
+
+def test_stale_temp_dirs_repaired(tmp_path):
+    from vlaforge.fsutil import atomic_dir, repair_atomic
+
+    ck = tmp_path / "checkpoint"
+    with atomic_dir(ck) as t:
+        (t / "a").write_text("1")
+    dead = 2 ** 22 + 12345  # above the default pid_max: no such process
+    (tmp_path / f".checkpoint.tmp-{dead}-abc").mkdir()
+    (tmp_path / ".checkpoint.tmp-legacy").mkdir()  # an older vlaforge's name, without a pid
+    with atomic_dir(ck) as t:  # every save removes leftovers of processes that are gone
+        (t / "a").write_text("2")
+    assert not (tmp_path / f".checkpoint.tmp-{dead}-abc").exists() and (tmp_path / ".checkpoint.tmp-legacy").exists()
+    # killed between the two renames: only the .old- copy is left; resume's repair puts it back
+    os.rename(ck, tmp_path / f".checkpoint.old-{dead}")
+    repair_atomic(ck)
+    assert (ck / "a").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+# -- non-finite guard ---------------------------------------------------------------------------------
+
+def test_nonfinite_policy_never_written(world, tmp_path):
+    from vlaforge.policies import load_policy
+    from vlaforge.train.checkpoint import save_checkpoint
+    from vlaforge.validate import NonFiniteError
+
+    ck = tmp_path / "run" / "checkpoint"
+    shutil.copytree(world / "run" / "checkpoint", ck)
+    before = _mtimes(ck)
+    policy = load_policy(ck)
+    with torch.no_grad():
+        next(policy.parameters()).fill_(float("nan"))
+    opt = torch.optim.AdamW(policy.parameters())
+    with pytest.raises(NonFiniteError, match=r"iteration 7: .*NaN.*last good checkpoint is .*\(iteration 1\)"):
+        save_checkpoint(ck, policy, opt, {"iteration": 7}, torch.Generator())
+    assert _mtimes(ck) == before and sorted(p.name for p in ck.parent.iterdir()) == ["checkpoint"]
+    with pytest.raises(NonFiniteError):
+        save_policy(policy, tmp_path / "sft")
+    assert not (tmp_path / "sft").exists()
+
+
+def test_diverging_sft_exits_1_and_saves_nothing(world, tmp_path, capsys):
+    rc = main(["sft", "--demos", str(world / "demos"), "--out", str(tmp_path / "s"), "--sft.steps", "10",
+               "--sft.batch-size", "4", "--sft.lr", "10", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "diverged" in err and "--sft.lr" in err, err
+    assert not (tmp_path / "s").exists()
+
+
+# -- evaluation protocol ------------------------------------------------------------------------------
+
+def test_episode_outcomes_truncated_never_success():
+    from types import SimpleNamespace
+
+    from vlaforge.rollout.evaluate import episode_outcomes
+
+    B = torch.tensor
+    # 3 episodes, T = 3: ep0 solved at step 1 and ended there; ep1 flagged success but truncated at its end;
+    # ep2 solved at step 0, kept running, ended at step 2 by the time limit without being solved then
+    alive = B([[1, 1, 1], [1, 1, 1], [0, 1, 1]]).bool()
+    terminated = B([[0, 0, 0], [1, 0, 0], [0, 0, 0]]).bool()
+    truncated = B([[0, 0, 0], [0, 0, 0], [0, 1, 0]]).bool()
+    r = SimpleNamespace(alive=alive, terminated=terminated, truncated=truncated, success=B([1, 1, 1]).bool())
+    once, at_end = episode_outcomes(r)
+    assert once.tolist() == [True, False, True] and at_end.tolist() == [True, False, False]
+
+
+def test_eval_manifest_and_table_report_both_metrics(world, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["eval", "--checkpoint", str(world / "run" / "final"), "--tasks", "red-0", "--episodes", "3",
+                 "--num-envs", "3", "--threads", "1", *PRIV, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "at_end" in text and "3 episodes per task on seeds 10000000..10000002" in text
+    m = json.loads(out.read_text())
+    r = m["results"][0]
+    assert {"success_rate", "success_once", "success_at_end", "successes"} <= set(r)
+    assert r["success_once"] == r["success_rate"] and r["success_at_end"] <= r["success_once"]
+    assert m["overall"]["success_at_end"] == pytest.approx(np.mean([x["success_at_end"] for x in m["results"]]))
