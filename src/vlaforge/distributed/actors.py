@@ -28,6 +28,7 @@ from vlaforge.algos import get_algo
 from vlaforge.algos.common import LOCAL
 from vlaforge.envs import make_vec_env
 from vlaforge.rollout.collect import CollectStats, collect
+from vlaforge.train.loop import env_settings, eval_metrics, make_optimizer, set_policy_lr
 
 
 def set_rng(rng) -> None:
@@ -47,8 +48,6 @@ class EnvWorker:
     """One role: step a vectorised env with a local copy of the policy."""
 
     def __init__(self, cfg, policy, weights: dict, index: int):
-        from vlaforge.train.loop import env_settings
-
         torch.set_num_threads(cfg.threads)
         self.cfg, self.index = cfg, index
         self.venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
@@ -67,8 +66,6 @@ class EnvWorker:
         return rollout, stats, torch.get_rng_state()
 
     def evaluate(self, eval_names: list[str], episodes: int, rng):
-        from vlaforge.train.loop import eval_metrics
-
         set_rng(rng)
         return eval_metrics(self.policy, self.venv, eval_names, episodes), torch.get_rng_state()
 
@@ -128,8 +125,6 @@ class Learner:
 
     def __init__(self, cfg, policy, weights: dict, rank: int, world: int, opt_state: dict | None,
                  gen_state: torch.Tensor, algo_state: tuple | None = None):
-        from vlaforge.train.loop import make_optimizer
-
         torch.set_num_threads(cfg.threads)
         self.cfg, self.rank, self.world = cfg, rank, world
         self.algo = get_algo(cfg.algo)
@@ -167,8 +162,6 @@ class Learner:
 
     def update(self, batch, acfg, iteration: int, rng):
         """The algorithm's own update on this learner's shard; returns (metrics, RNG state)."""
-        from vlaforge.train.loop import set_policy_lr
-
         set_rng(rng)
         set_policy_lr(self.optimizer, self.cfg, iteration)
         metrics = self.algo.update(self.policy, self.optimizer, batch, acfg, iteration, self.gen, self.sync, self.state)

@@ -1,29 +1,27 @@
-"""The training loop of ``train/loop.py`` on a Ray cluster: the same stages, functions and checkpoints,
-with collection spread over env-worker actors and the update over data-parallel learner actors.
+"""The Ray backend of ``train()`` (``train/backend.py``): the same loop, with collection spread over
+env-worker actors and the update over data-parallel learner actors.
 
     vlaforge train --algo rloo --suite pointreach --ray --ray.env-workers 2 --ray.learners 2
     vlaforge train --resume runs/train/checkpoint --ray          # resume (also a local run's checkpoint)
 
-Per iteration (each stage timed as ``time/<stage>_s``):
+What each backend call does here:
 
-- **collect**: ``collect_groups`` (the local function: task sampling, dynamic rejection) with a
-  ``collect_fn`` that splits the contexts, whole groups each, over the env workers; each runs the
-  local ``collect()``. A worker that dies is replaced (same placement-group bundle, current
-  weights); the episodes it was running are discarded, never counted
-  (``rollout/discarded_episodes``, ``ray/env_workers_replaced``).
-- **reward**: the hooks' ``shape_rewards`` / ``score`` on the driver.
-- **advantages**: the algorithm's ``prepare()`` on the driver, over the whole batch (group
-  baselines and advantage normalisation see every episode, as in a local run).
-- **update**: the batch is cut into equal shards, one per learner (at most learners−1 decision
-  steps are left out: ``train/dropped_for_sharding``), with the minibatch size divided by the number
-  of learners so that one optimizer step still sees about ``minibatch_size`` steps. Each learner
-  runs the algorithm's ``update()``; gradients are averaged with a gloo all-reduce.
-- **sync**: learner 0's weights go to every env worker (one object in the Ray store).
-- **eval**: the local evaluation on env worker 0.
+- **collect**: ``Cluster.collect`` (``collect_groups``'s ``collect_fn``) splits the contexts, whole
+  groups each, over the env workers; each runs the local ``collect()``. A worker that dies is replaced
+  (same placement-group bundle, current weights); the episodes it was running are discarded, never
+  counted (``rollout/discarded_episodes``, ``ray/env_workers_replaced``).
+- **update**: the batch (prepared on the driver over the whole rollout, so group baselines and advantage
+  normalisation see every episode) is cut into equal shards, one per learner (at most learners−1 items
+  are left out: ``train/dropped_for_sharding``), with the algorithm's ``batch_fields`` divided by the
+  number of learners so that one optimizer step still sees about ``minibatch_size`` items. Each learner
+  runs the algorithm's ``update()`` with an all-reduce ``sync``.
+- **sync**: learner 0's weights go to every env worker (one object in the Ray store) and to the driver.
+- **evaluate**: the local evaluation on env worker 0.
 
-Checkpoints are written by the driver in the local loop's format (``train/checkpoint.py``), so a
-Ray run resumes locally and the other way round. A learner that dies stops the run with
-``RunFailed`` naming the last good checkpoint; the checkpoint is written atomically, so it is intact.
+Checkpoints are written by the loop in one format, so a Ray run resumes locally and the other way
+round. A learner that dies stops the run with ``RunFailed`` naming the last good checkpoint; the
+checkpoint is written atomically, so it is intact. ``Hooks.after_submit(stage, iteration, cluster)``
+runs while a stage's remote calls are in flight.
 
 Differences from a local run: with one env worker and one learner the metrics are identical for
 the same seed (the driver threads the local run's torch RNG stream through worker 0 and learner 0;
@@ -39,54 +37,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vlaforge.algos import get_algo
-from vlaforge.algos.common import trajectory_reward
-from vlaforge.hooks import NO_HOOKS
-from vlaforge.distributed import RunFailed
 from vlaforge.distributed.actors import EnvWorker, Learner, derived_seed
 from vlaforge.envs import require, suite_spec
+from vlaforge.hooks import Hooks
 from vlaforge.rollout.collect import CollectStats, group_ids_for
-from vlaforge.rollout.sampling import TaskSampler
-from vlaforge.train.checkpoint import load_algo_state, save_checkpoint
-from vlaforge.train.logging import RunLogger, progress_bar
-from vlaforge.train.loop import (
-    _truncate_metrics,
-    collect_groups,
-    config_to_dict,
-    env_settings,
-    fresh_policy,
-    policy_lr,
-    run_tasks,
-    start_state,
-)
+from vlaforge.train.backend import Backend
+from vlaforge.train.loop import env_settings
 from vlaforge.types import Rollout
-
-STAGES = ("collect", "reward", "advantages", "update", "sync", "eval")
-
-
-class StageTimer:
-    """Wall time per stage of one iteration."""
-
-    def __init__(self):
-        self.seconds = dict.fromkeys(STAGES, 0.0)
-
-    @contextmanager
-    def __call__(self, stage: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] += time.perf_counter() - t0
-
-    def metrics(self) -> dict:
-        return {f"time/{k}_s": v for k, v in self.seconds.items()}
 
 
 def shard_batch(batch, world: int) -> tuple[list, int]:
@@ -116,34 +79,25 @@ def merge_learner_metrics(results: list[dict]) -> dict:
     return out
 
 
-class _SavedOptimizer:
-    """What ``save_checkpoint`` needs of an optimizer, for one that lives on learner 0."""
+class _Saved:
+    """What ``save_checkpoint`` needs of an optimizer or an algorithm state that lives on learner 0."""
 
-    def __init__(self, state: dict):
+    def __init__(self, state):
         self._state = state
 
-    def state_dict(self) -> dict:
+    def state_dict(self):
         return self._state
 
 
-class _SavedAlgoState:
-    """What ``save_checkpoint`` needs of an algorithm state, for one that lives on learner 0."""
-
-    def __init__(self, state: tuple):
-        self._state = state
-
-    def state_dict(self) -> tuple:
-        return self._state
-
-
-class LearnerDied(Exception):
-    pass
+class RunFailed(RuntimeError):
+    """A Ray run cannot go on (a learner died, env workers keep dying, the cluster lacks resources).
+    The message says what happened and how to resume."""
 
 
 class Cluster:
     """The actors of one run in one placement group: ``env_workers`` EnvWorkers and ``learners`` Learners."""
 
-    def __init__(self, ray, cfg, policy, opt_state, gen_state, hooks=NO_HOOKS, algo_state=None):
+    def __init__(self, ray, cfg, policy, opt_state, gen_state, hooks: Hooks, algo_state=None):
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -203,8 +157,6 @@ class Cluster:
         self.workers[i] = self._new_worker(i)
 
     def _after_submit(self, stage: str) -> None:
-        """Testing aid: ``hooks.after_submit(stage, iteration, cluster)`` runs while the stage's calls are
-        in flight (the fault tests kill an actor there)."""
         self.hooks.after_submit(stage, self.iteration, self)
 
     def collect(self, task_ids: np.ndarray, seeds: np.ndarray, stats: CollectStats) -> Rollout:
@@ -271,7 +223,7 @@ class Cluster:
 
     # -- learners ----------------------------------------------------------------------------------
     def _get_learners(self, refs: list, what: str) -> list:
-        """Results of learner calls; a dead learner raises LearnerDied (as soon as it is noticed)."""
+        """Results of learner calls; a dead learner stops the run with RunFailed (as soon as it is noticed)."""
         ray = self.ray
         pending = list(refs)
         while pending:
@@ -279,11 +231,12 @@ class Cluster:
             try:
                 ray.get(done[0])
             except ray.exceptions.RayActorError as e:
-                raise LearnerDied(f"a learner died during {what} of iteration {self.iteration + 1} "
-                                  f"({type(e).__name__})") from None
+                raise RunFailed(f"a learner died during {what} of iteration {self.iteration + 1} "
+                                f"({type(e).__name__}); {_checkpoint_note(Path(self.cfg.out) / 'checkpoint')}") from None
         return ray.get(refs)
 
     def update(self, batch, acfg, it: int) -> dict:
+        self.iteration = it
         world = len(self.learners)
         shards, dropped = shard_batch(batch, world)
         lcfg = per_learner_config(acfg, world, get_algo(self.cfg.algo).batch_fields)
@@ -346,92 +299,47 @@ def _checkpoint_note(path: Path) -> str:
     return f"the last good checkpoint is '{path}' (iteration {it}); resume with: vlaforge train --resume {path} --ray"
 
 
-def train_ray(cfg, hooks=None) -> dict:
-    """``train(cfg, hooks)`` with ``cfg.ray``'s actors. Returns the final metrics (evaluation included)."""
-    ray = require("ray", "ray")
-    hooks = NO_HOOKS if hooks is None else hooks
-    resuming = cfg.resume is not None
-    cfg, policy, opt_state, rng, start_it, env_steps_total, sampler_state = start_state(cfg)
-    out = Path(cfg.out)
-    torch.set_num_threads(cfg.threads)
-    algo = get_algo(cfg.algo)
-    acfg = cfg.algo_cfg
-    K = acfg.group_size
-    spec = suite_spec(cfg.suite, **env_settings(cfg))
-    if policy is None:
-        policy = fresh_policy(cfg, spec)
-    train_ids, eval_names = run_tasks(cfg, spec, policy)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    sampler = TaskSampler(train_ids, cfg.curriculum, cfg.curriculum_tau, seed=cfg.seed)
-    if resuming:
-        sampler.load_state_dict(sampler_state)
-        torch.set_rng_state(rng["torch_cpu"])  # the run's RNG stream, handed to worker 0 / learner 0
-        gen.set_state(rng["update_gen"])
-        _truncate_metrics(out / "metrics.jsonl", start_it)
-    policy.temperature = acfg.temperature
-    started = _connect(ray, cfg.ray)
-    cluster = None
-    try:
-        algo_state = load_algo_state(cfg.resume) if resuming and algo.init_state is not None else None
-        cluster = Cluster(ray, cfg, policy, opt_state, gen.get_state(), hooks, algo_state)
-        logger = RunLogger(out, cfg.tensorboard)
-        (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
-        final: dict = {}
-        prog, task = progress_bar(f"{cfg.algo} on {cfg.suite} (Ray)", cfg.iterations, cfg.progress)
-        prog.update(task, completed=start_it)
-        try:
-            with prog:
-                if start_it == 0 and cfg.eval_every > 0:
-                    final = logger.log(0, cluster.evaluate(eval_names, cfg.eval_episodes))
-                for it in range(start_it, cfg.iterations):
-                    cluster.iteration = it
-                    timer = StageTimer()
-                    stats = CollectStats()
-                    with timer("collect"):
-                        rollout, info = collect_groups(None, None, sampler, cfg, K, stats, collect_fn=cluster.collect)
-                    metrics = dict(info)
-                    if rollout is not None:
-                        with timer("reward"):
-                            metrics.update(hooks.shape_rewards(rollout))
-                        with timer("advantages"):
-                            batch, pinfo = algo.prepare(rollout, acfg, hooks)
-                        metrics.update(pinfo)
-                        with timer("update"):
-                            metrics.update(cluster.update(batch, acfg, it))
-                        metrics["train/lr"] = policy_lr(cfg, it)  # the learners set it (set_policy_lr)
-                        metrics["rollout/return"] = float(trajectory_reward(rollout)[rollout.valid].mean())
-                        with timer("sync"):
-                            cluster.sync_weights()
-                        policy.load_state_dict(ray.get(cluster.weights))
-                        metrics.update(hooks.after_iteration(it, policy, rollout))
-                    env_steps_total += stats.env_steps
-                    metrics.update({"time/env_steps_per_s": stats.env_steps / max(timer.seconds["collect"], 1e-9),
-                                    "rollout/env_steps": env_steps_total, "rollout/invalid_episodes": stats.invalid,
-                                    **cluster.fault_metrics()})
-                    if cfg.eval_every > 0 and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
-                        with timer("eval"):
-                            metrics.update(cluster.evaluate(eval_names, cfg.eval_episodes))
-                    metrics.update(timer.metrics())
-                    final = logger.log(it + 1, metrics)
-                    if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
-                        weights, opt, gen_state, astate = cluster.train_state()
-                        policy.load_state_dict(weights)
-                        gen.set_state(gen_state)
-                        save_checkpoint(out / "checkpoint", policy, _SavedOptimizer(opt), {
-                            "iteration": it + 1, "env_steps": env_steps_total, "sampler": sampler.state_dict(),
-                            "config": config_to_dict(cfg)}, gen, None if astate is None else _SavedAlgoState(astate))
-                    prog.update(task, advance=1, info=f"success {metrics['rollout/success']:.2f}")
-        except LearnerDied as e:
-            raise RunFailed(f"{e}; {_checkpoint_note(out / 'checkpoint')}") from None
-        finally:
-            logger.close()
-        policy.load_state_dict(cluster.train_state()[0])
-    finally:
-        if cluster is not None:
-            cluster.close()
-        if started:
-            ray.shutdown()
-    from vlaforge.policies import save_policy
+class RayBackend(Backend):
+    """``train()``'s backend on a Ray cluster (``--ray``): collection on env-worker actors, updates on
+    data-parallel learner actors, evaluation on env worker 0. Registered as "ray" by ``vlaforge.distributed``."""
 
-    save_policy(policy, out / "final")
-    return final
+    def __init__(self, cfg, hooks: Hooks):
+        self.ray = require("ray", "ray")  # a one-line error without the extra, before anything is written
+        self.cfg, self.hooks = cfg, hooks
+        self.spec = suite_spec(cfg.suite, **env_settings(cfg))
+        self.cluster = None
+        self.started = False
+
+    def start(self, policy, opt_state, gen, algo_state) -> None:
+        self.policy, self.gen = policy, gen
+        self.started = _connect(self.ray, self.cfg.ray)
+        self.cluster = Cluster(self.ray, self.cfg, policy, opt_state, gen.get_state(), self.hooks, algo_state)
+
+    def collect(self, task_ids, seeds, stats: CollectStats) -> Rollout:
+        self.cluster.iteration = self.iteration
+        return self.cluster.collect(task_ids, seeds, stats)
+
+    def update(self, batch, iteration: int) -> dict:
+        return self.cluster.update(batch, self.cfg.algo_cfg, iteration)  # the learners set the lr (set_policy_lr)
+
+    def sync(self) -> None:
+        self.cluster.sync_weights()
+        self.policy.load_state_dict(self.ray.get(self.cluster.weights))
+
+    def evaluate(self, eval_names: list[str], episodes: int) -> dict:
+        return self.cluster.evaluate(eval_names, episodes)
+
+    def train_state(self) -> tuple:
+        weights, opt, gen_state, algo_state = self.cluster.train_state()
+        self.policy.load_state_dict(weights)
+        self.gen.set_state(gen_state)
+        return _Saved(opt), None if algo_state is None else _Saved(algo_state)
+
+    def extra_metrics(self) -> dict:
+        return self.cluster.fault_metrics()
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+        if self.started:
+            self.ray.shutdown()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,3 +63,24 @@ def progress_bar(description: str, total: int, enabled: bool = True):
                     disable=not enabled, transient=not sys.stdout.isatty())
     task = prog.add_task(description, total=total, info="")
     return prog, task
+
+
+STAGES = ("collect", "reward", "advantages", "update", "sync", "eval")
+
+
+class StageTimer:
+    """Wall time per stage of one training iteration, logged as ``time/<stage>_s`` by every backend."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t0
+
+    def metrics(self) -> dict:
+        return {f"time/{k}_s": v for k, v in self.seconds.items()}
