@@ -15,24 +15,12 @@ import torch
 
 from vlaforge.algos.sft import SFTConfig, train_sft
 from vlaforge.data.demos import collect_demos, load_demos
-from vlaforge.envs import make_vec_env
+from vlaforge.envs import make_vec_env, suite_task_names
 from vlaforge.policies import build_policy, load_policy, policy_hash, save_policy
 from vlaforge.policies.base import check_fits, reads_images
 from vlaforge.policies.privileged import perception_targets
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, evaluate_policy, format_table, manifest, write_manifest
 from vlaforge.train.logging import RunLogger, progress_bar
-
-
-def suite_task_names(spec, tasks: str | None) -> list[str]:
-    """Resolve a task selection against a built env: names, or 'train' / 'heldout' / 'all'."""
-    if tasks in (None, "all"):
-        return [t.name for t in spec.tasks]
-    if tasks in ("train", "heldout"):
-        return [t.name for t in spec.tasks if t.split == tasks]
-    names = [n.strip() for n in tasks.split(",")]
-    for n in names:
-        spec.task_index(n)  # raises a clear EnvError on an unknown name
-    return names
 
 
 def env_tasks_arg(suite: str, tasks: str | None):

@@ -56,6 +56,18 @@ def env_factory(suite: str, tasks: str | list[str] | None = None, image_size: in
     return functools.partial(_build, suite, tasks, image_size, kwargs)
 
 
+def suite_task_names(spec, tasks: str | None) -> list[str]:
+    """Resolve a task selection against a built env: names, or 'train' / 'heldout' / 'all'."""
+    if tasks in (None, "all"):
+        return [t.name for t in spec.tasks]
+    if tasks in ("train", "heldout"):
+        return [t.name for t in spec.tasks if t.split == tasks]
+    names = [n.strip() for n in tasks.split(",")]
+    for n in names:
+        spec.task_index(n)  # raises a clear EnvError on an unknown name
+    return names
+
+
 def suite_spec(suite: str, tasks: str | list[str] | None = None, image_size: int = 64, **kwargs) -> EnvSpec:
     """The EnvSpec of a suite without keeping an env around."""
     env = env_factory(suite, tasks, image_size, **kwargs)()

@@ -118,7 +118,7 @@ def rl_stage_config(cfg, groups: dict[str, list[str]], init, out, seed: int):
 def task_groups(cfg) -> dict[str, list[str]]:
     """iRe-VLA's three groups by name: seen in SFT, new (RL only), held out (never trained)."""
     from vlaforge.envs import suite_spec
-    from vlaforge.pipeline import suite_task_names
+    from vlaforge.envs import suite_task_names
 
     spec = suite_spec(cfg.suite, None if cfg.suite == "pointreach" else _all_tasks(cfg))
     seen = suite_task_names(spec, cfg.tasks)

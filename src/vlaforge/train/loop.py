@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -26,11 +25,10 @@ import tyro
 
 from vlaforge.algos import ALGOS, AlgoName, get_algo
 from vlaforge.algos.common import LOCAL, trajectory_reward
+from vlaforge.hooks import NO_HOOKS, Hooks
 from vlaforge.core.advantages import uniform_groups
-from vlaforge.distributed.config import RayConfig
-from vlaforge.envs import make_vec_env
-from vlaforge.pipeline import suite_task_names
-from vlaforge.policies import build_policy, load_policy
+from vlaforge.envs import make_vec_env, suite_task_names
+from vlaforge.policies import build_policy, load_policy, save_policy
 from vlaforge.policies.base import check_fits
 from vlaforge.policies.hf.model import HFConfig
 from vlaforge.policies.openvla.model import OpenVLAOptions, config_from_flags
@@ -38,9 +36,9 @@ from vlaforge.recipes.configs import GrapeConfig, IReVLAConfig, VLARLConfig
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.rollout.evaluate import evaluate_policy
 from vlaforge.rollout.sampling import TaskSampler
-from vlaforge.hooks import NO_HOOKS, Hooks
+from vlaforge.train.backend import Backend, RayConfig, backend_for, register_backend
 from vlaforge.train.checkpoint import load_algo_state, load_checkpoint, save_checkpoint
-from vlaforge.train.logging import RunLogger, progress_bar
+from vlaforge.train.logging import RunLogger, StageTimer, progress_bar
 from vlaforge.types import Rollout
 
 
@@ -320,86 +318,134 @@ def start_state(cfg: TrainConfig):
     return cfg, policy, opt_state, rng, state["iteration"], state["env_steps"], state["sampler"]
 
 
+class LocalBackend(Backend):
+    """The whole run in this process: one vectorised env, the policy, its optimizer, the algorithm's state."""
+
+    def __init__(self, cfg: TrainConfig, hooks: Hooks):
+        self.cfg, self.algo, self.acfg = cfg, get_algo(cfg.algo), cfg.algo_cfg
+        self.venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
+        self.spec = self.venv.spec
+
+    def start(self, policy, opt_state, gen, algo_state) -> None:
+        self.policy, self.gen = policy, gen
+        self.optimizer = make_optimizer(policy, self.cfg)
+        self.state = self.algo.new_state(policy, self.acfg)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)
+        if self.state is not None and algo_state is not None:
+            self.state.load_state_dict(*algo_state)
+
+    def collect(self, task_ids, seeds, stats: CollectStats) -> Rollout:
+        return collect(self.policy, self.venv, task_ids, seeds, stats=stats)[0]
+
+    def update(self, batch, iteration: int) -> dict:
+        set_policy_lr(self.optimizer, self.cfg, iteration)
+        return self.algo.update(self.policy, self.optimizer, batch, self.acfg, iteration, self.gen, LOCAL, self.state)
+
+    def evaluate(self, eval_names: list[str], episodes: int) -> dict:
+        return eval_metrics(self.policy, self.venv, eval_names, episodes)
+
+    def train_state(self) -> tuple:
+        return self.optimizer, self.state
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+register_backend("local", LocalBackend)
+
+
 def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
-    """Run RL post-training. Returns the final metrics (evaluation included).
+    """Run RL post-training on the backend ``cfg`` asks for (``--ray``: ``vlaforge.distributed``, else in
+    this process). Returns the final metrics (evaluation included).
 
     ``hooks`` (``vlaforge.hooks.Hooks``): dense reward shaping, ranking scores, per-iteration callbacks.
-    With ``cfg.ray.enabled`` the same loop runs on a Ray cluster (``vlaforge.distributed.train_ray``).
     """
-    if cfg.ray.enabled:
-        from vlaforge.distributed import train_ray
-
-        return train_ray(cfg, hooks)
     hooks = NO_HOOKS if hooks is None else hooks
+    make_backend = backend_for(cfg)
     resuming = cfg.resume is not None
     cfg, policy, opt_state, rng, start_it, env_steps_total, sampler_state = start_state(cfg)
     out = Path(cfg.out)
     torch.set_num_threads(cfg.threads)  # after resolving a resumed config: thread count changes float sums
     algo = get_algo(cfg.algo)
     acfg = cfg.algo_cfg
-    K = acfg.group_size
-    venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
-    spec = venv.spec
+    backend = make_backend(cfg, hooks)  # writes nothing: bad input and a missing extra fail before any file
+    try:
+        final = _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_steps_total,
+                     sampler_state, resuming, out)
+    finally:
+        backend.close()
+    return final
+
+
+def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_steps_total, sampler_state,
+         resuming, out) -> dict:
+    """The loop of ``train`` once its backend stands."""
+    spec = backend.spec
     if policy is None:
         policy = fresh_policy(cfg, spec)
     train_ids, eval_names = run_tasks(cfg, spec, policy)
-    optimizer = make_optimizer(policy, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     sampler = TaskSampler(train_ids, cfg.curriculum, cfg.curriculum_tau, seed=cfg.seed)
-    algo_state = algo.new_state(policy, acfg)
+    saved_algo_state = None
     if resuming:
-        if algo_state is not None:
-            algo_state.load_state_dict(*load_algo_state(cfg.resume))
-        optimizer.load_state_dict(opt_state)
         sampler.load_state_dict(sampler_state)
-        torch.set_rng_state(rng["torch_cpu"])
         gen.set_state(rng["update_gen"])
-        _truncate_metrics(out / "metrics.jsonl", start_it)
+        if algo.init_state is not None:
+            saved_algo_state = load_algo_state(cfg.resume)
     policy.temperature = acfg.temperature
+    backend.start(policy, opt_state, gen, saved_algo_state)
+    if resuming:  # after start(): building the optimizer and the algorithm's state may draw random numbers
+        torch.set_rng_state(rng["torch_cpu"])
+        _truncate_metrics(out / "metrics.jsonl", start_it)
     logger = RunLogger(out, cfg.tensorboard)
     (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
-
-    def run_eval(it: int) -> dict:
-        return eval_metrics(policy, venv, eval_names, cfg.eval_episodes)
-
     final: dict = {}
     prog, task = progress_bar(f"{cfg.algo} on {cfg.suite}", cfg.iterations, cfg.progress)
     prog.update(task, completed=start_it)
-    with prog:
-        if start_it == 0 and cfg.eval_every > 0:
-            final = logger.log(0, run_eval(0))
-        for it in range(start_it, cfg.iterations):
-            t0 = time.perf_counter()
-            stats = CollectStats()
-            rollout, info = collect_groups(policy, venv, sampler, cfg, K, stats)
-            t1 = time.perf_counter()
-            metrics = dict(info)
-            if rollout is not None:
-                metrics.update(hooks.shape_rewards(rollout))
-                batch, pinfo = algo.prepare(rollout, acfg, hooks)
-                metrics.update(pinfo)
-                set_policy_lr(optimizer, cfg, it)
-                metrics.update(algo.update(policy, optimizer, batch, acfg, it, gen, LOCAL, algo_state))
-                metrics["train/lr"] = policy_lr(cfg, it)
-                metrics["rollout/return"] = float(trajectory_reward(rollout)[rollout.valid].mean())
-                metrics.update(hooks.after_iteration(it, policy, rollout))
-            env_steps_total += stats.env_steps
-            t2 = time.perf_counter()
-            metrics.update({"time/collect_s": t1 - t0, "time/update_s": t2 - t1,
-                            "time/env_steps_per_s": stats.env_steps / max(t1 - t0, 1e-9),
-                            "rollout/env_steps": env_steps_total, "rollout/invalid_episodes": stats.invalid})
-            if cfg.eval_every > 0 and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
-                metrics.update(run_eval(it + 1))
-            final = logger.log(it + 1, metrics)
-            if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
-                save_checkpoint(out / "checkpoint", policy, optimizer, {
-                    "iteration": it + 1, "env_steps": env_steps_total, "sampler": sampler.state_dict(),
-                    "config": config_to_dict(cfg)}, gen, algo_state)
-            prog.update(task, advance=1, info=f"success {metrics['rollout/success']:.2f}")
-    logger.close()
-    venv.close()
-    from vlaforge.policies import save_policy
-
+    try:
+        with prog:
+            if start_it == 0 and cfg.eval_every > 0:
+                final = logger.log(0, backend.evaluate(eval_names, cfg.eval_episodes))
+            for it in range(start_it, cfg.iterations):
+                backend.iteration = it
+                timer = StageTimer()
+                stats = CollectStats()
+                with timer("collect"):
+                    rollout, info = collect_groups(None, None, sampler, cfg, acfg.group_size, stats,
+                                                   collect_fn=backend.collect)
+                metrics = dict(info)
+                if rollout is not None:
+                    with timer("reward"):
+                        metrics.update(hooks.shape_rewards(rollout))
+                    with timer("advantages"):
+                        batch, pinfo = algo.prepare(rollout, acfg, hooks)
+                    metrics.update(pinfo)
+                    with timer("update"):
+                        metrics.update(backend.update(batch, it))
+                    metrics["train/lr"] = policy_lr(cfg, it)
+                    metrics["rollout/return"] = float(trajectory_reward(rollout)[rollout.valid].mean())
+                    with timer("sync"):
+                        backend.sync()
+                    metrics.update(hooks.after_iteration(it, policy, rollout))
+                env_steps_total += stats.env_steps
+                metrics.update({"time/env_steps_per_s": stats.env_steps / max(timer.seconds["collect"], 1e-9),
+                                "rollout/env_steps": env_steps_total, "rollout/invalid_episodes": stats.invalid,
+                                **backend.extra_metrics()})
+                if cfg.eval_every > 0 and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
+                    with timer("eval"):
+                        metrics.update(backend.evaluate(eval_names, cfg.eval_episodes))
+                metrics.update(timer.metrics())
+                final = logger.log(it + 1, metrics)
+                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
+                    optimizer, algo_state = backend.train_state()
+                    save_checkpoint(out / "checkpoint", policy, optimizer, {
+                        "iteration": it + 1, "env_steps": env_steps_total, "sampler": sampler.state_dict(),
+                        "config": config_to_dict(cfg)}, gen, algo_state)
+                prog.update(task, advance=1, info=f"success {metrics['rollout/success']:.2f}")
+    finally:
+        logger.close()
+    backend.train_state()  # the final weights into ``policy``
     save_policy(policy, out / "final")
     return final
 
