@@ -5,7 +5,12 @@ layers + gradient checkpointing + bf16 weights/autocast + a shared critic, micro
 steps). The model is built directly on the GPU in bf16 from OpenVLA-7B's config (fused DINOv2-L + SigLIP-so400m
 at 224 px, Llama-2-7B, vocabulary 32064); nothing is downloaded. Rollouts come from PointReach rendered at
 224 px (2-D actions: 2 action tokens per decision; the update's memory is that of the real token count up to
-that). Writes ``docs/bench/gpu_openvla.json``.
+that). vlaforge's learner code is CPU-first: the collected Rollout is moved to the CPU and the re-scored
+log-probs and values are brought there (their gradients flow back to the GPU), as gpu_smolvla.py does.
+The rollout is timed after one warm-up collection (CUDA kernels, allocator). Besides PyTorch's peak of
+allocated memory, the device memory in use after the update (``torch.cuda.mem_get_info``: CUDA context and
+allocator cache included) is recorded, since the projection counts 1.5 GiB for those. Writes
+``docs/bench/gpu_openvla.json`` (``--out``).
 
     python benchmarks/gpu_openvla.py                 # on a GPU (part of benchmarks/gpu_check.sh)
     python benchmarks/gpu_openvla.py --dry-run       # tiny sizes on CPU: checks the script runs (seconds)
@@ -14,6 +19,7 @@ that). Writes ``docs/bench/gpu_openvla.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import tempfile
@@ -44,6 +50,18 @@ def build(real: bool, device: str, lora: int, tmp: Path, text_tokens: int):
     return OpenVLAPolicy(cfg, loaded=(vlm, pcfg)).to(device), pcfg
 
 
+def to_cpu(r):
+    """The Rollout with every tensor (and ``taken`` entry) on the CPU, where the algorithms' batch lives."""
+    moved = {}
+    for f in dataclasses.fields(r):
+        v = getattr(r, f.name)
+        if isinstance(v, torch.Tensor):
+            moved[f.name] = v.cpu()
+        elif isinstance(v, dict):
+            moved[f.name] = {k: x.cpu() for k, x in v.items()}
+    return dataclasses.replace(r, **moved)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU (checks the script, measures nothing)")
@@ -61,8 +79,12 @@ def main(argv=None) -> int:
         print("gpu_openvla: no CUDA device; run with --dry-run on a CPU")
         return 2
     torch.manual_seed(0)
+    import peft
+    import transformers
+
     res: dict = {"machine": platform.node(), "device": torch.cuda.get_device_name() if real else "cpu (dry run)",
-                 "torch": torch.__version__, "args": vars(a), "date": time.strftime("%Y-%m-%d")}
+                 "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                 "args": vars(a), "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         policy, pcfg = build(real, device, a.lora_rank, Path(d), 76)  # char-level tokenizer: PointReach prompts ~72
@@ -75,17 +97,24 @@ def main(argv=None) -> int:
             res["weights_gib"] = torch.cuda.memory_allocated() / 2**30
         venv = make_vec_env("pointreach", a.envs, image_size=pcfg.image_sizes[0], max_steps=2)
         policy.eval()
+        collect(policy, venv, np.zeros(a.envs, np.int64), np.arange(a.envs) + a.envs)  # warm-up
+        if real:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         r, stats = collect(policy, venv, np.zeros(a.envs, np.int64), np.arange(a.envs))
         if real:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         venv.close()
-        res["rollout"] = {"decisions": int(r.alive.sum()), "seconds": dt, "decisions_per_s": float(r.alive.sum()) / dt}
+        r = to_cpu(r)
+        res["rollout"] = {"decisions": int(r.alive.sum()), "seconds": dt, "decisions_per_s": float(r.alive.sum()) / dt,
+                          "policy_seconds": stats.policy_time, "sim_seconds": stats.sim_time}
         algo = get_algo("ppo")
         cfg = algo.config(critic_warmup=0, minibatch_size=a.envs * r.num_steps, epochs=1)
         r.reward[-1] = torch.arange(a.envs) % 2
         batch, _ = algo.prepare(r, cfg)
+        scored = policy.evaluate  # bring the re-scored outputs to the CPU batch (gradients flow back)
+        policy.evaluate = lambda o, tk: tuple(None if x is None else x.cpu() for x in scored(o, tk))
         opt = policy.optimizer_class()([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
         res["sequence_tokens"] = 1 + policy.vlm.vision_backbone.num_patches + 76 + policy.action_dim
         if real:
@@ -98,10 +127,15 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
             res["update_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             res["update_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+            free, total = torch.cuda.mem_get_info()
+            res["device_used_after_update_gib"] = (total - free) / 2**30
         res["update_s"] = time.perf_counter() - t0
         res["update_metrics"] = {k: float(v) for k, v in m.items() if isinstance(v, (int, float, torch.Tensor))}
         res["projection_gib"] = 17.9
     print(json.dumps({k: v for k, v in res.items() if k != "update_metrics"}, indent=1))
+    if not res["update_metrics"].get("train/optimizer_steps"):
+        print("gpu_openvla: the update took no optimizer step")
+        return 1
     if real:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=2))

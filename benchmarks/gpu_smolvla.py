@@ -133,9 +133,8 @@ def main(argv=None) -> int:
     cfg = algo.config(critic_warmup=0, minibatch_size=a.envs * a.steps, epochs=1)
     batch, _ = algo.prepare(r, cfg)
     policy.micro_batch = a.micro_batch
-    if real:  # the algorithms' batch tensors live on the CPU: bring the re-scored outputs there (gradients flow back)
-        scored = policy.evaluate
-        policy.evaluate = lambda o, tk: tuple(None if x is None else x.cpu() for x in scored(o, tk))
+    scored = policy.evaluate  # the algorithms' batch lives on the CPU: bring the re-scored outputs there
+    policy.evaluate = lambda o, tk: tuple(None if x is None else x.cpu() for x in scored(o, tk))
     opt = policy.optimizer_class()([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
     if real:
         res["before_update_gib"] = torch.cuda.memory_allocated() / 2**30
