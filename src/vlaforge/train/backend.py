@@ -10,9 +10,9 @@ things that depend on where the work runs:
 - ``evaluate(eval_names, episodes) -> metrics``; and ``train_state()`` for checkpoints.
 
 ``LocalBackend`` (``train/loop.py``) runs all of it in this process. The Ray backend
-(``vlaforge.distributed``, ``--ray``) spreads collection over env-worker actors and updates over
+(the ``distributed`` package, ``--ray``) spreads collection over env-worker actors and updates over
 data-parallel learners; it registers itself here with ``register_backend("ray", ...)`` when
-``vlaforge.distributed`` is imported (the CLI does), so nothing under ``train/`` imports it.
+the ``distributed`` package is imported (the CLI does), so nothing under ``train/`` imports it.
 
     vlaforge train --algo rloo --suite pointreach              # local
     vlaforge train --algo rloo --suite pointreach --ray        # Ray (docs/distributed.md)
@@ -98,7 +98,7 @@ class Backend:
 
 BACKENDS: dict[str, Callable[..., Backend]] = {}
 """name -> ``factory(cfg, hooks) -> Backend``; "local" is registered by ``train/loop.py``, "ray" by
-``vlaforge.distributed``."""
+the ``distributed`` package."""
 
 
 def register_backend(name: str, factory: Callable[..., Backend]) -> None:
@@ -109,6 +109,6 @@ def backend_for(cfg) -> Callable[..., Backend]:
     """The backend factory a config asks for (``--ray`` → "ray")."""
     name = "ray" if cfg.ray.enabled else "local"
     if name not in BACKENDS:
-        raise ValueError(f"the '{name}' training backend is not loaded; import vlaforge.distributed first "
+        raise ValueError(f"the '{name}' training backend is not loaded; import the distributed package first "
                          "(the vlaforge CLI does)")
     return BACKENDS[name]

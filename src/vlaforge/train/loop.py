@@ -356,7 +356,7 @@ register_backend("local", LocalBackend)
 
 
 def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
-    """Run RL post-training on the backend ``cfg`` asks for (``--ray``: ``vlaforge.distributed``, else in
+    """Run RL post-training on the backend ``cfg`` asks for (``--ray``: the ``distributed`` package, else in
     this process). Returns the final metrics (evaluation included).
 
     ``hooks`` (``vlaforge.hooks.Hooks``): dense reward shaping, ranking scores, per-iteration callbacks.
