@@ -145,3 +145,165 @@ def test_symmetric_sampling_is_exactly_half_demos():
         mb = sample_symmetric(demos, online, n, torch.Generator().manual_seed(n))
         assert int((mb["src"] == 0).sum()) == n // 2 and len(mb["src"]) == n
     assert sample_symmetric(None, online, 8, torch.Generator())["src"].eq(1).all()
+
+
+# -- SAC and DSRL on the training loop ---------------------------------------------------------------
+
+from vlaforge.algos import get_algo  # noqa: E402
+from vlaforge.hooks import Hooks  # noqa: E402
+from vlaforge.policies import build_policy, load_policy  # noqa: E402
+from vlaforge.train.checkpoint import load_algo_state  # noqa: E402
+from vlaforge.train.loop import TrainConfig, train  # noqa: E402
+
+PRIV = {"radius": 0.2, "privileged": 1.0, "shaping": 1.0}
+
+
+def _rollout(policy, n=8, seed=0):
+    from vlaforge.envs import make_vec_env
+    from vlaforge.rollout.collect import collect
+
+    torch.manual_seed(seed)
+    venv = make_vec_env("pointreach", n, **PRIV)
+    r, _ = collect(policy, venv, np.arange(n) % 4, np.arange(n) + 100)
+    return r
+
+
+def test_transitions_pair_each_decision_with_the_next_observation():
+    from vlaforge.algos.sac import transitions
+
+    p = build_policy(backbone="state", state_dim=4, action_dim=2)
+    r = _rollout(p)
+    b, m = transitions(r)
+    f = b.fields
+    T = r.num_steps
+    t, n = f["frame"] // r.num_episodes, f["frame"] % r.num_episodes
+    assert torch.equal(f["next_frame"], torch.where(t + 1 < T, t + 1, t) * r.num_episodes + n)
+    assert torch.equal(f["next_state"], r.obs_state[(t + 1).clamp_max(T - 1), n])
+    assert (f["done"][t == T - 1] == 1).all()  # at the last row only terminal steps are kept
+    assert len(b) + m["replay/dropped_truncated"] == int((r.alive & r.valid).sum())
+
+
+def _sac_cfg(**kw):
+    cfg = get_algo("sac").config(**kw)
+    return cfg
+
+
+def test_sac_state_round_trip_and_update_moves_actor_and_critics():
+    from safetensors.torch import load, save
+
+    torch.manual_seed(0)
+    p = build_policy(backbone="state", state_dim=4, action_dim=2)
+    algo = get_algo("sac")
+    cfg = _sac_cfg(critics=3, batch_size=32, utd=0.1)
+    st = algo.new_state(p, cfg)
+    assert p.head.squash
+    batch, _ = algo.prepare(_rollout(p), cfg)
+    before = [x.detach().clone() for x in p.parameters()]
+    opt = torch.optim.Adam(p.parameters(), lr=1e-3)
+    m = algo.update(p, opt, batch, cfg, 0, torch.Generator().manual_seed(0), state=st)
+    assert m["train/optimizer_steps"] == max(1, round(0.1 * len(batch))) and len(st.online) == len(batch)
+    assert all(np.isfinite(v) for v in m.values())
+    assert any(not torch.equal(b, x) for b, x in zip(before, p.head.parameters()))
+    assert m["replay/bytes_per_transition"] == 4 * (8 + 1 + 1 + 4 + 4) + 8  # action, r, d, s, s' + instruction id
+    tensors, meta = st.state_dict()
+    st2 = algo.new_state(build_policy(backbone="state", state_dim=4, action_dim=2), cfg)
+    st2.load_state_dict(load(save(tensors)), json.loads(json.dumps(meta)))
+    for a, b in zip(st.q.state_dict().values(), st2.q.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(st.log_alpha, st2.log_alpha) and st2.online.size == st.online.size
+    assert st2.q_opt.state_dict()["state"][0]["step"] == st.q_opt.state_dict()["state"][0]["step"]
+
+
+def test_sac_refuses_other_heads_and_bad_options():
+    with pytest.raises(ValueError, match="Gaussian"):
+        get_algo("sac").new_state(build_policy(head="flow", backbone="state"), _sac_cfg())
+    with pytest.raises(ValueError, match="critic"):
+        get_algo("sac").new_state(build_policy(backbone="state"), _sac_cfg(critic="pixels"))
+    with pytest.raises(ValueError, match="target-subset"):
+        get_algo("sac").new_state(build_policy(backbone="state"), _sac_cfg(critics=2, target_subset=3))
+
+
+def test_sac_demo_buffer_from_a_collect_directory(tmp_path):
+    from vlaforge.data.demos import collect_demos
+    from vlaforge.envs import make_vec_env
+
+    venv = make_vec_env("pointreach", 4, **PRIV)
+    collect_demos(venv, tmp_path / "demos", [venv.spec.tasks[0].name], 4)
+    p = build_policy(backbone="state", state_dim=venv.spec.state_dim, action_dim=2, chunk_size=4)
+    st = get_algo("sac").new_state(p, _sac_cfg(demos=str(tmp_path / "demos"), critic="privileged"))
+    d = st.demos.data
+    n = len(st.demos)
+    assert n > 0 and d["done"][:n].sum() == 4 * min(4, n // 4)  # the last C frames of each episode are terminal
+    assert torch.equal(d["reward"][:n], d["done"][:n]) and d["sim"].shape[1] == len(venv.spec.sim_state_names)
+    with pytest.raises(ValueError, match="dims"):
+        get_algo("sac").new_state(build_policy(backbone="state", state_dim=7, action_dim=2),
+                                  _sac_cfg(demos=str(tmp_path / "demos")))
+
+
+def test_dsrl_starts_at_the_base_policy_and_trains_only_the_noise_policy():
+    from vlaforge.types import Observation
+
+    torch.manual_seed(0)
+    p = build_policy(head="flow", backbone="state", state_dim=4, action_dim=2)
+    obs = Observation(torch.zeros(3, 0), torch.randn(3, 4), [""] * 3, torch.zeros(3, dtype=torch.long))
+    base = p.act(obs, deterministic=True).actions
+    algo = get_algo("dsrl")
+    cfg = algo.config(batch_size=16, utd=0.1)
+    st = algo.new_state(p, cfg)
+    assert torch.allclose(p.act(obs, deterministic=True).actions, base, atol=1e-6)  # w = 0 at the start
+    vla = {k: v.clone() for k, v in p.state_dict().items() if not k.startswith("noise_policy.")}
+    noise = [x.detach().clone() for x in p.noise_policy.parameters()]
+    batch, _ = algo.prepare(_rollout(p), cfg)
+    assert batch.fields["w"].abs().max() < cfg.bound
+    m = algo.update(p, torch.optim.Adam(p.parameters()), batch, cfg, 0, torch.Generator().manual_seed(0), state=st)
+    assert m["train/optimizer_steps"] > 0 and all(np.isfinite(v) for v in m.values())
+    assert all(torch.equal(v, p.state_dict()[k]) for k, v in vla.items())  # the VLA is frozen
+    assert any(not torch.equal(a, b) for a, b in zip(noise, p.noise_policy.parameters()))
+    assert m["replay/bytes_per_transition"] < 3000  # features, not images
+    with pytest.raises(ValueError, match="flow"):
+        algo.new_state(build_policy(head="gaussian", backbone="state"), cfg)
+
+
+def _loop_cfg(out, algo, **kw):
+    base = dict(algo=algo, suite="pointreach", tasks="train", backbone="state", env_kwargs=PRIV, groups=16, num_envs=16,
+                eval_every=0, progress=False, tensorboard=False, out=str(out), lr=1e-3, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.slow
+def test_sac_learning_raises_success(tmp_path):
+    """State-only PointReach with the goal offset in the state and distance shaping (see docs/offpolicy.md)."""
+    cfg = _loop_cfg(tmp_path / "run", "sac", iterations=6, groups=8, num_envs=8)
+    train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    succ = [r["rollout/success"] for r in rows if "rollout/success" in r]
+    assert np.mean(succ[-2:]) > np.mean(succ[:2]) + 0.3, succ
+
+
+class _CopyCheckpoint(Hooks):
+    """Copies the on-disk checkpoint (written at the end of iteration ``at``) before the next one overwrites it."""
+
+    def __init__(self, src, dst, at):
+        self.src, self.dst, self.at = src, dst, at
+
+    def after_iteration(self, iteration, policy, rollout):
+        if iteration == self.at:
+            shutil.copytree(self.src, self.dst)
+        return {}
+
+
+@pytest.mark.parametrize("algo,head", [("sac", "gaussian"), ("dsrl", "flow")])
+def test_resume_is_exact(tmp_path, algo, head):
+    """4 iterations straight == 2 iterations, then --resume from that checkpoint for the other 2."""
+    kw = dict(iterations=4, groups=4, num_envs=4, head=head)
+    ref = _loop_cfg(tmp_path / "ref", algo, **kw)
+    ref.algo_cfg.utd = 0.25
+    train(ref, _CopyCheckpoint(tmp_path / "ref" / "checkpoint", tmp_path / "ck2", at=2))
+    assert json.loads((tmp_path / "ck2" / "state.json").read_text())["iteration"] == 2
+    train(_loop_cfg(tmp_path / "res", algo, resume=str(tmp_path / "ck2")))
+    a, b = load_policy(tmp_path / "ref" / "final"), load_policy(tmp_path / "res" / "final")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    ta, _ = load_algo_state(tmp_path / "ref" / "checkpoint")
+    tb, _ = load_algo_state(tmp_path / "res" / "checkpoint")
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)

@@ -46,7 +46,7 @@ def test_collect_rollout_shapes_and_groups():
     assert int(r.executed.sum()) == int(r.env_steps.sum()) == stats.env_steps
 
 
-@pytest.mark.parametrize("algo", sorted(ALGOS))
+@pytest.mark.parametrize("algo", sorted(a for a in ALGOS if ALGOS[a].init_state is None))  # off-policy: test_offpolicy
 @pytest.mark.parametrize("head", ["gaussian", "tokens"])
 def test_algorithm_update_moves_parameters(algo, head):
     torch.manual_seed(0)

@@ -169,11 +169,16 @@ class FlowHead(nn.Module):
         return gaussian_log_prob(chain[idx, step + 1], mean, std), 0.5 + _LOG_SQRT_2PI + std.log()
 
     # -- head interface ----------------------------------------------------------------------
-    def sample(self, feats, deterministic: bool = False, temperature: float = 1.0):
+    def sample(self, feats, deterministic: bool = False, temperature: float = 1.0, x1: torch.Tensor | None = None):
+        """``x1`` (N, C, A): start the ODE from this initial noise (DSRL's steered noise) instead of N(0, I) or
+        its mode; the chain is then deterministic and the log-prob zeros (the noise policy scores w)."""
         n = feats.shape[0]
         noise = self.noise * float(temperature)
         ctx = self.context(feats)
         shape = (n, self.chunk, self.action_dim)
+        if x1 is not None:
+            chain, _ = self.rollout(ctx, x1, 0.0)
+            return chain[:, -1].clamp(-1, 1), torch.zeros(shape, device=feats.device), {"chain": chain}
         step = None
         stochastic = None
         if self.logp_steps == "one":

@@ -20,6 +20,7 @@ from torch import nn
 from vlaforge.policies.base import denormalize, normalize
 from vlaforge.policies.heads import HEADS
 from vlaforge.policies.heads.common import mlp
+from vlaforge.policies.heads.noise import NoisePolicy
 from vlaforge.policies.privileged import PrivilegedCritic, aux_regression_loss
 from vlaforge.types import ActionOutput, Observation
 
@@ -74,6 +75,11 @@ class TinyConfig:
     ``policies.privileged.perception_targets`` picks object/goal positions)"""
     aux_weight: float = 1.0
     """weight of the readout's loss in ``sft_loss`` (standardised mean squared error)"""
+    dsrl_bound: float = 0.0
+    """DSRL (flow head only): bound b of a latent-noise policy that picks the flow sampler's initial noise
+    (``policies/heads/noise.py``; trained by ``--algo dsrl``, used by ``act``); 0 = none"""
+    dsrl_hidden: int = 256
+    """hidden width of the DSRL noise policy"""
 
 
 def _word_id(word: str, vocab: int) -> int:
@@ -132,6 +138,27 @@ class TinyVLA(nn.Module):
         self.register_buffer("act_lo", -torch.ones(cfg.action_dim))
         self.register_buffer("act_hi", torch.ones(cfg.action_dim))
         self._word_cache: dict[str, list[int]] = {}
+        self.noise_policy = None
+        if cfg.dsrl_bound > 0:
+            self.attach_noise_policy(cfg.dsrl_bound, cfg.dsrl_hidden)
+
+    def attach_noise_policy(self, bound: float, hidden: int = 256) -> None:
+        """Add a fresh DSRL noise policy over the flow head's initial noise (``act`` then steers through it).
+        Its parameters start with ``requires_grad=False``: only DSRL's own optimizer trains them, never the
+        training loop's (so a resumed run builds the same loop optimizer as the fresh one)."""
+        if self.cfg.head != "flow":
+            raise ValueError(f"DSRL steers a flow head's initial noise; this policy's head is '{self.cfg.head}' "
+                             "(use --head flow, or --init a flow-head checkpoint)")
+        self.cfg.dsrl_bound, self.cfg.dsrl_hidden = float(bound), int(hidden)
+        cond = self.head.pool.queries.numel() + self.cfg.state_dim
+        self.noise_policy = NoisePolicy(cond, self.cfg.chunk_size, self.cfg.action_dim, bound, hidden)
+        self.noise_policy.to(self.act_lo.device).requires_grad_(False)
+
+    def noise_condition(self, obs: Observation, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """DSRL's noise-policy input (N, Q·D + S): the flow head's pooled context and proprioception."""
+        feats = self.features(obs) if feats is None else feats
+        state = torch.as_tensor(obs.state, dtype=torch.float32, device=self.act_lo.device)
+        return torch.cat([self.head.context(feats).float(), state], -1)
 
     def _make_critic(self) -> nn.Module:
         if self.cfg.critic == "privileged":
@@ -153,7 +180,8 @@ class TinyVLA(nn.Module):
 
     # -- parameter groups --------------------------------------------------------------------
     def backbone_parameters(self):
-        return [p for n, p in self.named_parameters() if not n.startswith(("head.", "value_net.", "aux_head."))]
+        return [p for n, p in self.named_parameters()
+                if not n.startswith(("head.", "value_net.", "aux_head.", "noise_policy."))]
 
     def head_parameters(self):
         return list(self.head.parameters())
@@ -241,6 +269,11 @@ class TinyVLA(nn.Module):
     @torch.no_grad()
     def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput:
         feats = self.features(obs)
+        if self.noise_policy is not None:  # DSRL: the noise policy picks w, the flow ODE maps it to the action
+            w, log_prob = self.noise_policy.rsample(self.noise_condition(obs, feats), deterministic)
+            x, _, taken = self.head.sample(feats, True, 1.0, x1=w)
+            taken = {**taken, "w": w}
+            return ActionOutput(denormalize(x, self.act_lo, self.act_hi), log_prob, self._value(feats, obs), taken)
         x, log_prob, taken = self.head.sample(feats, deterministic, self.temperature)
         return ActionOutput(denormalize(x, self.act_lo, self.act_hi), log_prob, self._value(feats, obs), taken)
 

@@ -1,0 +1,175 @@
+"""DSRL: steer a frozen flow-head VLA by learning, with SAC, which initial noise its sampler starts from.
+
+    vlaforge train --algo dsrl --suite metaworld --tasks reach-v3 --init runs/sft_flow --dsrl.critic privileged
+
+Wagenmaker et al. 2025, "Steering Your Diffusion Policy with Latent Space Reinforcement Learning". The flow
+head maps (s, w) to an action chunk by integrating its ODE from ``x1 = w`` (``FlowHead.sample(x1=w)``); the
+VLA is frozen and only a small noise policy ``π_w(w | c)`` is trained (``policies/heads/noise.py``:
+tanh-Gaussian, ``w = b · tanh(u)``, ``b`` = ``bound``), with ``c`` = the frozen VLA's pooled head context +
+proprioception, computed once per transition without gradient and *stored* in the replay buffer (no images:
+~2 KB per transition for the tiny VLA at chunk 4, against ~25 KB for an image pair).
+
+Choice: this is the paper's plain noise-space SAC ("DSRL-SAC"): one critic ensemble Q(x, w) on the noise
+action, trained on the transitions the noise policy generated; not DSRL-NA (which learns Q(s, a) on real
+actions, so offline data and demos count, and distils it into Q(s, w)). Consequently ``--dsrl.demos`` does
+not exist: expert actions have no noise w. Critic input x (``critic``): ``features`` = c itself (the default),
+``privileged`` = ``sim_state`` + proprioception, ``state`` = proprioception. The critics see ``w / b`` (the
+unit box); log-probs are those of ``w / b``; the target entropy is −C·A.
+
+Saved result: the noise policy is part of the *policy* (``TinyConfig.dsrl_bound``), so ``final/`` and every
+checkpoint act through it and ``vlaforge eval`` needs no flag; its deterministic action is w = b·tanh(mean).
+Before training (last layer zero) that is w = 0, the base policy's own deterministic action. The critics,
+α, the optimizers and the buffer live in ``DSRLState`` (full-state checkpoint, exact resume). The training
+loop's optimizer never steps (the VLA is frozen; ``--lr`` is unused), the noise policy's own Adam uses
+``actor_lr``. Local runs only (not ``--ray``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlaforge.algos.common import LOCAL
+from vlaforge.algos.sac import SoftACState, TransitionBatch, run_updates, transitions
+from vlaforge.hooks import Hooks
+from vlaforge.types import Observation, Rollout
+
+
+@dataclass
+class DSRLConfig:
+    bound: float = 1.5
+    """noise bound b: w = b * tanh(u) (a standard normal's |x1| is mostly below 2.5)"""
+    policy_hidden: int = 256
+    """hidden width of a fresh noise policy"""
+    critic: str = "features"
+    """critic input: features (the frozen VLA's pooled context + proprioception, as the noise policy reads) |
+    privileged (sim_state + proprioception) | state (proprioception)"""
+    critics: int = 2
+    """critics in the LayerNorm ensemble"""
+    target_subset: int = 2
+    """target = min over a random subset of this many target critics"""
+    actor_reduce: str = "mean"
+    """how the noise policy reduces the ensemble: mean | min"""
+    utd: float = 1.0
+    """gradient steps per new transition (decision)"""
+    batch_size: int = 256
+    """transitions per gradient step"""
+    capacity: int = 100_000
+    """replay capacity in transitions"""
+    gamma: float = 0.99
+    """discount per decision (one action chunk)"""
+    tau: float = 0.005
+    """Polyak rate of the target critics"""
+    actor_lr: float = 3e-4
+    """noise-policy learning rate (Adam)"""
+    critic_lr: float = 3e-4
+    """critic learning rate (Adam)"""
+    alpha_lr: float = 3e-4
+    """entropy-temperature learning rate"""
+    init_alpha: float = 0.01
+    """initial entropy temperature"""
+    target_entropy: float | None = None
+    """entropy target (None = -C*A)"""
+    hidden: int = 256
+    """critic hidden width"""
+    actor_every: int = 1
+    """critic steps per noise-policy and alpha step"""
+    critic_warmup: int = 0
+    """first iterations that train the critics only"""
+    grad_clip: float = 10.0
+    """max gradient norm"""
+    group_size: int = 1
+    """rollouts per initial state"""
+    temperature: float = 1.0
+    """unused by the noise policy (kept for the loop's contract)"""
+
+
+class DSRLState(SoftACState):
+    """Critics, α, the noise policy's optimizer and the feature-only replay buffer."""
+
+    flag = "dsrl"
+
+    def __init__(self, policy, cfg: DSRLConfig):
+        from vlaforge.policies.tiny import TinyVLA
+
+        if not isinstance(policy, TinyVLA):
+            raise ValueError("--algo dsrl steers the tiny VLA's flow head; use --policy tiny --head flow")
+        if policy.noise_policy is None:
+            policy.attach_noise_policy(cfg.bound, cfg.policy_hidden)  # raises for a non-flow head
+        super().__init__(cfg, policy.chunk_size * policy.action_dim)
+        self.images = False
+        policy.requires_grad_(False)  # the VLA stays frozen
+        policy.noise_policy.requires_grad_(True)
+        self.actor_opt = torch.optim.Adam(policy.noise_policy.parameters(), lr=cfg.actor_lr)
+
+    def extra_state(self):
+        return {"actor_opt": self.actor_opt.state_dict()}
+
+    def load_extra_state(self, d) -> None:
+        self.actor_opt.load_state_dict(d["actor_opt"])
+
+
+def init_state(policy, cfg: DSRLConfig) -> DSRLState:
+    return DSRLState(policy, cfg)
+
+
+def prepare(rollout: Rollout, cfg: DSRLConfig, hooks: Hooks) -> tuple[TransitionBatch, dict]:
+    return transitions(rollout, taken=("w",))
+
+
+@torch.no_grad()
+def conditions(policy, batch: TransitionBatch, prefix: str, chunk: int = 256) -> torch.Tensor:
+    """The frozen VLA's noise-policy input for s or s' of every row, (B, Q·D + S), in chunks of rows."""
+    f = batch.fields
+    out = []
+    for i in range(0, len(batch), chunk):
+        sl = slice(i, i + chunk)
+        obs = Observation(batch.frames[f[prefix + "frame"][sl]], f[prefix + "state"][sl], batch.instructions[sl],
+                          f["task"][sl])
+        out.append(policy.noise_condition(obs))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def buffer_fields(policy, batch: TransitionBatch, state: DSRLState) -> dict[str, torch.Tensor]:
+    f = batch.fields
+    policy.eval()
+    out = {"cond": conditions(policy, batch, ""), "next_cond": conditions(policy, batch, "next_"),
+           "action": f["w"].flatten(1).float() / policy.noise_policy.bound, "reward": f["reward"], "done": f["done"],
+           "state": f["state"], "next_state": f["next_state"]}
+    if state.cfg.critic == "privileged":
+        if "sim" not in f:
+            raise ValueError("--dsrl.critic privileged needs the suite's sim_state; this suite has none")
+        out["sim"], out["next_sim"] = f["sim"], f["next_sim"]
+    return out
+
+
+def critic_input(mb: dict, state: DSRLState, prefix: str = "") -> torch.Tensor:
+    mode = state.cfg.critic
+    if mode == "features":
+        return mb[prefix + "cond"]
+    if mode == "privileged":
+        return torch.cat([mb[prefix + "sim"], mb[prefix + "state"]], -1)
+    return mb[prefix + "state"]
+
+
+def update(policy, optimizer, batch: TransitionBatch, cfg: DSRLConfig, iteration: int, gen=None, sync=LOCAL,
+           state: DSRLState | None = None) -> dict:
+    if state is None:
+        raise ValueError("DSRL keeps a replay buffer: call update with the state from init_state")
+    if "w" not in batch.fields:
+        raise ValueError("the rollout has no noise record taken['w']: collect with the DSRL policy")
+    gen = gen if gen is not None else torch.Generator().manual_seed(0)
+    state.online.add(buffer_fields(policy, batch, state))
+    if state.q is None:
+        state.build_critics(critic_input(state.online.sample(2, gen), state).shape[-1])
+    noise = policy.noise_policy
+    noise.train()
+
+    def sample(mb, prefix):
+        w, lp = noise.rsample(mb[prefix + "cond"], generator=gen)
+        return w.flatten(1) / noise.bound, lp.flatten(1).sum(-1)
+
+    return run_updates(state, max(1, int(round(cfg.utd * len(batch)))), iteration < cfg.critic_warmup, gen, sync,
+                       lambda mb, prefix: critic_input(mb, state, prefix), sample, list(noise.parameters()),
+                       state.actor_opt)
