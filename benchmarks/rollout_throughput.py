@@ -21,8 +21,8 @@ creation/reset times, ``raw`` and ``policy`` (the median run's figures), ``ratio
 runs of policy steps/s over that run's raw steps/s), ``runs`` (every run, with the 1-minute load
 average), ``load_avg`` (``os.getloadavg()`` after the row's runs) and CPU milliseconds per env step
 spent by the env workers and by this (driver) process, from which ``cpu_bound_ceiling`` follows: the
-share of raw speed that the CPU time allows once every core is busy, or once the driver's threads are,
-``min(1, cores / ((cpu workers + cpu driver) * raw steps/s), driver threads / (cpu driver * raw steps/s))``. LIBERO and ManiSkill use fewer envs than ``--num-envs``: a
+best ratio a quiet machine allows, once every core or the driver's threads are busy (``cpu_bound_ceiling``'s
+docstring); CPU time per step hardly depends on the machine's load, steps/s do. LIBERO and ManiSkill use fewer envs than ``--num-envs``: a
 LIBERO simulator takes ~10-15 s and ~0.5 GB to build. Prints the thread plan it used and a table.
 """
 
@@ -96,6 +96,20 @@ def measure(mode: str, venv, policy, spec, num_envs: int, chunk: int, seconds: f
                 "workers": 1000 * (_cpu_s(pids) - w0) / n, "driver": 1000 * (time.process_time() - d0) / n}}
 
 
+def cpu_bound_ceiling(cpu_raw: dict, cpu_pol: dict, workers: int, cores: int, driver_threads: int) -> float:
+    """The ratio a quiet machine allows at best, from CPU ms per env step (nearly independent of load).
+
+    Raw speed: each of min(W, cores) workers busy on its own core, ``min(W, cores) / w_raw``. With the
+    policy: at most ``cores / (w + d)`` (every core busy) and ``threads / d`` (the driver busy); W = 0
+    (envs in the driver): ``min(threads, cores) / (w + d)``.
+    """
+    w_raw, w, d = cpu_raw["workers"], cpu_pol["workers"], cpu_pol["driver"]
+    if workers == 0:
+        return min(1.0, (cpu_raw["driver"]) / (w + d))
+    raw = min(workers, cores) / max(w_raw, 1e-9)
+    return min(1.0, min(cores / max(w + d, 1e-9), driver_threads / max(d, 1e-9)) / raw)
+
+
 def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: float, head: str, runs: int,
         groups_per_worker: int = 1, backbone: str = "vision", env_kw: dict | None = None) -> list[dict]:
     env_kw = {**SUITES[suite].get("env_kwargs", {}), **(env_kw or {})}
@@ -136,11 +150,8 @@ def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: flo
         ratios = [p["steps_per_s"] / w["steps_per_s"] for p, w in zip(res[mode], res["raw"])]
         mid = int(np.argsort(ratios)[len(ratios) // 2])  # the median run (runs is odd)
         raw, pol = res["raw"][mid], res[mode][mid]
-        cpu = pol["cpu_ms_per_env_step"]
-        cores = len(os.sched_getaffinity(0))
-        per_s = raw["steps_per_s"] / 1000  # env steps per ms of raw simulation
-        ceiling = min(1.0, cores / ((cpu["workers"] + cpu["driver"]) * per_s),
-                      torch.get_num_threads() / max(cpu["driver"] * per_s, 1e-9))
+        ceiling = cpu_bound_ceiling(raw["cpu_ms_per_env_step"], pol["cpu_ms_per_env_step"], workers,
+                                    len(os.sched_getaffinity(0)), torch.get_num_threads())
         rows.append({**base, "pipelined": mode == "pipelined", "raw": raw, "policy": pol, "ratio": float(np.median(ratios)),
                      "cpu_bound_ceiling": ceiling, "load_avg": list(os.getloadavg()),
                      "runs": [{"raw_steps_per_s": w["steps_per_s"], "policy_steps_per_s": p["steps_per_s"],
