@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from vlaforge.envs import env_factory, make_vec_env
-from vlaforge.envs.vector import SubprocVecEnv, thread_plan
+from vlaforge.envs.vector import SubprocVecEnv, available_cores, thread_plan
 from vlaforge.policies import build_policy
 from vlaforge.rollout.collect import collect
 
@@ -54,7 +54,7 @@ MODES = ("raw", "plain", "pipelined")
 
 
 def _cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by these processes (Linux /proc)."""
+    """User + system CPU seconds used so far by these processes (reads Linux's /proc: the benchmark needs Linux)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in pids:
@@ -151,7 +151,7 @@ def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: flo
         mid = int(np.argsort(ratios)[len(ratios) // 2])  # the median run (runs is odd)
         raw, pol = res["raw"][mid], res[mode][mid]
         ceiling = cpu_bound_ceiling(raw["cpu_ms_per_env_step"], pol["cpu_ms_per_env_step"], workers,
-                                    len(os.sched_getaffinity(0)), torch.get_num_threads())
+                                    available_cores(), torch.get_num_threads())
         rows.append({**base, "pipelined": mode == "pipelined", "raw": raw, "policy": pol, "ratio": float(np.median(ratios)),
                      "cpu_bound_ceiling": ceiling, "load_avg": list(os.getloadavg()),
                      "runs": [{"raw_steps_per_s": w["steps_per_s"], "policy_steps_per_s": p["steps_per_s"],

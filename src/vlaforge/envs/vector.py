@@ -120,7 +120,7 @@ class ThreadPlan:
     """Threads per process for a rollout with W env workers, so that 2 cores are not oversubscribed."""
 
     cores: int
-    """CPU cores this process may run on (``os.sched_getaffinity``)"""
+    """CPU cores this process may run on (``available_cores()``)"""
     workers: int
     """env worker processes (0: the envs step inside the driver)"""
     driver: int
@@ -140,6 +140,11 @@ class ThreadPlan:
                 f"{self.worker} OMP/BLAS/torch thread(s), LP_NUM_THREADS={self.render}")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def thread_plan(workers: int, cores: int | None = None) -> ThreadPlan:
     """Default threads for a driver and ``workers`` env workers on ``cores`` cores (default: this process's).
 
@@ -147,7 +152,7 @@ def thread_plan(workers: int, cores: int | None = None) -> ThreadPlan:
     many workers as cores, the policy shares a core with a worker, which is what pipelining overlaps).
     ``LP_NUM_THREADS`` in the environment overrides the render threads (default 1, measured best).
     """
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or available_cores()
     render = int(os.environ.get("LP_NUM_THREADS", "1"))
     driver = max(1, cores - workers) if workers > 0 else cores
     return ThreadPlan(cores=cores, workers=workers, driver=driver, worker=1, render=render)

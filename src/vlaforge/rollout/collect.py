@@ -175,10 +175,17 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
     stats.frames.extend(frames)
     T = max(len(lane.steps) for lane in lanes)
 
+    pads: dict[int, dict] = {}
+
     def at(lane: _Lane, t: int) -> dict:
         """Decision t of a group; after its episodes ended, a dead step (zeros, its last observation)."""
         if t < len(lane.steps):
             return lane.steps[t]
+        if lane.sl.start not in pads:
+            pads[lane.sl.start] = dead_step(lane)
+        return pads[lane.sl.start]
+
+    def dead_step(lane: _Lane) -> dict:
         last = lane.steps[-1]
         pad = {k: (torch.zeros_like(v) if isinstance(v, torch.Tensor) else np.zeros_like(v)) for k, v in last.items()
                if k != "taken"}
