@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from vlaforge.algos import get_algo
 from vlaforge.algos.state import flatten, unflatten
 from vlaforge.core.offpolicy import (
     actor_loss,
@@ -22,7 +23,10 @@ from vlaforge.core.offpolicy import (
     temperature_loss,
 )
 from vlaforge.data.replay import ReplayBuffer, sample_symmetric
-
+from vlaforge.hooks import Hooks
+from vlaforge.policies import build_policy, load_policy
+from vlaforge.train.checkpoint import load_algo_state
+from vlaforge.train.loop import TrainConfig, train
 
 # -- maths ------------------------------------------------------------------------------------------
 
@@ -148,12 +152,6 @@ def test_symmetric_sampling_is_exactly_half_demos():
 
 
 # -- SAC and DSRL on the training loop ---------------------------------------------------------------
-
-from vlaforge.algos import get_algo  # noqa: E402
-from vlaforge.hooks import Hooks  # noqa: E402
-from vlaforge.policies import build_policy, load_policy  # noqa: E402
-from vlaforge.train.checkpoint import load_algo_state  # noqa: E402
-from vlaforge.train.loop import TrainConfig, train  # noqa: E402
 
 PRIV = {"radius": 0.2, "privileged": 1.0, "shaping": 1.0}
 

@@ -34,6 +34,7 @@ from vlaforge.algos.common import LOCAL
 from vlaforge.algos.sac import SoftACState, TransitionBatch, run_updates, transitions
 from vlaforge.hooks import Hooks
 from vlaforge.types import Observation, Rollout
+from vlaforge.validate import UsageError
 
 
 @dataclass
@@ -93,10 +94,11 @@ class DSRLState(SoftACState):
     def __init__(self, policy, cfg: DSRLConfig):
         from vlaforge.policies.tiny import TinyVLA
 
-        if not isinstance(policy, TinyVLA):
-            raise ValueError("--algo dsrl steers the tiny VLA's flow head; use --policy tiny --head flow")
+        if not isinstance(policy, TinyVLA) or policy.cfg.head != "flow":
+            raise UsageError("--algo dsrl steers the tiny VLA's flow head; use --policy tiny --head flow or --init "
+                             "a flow-head checkpoint")
         if policy.noise_policy is None:
-            policy.attach_noise_policy(cfg.bound, cfg.policy_hidden)  # raises for a non-flow head
+            policy.attach_noise_policy(cfg.bound, cfg.policy_hidden)
         super().__init__(cfg, policy.chunk_size * policy.action_dim)
         self.images = False
         policy.requires_grad_(False)  # the VLA stays frozen
@@ -139,7 +141,7 @@ def buffer_fields(policy, batch: TransitionBatch, state: DSRLState) -> dict[str,
            "state": f["state"], "next_state": f["next_state"]}
     if state.cfg.critic == "privileged":
         if "sim" not in f:
-            raise ValueError("--dsrl.critic privileged needs the suite's sim_state; this suite has none")
+            raise UsageError("--dsrl.critic privileged needs the suite's sim_state; this suite has none")
         out["sim"], out["next_sim"] = f["sim"], f["next_sim"]
     return out
 

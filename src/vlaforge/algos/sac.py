@@ -52,11 +52,19 @@ from torch import nn
 
 from vlaforge.algos.common import LOCAL
 from vlaforge.algos.state import AlgoState, flatten, unflatten
-from vlaforge.core.offpolicy import actor_loss, critic_loss, critic_target, polyak, random_subset, temperature_loss
+from vlaforge.core.offpolicy import (
+    actor_loss,
+    critic_loss,
+    critic_target,
+    polyak,
+    random_subset,
+    temperature_loss,
+)
 from vlaforge.data.replay import ReplayBuffer, sample_symmetric
 from vlaforge.hooks import Hooks
 from vlaforge.policies.base import normalize
 from vlaforge.types import Observation, Rollout
+from vlaforge.validate import UsageError
 
 CRITIC_INPUTS = ("state", "privileged", "features")
 
@@ -206,12 +214,12 @@ class SoftACState(AlgoState):
 
     def __init__(self, cfg, action_dim: int):
         if cfg.critic not in CRITIC_INPUTS:
-            raise ValueError(f"--{self.flag}.critic '{cfg.critic}' is unknown; choose one of {', '.join(CRITIC_INPUTS)}")
+            raise UsageError(f"--{self.flag}.critic '{cfg.critic}' is unknown; choose one of {', '.join(CRITIC_INPUTS)}")
         if not 1 <= cfg.target_subset <= cfg.critics:
-            raise ValueError(f"--{self.flag}.target-subset must be in [1, --{self.flag}.critics={cfg.critics}]; "
+            raise UsageError(f"--{self.flag}.target-subset must be in [1, --{self.flag}.critics={cfg.critics}]; "
                              f"got {cfg.target_subset}")
         if cfg.utd <= 0 or cfg.batch_size < 2 or cfg.capacity < 1 or cfg.actor_every < 1:
-            raise ValueError(f"--{self.flag}.utd must be > 0, --{self.flag}.batch-size >= 2, --{self.flag}.capacity "
+            raise UsageError(f"--{self.flag}.utd must be > 0, --{self.flag}.batch-size >= 2, --{self.flag}.capacity "
                              f">= 1 and --{self.flag}.actor-every >= 1")
         self.cfg, self.action_dim = cfg, action_dim
         self.target_entropy = -float(action_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
@@ -316,7 +324,7 @@ def tiny_gaussian(policy) -> None:
     from vlaforge.policies.tiny import TinyVLA
 
     if not isinstance(policy, TinyVLA) or policy.cfg.head != "gaussian":
-        raise ValueError("--algo sac trains the tiny VLA's Gaussian head (a reparameterised tanh-Gaussian); "
+        raise UsageError("--algo sac trains the tiny VLA's Gaussian head (a reparameterised tanh-Gaussian); "
                          "use --policy tiny --head gaussian or --init a Gaussian-head checkpoint")
 
 
@@ -339,13 +347,13 @@ def demo_buffer(policy, cfg: SACConfig, state: SoftACState) -> ReplayBuffer:
     d = load_demos(cfg.demos)
     C, S = policy.chunk_size, policy.cfg.state_dim
     if d.state.shape[1] != S:
-        raise ValueError(f"--sac.demos '{cfg.demos}': demo states have {d.state.shape[1]} dims but the policy reads "
+        raise UsageError(f"--sac.demos '{cfg.demos}': demo states have {d.state.shape[1]} dims but the policy reads "
                          f"{S}; collect the demos with the same suite options (e.g. --env-kwargs privileged 1)")
     if d.actions.shape[1] != policy.action_dim:
-        raise ValueError(f"--sac.demos '{cfg.demos}': demo actions have {d.actions.shape[1]} dims, the policy "
+        raise UsageError(f"--sac.demos '{cfg.demos}': demo actions have {d.actions.shape[1]} dims, the policy "
                          f"{policy.action_dim}")
     if cfg.critic == "privileged" and d.sim_state is None:
-        raise ValueError(f"--sac.demos '{cfg.demos}' recorded no sim_state, which --sac.critic privileged reads; "
+        raise UsageError(f"--sac.demos '{cfg.demos}' recorded no sim_state, which --sac.critic privileged reads; "
                          "re-collect them with this vlaforge")
     idx = np.arange(len(d))
     chunk, _ = d.chunk_targets(idx, C)  # (M, C, A), past the end: the last action repeated
@@ -373,7 +381,7 @@ def buffer_fields(policy, batch: TransitionBatch, state: SoftACState) -> dict[st
            "next_state": f["next_state"], "instr": state.instruction_ids(batch.instructions)}
     if state.cfg.critic == "privileged":
         if "sim" not in f:
-            raise ValueError(f"--{state.flag}.critic privileged needs the suite's sim_state; this suite has none")
+            raise UsageError(f"--{state.flag}.critic privileged needs the suite's sim_state; this suite has none")
         out["sim"], out["next_sim"] = f["sim"], f["next_sim"]
     if state.images:
         out["images"], out["next_images"] = batch.images(), batch.images("next_")

@@ -103,9 +103,10 @@ class ReplayBuffer:
     ``load_state_dict`` give a (tensors, JSON) pair that ``algos.state.flatten`` stores in a full-state
     checkpoint: only the filled rows are saved, so a resumed run draws exactly the same batches.
 
-    Bytes per transition are those of the fields' dtypes and shapes (``bytes_per_transition``): e.g. SAC on
-    state Meta-World with 4-step chunks stores state + next state (13 + 13) + sim_state pair (39 + 39) +
-    action (16) + reward + done floats ≈ 0.5 KB; a 64×64 image pair adds 24.6 KB (uint8).
+    Bytes per transition are those of the fields' dtypes and shapes (``bytes_per_transition``), measured:
+    SAC on state Meta-World (13-D state pair, 1-step chunk, critic on state) 136 B; SAC on a 64×64 vision
+    policy with a privileged critic and 4-step chunks 25,000 B (24,576 B of it the uint8 image pair);
+    DSRL on the same policy 2,184 B (frozen features instead of images).
     """
 
     def __init__(self, capacity: int):
