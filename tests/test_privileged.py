@@ -132,3 +132,37 @@ def test_metaworld_wrist_camera_adds_a_view():
         assert not np.array_equal(obs.images[:, 0], obs.images[:, 1])  # two different cameras
     finally:
         venv.close()
+
+
+def test_ppo_with_privileged_critic_and_readout_through_train(tmp_path):
+    from vlaforge.policies.privileged import PrivilegedCritic
+    from vlaforge.train.loop import TrainConfig, train
+
+    spec = make_vec_env("pointreach", 1).spec
+    idx = perception_targets(spec.sim_state_names)
+    torch.manual_seed(0)
+    init = build_policy(state_dim=spec.state_dim, action_dim=spec.action_dim, aux_index=idx,
+                        sim_state_dim=len(spec.sim_state_names))
+    save_policy(init, tmp_path / "init")
+    cfg = TrainConfig(algo="ppo", init=str(tmp_path / "init"), out=str(tmp_path / "run"), iterations=2, groups=4,
+                      num_envs=4, critic="privileged", eval_every=0, progress=False, tensorboard=False, threads=1,
+                      max_steps=12)
+    cfg.ppo.critic_warmup, cfg.ppo.readout_coef, cfg.ppo.minibatch_size = 1, 1.0, 32
+    train(cfg)
+    lines = [__import__("json").loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("rollout/value_explained_variance" in m for m in lines)
+    assert "train/aux/mse" in lines[-1] and "train/aux/mse" not in lines[0]  # the readout trains after the warm-up
+    final = load_policy(tmp_path / "run" / "final")
+    assert final.cfg.critic == "privileged" and isinstance(final.value_net, PrivilegedCritic)
+    assert not torch.equal(final.conv1.weight, init.conv1.weight)
+
+
+def test_readout_coef_needs_a_readout(tmp_path):
+    from vlaforge.train.loop import TrainConfig, train
+    from vlaforge.validate import UsageError
+
+    cfg = TrainConfig(algo="ppo", out=str(tmp_path / "run"), iterations=1, groups=2, num_envs=2, eval_every=0,
+                      progress=False, tensorboard=False, threads=1)
+    cfg.ppo.readout_coef = 1.0
+    with pytest.raises(UsageError, match="readout"):
+        train(cfg)

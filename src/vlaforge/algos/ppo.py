@@ -2,7 +2,7 @@
 
 Advantages: GAE over decision steps (masked after termination, bootstrapped on truncation),
 normalised over the batch. Loss: clipped surrogate at the chosen ratio level + clipped value
-loss (+ optional entropy bonus). Critic warm-up: the first ``critic_warmup`` iterations step
+loss (+ optional entropy bonus, + optional perception-readout loss). Critic warm-up: the first ``critic_warmup`` iterations step
 only the value head, since early advantages from an untrained critic are noise. π_old is the
 rollout policy, frozen in the rollout's log-probs (VLA-RL's release overwrote them).
 
@@ -54,16 +54,22 @@ class PPOConfig:
     """rollouts per initial state (1: every episode its own seed)"""
     temperature: float = 1.0
     """sampling temperature (scoring uses the same)"""
+    readout_coef: float = 0.0
+    """weight of the perception readout's loss on the rollout frames (tiny policies SFT'd with `--aux`; the
+    frames carry sim_state): the encoder keeps learning to localise on every layout the rollouts visit"""
 
 
 def prepare(rollout: Rollout, cfg: PPOConfig, hooks: Hooks) -> tuple[StepBatch, dict]:
     keep = rollout.alive & rollout.valid.unsqueeze(0)
     adv, ret = gae(rollout.reward, rollout.value, rollout.alive, rollout.terminated, rollout.truncated,
                    rollout.next_value, cfg.gamma, cfg.lam)
+    v_t, r_t = rollout.value[keep], ret[keep]
+    ev = float(1 - (r_t - v_t).var() / r_t.var().clamp_min(1e-8)) if keep.sum() > 1 else 0.0
     if cfg.normalize_adv and keep.sum() > 1:
         a = adv[keep]
         adv = (adv - a.mean()) / (a.std() + 1e-8)
-    return flatten_steps(rollout, keep, adv, ret), {}
+    # explained variance of the rollout's values against its GAE returns: how informative the advantages were
+    return flatten_steps(rollout, keep, adv, ret), {"rollout/value_explained_variance": ev}
 
 
 def loss(policy, mb: StepBatch, cfg: PPOConfig, warmup: bool = False):
@@ -83,6 +89,10 @@ def loss(policy, mb: StepBatch, cfg: PPOConfig, warmup: bool = False):
         vl, vm = value_loss(v, mb.v_old, mb.returns, torch.ones_like(mb.adv, dtype=torch.bool), cfg.value_clip)
         total = total + vf_coef * vl
         m.update(vm)
+    if cfg.readout_coef and not warmup and mb.sim_state is not None:
+        rl, rm = policy.readout_loss(mb.obs())
+        total = total + cfg.readout_coef * rl
+        m.update(rm)
     m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
     return total, m
 

@@ -32,6 +32,7 @@ from vlaforge.policies import build_policy, load_policy, save_policy
 from vlaforge.policies.base import check_fits
 from vlaforge.policies.hf.model import HFConfig
 from vlaforge.policies.openvla.model import OpenVLAOptions, config_from_flags
+from vlaforge.policies.tiny import TinyVLA
 from vlaforge.recipes.configs import GrapeConfig, IReVLAConfig, VLARLConfig
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.rollout.evaluate import evaluate_policy
@@ -40,6 +41,7 @@ from vlaforge.train.backend import Backend, RayConfig, backend_for, register_bac
 from vlaforge.train.checkpoint import load_algo_state, load_checkpoint, save_checkpoint
 from vlaforge.train.logging import RunLogger, StageTimer, progress_bar
 from vlaforge.types import Rollout
+from vlaforge.validate import UsageError
 
 
 @dataclass
@@ -65,6 +67,10 @@ class _TrainFields:
     """action chunk of a fresh policy"""
     backbone: str = "vision"
     """backbone of a fresh policy: vision, or state (MLP on proprioception only; a debugging baseline)"""
+    critic: Literal["image", "privileged"] = "image"
+    """PPO's value function: image (reads the actor's features) or privileged (an asymmetric critic on the
+    suite's sim_state + proprio, built fresh when the policy has none; the actor still reads pixels only;
+    tiny policies)"""
     policy: Literal["tiny", "hf", "smolvla", "openvla", "openvla-oft"] = "tiny"
     """fresh policy: the tiny VLA, a local Hugging Face VLM (`--policy hf --policy.path DIR`, docs/hf.md), or a
     LeRobot SmolVLA checkpoint (`--policy smolvla --policy.path DIR`, docs/vlas.md)"""
@@ -299,6 +305,15 @@ def eval_metrics(policy, venv, eval_names: list[str], episodes: int) -> dict:
     return m
 
 
+def use_privileged_critic(policy, spec) -> None:
+    """Give ``policy`` a fresh asymmetric critic on the suite's sim_state (``--critic privileged``)."""
+    if not isinstance(policy, TinyVLA):
+        raise UsageError("--critic privileged is available for the tiny VLA only; drop it for this policy")
+    if not spec.sim_state_names:
+        raise UsageError(f"--critic privileged needs a suite with a sim_state channel; '{spec.suite}' has none")
+    policy.use_privileged_critic(len(spec.sim_state_names))
+
+
 def start_state(cfg: TrainConfig):
     """Where a run starts: from ``cfg.resume`` (its saved config, with the caller's ``ray`` settings) or
     fresh (seeded; policy from ``cfg.init`` or None). Returns (cfg, policy, optimizer state, RNG states,
@@ -384,6 +399,10 @@ def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_
     spec = backend.spec
     if policy is None:
         policy = fresh_policy(cfg, spec)
+    if cfg.critic == "privileged" and getattr(policy.cfg, "critic", None) != "privileged":
+        use_privileged_critic(policy, spec)
+    if getattr(acfg, "readout_coef", 0.0) and getattr(policy, "aux_head", None) is None:
+        raise UsageError(f"--{cfg.algo}.readout-coef needs a policy with a perception readout (`vlaforge sft --aux`)")
     train_ids, eval_names = run_tasks(cfg, spec, policy)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     sampler = TaskSampler(train_ids, cfg.curriculum, cfg.curriculum_tau, seed=cfg.seed)

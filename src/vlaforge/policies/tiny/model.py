@@ -261,6 +261,12 @@ class TinyVLA(nn.Module):
             raise ValueError("this policy has no perception readout (built without aux_index)")
         return self.aux_head(self.features(obs).mean(1)) * self.aux_sd + self.aux_mu
 
+    def readout_loss(self, obs: Observation):
+        """The perception readout's loss on ``obs`` (which must carry ``sim_state``): (loss, metrics)."""
+        if self.aux_head is None:
+            raise ValueError("this policy has no perception readout (SFT it with --aux)")
+        return self._aux_loss(self.features(obs), obs)
+
     def _aux_loss(self, feats: torch.Tensor, obs: Observation):
         target = self._sim_state(obs)[:, self.cfg.aux_index]
         return aux_regression_loss(self.aux_head(feats.mean(1)), target, self.aux_mu, self.aux_sd)
