@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlaforge.algos.sft import SFTConfig
+from vlaforge.envs import env_kwargs
 from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft
 
 
@@ -41,8 +42,8 @@ class DemoArgs:
     """rollouts per initial state"""
     eval_episodes: int = 20
     """evaluation episodes per task"""
-    max_steps: int = 150
-    """simulator steps per episode"""
+    max_steps: int = 0
+    """simulator steps per episode for the demos, RL and evaluations (0: the suite's default)"""
     workers: int = 2
     """env subprocesses"""
     num_envs: int = 8
@@ -57,14 +58,14 @@ def run_demo(a: DemoArgs) -> dict:
 
     t0 = time.perf_counter()
     out = Path(a.out)
-    env_kw = {"max_steps": a.max_steps} if a.suite != "pointreach" else {}
+    env_kw = env_kwargs({}, a.max_steps)
     print(f"[1/4] collecting {a.demo_episodes} expert episodes per task on {a.suite}: {a.tasks}")
     run_collect(CollectArgs(suite=a.suite, tasks=a.tasks, episodes=a.demo_episodes, out=str(out / "demos"),
-                            num_envs=a.num_envs, workers=a.workers), quiet=False)
+                            num_envs=a.num_envs, workers=a.workers, env_kwargs=env_kw), quiet=False)
     print(f"[2/4] SFT of the tiny VLA ({a.sft_steps} steps)")
     run_sft(SFTArgs(demos=str(out / "demos"), out=str(out / "sft"), sft=SFTConfig(steps=a.sft_steps)))
     ev = EvalArgs(checkpoint=str(out / "sft"), suite=a.suite, tasks=a.tasks, episodes=a.eval_episodes,
-                  num_envs=a.num_envs, workers=a.workers)
+                  num_envs=a.num_envs, workers=a.workers, env_kwargs=env_kw)
     print("[3/4] evaluating the SFT policy")
     before, _ = run_eval(ev, quiet=True)
     after = None
@@ -72,7 +73,7 @@ def run_demo(a: DemoArgs) -> dict:
         print(f"[4/4] RL: {a.algo}, {a.rl_iterations} iterations × {a.groups} initial states × {a.group_size} rollouts")
         cfg = TrainConfig(algo=a.algo, suite=a.suite, tasks=a.tasks, init=str(out / "sft"), out=str(out / "rl"),
                           iterations=a.rl_iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
-                          max_steps=env_kw.get("max_steps"), eval_every=0, tensorboard=True)
+                          max_steps=a.max_steps or None, eval_every=0, tensorboard=True)
         if hasattr(cfg.algo_cfg, "group_size"):
             cfg.algo_cfg.group_size = a.group_size
         train(cfg)

@@ -15,17 +15,12 @@ import torch
 
 from vlaforge.algos.sft import SFTConfig, train_sft
 from vlaforge.data.demos import collect_demos, load_demos
-from vlaforge.envs import make_vec_env, suite_task_names
+from vlaforge.envs import env_tasks, make_vec_env, suite_task_names
 from vlaforge.policies import build_policy, load_policy, policy_hash, save_policy
 from vlaforge.policies.base import check_fits, reads_images
 from vlaforge.policies.privileged import perception_targets
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, evaluate_policy, format_table, manifest, write_manifest
 from vlaforge.train.logging import RunLogger, progress_bar
-
-
-def env_tasks_arg(suite: str, tasks: str | None):
-    """The `tasks` to construct a suite's envs with (PointReach always holds all its tasks)."""
-    return None if suite == "pointreach" else tasks
 
 
 @dataclass
@@ -55,7 +50,7 @@ class CollectArgs:
 
 
 def run_collect(a: CollectArgs, quiet: bool = False):
-    venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks_arg(a.suite, a.tasks), image_size=a.image_size,
+    venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks(a.suite, a.tasks), image_size=a.image_size,
                         workers=a.workers, **a.env_kwargs)
     try:
         names = suite_task_names(venv.spec, a.tasks)
@@ -174,7 +169,7 @@ class EvalArgs:
 def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
     torch.set_num_threads(a.threads)
     policy = policy if policy is not None else load_policy(a.checkpoint, trust_remote_code=a.trust_remote_code)
-    venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks_arg(a.suite, a.tasks),
+    venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks(a.suite, a.tasks),
                         image_size=policy.cfg.image_size, workers=a.workers, **a.env_kwargs)
     try:
         check_fits(policy, venv.spec, a.suite)

@@ -357,9 +357,9 @@ def check_collect(a, argv):
 
 
 def check_demo(a, argv):
-    for f in ("demo_episodes", "sft_steps", "rl_iterations", "groups", "group_size", "eval_episodes", "max_steps",
-              "num_envs"):
+    for f in ("demo_episodes", "sft_steps", "rl_iterations", "groups", "group_size", "eval_episodes", "num_envs"):
         at_least(flag(f), getattr(a, f), 1)
+    at_least("--max-steps", a.max_steps, 0)
     at_least("--workers", a.workers, 0)
     need(a.algo in ("ppo", "grpo", "rloo", "tpo"), f"--algo '{a.algo}' is unknown; choose ppo, grpo, rloo or tpo")
     check_env_kwargs(a.suite, {})
@@ -478,10 +478,9 @@ def check_remote_code(pol: dict, path: str, trust: bool, name: str = "--checkpoi
 
 def check_fits_suite(name: str, pol: dict, suite: str, tasks, image_size: int | None, env_kwargs: dict) -> None:
     """The policy config ``pol`` can act in the suite's envs (dims, images); builds one env to ask."""
-    from vlaforge.envs import suite_spec
-    from vlaforge.pipeline import env_tasks_arg
+    from vlaforge.envs import env_tasks, suite_spec
 
-    spec = suite_spec(suite, env_tasks_arg(suite, tasks), image_size=image_size or pol.get("image_size", 64),
+    spec = suite_spec(suite, env_tasks(suite, tasks), image_size=image_size or pol.get("image_size", 64),
                       **env_kwargs)
     dims = (pol.get("state_dim"), pol.get("action_dim"))
     need(dims == (spec.state_dim, spec.action_dim),
@@ -600,12 +599,13 @@ def check_train_fresh(cfg, given: set[str]) -> None:
                             or (f.startswith("hf.") and f != "hf.trust_remote_code"))
         need(not fresh_only, f"{flag(fresh_only[0], {'policy': 'hf'}) if fresh_only else ''} shapes a fresh policy "
                              "and is ignored with --init (the checkpoint fixes it); drop it")
+        from vlaforge.envs import env_kwargs
+
         meta = read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)
         pol = meta["policy"]
         need(pol.get("image_size", cfg.image_size) == cfg.image_size,
              f"--init policy reads {pol.get('image_size')}px images; pass --image-size {pol.get('image_size')}")
-        check_fits_suite("--init", pol, cfg.suite, cfg.tasks, cfg.image_size,
-                         {**cfg.env_kwargs, **({"max_steps": cfg.max_steps} if cfg.max_steps else {})})
+        check_fits_suite("--init", pol, cfg.suite, cfg.tasks, cfg.image_size, env_kwargs(cfg.env_kwargs, cfg.max_steps))
     else:
         need(cfg.head in HEADS, f"--head '{cfg.head}' is unknown; choose one of {', '.join(HEADS)}")
         need(cfg.backbone in ("vision", "state"), f"--backbone '{cfg.backbone}' is unknown; choose vision or state")

@@ -11,19 +11,34 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable
+from typing import NamedTuple
 
 from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskEnv, TaskSpec, VecEnv, VecStep, check_env
 
-__all__ = ["SUITES", "ChunkResult", "EnvError", "EnvSpec", "MissingExtra", "TaskEnv", "TaskSpec", "VecEnv",
-           "VecStep", "check_env", "env_factory", "make_vec_env", "suite_spec"]
+__all__ = ["SUITES", "ChunkResult", "EnvError", "EnvSpec", "MissingExtra", "Suite", "TaskEnv", "TaskSpec", "VecEnv",
+           "VecStep", "check_env", "env_factory", "env_kwargs", "env_tasks", "make_vec_env", "suite_info", "suite_spec"]
 
-# suite name -> (module, class, optional extra that provides it)
-SUITES: dict[str, tuple[str, str, str | None]] = {
-    "pointreach": ("vlaforge.envs.pointreach", "PointReachEnv", None),
-    "metaworld": ("vlaforge.envs.metaworld", "MetaWorldEnv", "metaworld"),
-    "kitchen": ("vlaforge.envs.kitchen", "KitchenEnv", "kitchen"),
-    "libero": ("vlaforge.envs.libero", "LiberoEnv", "libero"),
-    "maniskill": ("vlaforge.envs.maniskill", "ManiSkillEnv", "maniskill"),
+
+class Suite(NamedTuple):
+    """What the rest of vlaforge may know about a suite without importing its simulator."""
+
+    module: str
+    """module that defines the env class"""
+    cls: str
+    """the TaskEnv class"""
+    extra: str | None
+    """optional dependency group that provides the simulator (None: always installed)"""
+    holds_all_tasks: bool = False
+    """one env holds every task of the suite and a run selects among them (its envs are built with
+    ``tasks=None``); otherwise envs are built with the selected tasks only"""
+
+
+SUITES: dict[str, Suite] = {
+    "pointreach": Suite("vlaforge.envs.pointreach", "PointReachEnv", None, holds_all_tasks=True),
+    "metaworld": Suite("vlaforge.envs.metaworld", "MetaWorldEnv", "metaworld"),
+    "kitchen": Suite("vlaforge.envs.kitchen", "KitchenEnv", "kitchen"),
+    "libero": Suite("vlaforge.envs.libero", "LiberoEnv", "libero"),
+    "maniskill": Suite("vlaforge.envs.maniskill", "ManiSkillEnv", "maniskill"),
 }
 
 
@@ -39,11 +54,26 @@ def require(module: str, extra: str):
         raise MissingExtra(f"'{module}' is not installed ({e.msg}); install it with: pip install 'vlaforge[{extra}]'") from None
 
 
-def _env_class(suite: str) -> type:
-    if suite not in SUITES:
-        raise EnvError(f"unknown suite '{suite}'; choose one of: {', '.join(SUITES)}")
-    module, cls, _extra = SUITES[suite]
-    return getattr(importlib.import_module(module), cls)
+def suite_info(name: str) -> Suite:
+    """The registry entry of a suite; an unknown name raises ``EnvError`` listing the known ones."""
+    if name not in SUITES:
+        raise EnvError(f"unknown suite '{name}'; choose one of: {', '.join(SUITES)}")
+    return SUITES[name]
+
+
+def _env_class(name: str) -> type:
+    s = suite_info(name)
+    return getattr(importlib.import_module(s.module), s.cls)
+
+
+def env_tasks(name: str, tasks: str | list[str] | None) -> str | list[str] | None:
+    """The ``tasks`` to build a suite's envs with: None for a suite that holds all its tasks, else ``tasks``."""
+    return None if suite_info(name).holds_all_tasks else tasks
+
+
+def env_kwargs(extra: dict, max_steps: int | None) -> dict:
+    """Env constructor keywords: ``--env-kwargs`` plus ``--max-steps`` when set (0/None: the suite's default)."""
+    return {**extra, **({"max_steps": max_steps} if max_steps else {})}
 
 
 def _build(suite: str, tasks, image_size: int, kwargs: dict) -> TaskEnv:

@@ -80,11 +80,10 @@ class GrapeHooks(Hooks):
 
 
 def hooks_for(cfg):
-    from vlaforge.envs import suite_spec
+    from vlaforge.envs import env_kwargs, env_tasks, suite_spec
     from vlaforge.rewards.grape import GrapeScorer
 
-    env_kw = {**cfg.env_kwargs, **({"max_steps": cfg.max_steps} if cfg.max_steps else {})}
-    spec = suite_spec(cfg.suite, None if cfg.suite == "pointreach" else cfg.tasks, **env_kw)
+    spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), **env_kwargs(cfg.env_kwargs, cfg.max_steps))
     g = cfg.grape
     scorer = GrapeScorer.for_spec(make_decomposer(cfg, spec), spec,
                                   lambdas=(g.lambda_self, g.lambda_ext, g.lambda_success))

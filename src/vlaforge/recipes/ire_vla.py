@@ -117,10 +117,9 @@ def rl_stage_config(cfg, groups: dict[str, list[str]], init, out, seed: int):
 
 def task_groups(cfg) -> dict[str, list[str]]:
     """iRe-VLA's three groups by name: seen in SFT, new (RL only), held out (never trained)."""
-    from vlaforge.envs import suite_spec
-    from vlaforge.envs import suite_task_names
+    from vlaforge.envs import env_tasks, suite_spec, suite_task_names
 
-    spec = suite_spec(cfg.suite, None if cfg.suite == "pointreach" else _all_tasks(cfg))
+    spec = suite_spec(cfg.suite, env_tasks(cfg.suite, _all_tasks(cfg)))
     seen = suite_task_names(spec, cfg.tasks)
     seen = [n for n in seen if spec.tasks[spec.task_index(n)].split == "train"] or seen
     new = suite_task_names(spec, cfg.ire_vla.new_tasks) if cfg.ire_vla.new_tasks else []
@@ -139,6 +138,7 @@ def _all_tasks(cfg) -> str:
 
 
 def evaluate_groups(policy, cfg, groups: dict[str, list[str]]) -> dict:
+    from vlaforge.envs import env_kwargs
     from vlaforge.pipeline import EvalArgs, run_eval
     from vlaforge.rollout.evaluate import wilson
 
@@ -146,7 +146,7 @@ def evaluate_groups(policy, cfg, groups: dict[str, list[str]]) -> dict:
     res, _ = run_eval(EvalArgs(checkpoint="(in memory)", suite=cfg.suite, tasks=",".join(names),
                                episodes=cfg.eval_episodes, num_envs=cfg.num_envs, workers=cfg.workers,
                                out=str(Path(cfg.out) / "eval_tmp.json"), threads=cfg.threads,
-                               env_kwargs={**cfg.env_kwargs, **({"max_steps": cfg.max_steps} if cfg.max_steps else {})}),
+                               env_kwargs=env_kwargs(cfg.env_kwargs, cfg.max_steps)),
                      quiet=True, policy=policy)
     by = {r.task: r for r in res}
     out = {}

@@ -41,7 +41,7 @@ def preset(cfg) -> None:
 def build_rprm(cfg):
     """Load ``--vla-rl.rprm`` or train a process reward model on demos; saved under ``<out>/rprm``."""
     from vlaforge.data.demos import load_demos
-    from vlaforge.envs import suite_spec
+    from vlaforge.envs import env_kwargs, env_tasks, suite_spec
     from vlaforge.policies import read_config
     from vlaforge.rewards.rprm import RPRM, load_rprm, progress_data_from_demos, save_rprm, train_rprm
 
@@ -52,8 +52,7 @@ def build_rprm(cfg):
     if not demos or not Path(demos).exists():
         raise ValueError("vla-rl needs demos to train its process reward model: pass --vla-rl.demos DIR "
                          "(from `vlaforge collect`) or a trained model with --vla-rl.rprm DIR")
-    env_kw = {**cfg.env_kwargs, **({"max_steps": cfg.max_steps} if cfg.max_steps else {})}
-    spec = suite_spec(cfg.suite, None if cfg.suite == "pointreach" else cfg.tasks, **env_kw)
+    spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), **env_kwargs(cfg.env_kwargs, cfg.max_steps))
     model = RPRM.for_spec(spec)
     info = train_rprm(model, progress_data_from_demos(load_demos(demos)), steps=v.rprm_steps, seed=cfg.seed)
     save_rprm(model, Path(cfg.out) / "rprm")

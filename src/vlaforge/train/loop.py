@@ -27,7 +27,7 @@ from vlaforge.algos import ALGOS, AlgoName, get_algo
 from vlaforge.algos.common import LOCAL, trajectory_reward
 from vlaforge.hooks import NO_HOOKS, Hooks
 from vlaforge.core.advantages import uniform_groups
-from vlaforge.envs import make_vec_env, suite_task_names
+from vlaforge.envs import env_kwargs, env_tasks, make_vec_env, suite_info, suite_task_names
 from vlaforge.policies import build_policy, load_policy, save_policy
 from vlaforge.policies.base import check_fits
 from vlaforge.policies.hf.model import HFConfig
@@ -261,10 +261,10 @@ def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int,
 
 
 def env_settings(cfg: TrainConfig) -> dict:
-    """Keyword arguments of ``make_vec_env`` / ``suite_spec`` for a run's envs (Ray env workers use them too).
-    PointReach envs hold every task and `tasks` selects among them; other suites are built with `tasks`."""
-    return dict(tasks=None if cfg.suite == "pointreach" else cfg.tasks, image_size=cfg.image_size,
-                **cfg.env_kwargs, **({"max_steps": cfg.max_steps} if cfg.max_steps else {}))
+    """Keyword arguments of ``make_vec_env`` / ``suite_spec`` for a run's envs (Ray env workers use them
+    too). A suite whose envs hold every task is built with all of them and `tasks` selects among them."""
+    return dict(tasks=env_tasks(cfg.suite, cfg.tasks), image_size=cfg.image_size,
+                **env_kwargs(cfg.env_kwargs, cfg.max_steps))
 
 
 def fresh_policy(cfg: TrainConfig, spec):
@@ -285,7 +285,7 @@ def fresh_policy(cfg: TrainConfig, spec):
 def run_tasks(cfg: TrainConfig, spec, policy) -> tuple[list[int], list[str]]:
     """(training task ids, evaluation task names); raises if the policy does not fit the suite."""
     # Held-out tasks (ML10 test, PointReach's held-out split) are never trained on unless named explicitly.
-    named = suite_task_names(spec, cfg.tasks if cfg.suite == "pointreach" else None)
+    named = suite_task_names(spec, cfg.tasks if suite_info(cfg.suite).holds_all_tasks else None)
     train_names = [n for n in named if spec.tasks[spec.task_index(n)].split == "train"] or named
     train_ids = [spec.task_index(n) for n in train_names]
     eval_names = suite_task_names(spec, cfg.eval_tasks)
