@@ -16,6 +16,8 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vlaforge.train.loop import TrainConfig
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -25,7 +27,7 @@ class Recipe:
     run: Callable  # (TrainConfig) -> final metrics dict
 
 
-# name -> module; modules are imported on use (``recipes.configs`` is imported by the training loop)
+# name -> module; modules are imported on use (their options live in ``train.recipe_configs``, held by TrainConfig)
 RECIPES: dict[str, str] = {"ire-vla": "ire_vla", "grape": "grape", "ript-vla": "ript_vla", "vla-rl": "vla_rl",
                            "simplevla-rl": "simplevla_rl"}
 
@@ -39,8 +41,6 @@ def get_recipe(name: str) -> Recipe:
 
 def recipe_defaults(name: str, base=None):
     """A ``TrainConfig`` holding the recipe's preset (the CLI parses user flags on top of it)."""
-    from vlaforge.train.loop import TrainConfig
-
     cfg = copy.deepcopy(base) if base is not None else TrainConfig()
     cfg.recipe = name
     get_recipe(name).preset(cfg)

@@ -22,7 +22,11 @@ pairs are whole trajectories (its release aligned fixed windows by index).
 
 from __future__ import annotations
 
+from vlaforge.envs import env_kwargs, env_tasks, suite_spec
 from vlaforge.hooks import Hooks
+from vlaforge.rewards.grape import GrapeScorer, RuleDecomposer
+from vlaforge.rewards.lm_decomposer import LMDecomposer
+from vlaforge.train.loop import train
 
 NAME = "grape"
 SUMMARY = "TPO on success-vs-failure pairs ranked by λ1·R_self + λ2·R_ext (staged costs) + λ3·success"
@@ -50,9 +54,6 @@ def parse_weights(text: str) -> dict[str, float]:
 
 
 def make_decomposer(cfg, spec):
-    from vlaforge.rewards.grape import RuleDecomposer
-    from vlaforge.rewards.lm_decomposer import LMDecomposer
-
     g = cfg.grape
     weights = {"path": 0.0, "collision": 0.5, **parse_weights(g.cost_weights)}
     if not spec.sim_state_names:
@@ -80,8 +81,6 @@ class GrapeHooks(Hooks):
 
 
 def hooks_for(cfg):
-    from vlaforge.envs import env_kwargs, env_tasks, suite_spec
-    from vlaforge.rewards.grape import GrapeScorer
 
     spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), **env_kwargs(cfg.env_kwargs, cfg.max_steps))
     g = cfg.grape
@@ -91,7 +90,6 @@ def hooks_for(cfg):
 
 
 def run(cfg) -> dict:
-    from vlaforge.train.loop import train
 
     if cfg.algo != "tpo":
         raise ValueError(f"the grape recipe trains with TPO; drop --algo {cfg.algo}")

@@ -31,8 +31,17 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.algos.sft import DemoSampler, sft_step
+from vlaforge.data.demos import load_demos
 from vlaforge.data.replay import SuccessBuffer
+from vlaforge.envs import env_kwargs, env_tasks, suite_spec, suite_task_names
+from vlaforge.fsutil import atomic_write_text
 from vlaforge.hooks import Hooks
+from vlaforge.pipeline import EvalArgs, run_eval
+from vlaforge.policies import load_policy, read_config, save_policy
+from vlaforge.rollout.evaluate import wilson
+from vlaforge.train.loop import train
+from vlaforge.types import Observation
 
 NAME = "ire-vla"
 SUMMARY = "RL on a frozen backbone (PPO: head + critic) alternating with SFT on demos ∪ RL successes"
@@ -70,8 +79,6 @@ class KeepSuccesses(Hooks):
 def sl_stage(policy, demos, buffer: SuccessBuffer, task_index: dict[str, int], steps: int, lr: float,
              demo_fraction: float, batch_size: int = 64, seed: int = 0, grad_clip: float = 1.0) -> dict:
     """Supervised stage on demos ∪ successes (either may be empty). Returns the last metrics."""
-    from vlaforge.algos.sft import DemoSampler, sft_step
-    from vlaforge.types import Observation
 
     for p in policy.backbone_parameters() + policy.head_parameters():  # not frozen copies (HF LoRA base, references)
         p.requires_grad_(True)
@@ -117,7 +124,6 @@ def rl_stage_config(cfg, groups: dict[str, list[str]], init, out, seed: int):
 
 def task_groups(cfg) -> dict[str, list[str]]:
     """iRe-VLA's three groups by name: seen in SFT, new (RL only), held out (never trained)."""
-    from vlaforge.envs import env_tasks, suite_spec, suite_task_names
 
     spec = suite_spec(cfg.suite, env_tasks(cfg.suite, _all_tasks(cfg)))
     seen = suite_task_names(spec, cfg.tasks)
@@ -138,9 +144,6 @@ def _all_tasks(cfg) -> str:
 
 
 def evaluate_groups(policy, cfg, groups: dict[str, list[str]]) -> dict:
-    from vlaforge.envs import env_kwargs
-    from vlaforge.pipeline import EvalArgs, run_eval
-    from vlaforge.rollout.evaluate import wilson
 
     names = [n for g in groups.values() for n in g]
     res, _ = run_eval(EvalArgs(checkpoint="(in memory)", suite=cfg.suite, tasks=",".join(names),
@@ -160,10 +163,6 @@ def evaluate_groups(policy, cfg, groups: dict[str, list[str]]) -> dict:
 
 def run(cfg) -> dict:
     """Run the iRe-VLA alternation; writes ``<out>/ire_vla.json`` (groups before/after each stage)."""
-    from vlaforge.data.demos import load_demos
-    from vlaforge.fsutil import atomic_write_text
-    from vlaforge.policies import load_policy, read_config, save_policy
-    from vlaforge.train.loop import train
 
     if not cfg.init:
         raise ValueError("the ire-vla recipe starts from an SFT checkpoint: pass --init DIR (from `vlaforge sft`)")

@@ -14,6 +14,8 @@ from a 5× wider Laplace than it scored).
 
 from __future__ import annotations
 
+from vlaforge.train.loop import train
+
 NAME = "ript-vla"
 SUMMARY = "LOOP (leave-one-out + PPO clip [1/(1+ε), 1+ε]) over K=8 rollouts per context, dynamic rejection"
 
@@ -29,6 +31,5 @@ def preset(cfg) -> None:
 
 
 def run(cfg) -> dict:
-    from vlaforge.train.loop import train
 
     return train(cfg)

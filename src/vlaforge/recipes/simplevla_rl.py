@@ -14,6 +14,8 @@ default) rather than OpenVLA-OFT.
 
 from __future__ import annotations
 
+from vlaforge.train.loop import train
+
 NAME = "simplevla-rl"
 SUMMARY = "GRPO, dynamic sampling of groups with success in [0.1, 0.9], clip-higher, temperature 1.6"
 
@@ -28,6 +30,5 @@ def preset(cfg) -> None:
 
 
 def run(cfg) -> dict:
-    from vlaforge.train.loop import train
 
     return train(cfg)

@@ -24,7 +24,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlaforge.data.demos import load_demos
+from vlaforge.envs import env_kwargs, env_tasks, suite_spec
 from vlaforge.hooks import NO_HOOKS, Hooks
+from vlaforge.policies import read_config
+from vlaforge.rewards.rprm import RPRM, RPRMShaper, load_rprm, progress_data_from_demos, save_rprm, train_rprm
+from vlaforge.train.loop import train
 
 NAME = "vla-rl"
 SUMMARY = "PPO on action tokens + process reward model (dense progress reward) + success-rate curriculum"
@@ -40,10 +45,6 @@ def preset(cfg) -> None:
 
 def build_rprm(cfg):
     """Load ``--vla-rl.rprm`` or train a process reward model on demos; saved under ``<out>/rprm``."""
-    from vlaforge.data.demos import load_demos
-    from vlaforge.envs import env_kwargs, env_tasks, suite_spec
-    from vlaforge.policies import read_config
-    from vlaforge.rewards.rprm import RPRM, load_rprm, progress_data_from_demos, save_rprm, train_rprm
 
     v = cfg.vla_rl
     if v.rprm:
@@ -70,9 +71,6 @@ class ProcessReward(Hooks):
 
 
 def run(cfg) -> dict:
-    from vlaforge.policies import read_config
-    from vlaforge.rewards.rprm import RPRMShaper, load_rprm
-    from vlaforge.train.loop import train
 
     if cfg.init and read_config(cfg.init)["policy"].get("head") != "tokens":
         raise ValueError("VLA-RL trains a binned action-token head; SFT one with `vlaforge sft --head tokens` "

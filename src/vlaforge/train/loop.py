@@ -33,7 +33,7 @@ from vlaforge.policies.base import check_fits
 from vlaforge.policies.hf.model import HFConfig
 from vlaforge.policies.openvla.model import OpenVLAOptions, config_from_flags
 from vlaforge.policies.tiny import TinyVLA
-from vlaforge.recipes.configs import GrapeConfig, IReVLAConfig, VLARLConfig
+from vlaforge.train.recipe_configs import GrapeConfig, IReVLAConfig, VLARLConfig
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.rollout.evaluate import evaluate_policy
 from vlaforge.rollout.sampling import TaskSampler

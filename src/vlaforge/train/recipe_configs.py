@@ -1,6 +1,6 @@
 """Settings that only some recipes read (nested in ``TrainConfig`` as ``--ire-vla.*``,
-``--grape.*``, ``--vla-rl.*``). Plain dataclasses with no imports from the training loop, so
-``train/loop.py`` can hold them without an import cycle."""
+``--grape.*``, ``--vla-rl.*``). They live under ``train/`` because ``TrainConfig`` holds them (one
+``--help`` for every flag); the recipes import the training loop, never the reverse."""
 
 from __future__ import annotations
 
