@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from vlaforge.algos import dsrl, grpo, ppo, rloo, sac, tpo
+from vlaforge.algos import distill, dsrl, grpo, ppo, rloo, sac, tpo
 from vlaforge.algos.common import LOCAL
 from vlaforge.hooks import NO_HOOKS
 
@@ -66,6 +66,9 @@ ALGOS: dict[str, Algo] = {
     # off-policy (replay in their AlgoState; local runs): SAC/RLPD with demos, DSRL's noise-space SAC
     "sac": Algo("sac", sac.SACConfig, sac.prepare, sac.update, init_state=sac.init_state, batch_fields=()),
     "dsrl": Algo("dsrl", dsrl.DSRLConfig, dsrl.prepare, dsrl.update, init_state=dsrl.init_state, batch_fields=()),
+    # privileged-teacher distillation (DAgger): a state teacher labels the frames the pixel policy visits
+    "distill": Algo("distill", distill.DistillConfig, distill.prepare, distill.update, init_state=distill.init_state,
+                    batch_fields=()),
 }
 
 AlgoName = Literal[tuple(ALGOS)]  # type: ignore[valid-type]  # TrainConfig.algo's choices
