@@ -258,6 +258,8 @@ def test_dsrl_starts_at_the_base_policy_and_trains_only_the_noise_policy():
     assert all(torch.equal(v, p.state_dict()[k]) for k, v in vla.items())  # the VLA is frozen
     assert any(not torch.equal(a, b) for a, b in zip(noise, p.noise_policy.parameters()))
     assert m["replay/bytes_per_transition"] < 3000  # features, not images
+    with pytest.raises(ValueError, match="noise policy"):  # PPO & co. would score the wrong distribution
+        p.evaluate(obs, {})
     with pytest.raises(ValueError, match="flow"):
         algo.new_state(build_policy(head="gaussian", backbone="state"), cfg)
 

@@ -23,6 +23,7 @@ from vlaforge.policies.heads.common import mlp
 from vlaforge.policies.heads.noise import NoisePolicy
 from vlaforge.policies.privileged import PrivilegedCritic, aux_regression_loss
 from vlaforge.types import ActionOutput, Observation
+from vlaforge.validate import UsageError
 
 
 @dataclass
@@ -284,6 +285,9 @@ class TinyVLA(nn.Module):
         return ActionOutput(denormalize(x, self.act_lo, self.act_hi), log_prob, self._value(feats, obs), taken)
 
     def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
+        if self.noise_policy is not None:  # act() sampled w, not the head's chain: these log-probs would not match
+            raise UsageError("this policy acts through a DSRL noise policy (dsrl_bound > 0): train it with --algo dsrl, "
+                             "or start the other algorithms from the checkpoint it was trained from")
         feats = self.features(obs)
         log_prob, entropy = self.head.evaluate(feats, taken, self.temperature)
         return log_prob, entropy, self._value(feats, obs)
