@@ -55,6 +55,8 @@ def world(tmp_path_factory):
     st["config"]["exec"] = "rm -rf /"
     (root / "crafted" / "checkpoint" / "state.json").write_text(json.dumps(st))
     (root / "afile").write_text("x")
+    (root / "mine").mkdir()  # a user's folder: never replaced by an output written whole
+    (root / "mine" / "thesis.tex").write_text("x")
     return root
 
 
@@ -76,6 +78,10 @@ CASES = [
     ("collect-noise-neg", ["collect", "--noise", "-0.1", "--out", "T/d"], ["--noise"]),
     ("collect-out-under-file", ["collect", "--out", "W/afile/d"], ["--out", "under the file"]),
     ("collect-out-is-file", ["collect", "--out", "W/afile"], ["--out", "is a file"]),
+    ("collect-out-replaces-user-dir", ["collect", "--out", "W/mine"], ["--out", "not a vlaforge demo dataset"]),
+    ("sft-out-replaces-user-dir", ["sft", "--demos", "W/demos", "--out", "W/mine"], ["--out", "not a vlaforge policy"]),
+    ("eval-out-overwrites-user-file", ["eval", "--checkpoint", "W/policy", "--out", "W/afile"],
+     ["--out", "not an eval manifest"]),
     ("collect-unknown-suite", ["collect", "--suite", "nosuch", "--out", "T/d"], ["unknown suite"]),
     ("sft-steps-0", ["sft", "--demos", "W/demos", "--sft.steps", "0", "--out", "T/s"], ["--sft.steps"]),
     ("sft-steps-neg", ["sft", "--demos", "W/demos", "--sft.steps", "-5", "--out", "T/s"], ["--sft.steps"]),
@@ -97,6 +103,7 @@ CASES = [
     ("train-iterations-neg", [*TRAIN, "--iterations", "-1", "--out", "T/r"], ["--iterations"]),
     ("train-groups-0", [*TRAIN, "--groups", "0", "--out", "T/r"], ["--groups"]),
     ("train-checkpoint-every-0", [*TRAIN, "--checkpoint-every", "0", "--out", "T/r"], ["--checkpoint-every"]),
+    ("train-image-size-33", ["train", "--image-size", "33", "--out", "T/r"], ["--image-size", "multiple of 8"]),
     ("train-chunk-0", [*TRAIN, "--chunk-size", "0", "--out", "T/r"], ["--chunk-size"]),
     ("train-threads-0", [*TRAIN, "--threads", "0", "--out", "T/r"], ["--threads"]),
     ("train-lr-neg", [*TRAIN, "--lr", "-1", "--out", "T/r"], ["--lr", "> 0"]),

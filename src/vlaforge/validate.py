@@ -139,6 +139,31 @@ def check_out_file(name: str, path: str | os.PathLike) -> None:
     _check_creatable(name, p.parent)
 
 
+REPLACEABLE = {"demos": ("meta/info.json", "demo dataset"), "policy": ("config.json", "policy directory")}
+
+
+def check_replaceable(name: str, path: str | os.PathLike, kind: str) -> None:
+    """``path`` is written atomically as a whole (an existing directory is replaced, everything in it deleted):
+    refuse unless it is absent, empty, or an earlier vlaforge output of the same ``kind`` (demos | policy)."""
+    p = Path(path).expanduser()
+    if not p.is_dir() or not any(p.iterdir()):
+        return
+    marker, what = REPLACEABLE[kind]
+    need((p / marker).is_file(), f"{name} '{path}' exists and is not a vlaforge {what}: writing it would delete "
+                                 "everything in it; pass a new or empty directory")
+
+
+def check_manifest_replaceable(name: str, path: Path) -> None:
+    """An existing file at an eval manifest's path must be an earlier manifest (it is overwritten)."""
+    if not path.is_file():
+        return
+    try:
+        ok = isinstance(json.loads(path.read_text()), dict) and "results" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        ok = False
+    need(ok, f"{name} '{path}' exists and is not an eval manifest: it would be overwritten; pass a new file path")
+
+
 def _check_creatable(name: str, p: Path) -> None:
     q = p.absolute()
     while not q.exists():
@@ -199,12 +224,21 @@ def check_env_kwargs(suite: str, kwargs: dict, name: str = "--env-kwargs", taken
     return out
 
 
+MAX_ENVS = 4096
+
+
+def num_envs(v: int, name: str = "--num-envs") -> None:
+    at_least(name, v, 1)
+    need(v <= MAX_ENVS, f"{name} {v}: more envs than one machine holds in memory (each keeps a simulator and its "
+                        f"images); pass at most {MAX_ENVS}, typically 8 .. 64")
+
+
 def check_common(a, episodes_flag: str | None = None) -> None:
     """Options shared by collect / eval: envs, workers, threads, seed."""
     if hasattr(a, "threads"):
         at_least("--threads", a.threads, 1)
     if hasattr(a, "num_envs"):
-        at_least("--num-envs", a.num_envs, 1)
+        num_envs(a.num_envs)
     if hasattr(a, "workers"):
         at_least("--workers", a.workers, 0, " (0 = envs in this process)")
     if hasattr(a, "image_size"):
@@ -353,6 +387,7 @@ def check_collect(a, argv):
     at_least("--noise", a.noise, 0)
     a.env_kwargs = check_env_kwargs(a.suite, a.env_kwargs)
     check_out_dir("--out", a.out)
+    check_replaceable("--out", a.out, "demos")
     return a
 
 
@@ -364,6 +399,9 @@ def check_demo(a, argv):
     need(a.algo in ("ppo", "grpo", "rloo", "tpo"), f"--algo '{a.algo}' is unknown; choose ppo, grpo, rloo or tpo")
     check_env_kwargs(a.suite, {})
     check_out_dir("--out", a.out)
+    check_replaceable("--out", Path(a.out) / "demos", "demos")
+    for sub in ("sft", "rl/final", "rl/checkpoint"):
+        check_replaceable("--out", Path(a.out) / sub, "policy")
     return a
 
 
@@ -455,7 +493,11 @@ def check_sft(a, argv):
         need(a.head in HEADS, f"--head '{a.head}' is unknown; choose one of {', '.join(HEADS)}")
         need(a.backbone in ("vision", "state"), f"--backbone '{a.backbone}' is unknown; choose vision or state")
         at_least("--chunk-size", a.chunk_size, 1)
+        need(a.backbone != "vision" or info["image_size"] % 8 == 0,
+             f"the demos in '{a.demos}' have {info['image_size']}px images; the tiny VLA's vision backbone needs a "
+             "multiple of 8: collect them with --image-size 64 (or use --backbone state)")
     check_out_dir("--out", a.out)
+    check_replaceable("--out", a.out, "policy")
     return a
 
 
@@ -504,6 +546,7 @@ def check_eval(a, argv):
     check_fits_suite("--checkpoint", pol, a.suite, a.tasks, pol.get("image_size"), a.env_kwargs)
     out = Path(a.out) if a.out else Path(a.checkpoint) / f"eval_{a.suite}.json"
     check_out_file("--out" if a.out else f"--out (default {out})", out)
+    check_manifest_replaceable("--out" if a.out else f"--out (default {out})", out)
     return a
 
 
@@ -557,17 +600,25 @@ def check_train(cfg, argv):
     if cfg.resume:
         return check_resume(cfg, given)
     check_train_fresh(cfg, given)
-    check_out_dir("--out", cfg.out)
+    check_train_out(cfg.out)
     return cfg
+
+
+def check_train_out(out: str) -> None:
+    """A run directory: creatable, and its checkpoint/ and final/ (replaced whole) are vlaforge policies if present."""
+    check_out_dir("--out", out)
+    for sub in ("checkpoint", "final"):
+        check_replaceable("--out", Path(out) / sub, "policy")
 
 
 def check_train_fresh(cfg, given: set[str]) -> None:
     from vlaforge.policies.heads import HEADS
 
-    at_least("--threads", cfg.threads, 1)
+    if cfg.threads is not None:
+        at_least("--threads", cfg.threads, 1)
     at_least("--iterations", cfg.iterations, 1)
     at_least("--groups", cfg.groups, 1, " (initial states per iteration)")
-    at_least("--num-envs", cfg.num_envs, 1)
+    num_envs(cfg.num_envs)
     at_least("--workers", cfg.workers, 0, " (0 = envs in this process)")
     at_least("--image-size", cfg.image_size, 8)
     if cfg.max_steps is not None:
@@ -584,12 +635,7 @@ def check_train_fresh(cfg, given: set[str]) -> None:
     at_least("--checkpoint-every", cfg.checkpoint_every, 1, " iterations")
     at_least("--seed", cfg.seed, 0)
     check_algo_config(cfg.algo, cfg.algo_cfg)
-    r = cfg.ray
-    if r.enabled:
-        at_least("--ray.env-workers", r.env_workers, 1)
-        at_least("--ray.learners", r.learners, 1)
-        positive("--ray.env-worker-cpus", r.env_worker_cpus)
-        positive("--ray.learner-cpus", r.learner_cpus)
+    check_ray(cfg.ray)
     taken = {"max_steps": "--max-steps"} if cfg.max_steps else {}
     cfg.env_kwargs = check_env_kwargs(cfg.suite, cfg.env_kwargs, taken=taken)
     if cfg.recipe:
@@ -610,6 +656,8 @@ def check_train_fresh(cfg, given: set[str]) -> None:
         need(cfg.head in HEADS, f"--head '{cfg.head}' is unknown; choose one of {', '.join(HEADS)}")
         need(cfg.backbone in ("vision", "state"), f"--backbone '{cfg.backbone}' is unknown; choose vision or state")
         at_least("--chunk-size", cfg.chunk_size, 1)
+        need(cfg.policy != "tiny" or cfg.backbone != "vision" or cfg.image_size % 8 == 0,
+             f"--image-size {cfg.image_size}: the tiny VLA's vision backbone needs a multiple of 8 (e.g. 64)")
         if cfg.policy == "hf":
             need(bool(cfg.hf.path), "--policy hf needs --policy.path DIR (a local Hugging Face image-text model)")
             need((Path(cfg.hf.path).expanduser() / "config.json").exists(),
@@ -621,6 +669,21 @@ def check_train_fresh(cfg, given: set[str]) -> None:
                 files = remote_code_files(Path(cfg.hf.path).expanduser())
                 need(not files, f"--policy.path: '{files[0] if files else ''}' asks to run the model's own Python "
                                 "code (auto_map); vlaforge runs it only with --policy.trust-remote-code")
+
+
+def check_ray(r) -> None:
+    """``--ray.*`` (taken from the command line on resume too)."""
+    if not r.enabled:
+        return
+    at_least("--ray.env-workers", r.env_workers, 1)
+    at_least("--ray.learners", r.learners, 1)
+    positive("--ray.env-worker-cpus", r.env_worker_cpus)
+    positive("--ray.learner-cpus", r.learner_cpus)
+    if r.num_cpus is not None:
+        at_least("--ray.num-cpus", r.num_cpus, 1)
+    at_least("--ray.max-env-worker-restarts", r.max_env_worker_restarts, 0)
+    positive("--ray.startup-timeout-s", r.startup_timeout_s)
+    positive("--ray.collective-timeout-s", r.collective_timeout_s)
 
 
 def read_config_checked(name: str, path: str, trust: bool) -> dict:
@@ -698,7 +761,8 @@ def check_resume(cfg, given: set[str]):
                              f"with --init {cfg.resume}")
     need(saved.recipe != "ire-vla", "an ire-vla run cannot be resumed from a checkpoint (its stages write their own "
                                     "runs); start it again")
+    check_ray(cfg.ray)
     if "out" not in given:
         cfg.out = str(ck.parent)
-    check_out_dir("--out", cfg.out)
+    check_train_out(cfg.out)
     return cfg
