@@ -50,6 +50,10 @@ def world(tmp_path_factory):
     shutil.copytree(root / "demos", root / "demos_badeps")
     with open(root / "demos_badeps" / "meta" / "episodes.jsonl", "a") as f:
         f.write('{"episode_index": 9, "succ\n')
+    shutil.copytree(root / "demos", root / "demos_nopq")
+    next((root / "demos_nopq" / "data").rglob("*.parquet")).unlink()
+    shutil.copytree(root / "demos", root / "demos_badpq")
+    next((root / "demos_badpq" / "data").rglob("*.parquet")).write_text("not parquet")
     shutil.copytree(root / "run", root / "crafted")  # a checkpoint whose state.json carries an unknown field
     st = json.loads((root / "crafted" / "checkpoint" / "state.json").read_text())
     st["config"]["exec"] = "rm -rf /"
@@ -95,6 +99,8 @@ CASES = [
     ("sft-no-demos", ["sft", "--demos", "T/nothing", "--out", "T/s"], ["--demos", "vlaforge collect"]),
     ("sft-bad-info-json", ["sft", "--demos", "W/demos_badinfo", "--out", "T/s"], ["info.json", "not valid JSON"]),
     ("sft-bad-episodes-json", ["sft", "--demos", "W/demos_badeps", "--out", "T/s"], ["episodes.jsonl", "line"]),
+    ("sft-missing-parquet", ["sft", "--demos", "W/demos_nopq", "--out", "T/s"], [".parquet", "missing"]),
+    ("sft-corrupt-parquet", ["sft", "--demos", "W/demos_badpq", "--out", "T/s"], [".parquet", "unreadable"]),
     ("sft-init-with-head", ["sft", "--demos", "W/demos", "--init", "W/policy", "--head", "flow", "--out", "T/s"],
      ["--head", "--init"]),
     ("sft-init-with-chunk", ["sft", "--demos", "W/demos", "--init", "W/policy", "--chunk-size", "8", "--out", "T/s"],
@@ -240,9 +246,9 @@ def test_poc_is_real_with_the_flag(tmp_path):
     marker = tmp_path / "marker"
     ck = _poc(tmp_path, marker)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "vlaforge.cli", "eval", "--checkpoint", str(ck), "--episodes", "1",
-                    "--trust-remote-code", "--threads", "1"], capture_output=True, text=True, env=env, timeout=300)
-    assert marker.exists()
+    r = subprocess.run([sys.executable, "-m", "vlaforge.cli", "eval", "--checkpoint", str(ck), "--episodes", "1",
+                        "--trust-remote-code", "--threads", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert marker.exists(), r.stderr[-3000:]
 
 
 def test_policy_config_allow_list_is_per_family():

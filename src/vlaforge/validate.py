@@ -456,6 +456,11 @@ def check_demos(path: str, name: str = "--demos") -> dict:
                                  for e in eps),
          f"demo episode list '{eps_f}' is missing or lacks episode_index/success/task_name; re-create the demos")
     need(any(e["success"] for e in eps), f"{name} '{path}' holds no successful episode; collect more demos")
+    for e in eps:  # the files load_demos reads (their content is checked as it reads them)
+        if e["success"] and isinstance(e["episode_index"], int):
+            f = d / info["data_path"].format(episode_chunk=e["episode_index"] // info.get("chunks_size", 1000),
+                                             episode_index=e["episode_index"])
+            need(f.is_file(), f"{name}: demo episode file '{f}' is missing; re-collect the demos with `vlaforge collect`")
     return info
 
 

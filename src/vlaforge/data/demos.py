@@ -207,7 +207,11 @@ def load_demos(path: str | Path, success_only: bool = True, tasks: list[str] | N
             continue
         e = ep["episode_index"]
         f = path / info["data_path"].format(episode_chunk=e // info.get("chunks_size", CHUNK_FILES), episode_index=e)
-        t = pq.read_table(f).to_pydict()
+        try:
+            t = pq.read_table(f).to_pydict()
+        except (OSError, ValueError) as e:  # missing file, or not parquet (pyarrow.ArrowInvalid is a ValueError)
+            raise EnvError(f"demo episode file '{f}' is missing or unreadable ({type(e).__name__}); "
+                           "re-collect the demos with `vlaforge collect`") from None
         L = len(t["action"])
         for b in t[cam_col]:
             img = _unpng(b["bytes"])
