@@ -153,6 +153,7 @@ CASES = [
     ("eval-config-bad-family", ["eval", "--checkpoint", "W/bad_family"], ["config.json", "pickle"]),
     ("eval-wrong-dims", ["eval", "--checkpoint", "W/run/final", "--env-kwargs", "privileged", "0"],
      ["state/action dims"]),
+    ("eval-duplicate-task", ["eval", "--checkpoint", "W/policy", "--tasks", "red-0,blue-0,red-0"], ["--tasks", "red-0"]),
     ("eval-unknown-task", ["eval", "--checkpoint", "W/policy", "--tasks", "magenta-7"], ["unknown"]),
     ("unknown-command", ["frobnicate"], ["unknown command"]),
 ]
@@ -386,3 +387,15 @@ def test_eval_manifest_and_table_report_both_metrics(world, tmp_path, capsys):
     assert {"success_rate", "success_once", "success_at_end", "successes"} <= set(r)
     assert r["success_once"] == r["success_rate"] and r["success_at_end"] <= r["success_once"]
     assert m["overall"]["success_at_end"] == pytest.approx(np.mean([x["success_at_end"] for x in m["results"]]))
+
+
+def test_lost_episodes_reported_on_the_console(tmp_path):
+    """Episodes of crashed env workers appear under the eval table and after training, not only in metrics.jsonl."""
+    from vlaforge.cli import _lost_episodes
+    from vlaforge.rollout.evaluate import TaskResult, format_table
+
+    text = format_table([TaskResult("red-0", "train", 3, 8, 3), TaskResult("blue-0", "train", 1, 10, 1)], "t", 10)
+    assert "seeds 10000000..10000009" in text and "warning: 2 episodes lost to crashed env workers" in text
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"step": 1, "rollout/invalid_episodes": 2}\n{"step": 2, "rollout/invalid_episodes": 0}\n{"ste')
+    assert _lost_episodes(f) == 2

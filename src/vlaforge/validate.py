@@ -224,6 +224,15 @@ def check_env_kwargs(suite: str, kwargs: dict, name: str = "--env-kwargs", taken
     return out
 
 
+def task_list(name: str, tasks: str | None) -> None:
+    """A comma-separated task selection names each task once (a repeated name would count its episodes twice)."""
+    if not tasks:
+        return
+    names = [n.strip() for n in tasks.split(",")]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    need(not dup, f"{name} names '{dup[0] if dup else ''}' more than once; list each task once")
+
+
 MAX_ENVS = 4096
 
 
@@ -383,6 +392,7 @@ def check(command: str, args, argv: list[str]):
 
 def check_collect(a, argv):
     check_common(a)
+    task_list("--tasks", a.tasks)
     at_least("--episodes", a.episodes, 1, " (episodes per task)")
     at_least("--noise", a.noise, 0)
     a.env_kwargs = check_env_kwargs(a.suite, a.env_kwargs)
@@ -542,6 +552,7 @@ def check_fits_suite(name: str, pol: dict, suite: str, tasks, image_size: int | 
 
 def check_eval(a, argv):
     check_common(a)
+    task_list("--tasks", a.tasks)
     at_least("--episodes", a.episodes, 1, " (episodes per task)")
     at_least("--videos", a.videos, 0)
     at_least("--seed-base", a.seed_base, 0)
@@ -621,6 +632,8 @@ def check_train_fresh(cfg, given: set[str]) -> None:
 
     if cfg.threads is not None:
         at_least("--threads", cfg.threads, 1)
+    task_list("--tasks", cfg.tasks)
+    task_list("--eval-tasks", cfg.eval_tasks)
     at_least("--iterations", cfg.iterations, 1)
     at_least("--groups", cfg.groups, 1, " (initial states per iteration)")
     num_envs(cfg.num_envs)
