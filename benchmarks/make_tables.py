@@ -25,7 +25,8 @@ def throughput(d: dict) -> str:
              "| suite | envs × workers | chunk | raw steps/s | with policy steps/s | ratio | policy ms/step | sim ms/step |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in d["rows"]:
-        lines.append(f"| {r['suite']} | {r['num_envs']} × {r['workers']} | {r['chunk']} | {r['raw']['steps_per_s']:.0f} | "
+        suite = r["suite"] + (" (pipelined)" if r.get("pipelined") else "")
+        lines.append(f"| {suite} | {r['num_envs']} × {r['workers']} | {r['chunk']} | {r['raw']['steps_per_s']:.0f} | "
                      f"{r['policy']['steps_per_s']:.0f} | {r['ratio']:.2f} | {r['policy']['policy_ms_per_env_step']:.3f} | "
                      f"{r['policy']['sim_ms_per_env_step']:.3f} |")
     return "\n".join(lines)

@@ -239,3 +239,24 @@ def test_corrupt_training_checkpoint_refused(tmp_path):
     (ck / "state.json").unlink()
     with pytest.raises(CheckpointError, match="partial"):
         load_checkpoint(ck)
+
+
+def test_pipeline_flag_gives_the_same_run_and_threads_resolve_once(tmp_path):
+    """``--pipeline`` changes only when the policy acts (rollout/collect.py), so a fixed seed gives the same
+    run; the default ``threads`` resolves to the thread plan's driver count and is saved in the checkpoint."""
+    from vlaforge.envs.vector import thread_plan
+
+    def run(name, pipeline):
+        cfg = _small_cfg(tmp_path / name, algo="rloo", iterations=2, groups=2, num_envs=4, workers=2,
+                         pipeline=pipeline)
+        cfg.rloo.group_size = 4
+        train(cfg)
+        return _final_row(tmp_path / name)
+
+    n = torch.get_num_threads()
+    try:
+        assert run("plain", False) == run("pipelined", True)
+    finally:
+        torch.set_num_threads(n)
+    saved = load_checkpoint(tmp_path / "pipelined" / "checkpoint")[2]["config_obj"]
+    assert saved.pipeline and saved.threads == thread_plan(2).driver

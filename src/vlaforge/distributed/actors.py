@@ -62,7 +62,7 @@ class EnvWorker:
         """The local ``collect()`` on this worker's envs; returns (Rollout, CollectStats, RNG state)."""
         set_rng(rng)
         stats = CollectStats()
-        rollout, _ = collect(self.policy, self.venv, task_ids, seeds, stats=stats)
+        rollout, _ = collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline)
         return rollout, stats, torch.get_rng_state()
 
     def evaluate(self, eval_names: list[str], episodes: int, rng):

@@ -40,7 +40,7 @@ from vlaforge.hooks import Hooks
 from vlaforge.pipeline import EvalArgs, run_eval
 from vlaforge.policies import load_policy, read_config, save_policy
 from vlaforge.rollout.evaluate import wilson
-from vlaforge.train.loop import train
+from vlaforge.train.loop import run_threads, train
 from vlaforge.types import Observation
 
 NAME = "ire-vla"
@@ -148,7 +148,7 @@ def evaluate_groups(policy, cfg, groups: dict[str, list[str]]) -> dict:
     names = [n for g in groups.values() for n in g]
     res, _ = run_eval(EvalArgs(checkpoint="(in memory)", suite=cfg.suite, tasks=",".join(names),
                                episodes=cfg.eval_episodes, num_envs=cfg.num_envs, workers=cfg.workers,
-                               out=str(Path(cfg.out) / "eval_tmp.json"), threads=cfg.threads,
+                               out=str(Path(cfg.out) / "eval_tmp.json"), threads=run_threads(cfg),
                                env_kwargs=env_kwargs(cfg.env_kwargs, cfg.max_steps)),
                      quiet=True, policy=policy)
     by = {r.task: r for r in res}

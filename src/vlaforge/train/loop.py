@@ -28,6 +28,7 @@ from vlaforge.algos.common import LOCAL, trajectory_reward
 from vlaforge.hooks import NO_HOOKS, Hooks
 from vlaforge.core.advantages import uniform_groups
 from vlaforge.envs import env_kwargs, env_tasks, make_vec_env, suite_info, suite_task_names
+from vlaforge.envs.vector import thread_plan
 from vlaforge.policies import build_policy, load_policy, save_policy
 from vlaforge.policies.base import check_fits
 from vlaforge.policies.hf.model import HFConfig
@@ -54,7 +55,8 @@ class _TrainFields:
     """named method (ire-vla | grape | ript-vla | vla-rl | simplevla-rl): presets this config and adds the
     method's own parts; flags given on the command line override the preset"""
     suite: str = "pointreach"
-    """simulator suite: pointreach | metaworld | kitchen"""
+    """simulator suite: pointreach | metaworld | kitchen | libero | maniskill (all but pointreach need their
+    extra, e.g. pip install 'vlaforge[metaworld]')"""
     tasks: str = "train"
     """tasks to train on (comma-separated names, or a split/benchmark name the suite knows)"""
     eval_tasks: str | None = None
@@ -97,8 +99,7 @@ class _TrainFields:
     env_kwargs: dict[str, float] = field(default_factory=dict)
     """extra numeric options of the suite's env constructor (e.g. PointReach's radius)"""
     lr: float = 3e-5
-    """policy learning rate (RL moves a vision backbone destructively at SFT-like rates: 3e-4 lowered
-    PointReach success in docs/benchmarks.md; the measured gains there used 1e-4 with 64-step minibatches)"""
+    """policy learning rate (the value head's is --value-lr); docs/benchmarks.md lists the rates its runs used"""
     lr_warmup: int = 0
     """ramp the policy learning rate linearly over the first N iterations (lr * (it + 1) / N; critic
     warm-up iterations count), so that the first Adam steps, each ~lr per parameter whatever the
@@ -127,8 +128,12 @@ class _TrainFields:
     """write the full-state checkpoint every this many iterations"""
     seed: int = 0
     """seed of every RNG"""
-    threads: int = 2
-    """torch CPU threads"""
+    threads: int | None = None
+    """torch CPU threads (default: the cores the env workers leave, ``envs.vector.thread_plan``; resolved once
+    when a run starts and saved with it, so a resumed run uses the same count)"""
+    pipeline: bool = False
+    """act for one env-worker group while the others simulate (``rollout.collect``); the same Rollout as
+    without it; overlaps only with ``--workers >= 2``"""
     tensorboard: bool = True
     """write TensorBoard scalars"""
     progress: bool = True
@@ -234,7 +239,7 @@ def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int,
         if collect_fn is not None:
             r = collect_fn(np.repeat(tids, K), np.repeat(seeds, K), stats)
         else:
-            r, _ = collect(policy, venv, np.repeat(tids, K), np.repeat(seeds, K), stats=stats)
+            r, _ = collect(policy, venv, np.repeat(tids, K), np.repeat(seeds, K), stats=stats, pipeline=cfg.pipeline)
         sampler.update(r.task_id[r.valid].numpy(), r.success[r.valid].numpy())
         all_success.append(r.success[r.valid].float())
         r.group_id = r.group_id + n_seen  # unique across rounds
@@ -314,12 +319,18 @@ def use_privileged_critic(policy, spec) -> None:
     policy.use_privileged_critic(len(spec.sim_state_names))
 
 
+def run_threads(cfg: TrainConfig) -> int:
+    """``--threads``, or by default the cores the run's env workers leave to the policy (at least one)."""
+    return cfg.threads if cfg.threads is not None else thread_plan(cfg.workers).driver
+
+
 def start_state(cfg: TrainConfig):
     """Where a run starts: from ``cfg.resume`` (its saved config, with the caller's ``ray`` settings) or
     fresh (seeded; policy from ``cfg.init`` or None). Returns (cfg, policy, optimizer state, RNG states,
     iteration, env steps, sampler state); the local loop and the Ray driver share it."""
     trust = cfg.hf.trust_remote_code  # only ever from the caller (the command line), never from a file
     if cfg.resume is None:
+        cfg = dataclasses.replace(cfg, threads=run_threads(cfg))
         torch.manual_seed(cfg.seed)
         return cfg, (load_policy(cfg.init, trust_remote_code=trust) if cfg.init else None), None, None, 0, 0, None
     policy, opt_state, state, rng = load_checkpoint(cfg.resume, trust_remote_code=trust)
@@ -351,7 +362,7 @@ class LocalBackend(Backend):
             self.state.load_state_dict(*algo_state)
 
     def collect(self, task_ids, seeds, stats: CollectStats) -> Rollout:
-        return collect(self.policy, self.venv, task_ids, seeds, stats=stats)[0]
+        return collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline)[0]
 
     def update(self, batch, iteration: int) -> dict:
         set_policy_lr(self.optimizer, self.cfg, iteration)
