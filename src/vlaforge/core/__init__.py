@@ -7,7 +7,6 @@ conventions are documented at the top of ``advantages.py`` and ``losses.py``.
 from vlaforge.core.advantages import (
     LOG_PROB_LEVELS,
     broadcast_to_steps,
-    discounted_returns,
     gae,
     group_centered_advantages,
     group_normalized_advantages,
@@ -20,11 +19,8 @@ from vlaforge.core.advantages import (
     uniform_groups,
 )
 from vlaforge.core.losses import (
-    CLIP_BOUNDS,
-    approx_kl_k3,
     clip_higher_bounds,
     entropy_bonus,
-    gaussian_nll,
     loop_bounds,
     masked_mean,
     mse_loss,
@@ -38,7 +34,6 @@ from vlaforge.core.losses import (
 __all__ = [
     "LOG_PROB_LEVELS",
     "broadcast_to_steps",
-    "discounted_returns",
     "gae",
     "group_centered_advantages",
     "group_normalized_advantages",
@@ -49,11 +44,8 @@ __all__ = [
     "reduce_log_prob_chunk",
     "reduce_log_prob_token",
     "uniform_groups",
-    "CLIP_BOUNDS",
-    "approx_kl_k3",
     "clip_higher_bounds",
     "entropy_bonus",
-    "gaussian_nll",
     "loop_bounds",
     "masked_mean",
     "mse_loss",

@@ -1,4 +1,4 @@
-"""Returns and advantages: discounted returns, GAE, group-relative baselines, log-prob levels.
+"""Returns and advantages: GAE, group-relative baselines, log-prob levels.
 
 Pure torch functions over time-major tensors. Conventions shared by every function here:
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "discounted_returns",
     "gae",
     "group_normalized_advantages",
     "leave_one_out_advantages",
@@ -73,41 +72,6 @@ def _check_step_inputs(reward, alive, terminated, truncated, next_value) -> None
     assert next_value.ndim == 1 and next_value.shape[0] == reward.shape[1], (
         f"next_value must be (N,), got {tuple(next_value.shape)}"
     )
-
-
-def discounted_returns(
-    reward: torch.Tensor,
-    alive: torch.Tensor,
-    terminated: torch.Tensor,
-    truncated: torch.Tensor,
-    next_value: torch.Tensor,
-    gamma: float,
-) -> torch.Tensor:
-    """Discounted return of every step, bootstrapped on truncation.
-
-    G_t = r_t + γ·G_{t+1} while the episode continues; at the last step of an episode
-    G_t = r_t (terminated) or r_t + γ·next_value (truncated / cut by the collector).
-
-    Args:
-        reward: float (T, N).
-        alive, terminated, truncated: bool (T, N).
-        next_value: float (N,) value of the observation after each column's last step.
-        gamma: discount.
-    Returns:
-        float32 (T, N), zero on dead steps.
-    """
-    _check_step_inputs(reward, alive, terminated, truncated, next_value)
-    alive, term, cont = _step_masks(alive, terminated, truncated)
-    r = reward.float()
-    v_boot = next_value.float()  # (N,)
-    out = torch.zeros_like(r)
-    g_tp1 = torch.zeros_like(v_boot)  # (N,)
-    for t in reversed(range(r.shape[0])):
-        tail = torch.where(cont[t], g_tp1, torch.where(term[t], torch.zeros_like(v_boot), v_boot))
-        g_t = torch.where(alive[t], r[t] + gamma * tail, torch.zeros_like(v_boot))
-        out[t] = g_t
-        g_tp1 = g_t
-    return out
 
 
 def gae(

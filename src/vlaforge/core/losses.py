@@ -1,4 +1,4 @@
-"""Losses: PPO clipped surrogate, clipped value loss, entropy, k3 KL, TPO, and SFT losses.
+"""Losses: PPO clipped surrogate, clipped value loss, entropy, TPO, and SFT losses.
 
 Pure torch functions. Each loss returns ``(loss, metrics)`` where ``metrics`` maps names to
 0-dim detached float32 tensors (call ``.item()`` when logging; keeping them as tensors
@@ -30,13 +30,10 @@ __all__ = [
     "symmetric_bounds",
     "clip_higher_bounds",
     "loop_bounds",
-    "CLIP_BOUNDS",
     "ppo_clip_loss",
     "value_loss",
     "entropy_bonus",
-    "approx_kl_k3",
     "tpo_loss",
-    "gaussian_nll",
     "mse_loss",
     "token_cross_entropy",
 ]
@@ -103,13 +100,6 @@ def loop_bounds(eps: float) -> tuple[float, float]:
     return 1.0 - 1.0 / (1.0 + eps), eps
 
 
-CLIP_BOUNDS = {
-    "symmetric": symmetric_bounds,
-    "clip_higher": clip_higher_bounds,
-    "loop": loop_bounds,
-}
-
-
 def ppo_clip_loss(
     logp_new: torch.Tensor,
     logp_old: torch.Tensor,
@@ -128,7 +118,7 @@ def ppo_clip_loss(
         logp_old: same shape, from the rollout policy (no grad needed).
         adv: float (*B) e.g. (T, N), broadcast over E.
         mask: bool (*B) steps that count, broadcast over E.
-        clip_low, clip_high: ratio bounds 1 − clip_low, 1 + clip_high (see CLIP_BOUNDS).
+        clip_low, clip_high: ratio bounds 1 − clip_low, 1 + clip_high (symmetric_bounds, clip_higher_bounds, loop_bounds).
     Returns:
         (loss 0-dim, metrics) with metrics pg_loss, clip_frac (share of elements where the
         clipped term is active), approx_kl (k3: mean((ρ−1) − log ρ)), ratio_mean, ratio_max.
@@ -231,28 +221,6 @@ def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     return bonus, {"entropy": bonus.detach()}
 
 
-def approx_kl_k3(
-    logp_new: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, Metrics]:
-    """k3 estimator of KL(π_new ‖ π_ref) on samples from π_new: exp(d) − d − 1, d = ref − new.
-
-    Non-negative element-wise, zero where the log-probs agree; differentiable w.r.t. logp_new.
-
-    Args:
-        logp_new, logp_ref: float, same shape (*B, *E) at any log-prob level.
-        mask: bool (*B), broadcast over E.
-    Returns:
-        (kl 0-dim, {"kl_k3"}).
-    """
-    assert logp_new.ndim >= 1 and logp_new.shape == logp_ref.shape, (
-        f"logp_new {tuple(logp_new.shape)} and logp_ref {tuple(logp_ref.shape)} must match"
-    )
-    m = _expand_mask(mask, logp_new) > 0
-    d = torch.where(m, logp_ref.float().detach() - logp_new.float(), torch.zeros_like(logp_new.float()))
-    kl = masked_mean(torch.exp(d) - d - 1.0, mask)
-    return kl, {"kl_k3": kl.detach()}
-
-
 # --------------------------------------------------------------------------------------------
 # GRAPE: trajectory-wise preference optimisation
 # --------------------------------------------------------------------------------------------
@@ -308,38 +276,6 @@ def tpo_loss(
 # --------------------------------------------------------------------------------------------
 # Supervised losses (SFT on demos)
 # --------------------------------------------------------------------------------------------
-
-
-def gaussian_nll(
-    mean: torch.Tensor,
-    log_std: torch.Tensor,
-    target: torch.Tensor,
-    mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, Metrics]:
-    """Negative log-likelihood of ``target`` under a diagonal Gaussian, averaged per element.
-
-    nll = 0.5·((target − mean)/σ)² + log σ + 0.5·log 2π, σ = exp(log_std).
-
-    Args:
-        mean: float (N, C, A) (any shape).
-        log_std: float, broadcastable to mean (e.g. (A,) or (N, C, A)).
-        target: float, same shape as mean.
-        mask: bool (leading dims of mean, e.g. (N,) or (N, C)) or None.
-    Returns:
-        (loss 0-dim, {"nll", "mse", "std_mean"}).
-    """
-    assert mean.ndim >= 1 and mean.shape == target.shape, (
-        f"mean {tuple(mean.shape)} and target {tuple(target.shape)} must match"
-    )
-    mu = mean.float()
-    ls = log_std.float().expand_as(mu)
-    z = (target.float() - mu) * torch.exp(-ls)
-    nll = 0.5 * z**2 + ls + 0.5 * math.log(2 * math.pi)
-    loss = masked_mean(nll, mask)
-    with torch.no_grad():
-        mse = masked_mean((target.float() - mu) ** 2, mask)
-        std_mean = masked_mean(torch.exp(ls), mask)
-    return loss, {"nll": loss.detach(), "mse": mse.detach(), "std_mean": std_mean.detach()}
 
 
 def mse_loss(
