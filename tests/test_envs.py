@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from vlaforge.envs import EnvError, check_env, make_vec_env
+from vlaforge.envs.base import EnvSpec, SimEnv, TaskSpec
 from vlaforge.envs.pointreach import PointReachEnv, resolve_tasks
 
 
@@ -101,21 +102,42 @@ def test_pointreach_shaping_telescopes_and_leaves_success_alone():
         PointReachEnv(shaping=-1.0)
 
 
+class _CountingEnv(SimEnv):
+    """A one-dim SimEnv whose simulator records the actions and is solved on the `solve_at`-th step."""
+
+    suite = "counting"
+
+    def __init__(self, solve_at: int | None, max_steps: int = 10):
+        super().__init__([TaskSpec("t", "do it", "counting")], 16, max_steps)
+        self.spec = EnvSpec("counting", tuple(self.tasks), (1, 16, 16, 3), 1, 1, max_steps)
+        self.solve_at, self.seen = solve_at, []
+
+    def _reset(self, task, seed):
+        self.seen = []
+
+    def _step(self, a_t):
+        self.seen.append(float(a_t[0]))
+        return len(self.seen) == self.solve_at, 0.25 if self.solve_at else 0.0
+
+    def _observe(self):
+        return np.zeros((1, 16, 16, 3), np.uint8), np.zeros(1, np.float32)
+
+
 def test_run_chunk_stops_at_success_or_limit_and_sums_dense_rewards():
-    from types import SimpleNamespace
-
-    from vlaforge.envs.base import run_chunk
-
-    env = SimpleNamespace(t=0, done=False)
-    seen = []
-
-    def step_one(a_t):
-        seen.append(float(a_t[0]))
-        return len(seen) == 3, 0.25  # solved on the third step
-
-    reward, success, n = run_chunk(env, np.array([[0.1], [2.0], [-3.0], [0.4]], np.float32), step_one, limit=10)
+    env = _CountingEnv(solve_at=3)
+    env.reset(0, 0)
+    chunk = np.array([[0.1], [2.0], [-3.0], [0.4]], np.float32)
+    r = env.step_chunk(chunk)
+    reward, success, n = r.reward, r.success, r.steps
     assert (reward, success, n, env.t, env.done) == (0.25 * 3 + 1.0, True, 3, 3, True)
-    assert seen == pytest.approx([0.1, 1.0, -1.0])  # actions clipped to [-1, 1]; the 4th never executed
-    env = SimpleNamespace(t=8, done=False)
-    reward, success, n = run_chunk(env, np.zeros((4, 1), np.float32), lambda a: (False, 0.0), limit=10)
+    assert env.seen == pytest.approx([0.1, 1.0, -1.0])  # actions clipped to [-1, 1]; the 4th never executed
+    assert chunk[1, 0] == 2.0  # the caller's array is left as it was
+    env = _CountingEnv(solve_at=None)
+    env.reset(0, 0)
+    env.step_chunk(np.zeros((8, 1), np.float32))
+    r = env.step_chunk(np.zeros((4, 1), np.float32))
+    reward, success, n = r.reward, r.success, r.steps
     assert (reward, success, n, env.t, env.done) == (0.0, False, 2, 10, True)
+    assert env.step_chunk(np.zeros((4, 1), np.float32)).steps == 0  # an ended episode executes nothing
+    with pytest.raises(EnvError, match="out of range"):
+        env.reset(1, 0)

@@ -1,6 +1,7 @@
 """The environment contract: one single-env ``TaskEnv`` per suite, batched by ``vector.py``.
 
-A suite adapter implements ``TaskEnv`` (one simulator instance). ``VecEnv`` batches N of them
+A suite adapter is a ``SimEnv`` (a ``TaskEnv``: one simulator instance) that implements its simulator
+calls only; ``SimEnv`` does what every suite does the same way. ``VecEnv`` batches N of them
 (in process or in subprocess workers) and is what rollout code talks to:
 
     obs = venv.reset(task_ids, seeds)        # Observation, images uint8 (N, V, H, W, 3)
@@ -136,27 +137,83 @@ def validate_chunk(actions: np.ndarray, action_dim: int, suite: str) -> np.ndarr
     return a
 
 
-def run_chunk(env, actions: np.ndarray, step_one, limit: int) -> tuple[float, bool, int]:
-    """Execute one validated action chunk open-loop on a ``TaskEnv`` (one that keeps ``t`` and ``done``).
+class SimEnv:
+    """Base of the simulator suite adapters (``TaskEnv``): what every suite does the same way.
 
-    ``step_one(a_t) -> (solved, dense_reward)`` advances the simulator one step with the clipped action
-    ``a_t``. The chunk stops at success (reward +1) or once ``env.t`` reaches ``limit``; ``env.t`` and
-    ``env.done`` are updated. Returns (reward, success, steps executed): the sum of the dense rewards
-    (0 unless the suite shapes) plus the success reward.
+    It checks the shared constructor options, range-checks ``reset``'s task id, runs ``step_chunk``'s
+    open-loop chunk (validation, an ended episode executes nothing, clipping to [-1, 1], the success reward,
+    the time limit) and ``close``. An adapter sets ``suite``, ``tasks`` (via ``__init__``) and ``spec``, and
+    implements its simulator calls only:
+
+        _reset(task, seed)   put the simulator in the initial state fixed by (task name, seed)
+        _step(a_t)           advance one simulator step with a clipped action (A,) -> (solved, dense reward)
+        _observe()           the observation now: (image uint8 (V, H, W, 3), state float32 (S,))
+        _close()             release the simulator (optional)
+        _limit()             steps allowed in the current episode (optional; default ``max_steps``)
     """
-    reward, success, n = 0.0, False, 0
-    for a_t in np.clip(actions, -1.0, 1.0):
-        success, dense = step_one(a_t)
-        env.t += 1
-        n += 1
-        reward += dense
-        if success:
-            reward += 1.0
-            break
-        if env.t >= limit:
-            break
-    env.done = success or env.t >= limit
-    return reward, success, n
+
+    suite: str = ""
+    min_image_size: int = 8
+
+    def __init__(self, tasks: list[TaskSpec], image_size: int, max_steps: int | None, shaping: float = 0.0):
+        if image_size < self.min_image_size:
+            raise EnvError(f"{self.suite} image_size must be >= {self.min_image_size}; got {image_size}")
+        if max_steps is not None and max_steps < 1:
+            raise EnvError(f"{self.suite} max_steps must be >= 1; got {max_steps}")
+        if not np.isfinite(shaping) or shaping < 0:
+            raise EnvError(f"{self.suite} shaping must be a finite weight >= 0; got {shaping}")
+        self.tasks = tasks
+        self.size = int(image_size)
+        self.max_steps = None if max_steps is None else int(max_steps)
+        self.shaping = float(shaping)
+        self.t = 0  # simulator steps in this episode
+        self.done = True  # the episode has ended (or none has started)
+        self._task: str | None = None  # name of the current episode's task; None before the first reset
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # observation after the last reset/chunk
+
+    def reset(self, task_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= int(task_id) < len(self.tasks):
+            raise EnvError(f"task_id {task_id} out of range for {len(self.tasks)} {self.suite} tasks")
+        self._task = self.tasks[int(task_id)].name
+        self._reset(self._task, int(seed))
+        self.t, self.done = 0, False
+        self._last = self._observe()
+        return self._last
+
+    def step_chunk(self, actions: np.ndarray) -> ChunkResult:
+        """Execute the chunk open-loop; stop at success (reward +1) or at the time limit. The reward is the
+        sum of the dense rewards (0 unless the suite shapes) plus the success reward."""
+        a = validate_chunk(actions, self.spec.action_dim, self.suite)
+        if self._task is None:
+            raise EnvError("call reset(task_id, seed) before step_chunk")
+        if self.done:
+            return ChunkResult(*self._last, 0.0, False, True, False, 0)
+        limit = self._limit()
+        reward, success, n = 0.0, False, 0
+        for a_t in np.clip(a, -1.0, 1.0):
+            success, dense = self._step(a_t)
+            self.t += 1
+            n += 1
+            reward += dense
+            if success:
+                reward += 1.0
+                break
+            if self.t >= limit:
+                break
+        self.done = success or self.t >= limit
+        self._last = self._observe()
+        return ChunkResult(*self._last, reward, success, self.done, self.done and not success, n)
+
+    def close(self) -> None:
+        self._close()
+        self._task = None
+        self.done = True
+
+    def _limit(self) -> int:
+        return self.max_steps
+
+    def _close(self) -> None:
+        pass
 
 
 def validate_actions(actions: np.ndarray, num_envs: int, action_dim: int) -> np.ndarray:

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vlaforge.envs import mjrender, require  # mjrender sets the MUJOCO_GL defaults before mujoco loads
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, run_chunk, validate_chunk
+from vlaforge.envs.base import EnvError, EnvSpec, SimEnv, TaskSpec
 
 mujoco = require("mujoco", "kitchen")
 require("gymnasium_robotics", "kitchen")
@@ -418,23 +418,19 @@ class _Sim:
         self.env.close()
 
 
-class KitchenEnv:
+class KitchenEnv(SimEnv):
     """One Franka Kitchen simulator serving a list of sub-tasks. See the module docstring."""
+
+    suite = SUITE
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, camera: str = "overview",
                  max_steps: int = 280, render: bool = True, joint_noise: float = 0.03):
-        if image_size < 8:
-            raise EnvError(f"kitchen image_size must be >= 8; got {image_size}")
         if camera not in CAMERAS:
             raise EnvError(f"unknown kitchen camera '{camera}'; choose one of: {', '.join(CAMERAS)}")
-        if max_steps < 1:
-            raise EnvError(f"kitchen max_steps must be >= 1; got {max_steps}")
         if not 0.0 <= joint_noise <= 0.3:
             raise EnvError(f"kitchen joint_noise must be in [0, 0.3] rad; got {joint_noise}")
-        self.tasks = resolve_tasks(tasks)
+        super().__init__(resolve_tasks(tasks), image_size, max_steps)
         self.camera = camera
-        self.size = int(image_size)
-        self.max_steps = int(max_steps)
         self.render_images = bool(render)
         self.joint_noise = float(joint_noise)
         self.spec = EnvSpec(suite=SUITE, tasks=tuple(self.tasks), image_shape=(1, self.size, self.size, 3),
@@ -444,43 +440,20 @@ class KitchenEnv:
                                    "control_dt": 0.08},
                             sim_state_names=SIM_STATE_NAMES)
         self._sim: _Sim | None = None
-        self._task: str | None = None
+        self._gym_obs: np.ndarray | None = None  # the simulator's last observation (its first 18 = state)
         self._image: np.ndarray | None = None
         self._state: np.ndarray | None = None
-        self.t = 0
-        self.done = True
         mjrender.register_for_exit_cleanup(self)
 
-    # -- episode -------------------------------------------------------------------------------
-    def reset(self, task_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= int(task_id) < len(self.tasks):
-            raise EnvError(f"task_id {task_id} out of range for {len(self.tasks)} kitchen tasks")
-        task = self.tasks[int(task_id)].name
+    # -- simulator calls (SimEnv runs reset / step_chunk / close around them) -----------------------
+    def _reset(self, task: str, seed: int) -> None:
         if self._sim is None:
             self._sim = _Sim(task, self.size, self.size, self.camera, self.render_images)
-        self._task = task
-        obs = self._sim.reset(task, int(seed) % (2 ** 63), self.joint_noise)
-        self.t, self.done = 0, False
-        self._update_obs(obs)
-        return self._image, self._state
+        self._gym_obs = self._sim.reset(task, seed % (2 ** 63), self.joint_noise)
 
-    def step_chunk(self, actions: np.ndarray) -> ChunkResult:
-        a = validate_chunk(actions, 9, "kitchen")
-        if self._sim is None:
-            raise EnvError("call reset(task_id, seed) before step_chunk")
-        if self.done:
-            return ChunkResult(self._image, self._state, 0.0, False, True, False, 0)
-        gym_name = _TASKS[self._task][0]
-        obs = None
-
-        def step_one(a_t):
-            nonlocal obs
-            obs, solved = self._sim.step(a_t, gym_name)
-            return solved, 0.0
-
-        reward, success, n = run_chunk(self, a, step_one, self.max_steps)
-        self._update_obs(obs)
-        return ChunkResult(self._image, self._state, reward, success, self.done, self.done and not success, n)
+    def _step(self, a_t: np.ndarray) -> tuple[bool, float]:
+        self._gym_obs, solved = self._sim.step(a_t, _TASKS[self._task][0])
+        return solved, 0.0
 
     def expert_action(self) -> np.ndarray:
         if self._sim is None or self._task is None:
@@ -492,11 +465,10 @@ class KitchenEnv:
             return np.zeros(9, np.float32)
         return self._sim.expert.act(self._sim)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if self._sim is not None:
             self._sim.close()
             self._sim = None
-        self.done = True
 
     def sim_state(self) -> np.ndarray:
         """Privileged state (35,) now (layout: ``SIM_STATE_NAMES``)."""
@@ -515,12 +487,13 @@ class KitchenEnv:
             raise EnvError("call reset(task_id, seed) first")
         return self._sim.data.qpos[_kitchen.OBS_ELEMENT_INDICES[_TASKS[self._task][0]]].copy()
 
-    def _update_obs(self, obs: np.ndarray) -> None:
+    def _observe(self) -> tuple[np.ndarray, np.ndarray]:
         if self._sim.renderer is not None:
             self._image = self._sim.render()[None]
         else:
             self._image = np.zeros((1, self.size, self.size, 3), np.uint8)
-        self._state = np.asarray(obs[:18], dtype=np.float32).copy()
+        self._state = np.asarray(self._gym_obs[:18], dtype=np.float32).copy()
+        return self._image, self._state
 
 
 # -- offline datasets ---------------------------------------------------------------------------

@@ -63,7 +63,7 @@ from collections import OrderedDict
 import numpy as np
 
 from vlaforge.envs import mjrender, require  # mjrender sets the MUJOCO_GL defaults before mujoco loads
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, run_chunk, validate_chunk
+from vlaforge.envs.base import EnvError, EnvSpec, SimEnv, TaskSpec
 
 mujoco = require("mujoco", "libero")
 
@@ -219,8 +219,10 @@ class _Task:
             self.env = None
 
 
-class LiberoEnv:
+class LiberoEnv(SimEnv):
     """One LIBERO simulator per task (up to ``cache`` kept), serving a list of tasks. See the module docstring."""
+
+    suite = SUITE
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64,
                  cameras: str | tuple[str, ...] = ("agentview", "wrist"), max_steps: int | None = None,
@@ -230,14 +232,9 @@ class LiberoEnv:
         bad = [c for c in cameras if c not in CAMERAS]
         if bad or not cameras:
             raise EnvError(f"unknown LIBERO camera(s) {bad or cameras}; choose from: {', '.join(CAMERAS)}")
-        if image_size < 8:
-            raise EnvError(f"libero image_size must be >= 8; got {image_size}")
-        if max_steps is not None and max_steps < 1:
-            raise EnvError(f"libero max_steps must be >= 1; got {max_steps}")
         if settle_steps < 0 or cache < 1:
             raise EnvError(f"libero settle_steps must be >= 0 and cache >= 1; got {settle_steps}, {cache}")
-        self.tasks = resolve_tasks(tasks)
-        self.size = int(image_size)
+        super().__init__(resolve_tasks(tasks), image_size, max_steps)
         self.cameras = tuple(cameras)
         self.render_images = bool(render)
         self.settle_steps = int(settle_steps)
@@ -250,11 +247,8 @@ class LiberoEnv:
                                    "expert": "scripted pick-and-place for single On/In goals"})
         self._sims: OrderedDict[str, _Task] = OrderedDict()
         self._sim: _Task | None = None
-        self._task: str | None = None
         self._image: np.ndarray | None = None
         self._state: np.ndarray | None = None
-        self.t = 0
-        self.done = True
         self.expert = _PickPlace()
         mjrender.register_for_exit_cleanup(self)
 
@@ -271,45 +265,28 @@ class LiberoEnv:
         self._sims[name] = sim
         return sim
 
-    # -- episode -------------------------------------------------------------------------------
-    def reset(self, task_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= int(task_id) < len(self.tasks):
-            raise EnvError(f"task_id {task_id} out of range for {len(self.tasks)} LIBERO tasks")
-        name = self.tasks[int(task_id)].name
-        sim = self._get_sim(name)
-        self._sim, self._task = sim, name
+    # -- simulator calls (SimEnv runs reset / step_chunk / close around them) -----------------------
+    def _reset(self, task: str, seed: int) -> None:
+        sim = self._sim = self._get_sim(task)
         sim.env.reset()  # hard_reset=False: keeps the compiled model, resets robot/controller
         # clear what set_state leaves from the last episode (solver warm start, controls, applied forces)
         mujoco.mj_resetData(sim.model, sim.data)
         for robot in sim.env.env.robots:  # the gripper integrates its command and a soft reset keeps it
             if getattr(robot, "gripper", None) is not None and hasattr(robot.gripper, "current_action"):
                 robot.gripper.current_action = np.zeros_like(robot.gripper.current_action)
-        sim.env.set_init_state(sim.states[int(seed) % len(sim.states)])
+        sim.env.set_init_state(sim.states[seed % len(sim.states)])
         hold = np.zeros(ACTION_DIM)
         hold[-1] = -1.0  # gripper open
         for _ in range(self.settle_steps):
             sim.env.step(hold)
-        self.t, self.done = 0, False
         self.expert.reset(sim)
-        self._update_obs()
-        return self._image, self._state
 
-    def step_chunk(self, actions: np.ndarray) -> ChunkResult:
-        a = validate_chunk(actions, ACTION_DIM, "libero")
-        if self._sim is None:
-            raise EnvError("call reset(task_id, seed) before step_chunk")
-        if self.done:
-            return ChunkResult(self._image, self._state, 0.0, False, True, False, 0)
-        limit = self._max[self._task]
-        env = self._sim.env
+    def _step(self, a_t: np.ndarray) -> tuple[bool, float]:
+        self._sim.env.step(a_t.astype(np.float64))
+        return bool(self._sim.env.check_success()), 0.0
 
-        def step_one(a_t):
-            env.step(a_t.astype(np.float64))
-            return bool(env.check_success()), 0.0
-
-        reward, success, n = run_chunk(self, a, step_one, limit)
-        self._update_obs()
-        return ChunkResult(self._image, self._state, reward, success, self.done, self.done and not success, n)
+    def _limit(self) -> int:
+        return self._max[self._task]
 
     def expert_action(self) -> np.ndarray:
         if self._sim is None:
@@ -318,12 +295,11 @@ class LiberoEnv:
             return np.zeros(ACTION_DIM, np.float32)
         return self.expert.act(self._sim, self._task)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         for sim in self._sims.values():
             sim.close()
         self._sims.clear()
         self._sim = None
-        self.done = True
 
     # -- helpers -------------------------------------------------------------------------------
     def mujoco_state(self) -> np.ndarray:
@@ -332,13 +308,14 @@ class LiberoEnv:
             raise EnvError("call reset(task_id, seed) first")
         return np.asarray(self._sim.env.get_sim_state(), np.float64)
 
-    def _update_obs(self) -> None:
+    def _observe(self) -> tuple[np.ndarray, np.ndarray]:
         sim = self._sim
         if sim.renderer is not None:
             self._image = sim.render()
         else:
             self._image = np.zeros((len(self.cameras), self.size, self.size, 3), np.uint8)
         self._state = _proprio(sim)
+        return self._image, self._state
 
 
 def _proprio(sim: _Task) -> np.ndarray:

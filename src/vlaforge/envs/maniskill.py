@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from vlaforge.envs import MissingExtra, require
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, run_chunk, validate_chunk
+from vlaforge.envs.base import EnvError, EnvSpec, SimEnv, TaskSpec
 
 SUITE = "maniskill"
 DEFAULT_ICD = Path.home() / ".cache" / "vlaforge" / "mesa-vulkan" / "lvp_icd.json"
@@ -108,22 +108,18 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-class ManiSkillEnv:
+class ManiSkillEnv(SimEnv):
     """One ManiSkill3 scene per task (built on first use, kept), serving a list of tasks. See the module docstring."""
+
+    suite = SUITE
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, max_steps: int = 50,
                  control_mode: str = "pd_ee_delta_pose", sim_backend: str = "auto", render: bool = True):
-        if image_size < 8:
-            raise EnvError(f"maniskill image_size must be >= 8; got {image_size}")
-        if max_steps < 1:
-            raise EnvError(f"maniskill max_steps must be >= 1; got {max_steps}")
+        super().__init__(resolve_tasks(tasks), image_size, max_steps)
         if sim_backend not in ("auto", "cpu", "gpu"):
             raise EnvError(f"maniskill sim_backend must be auto, cpu or gpu; got '{sim_backend}'")
         if sim_backend == "auto":
             sim_backend = "gpu" if torch.cuda.is_available() else "cpu"
-        self.tasks = resolve_tasks(tasks)
-        self.size = int(image_size)
-        self.max_steps = int(max_steps)
         self.control_mode = control_mode
         self.sim_backend = sim_backend
         self.render_images = bool(render)
@@ -134,11 +130,8 @@ class ManiSkillEnv:
                             cameras=("base_camera",), renderer=f"sapien-vulkan ({sim_backend} sim)" if render else "none",
                             extra={"control_mode": control_mode, "sim_backend": sim_backend, "control_dt": 0.05})
         self._env = None
-        self._task: str | None = None
         self._image: np.ndarray | None = None
         self._state: np.ndarray | None = None
-        self.t = 0
-        self.done = True
         self.expert = _Expert()
 
     def _make(self, name: str):
@@ -155,32 +148,15 @@ class ManiSkillEnv:
             self._envs[name] = env
         return self._envs[name]
 
-    # -- episode -------------------------------------------------------------------------------
-    def reset(self, task_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= int(task_id) < len(self.tasks):
-            raise EnvError(f"task_id {task_id} out of range for {len(self.tasks)} ManiSkill tasks")
-        name = self.tasks[int(task_id)].name
-        self._env, self._task = self._make(name), name
-        self._env.reset(seed=int(seed) % (2 ** 31))
-        self.t, self.done = 0, False
-        self.expert.reset(name)
-        self._update_obs()
-        return self._image, self._state
+    # -- simulator calls (SimEnv runs reset / step_chunk / close around them) -----------------------
+    def _reset(self, task: str, seed: int) -> None:
+        self._env = self._make(task)
+        self._env.reset(seed=seed % (2 ** 31))
+        self.expert.reset(task)
 
-    def step_chunk(self, actions: np.ndarray) -> ChunkResult:
-        a = validate_chunk(actions, self.spec.action_dim, "maniskill")
-        if self._env is None:
-            raise EnvError("call reset(task_id, seed) before step_chunk")
-        if self.done:
-            return ChunkResult(self._image, self._state, 0.0, False, True, False, 0)
-
-        def step_one(a_t):
-            _obs, _r, _term, _trunc, info = self._env.step(torch.as_tensor(a_t[None]))
-            return bool(_np(info["success"]).reshape(-1)[0]), 0.0
-
-        reward, success, n = run_chunk(self, a, step_one, self.max_steps)
-        self._update_obs()
-        return ChunkResult(self._image, self._state, reward, success, self.done, self.done and not success, n)
+    def _step(self, a_t: np.ndarray) -> tuple[bool, float]:
+        _obs, _r, _term, _trunc, info = self._env.step(torch.as_tensor(a_t[None]))
+        return bool(_np(info["success"]).reshape(-1)[0]), 0.0
 
     def expert_action(self) -> np.ndarray:
         if self._env is None:
@@ -191,14 +167,13 @@ class ManiSkillEnv:
             return np.zeros(self.spec.action_dim, np.float32)
         return self.expert.act(self._env.unwrapped)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         for env in self._envs.values():
             env.close()
         self._envs.clear()
         self._env = None
-        self.done = True
 
-    def _update_obs(self) -> None:
+    def _observe(self) -> tuple[np.ndarray, np.ndarray]:
         u = self._env.unwrapped
         if self.render_images:
             rgb = _render_rgb(u, "base_camera")
@@ -208,6 +183,7 @@ class ManiSkillEnv:
         qpos = _np(u.agent.robot.get_qpos()).reshape(-1)[:9]
         tcp = _np(u.agent.tcp.pose.raw_pose).reshape(-1)[:7]
         self._state = np.concatenate([qpos, tcp]).astype(np.float32)
+        return self._image, self._state
 
 
 def _render_rgb(u, camera: str):

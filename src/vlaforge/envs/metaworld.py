@@ -43,7 +43,7 @@ import warnings
 import numpy as np
 
 from vlaforge.envs import mjrender, require  # mjrender sets the MUJOCO_GL defaults before mujoco loads
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, run_chunk, validate_chunk
+from vlaforge.envs.base import EnvError, EnvSpec, SimEnv, TaskSpec
 
 _mw = require("metaworld", "metaworld")
 mujoco = require("mujoco", "metaworld")
@@ -228,29 +228,22 @@ class _Sim:
         self.env.close()
 
 
-class MetaWorldEnv:
+class MetaWorldEnv(SimEnv):
     """One Meta-World simulator instance serving a list of tasks. See the module docstring."""
+
+    suite = SUITE
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, camera: str = "corner",
                  max_steps: int = 200, benchmark: str | None = None, shaping: float = 0.0,
                  privileged: bool = False, render: bool = True, wrist: bool = False):
-        if not np.isfinite(shaping) or shaping < 0:
-            raise EnvError(f"metaworld shaping must be a finite weight >= 0; got {shaping}")
-        if image_size < 8:
-            raise EnvError(f"metaworld image_size must be >= 8; got {image_size}")
         if camera not in CAMERAS:
             raise EnvError(f"unknown metaworld camera '{camera}'; choose one of: {', '.join(CAMERAS)}")
-        if max_steps < 1:
-            raise EnvError(f"metaworld max_steps must be >= 1; got {max_steps}")
         specs, bench = resolve_tasks(tasks, benchmark)
         if not specs:
             raise EnvError("no metaworld tasks selected; pass tasks='reach-v3' or a benchmark like 'MT10'")
-        self.tasks = specs
+        super().__init__(specs, image_size, max_steps, shaping)
         self.camera = camera
         self.cameras = (camera, "gripperPOV") if wrist else (camera,)  # wrist 1: a second, hand-mounted view
-        self.size = int(image_size)
-        self.max_steps = int(max_steps)
-        self.shaping = float(shaping)
         self.privileged = bool(privileged)
         self.render = bool(render)
         self._state_idx = _PRIV_IDX if self.privileged else slice(0, 4)  # of Meta-World's observation
@@ -265,45 +258,25 @@ class MetaWorldEnv:
         self._obs: np.ndarray | None = None  # last full Meta-World observation (for the expert)
         self._image: np.ndarray | None = None
         self._state: np.ndarray | None = None
-        self.t = 0
-        self.done = True
         mjrender.register_for_exit_cleanup(self)
 
-    # -- episode -------------------------------------------------------------------------------
-    def reset(self, task_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= int(task_id) < len(self.tasks):
-            raise EnvError(f"task_id {task_id} out of range for {len(self.tasks)} metaworld tasks")
-        name = self.tasks[int(task_id)].name
-        sim = self._sims.get(name)
+    # -- simulator calls (SimEnv runs reset / step_chunk / close around them) -----------------------
+    def _reset(self, task: str, seed: int) -> None:
+        sim = self._sims.get(task)
         if sim is None:
-            sim = self._sims[name] = _Sim(name, self.size, self.size, self.max_steps)
+            sim = self._sims[task] = _Sim(task, self.size, self.size, self.max_steps)
         self._sim = sim
-        self._obs = sim.reset(int(seed) % (2 ** 63))
+        self._obs = sim.reset(seed % (2 ** 63))
         if self.shaping:
             self._phi = float(sim.env.evaluate_state(self._obs, np.zeros(4, np.float32))[0]) / 10.0
-        self.t, self.done = 0, False
-        self._update_obs()
-        return self._image, self._state
 
-    def step_chunk(self, actions: np.ndarray) -> ChunkResult:
-        a = validate_chunk(actions, 4, "metaworld")
-        if self._sim is None:
-            raise EnvError("call reset(task_id, seed) before step_chunk")
-        if self.done:
-            return ChunkResult(self._image, self._state, 0.0, False, True, False, 0)
-        env = self._sim.env
-
-        def step_one(a_t):
-            self._obs, r_mw, _term, _trunc, info = env.step(a_t)
-            dense = 0.0
-            if self.shaping:  # potential-based: the episode's sum telescopes to shaping * (phi_T - phi_0)
-                phi = float(r_mw) / 10.0
-                dense, self._phi = self.shaping * (phi - self._phi), phi
-            return bool(info["success"]), dense
-
-        reward, success, n = run_chunk(self, a, step_one, self.max_steps)
-        self._update_obs()
-        return ChunkResult(self._image, self._state, reward, success, self.done, self.done and not success, n)
+    def _step(self, a_t: np.ndarray) -> tuple[bool, float]:
+        self._obs, r_mw, _term, _trunc, info = self._sim.env.step(a_t)
+        dense = 0.0
+        if self.shaping:  # potential-based: the episode's sum telescopes to shaping * (phi_T - phi_0)
+            phi = float(r_mw) / 10.0
+            dense, self._phi = self.shaping * (phi - self._phi), phi
+        return bool(info["success"]), dense
 
     def expert_action(self) -> np.ndarray:
         if self._sim is None or self._obs is None:
@@ -319,18 +292,18 @@ class MetaWorldEnv:
             raise EnvError("call reset(task_id, seed) before sim_state")
         return np.asarray(self._obs, dtype=np.float32).copy()
 
-    def close(self) -> None:
+    def _close(self) -> None:
         for sim in self._sims.values():
             sim.close()
         self._sims.clear()
         self._sim = None
-        self.done = True
 
     # -- helpers -------------------------------------------------------------------------------
-    def _update_obs(self) -> None:
+    def _observe(self) -> tuple[np.ndarray, np.ndarray]:
         if self.render:
             self._image = np.stack([self._sim.render(c) for c in self.cameras])
         elif self._image is None:
             self._image = np.zeros((len(self.cameras), self.size, self.size, 3), np.uint8)
             self._image.flags.writeable = False  # shared by every step of this env
         self._state = np.asarray(self._obs[self._state_idx], dtype=np.float32).copy()
+        return self._image, self._state

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskSpec, run_chunk, validate_chunk
+from vlaforge.envs.base import EnvError, EnvSpec, SimEnv, TaskSpec
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -74,20 +74,17 @@ def resolve_tasks(tasks: str | list[str] | None) -> list[TaskSpec]:
     return out
 
 
-class PointReachEnv:
+class PointReachEnv(SimEnv):
     """One PointReach arena. See the module docstring."""
+
+    suite = "pointreach"
+    min_image_size = 16
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, max_steps: int = 48,
                  speed: float = 0.1, radius: float = 0.12, privileged: bool = False, shaping: float = 0.0):
-        if image_size < 16:
-            raise EnvError("pointreach image_size must be >= 16")
-        if not np.isfinite(shaping) or shaping < 0:
-            raise EnvError(f"pointreach shaping must be a finite weight >= 0; got {shaping}")
-        self.tasks = resolve_tasks(tasks)
-        self.size = image_size
+        super().__init__(resolve_tasks(tasks), image_size, max_steps, shaping)
         self.speed, self.radius = speed, radius
         self.privileged = bool(privileged)
-        self.shaping = float(shaping)
         self.spec = EnvSpec(suite="pointreach", tasks=tuple(self.tasks), image_shape=(1, image_size, image_size, 3),
                             state_dim=4 if self.privileged else 2, action_dim=2, max_steps=max_steps, cameras=("top",), renderer="numpy",
                             sim_state_names=SIM_STATE_NAMES)
@@ -100,17 +97,11 @@ class PointReachEnv:
         self.targets = np.zeros((NUM_TARGETS, 2))
         self.target_colours: list[str] = []
         self.goal = 0
-        self.t = 0
-        self.done = True
-        self._image = None
 
-    # -- episode -------------------------------------------------------------------------------
-    def reset(self, task_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= int(task_id) < len(self.tasks):
-            raise EnvError(f"task_id {task_id} out of range for {len(self.tasks)} tasks")
-        task = self.tasks[int(task_id)]
-        goal_colour = task.name.split("-")[0]
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 7919, _stable_hash(task.name)])
+    # -- simulator calls (SimEnv runs reset / step_chunk / close around them) -----------------------
+    def _reset(self, task: str, seed: int) -> None:
+        goal_colour = task.split("-")[0]
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, 7919, _stable_hash(task)])
         others = [c for c in COLOURS if c != goal_colour]
         distractors = list(rng.choice(others, size=NUM_TARGETS - 1, replace=False))
         colours = [goal_colour] + distractors
@@ -124,27 +115,15 @@ class PointReachEnv:
             if d.min() > 0.45:
                 break
         self.targets, self.pos = pts[:NUM_TARGETS], pts[NUM_TARGETS].copy()
-        self.t, self.done = 0, False
         self._render_static()
-        return self._obs()
 
-    def step_chunk(self, actions: np.ndarray) -> ChunkResult:
-        a = validate_chunk(actions, 2, "pointreach")
-        if self.done:
-            img, st = self._obs()
-            return ChunkResult(img, st, 0.0, False, True, False, 0)
+    def _step(self, a_t: np.ndarray) -> tuple[bool, float]:
         goal = self.targets[self.goal]
-
-        def step_one(a_t):
-            before = np.linalg.norm(self.pos - goal)
-            self.pos = np.clip(self.pos + self.speed * a_t, -1.0, 1.0)
-            after = np.linalg.norm(self.pos - goal)
-            # potential-based: telescopes to shaping * (d_0 - d_T) over an episode
-            return bool(after < self.radius), self.shaping * (before - after)
-
-        reward, success, n = run_chunk(self, a, step_one, self.spec.max_steps)
-        img, st = self._obs()
-        return ChunkResult(img, st, reward, success, self.done, self.done and not success, n)
+        before = np.linalg.norm(self.pos - goal)
+        self.pos = np.clip(self.pos + self.speed * a_t, -1.0, 1.0)
+        after = np.linalg.norm(self.pos - goal)
+        # potential-based: telescopes to shaping * (d_0 - d_T) over an episode
+        return bool(after < self.radius), self.shaping * (before - after)
 
     def expert_action(self) -> np.ndarray:
         d = (self.targets[self.goal] - self.pos) / self.speed
@@ -154,9 +133,6 @@ class PointReachEnv:
     def sim_state(self) -> np.ndarray:
         """Privileged state (10,): agent xy, goal xy, the three targets' xy (``SIM_STATE_NAMES``)."""
         return np.concatenate([self.pos, self.targets[self.goal], self.targets.ravel()]).astype(np.float32)
-
-    def close(self) -> None:
-        pass
 
     # -- rendering -----------------------------------------------------------------------------
     def _disc(self, centre: np.ndarray) -> np.ndarray:
@@ -168,7 +144,7 @@ class PointReachEnv:
             img[self._disc(xy)] = COLOURS[colour]
         self._static = img
 
-    def _obs(self) -> tuple[np.ndarray, np.ndarray]:
+    def _observe(self) -> tuple[np.ndarray, np.ndarray]:
         img = self._static.copy()
         # agent: a white ring-less disc at 2/3 the target size, drawn on top
         m = (self._gx - self.pos[0]) ** 2 + (self._gy - self.pos[1]) ** 2 < (0.66 * self._disc_r) ** 2
