@@ -399,3 +399,30 @@ def test_lost_episodes_reported_on_the_console(tmp_path):
     f = tmp_path / "metrics.jsonl"
     f.write_text('{"step": 1, "rollout/invalid_episodes": 2}\n{"step": 2, "rollout/invalid_episodes": 0}\n{"ste')
     assert _lost_episodes(f) == 2
+
+
+def test_diverging_rl_run_stops_naming_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    """NaN weights from iteration 2 on (injected into the optimizer step): the run exits 1 with one line naming the
+    iteration-1 checkpoint, which is left intact; no final/ policy is written."""
+    orig, calls = torch.optim.AdamW.step, [0]
+
+    def step(self, *a, **k):
+        out = orig(self, *a, **k)
+        calls[0] += 1
+        if calls[0] > first_iteration_steps[0]:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    first_iteration_steps = [10 ** 9]
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    args = [*TRAIN, "--algo", "ppo", "--ppo.minibatch-size", "32", "--groups", "4", "--iterations", "3"]
+    assert main([*args, "--iterations", "1", "--out", str(tmp_path / "probe")]) == 0
+    first_iteration_steps[0], calls[0] = calls[0], 0
+    run = tmp_path / "run"
+    rc = main([*args, "--out", str(run)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "iteration 2" in err and f"last good checkpoint is '{run / 'checkpoint'}' (iteration 1)" in err, err
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["iteration"] == 1
+    assert not (run / "final").exists() and not [p for p in run.iterdir() if p.name.startswith(".")]
