@@ -741,6 +741,14 @@ def check_recipe(cfg, given: set[str]) -> None:
             parse_weights(cfg.grape.cost_weights)
         except ValueError as e:
             raise UsageError(str(e)) from None
+        if cfg.grape.lm_path:
+            check_in_dir("--grape.lm-path", cfg.grape.lm_path, "a local transformers text model directory")
+        from vlaforge.envs import env_kwargs, env_tasks, suite_spec
+
+        spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), image_size=cfg.image_size,
+                          **env_kwargs(cfg.env_kwargs, cfg.max_steps))
+        need(bool(spec.sim_state_names), f"--suite {cfg.suite} exposes no simulator state, which GRAPE's staged "
+                                         "costs need; use a suite with sim_state (pointreach, metaworld, kitchen, ...)")
     elif cfg.recipe == "vla-rl":
         v = cfg.vla_rl
         finite("--vla-rl.rprm-weight", v.rprm_weight)
@@ -749,8 +757,15 @@ def check_recipe(cfg, given: set[str]) -> None:
             pol = read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)["policy"]
             need(pol.get("head") == "tokens", "VLA-RL trains a binned action-token head; SFT one with "
                                               "`vlaforge sft --head tokens` and pass it as --init")
-        if v.demos:
-            check_demos(v.demos, "--vla-rl.demos")
+        if v.rprm:
+            check_in_dir("--vla-rl.rprm", v.rprm, "a process reward model directory written by a vla-rl run (<out>/rprm)")
+        elif v.rprm_weight != 0:
+            demos = v.demos or (read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code).get(
+                "trained_on", {}).get("demos") if cfg.init else None)
+            need(bool(demos) and Path(demos).exists(),
+                 "vla-rl needs demos to train its process reward model: pass --vla-rl.demos DIR (from `vlaforge "
+                 "collect`) or a trained model with --vla-rl.rprm DIR")
+            check_demos(demos, "--vla-rl.demos")
 
 
 def check_resume(cfg, given: set[str]):
