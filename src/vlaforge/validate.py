@@ -491,6 +491,7 @@ def check_sft(a, argv):
         if hasattr(s, f):
             at_least("--sft." + f.replace("_", "-"), getattr(s, f), 0)
     info = check_demos(a.demos)
+    render0 = info.get("renderer") == "none"
     if a.init:
         fresh_only = sorted(f for f in given if f in ("head", "chunk_size", "backbone", "aux"))
         need(not fresh_only, f"{flag(fresh_only[0]) if fresh_only else ''} shapes a fresh policy and is ignored with "
@@ -504,10 +505,16 @@ def check_sft(a, argv):
         need(pol.get("image_size") in (None, info["image_size"]),
              f"--init policy reads {pol.get('image_size')}px images but the demos have {info['image_size']}px; "
              "collect demos with a matching --image-size")
+        need(not (render0 and pol.get("backbone") != "state"),
+             f"demos '{a.demos}' were recorded with render 0 (blank images) but the --init policy reads images; "
+             "pass a state-backbone policy or record the demos with rendering")
     else:
         need(a.head in HEADS, f"--head '{a.head}' is unknown; choose one of {', '.join(HEADS)}")
         need(a.backbone in ("vision", "state"), f"--backbone '{a.backbone}' is unknown; choose vision or state")
         at_least("--chunk-size", a.chunk_size, 1)
+        need(not (render0 and a.backbone != "state"),
+             f"demos '{a.demos}' were recorded with render 0 (blank images) but a --backbone {a.backbone} policy reads "
+             "images; use --backbone state or record the demos with rendering")
         need(a.backbone != "vision" or info["image_size"] % 8 == 0,
              f"the demos in '{a.demos}' have {info['image_size']}px images; the tiny VLA's vision backbone needs a "
              "multiple of 8: collect them with --image-size 64 (or use --backbone state)")
@@ -653,6 +660,12 @@ def check_train_fresh(cfg, given: set[str]) -> None:
     at_least("--checkpoint-every", cfg.checkpoint_every, 1, " iterations")
     at_least("--seed", cfg.seed, 0)
     check_algo_config(cfg.algo, cfg.algo_cfg)
+    check_hf_options(cfg.hf)
+    if cfg.algo == "tpo" and getattr(cfg.algo_cfg, "reference", "rollout") == "base":
+        lora = (read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)["policy"].get("lora_rank", 0)
+                if cfg.init else (cfg.hf.lora_rank if cfg.policy == "hf" else 0))
+        need(lora > 0, "--tpo.reference base needs a policy with LoRA adapters (--policy hf --policy.lora-rank N, "
+                       "or an --init checkpoint trained so)")
     check_ray(cfg.ray)
     taken = {"max_steps": "--max-steps"} if cfg.max_steps else {}
     cfg.env_kwargs = check_env_kwargs(cfg.suite, cfg.env_kwargs, taken=taken)
@@ -687,6 +700,20 @@ def check_train_fresh(cfg, given: set[str]) -> None:
                 files = remote_code_files(Path(cfg.hf.path).expanduser())
                 need(not files, f"--policy.path: '{files[0] if files else ''}' asks to run the model's own Python "
                                 "code (auto_map); vlaforge runs it only with --policy.trust-remote-code")
+
+
+def check_hf_options(h) -> None:
+    """``--policy.*`` numbers of an HF policy (read by ``--policy hf`` and the other VLM families)."""
+    at_least("--policy.n-bins", h.n_bins, 2)
+    at_least("--policy.max-text-tokens", h.max_text_tokens, 1)
+    at_least("--policy.head-hidden", h.head_hidden, 1)
+    finite("--policy.log-std-init", h.log_std_init)
+    at_least("--policy.flow-steps", h.flow_steps, 2, " (one step leaves the flow head's noise scale undefined)")
+    at_least("--policy.flow-noise", h.flow_noise, 0)
+    at_least("--policy.lora-rank", h.lora_rank, 0, " (0 = no LoRA)")
+    positive("--policy.lora-alpha", h.lora_alpha)
+    need(0 <= h.lora_dropout < 1, f"--policy.lora-dropout must be in [0, 1); got {h.lora_dropout}")
+    at_least("--policy.micro-batch", h.micro_batch, 0, " (0 = off)")
 
 
 def check_ray(r) -> None:
@@ -742,7 +769,9 @@ def check_recipe(cfg, given: set[str]) -> None:
         except ValueError as e:
             raise UsageError(str(e)) from None
         if cfg.grape.lm_path:
-            check_in_dir("--grape.lm-path", cfg.grape.lm_path, "a local transformers text model directory")
+            d = check_in_dir("--grape.lm-path", cfg.grape.lm_path, "a local transformers text model directory")
+            need((d / "config.json").is_file(), f"--grape.lm-path '{cfg.grape.lm_path}' holds no config.json; pass a "
+                                                "directory written by save_pretrained (model and tokenizer)")
         from vlaforge.envs import env_kwargs, env_tasks, suite_spec
 
         spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), image_size=cfg.image_size,
