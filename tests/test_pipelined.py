@@ -16,6 +16,7 @@ from vlaforge.envs import env_factory
 from vlaforge.envs.pointreach import PointReachEnv
 from vlaforge.envs.vector import SubprocVecEnv, ThreadPlan, thread_plan
 from vlaforge.policies import build_policy
+from vlaforge.policies.base import Policy
 from vlaforge.rewards.expert import ExpertPolicy
 from vlaforge.rollout.collect import act_groups, collect
 
@@ -42,7 +43,7 @@ def venvs():
         v.close()
 
 
-class _Steered:
+class _Steered(Policy):
     """A tiny VLA whose actions are pushed towards the goal (privileged state: the goal's offset), so that
     episodes end at different decisions; its own sampling (and RNG use) is untouched."""
 
@@ -122,7 +123,7 @@ def test_whole_batch_policy_is_not_split(venvs):
     assert a.success.float().mean() > 0.5
 
 
-class _WrongRows:
+class _WrongRows(Policy):
     """Acts for 8 envs whatever it is shown (a whole-batch policy that forgot to say so)."""
 
     def act(self, obs, deterministic=False):
@@ -137,7 +138,7 @@ def test_policy_with_wrong_row_count_is_refused(venvs):
         collect(_WrongRows(), venvs[1], np.zeros(8, np.int64), np.arange(8))
 
 
-class _FailsAt:
+class _FailsAt(Policy):
     """Raises on its n-th act call (an internal error mid-pipeline)."""
 
     def __init__(self, policy, n: int):

@@ -74,8 +74,7 @@ def run_demo(a: DemoArgs) -> dict:
         cfg = TrainConfig(algo=a.algo, suite=a.suite, tasks=a.tasks, init=str(out / "sft"), out=str(out / "rl"),
                           iterations=a.rl_iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
                           max_steps=a.max_steps or None, eval_every=0, tensorboard=True)
-        if hasattr(cfg.algo_cfg, "group_size"):
-            cfg.algo_cfg.group_size = a.group_size
+        cfg.algo_cfg.group_size = a.group_size  # every algorithm's config has one (algos/__init__.py)
         train(cfg)
         after, _ = run_eval(EvalArgs(**{**ev.__dict__, "checkpoint": str(out / "rl" / "final")}), quiet=True)
     rows = []

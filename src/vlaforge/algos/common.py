@@ -134,7 +134,7 @@ LOCAL = LocalSync()
 
 def micro_size(policy) -> int:
     """The policy's micro-batch size for gradient accumulation (0 = whole minibatches)."""
-    return int(getattr(policy, "micro_batch", 0) or 0)
+    return int(policy.micro_batch or 0)
 
 
 def accumulate(loss_fn, n: int, micro: int, select):

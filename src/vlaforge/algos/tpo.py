@@ -104,8 +104,6 @@ def _traj_logps(policy, r: Rollout, eps: torch.Tensor, reference: str = "rollout
     taken = {k: v[t_idx, n_idx] for k, v in r.taken.items()}
     logp, _, _ = policy.evaluate(obs, taken)
     if reference == "base":
-        if not hasattr(policy, "reference"):
-            raise ValueError("TPO reference='base' needs a policy with LoRA adapters (--policy hf --policy.lora-rank N)")
         with torch.no_grad(), policy.reference():
             logp_ref = policy.evaluate(obs, taken)[0]
     else:

@@ -1,4 +1,7 @@
-"""The Policy protocol every VLA implements, and action normalisation statistics.
+"""The Policy base every VLA derives from (next to ``nn.Module``), and action normalisation statistics.
+
+``Policy`` lists everything the trainer, the collector, the algorithms and the recipes touch on a policy;
+what has a sensible default has it here, so callers never probe with ``hasattr``:
 
     act(obs, deterministic=False) -> ActionOutput(actions (N,C,A), log_prob (N,C,A), value (N,)|None, taken)
     evaluate(obs, taken) -> (log_prob (N,C,A), entropy (N,C,A), value (N,) | None)
@@ -12,32 +15,87 @@ recipes freeze the backbone (iRe-VLA's RL stage) or give the critic its own lear
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
 import numpy as np
 import torch
 
 from vlaforge.types import ActionOutput, Observation
 
 
-@runtime_checkable
-class Policy(Protocol):
+class Policy:
+    """What every policy offers. Subclasses implement the methods that raise ``NotImplementedError``."""
+
     chunk_size: int
+    """actions per decision C"""
     action_dim: int
-    temperature: float
+    """action dimensions A"""
+    temperature: float = 1.0
+    """sampling temperature of act() and evaluate() (the algorithm's ``temperature``; 1 for evaluations)"""
+    micro_batch: int = 0
+    """the algorithms split each minibatch into micro-batches of this size (0 = off)"""
+    whole_batch: bool = False
+    """act() must see the whole vector env at once (collect() never splits the batch into worker groups)"""
+    training: bool = False
+    """training mode (``nn.Module``'s; collect() acts in eval mode and restores it)"""
 
-    def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput: ...
+    def train(self, mode: bool = True):
+        """``nn.Module.train`` for modules; a policy without parameters has no mode."""
+        return self
 
-    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]): ...
+    def eval(self):
+        return self.train(False)
 
-    def value(self, obs: Observation) -> torch.Tensor: ...
+    def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput:
+        raise NotImplementedError
 
-    def sft_loss(self, obs: Observation, expert_actions: torch.Tensor, mask: torch.Tensor | None = None): ...
+    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
+        raise NotImplementedError
+
+    def value(self, obs: Observation) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sft_loss(self, obs: Observation, expert_actions: torch.Tensor, mask: torch.Tensor | None = None):
+        raise NotImplementedError
+
+    def backbone_parameters(self) -> list:
+        raise NotImplementedError
+
+    def head_parameters(self) -> list:
+        raise NotImplementedError
+
+    def value_parameters(self) -> list:
+        """The critic's parameters; none by default (a policy without a value head)."""
+        return []
+
+    @property
+    def has_value(self) -> bool:
+        """The policy has a critic: ``value()`` works and collect() bootstraps truncated episodes with it."""
+        return len(self.value_parameters()) > 0
+
+    @property
+    def reads_images(self) -> bool:
+        """The policy looks at the cameras (False for a state-only backbone)."""
+        return True
+
+    def set_action_stats(self, lo, hi) -> None:
+        """Store the demo actions' per-dimension percentiles (A,) used to normalise actions."""
+        raise NotImplementedError
+
+    def config_dict(self) -> dict:
+        """The JSON config that rebuilds this policy (saved with its weights)."""
+        raise NotImplementedError
+
+    def optimizer_class(self) -> type:
+        """The optimizer the trainer builds over the parameter groups."""
+        return torch.optim.AdamW
+
+    def reference(self):
+        """Context manager under which the policy scores as TPO's fixed reference (LoRA adapters off)."""
+        raise ValueError("TPO reference='base' needs a policy with LoRA adapters (--policy hf --policy.lora-rank N)")
 
 
 def reads_images(policy) -> bool:
-    """False only for the tiny policy's state-only backbone; every other policy looks at the cameras."""
-    return getattr(policy.cfg, "backbone", None) != "state"
+    """False only for a state-only backbone; every other policy looks at the cameras."""
+    return policy.reads_images
 
 
 def check_fits(policy, spec, suite: str) -> None:

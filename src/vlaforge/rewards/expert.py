@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vlaforge.policies.base import Policy
 from vlaforge.types import ActionOutput, Observation
 
 
-class ExpertPolicy:
+class ExpertPolicy(Policy):
     """The vector env's scripted expert as a policy (chunk of 1; log-probs are zeros: not a model)."""
 
     whole_batch = True  # reads venv.expert_actions() for all envs: collect() must not split the batch into groups

@@ -57,7 +57,7 @@ def group_ids_for(task_ids: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 
 def act_groups(policy, venv: VecEnv) -> list[slice]:
     """The slices of the batch that ``collect()`` acts for with one ``policy.act`` call each (both paths)."""
-    if isinstance(venv, SubprocVecEnv) and not getattr(policy, "whole_batch", False):
+    if isinstance(venv, SubprocVecEnv) and not policy.whole_batch:
         return list(venv.groups)
     return [slice(0, venv.num_envs)]
 
@@ -169,7 +169,7 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
 
     obs = _cat_obs([lane.obs for lane in lanes])
     next_value = torch.zeros(n)
-    if getattr(policy, "value_net", None) is not None and keep_obs:
+    if policy.has_value and keep_obs:
         with torch.no_grad():
             next_value = policy.value(obs).detach()
     stats.frames.extend(frames)
@@ -237,9 +237,8 @@ def collect(policy, venv: VecEnv, task_ids, seeds, deterministic: bool = False, 
     E, n = len(task_ids), venv.num_envs
     stats = stats or CollectStats()
     parts = []
-    was_training = getattr(policy, "training", False)
-    if hasattr(policy, "eval"):
-        policy.eval()
+    was_training = policy.training
+    policy.eval()
     try:
         for start in range(0, E, n):
             tid, sd = task_ids[start:start + n], seeds[start:start + n]

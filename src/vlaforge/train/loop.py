@@ -210,7 +210,7 @@ def make_optimizer(policy, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": rest, "lr": cfg.lr}]
     if value:
         groups.append({"params": value, "lr": cfg.value_lr})
-    opt_cls = policy.optimizer_class() if hasattr(policy, "optimizer_class") else torch.optim.AdamW
+    opt_cls = policy.optimizer_class()
     return opt_cls(groups, weight_decay=cfg.weight_decay)
 
 

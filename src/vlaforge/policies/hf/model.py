@@ -46,7 +46,7 @@ from torch import nn
 
 from vlaforge.core.losses import token_cross_entropy
 from vlaforge.envs import require
-from vlaforge.policies.base import denormalize, normalize
+from vlaforge.policies.base import Policy, denormalize, normalize
 from vlaforge.policies.heads import HEADS
 from vlaforge.policies.heads.common import mlp
 from vlaforge.policies.heads.tokens import actions_to_tokens, tokens_to_actions
@@ -180,7 +180,7 @@ def _load(path: str, trust_remote_code: bool, dtype: torch.dtype):
     return family, model, tokenizer, image_processor
 
 
-class HFVLA(nn.Module):
+class HFVLA(nn.Module, Policy):
     """See the module docstring. Implements ``vlaforge.policies.base.Policy``."""
 
     def __init__(self, cfg: HFConfig, backbone_path: str | None = None, loaded=None):

@@ -67,6 +67,7 @@ import tyro
 from torch import nn
 
 from vlaforge.core.losses import token_cross_entropy
+from vlaforge.policies.base import Policy
 from vlaforge.policies.heads.common import mlp
 from vlaforge.policies.openvla import conventions
 from vlaforge.policies.openvla.oft import (
@@ -224,7 +225,7 @@ def _norm_stats(path: Path, stats: dict) -> dict:
     return stats
 
 
-class OpenVLAPolicy(nn.Module):
+class OpenVLAPolicy(nn.Module, Policy):
     """See the module docstring. Implements ``vlaforge.policies.base.Policy``."""
 
     def __init__(self, cfg: OpenVLAConfig, weights_path: str | None = None, loaded=None):

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from vlaforge.core.losses import mse_loss
+from vlaforge.policies.base import Policy
 from vlaforge.policies.heads.common import mlp
 from vlaforge.policies.heads.flow import gaussian_log_prob, sde_step
 from vlaforge.policies.smolvla import obs as O
@@ -156,7 +157,7 @@ def flow_grid(steps: int, noise: float, device=None):
     return t, 1.0 / steps, noise * (ts / (1 - ts)).sqrt()
 
 
-class SmolVLA(nn.Module):
+class SmolVLA(nn.Module, Policy):
     """See the module docstring. Implements ``vlaforge.policies.base.Policy``."""
 
     def __init__(self, cfg: SmolVLAConfig, tokenizer):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlaforge.policies.base import denormalize, normalize
+from vlaforge.policies.base import Policy, denormalize, normalize
 from vlaforge.policies.heads import HEADS
 from vlaforge.policies.heads.common import mlp
 from vlaforge.policies.heads.noise import NoisePolicy
@@ -90,7 +90,7 @@ def _word_id(word: str, vocab: int) -> int:
     return 1 + h % (vocab - 1)  # 0 = padding
 
 
-class TinyVLA(nn.Module):
+class TinyVLA(nn.Module, Policy):
     """See the module docstring. Implements ``vlaforge.policies.base.Policy``."""
 
     def __init__(self, cfg: TinyConfig):
@@ -189,6 +189,10 @@ class TinyVLA(nn.Module):
 
     def value_parameters(self):
         return list(self.value_net.parameters()) if self.value_net is not None else []
+
+    @property
+    def reads_images(self) -> bool:
+        return self.cfg.backbone != "state"
 
     def set_action_stats(self, lo, hi) -> None:
         self.act_lo.copy_(torch.as_tensor(lo, dtype=torch.float32))
