@@ -22,6 +22,18 @@ class TokenLearner(nn.Module):
         return self.norm(out + q).flatten(1)
 
 
+class VocabRows(nn.Module):
+    """The LM output rows of the action-token ids as a trainable fp32 head: logits over the action bins
+    only, (..., D) -> (..., n_bins), row order as given."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(rows.detach().float().clone())
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.float() @ self.weight.t()
+
+
 def mlp(inp: int, hidden: int, out: int, layers: int = 2) -> nn.Sequential:
     mods: list[nn.Module] = []
     d = inp

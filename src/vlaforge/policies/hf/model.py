@@ -48,7 +48,7 @@ from vlaforge.core.losses import token_cross_entropy
 from vlaforge.envs import require
 from vlaforge.policies.base import Policy, denormalize, normalize
 from vlaforge.policies.heads import HEADS
-from vlaforge.policies.heads.common import mlp
+from vlaforge.policies.heads.common import VocabRows, mlp
 from vlaforge.policies.heads.tokens import actions_to_tokens, tokens_to_actions
 from vlaforge.policies.hf.families import check_vision_tower, detect_family
 from vlaforge.policies.hf.processor import ObsProcessor
@@ -111,17 +111,6 @@ class HFConfig:
     """split every learner minibatch into micro-batches of this size, accumulating gradients (0 = off)"""
     optimizer_on_cpu: bool = False
     """keep the optimizer's moments (and fp32 master weights) in host memory; only useful on a GPU"""
-
-
-class LMActionHead(nn.Module):
-    """Output rows of the action-token ids: logits over the bins only, (…, D) -> (…, n_bins)."""
-
-    def __init__(self, rows: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(rows.detach().float().clone())
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h.float() @ self.weight.t()
 
 
 REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")
@@ -209,7 +198,7 @@ class HFVLA(nn.Module, Policy):
             if cfg.n_bins >= vocab:
                 raise UsageError(f"n_bins={cfg.n_bins} does not fit the vocabulary of {vocab} ids; lower --policy.n-bins")
             self.first_action_id = vocab - cfg.n_bins
-            self.head = LMActionHead(model.lm_head.weight[self.first_action_id:])
+            self.head = VocabRows(model.lm_head.weight[self.first_action_id:])
         else:
             self.head = HEADS[cfg.head](D, cfg.chunk_size, cfg.action_dim, hidden=cfg.head_hidden, n_bins=cfg.n_bins,
                                         log_std_init=cfg.log_std_init, steps=cfg.flow_steps, noise=cfg.flow_noise)

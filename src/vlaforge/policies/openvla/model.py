@@ -68,7 +68,7 @@ from torch import nn
 
 from vlaforge.core.losses import token_cross_entropy
 from vlaforge.policies.base import Policy
-from vlaforge.policies.heads.common import mlp
+from vlaforge.policies.heads.common import VocabRows, mlp
 from vlaforge.policies.openvla import conventions
 from vlaforge.policies.openvla.oft import (
     L1RegressionActionHead,
@@ -184,17 +184,6 @@ class OpenVLAConfig:
     """AdamW moments in host memory (GPU only)"""
 
 
-class ActionRows(nn.Module):
-    """``lm_head`` rows of the action ids, as a trainable head: (..., D) -> (..., n_bins) logits; column b = bin b."""
-
-    def __init__(self, rows: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(rows.detach().float().clone())
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h.float() @ self.weight.t()
-
-
 def _tokenizer(path: Path):
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -271,7 +260,7 @@ class OpenVLAPolicy(nn.Module, Policy):
         self.action_head = None
         if cfg.oft:
             self._build_oft(base, D, stats[key])
-        self.head = ActionRows(lm.lm_head.weight[self.vocab - self.n_bins: self.vocab].flip(0)) if not cfg.oft else None
+        self.head = VocabRows(lm.lm_head.weight[self.vocab - self.n_bins: self.vocab].flip(0))  # column b = bin b if not cfg.oft else None
         self.log_std = nn.Parameter(torch.full((self.chunk_size, cfg.action_dim), float(cfg.log_std_init))) \
             if cfg.oft else None
         self.value_net = mlp(D, cfg.head_hidden, 1, layers=3) if cfg.value_head else None
