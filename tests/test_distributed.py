@@ -17,8 +17,7 @@ from vlaforge.algos.common import StepBatch  # noqa: E402
 from vlaforge.algos.ppo import PPOConfig  # noqa: E402
 from vlaforge.algos.tpo import PairBatch  # noqa: E402
 from vlaforge.distributed import RayConfig, RunFailed  # noqa: E402
-from vlaforge.hooks import Hooks  # noqa: E402
-from vlaforge.distributed.driver import merge_learner_metrics, per_learner_config, shard_batch  # noqa: E402
+from vlaforge.distributed.driver import Cluster, merge_learner_metrics, per_learner_config, shard_batch  # noqa: E402
 from vlaforge.train.loop import TrainConfig, train  # noqa: E402
 
 PRIV = {"radius": 0.2, "privileged": 1.0}
@@ -87,19 +86,21 @@ def test_ray_flag_without_ray_says_how_to_install(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "run").exists()
 
 
-class _KillLearner(Hooks):
-    """Kill learner 0 while it runs the update of iteration `at` (0-based)."""
+def _kill_learner_at(monkeypatch, at: int) -> None:
+    """Kill learner 0 as the update of iteration `at` (0-based) is sent to it."""
+    update = Cluster.update
 
-    def __init__(self, at: int):
-        self.at = at
+    def killing_update(self, batch, acfg, it):
+        if it == at:
+            self.ray.kill(self.learners[0])
+        return update(self, batch, acfg, it)
 
-    def after_submit(self, stage, it, cluster):
-        if stage == "update" and it == self.at:
-            cluster.ray.kill(cluster.learners[0])
+    monkeypatch.setattr(Cluster, "update", killing_update)
 
 
 @pytest.mark.timeout(180)
-def test_one_worker_one_learner_matches_local_run_and_resumes_after_learner_death(tmp_path, ray_cluster):
+def test_one_worker_one_learner_matches_local_run_and_resumes_after_learner_death(tmp_path, ray_cluster,
+                                                                                  monkeypatch):
     """Learner death in iteration 2 stops the run with the iteration-1 checkpoint intact; `--resume --ray`
     finishes it; every logged metric and the final weights equal an uninterrupted local run's."""
     from vlaforge.cli import main
@@ -108,7 +109,9 @@ def test_one_worker_one_learner_matches_local_run_and_resumes_after_learner_deat
     train(_cfg(tmp_path / "local"))
     run = tmp_path / "ray"
     with pytest.raises(RunFailed, match=r"learner died during the update of iteration 2.*iteration 1\); resume with"):
-        train(_cfg(run, ray=RayConfig(**HALF)), hooks=_KillLearner(at=1))
+        with monkeypatch.context() as m:
+            _kill_learner_at(m, 1)
+            train(_cfg(run, ray=RayConfig(**HALF)))
     assert load_checkpoint(run / "checkpoint")[2]["iteration"] == 1
     rc = main(["train", "--resume", str(run / "checkpoint"), "--ray", "--ray.env-worker-cpus", "0.5",
                "--ray.learner-cpus", "0.5"])
@@ -123,26 +126,34 @@ def test_one_worker_one_learner_matches_local_run_and_resumes_after_learner_deat
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-class _KillWorkerAndWatchLearners(Hooks):
-    """Kill env worker 1 while it collects in iteration 1; record the learners' weight digests after each update."""
+class _KillWorkerAndWatchLearners:
+    """Kill env worker 1 as the collection of iteration 1 is sent to it; record the learners' weight digests
+    after each weight sync."""
 
-    def __init__(self):
-        self.digests = []
+    def __init__(self, monkeypatch):
+        self.digests, self.killed = [], False
+        collect, sync = Cluster.collect, Cluster.sync_weights
 
-    def after_submit(self, stage, it, cluster):
-        if stage == "collect" and it == 0 and not hasattr(self, "killed"):
-            self.killed = True
-            cluster.ray.kill(cluster.workers[1])
-        if stage == "sync":
-            self.digests.append(cluster.digests())
+        def killing_collect(cluster, task_ids, seeds, stats):
+            if not self.killed:
+                self.killed = True
+                cluster.ray.kill(cluster.workers[1])
+            return collect(cluster, task_ids, seeds, stats)
+
+        def watched_sync(cluster):
+            sync(cluster)
+            self.digests.append(cluster.ray.get([lr.digest.remote() for lr in cluster.learners]))
+
+        monkeypatch.setattr(Cluster, "collect", killing_collect)
+        monkeypatch.setattr(Cluster, "sync_weights", watched_sync)
 
 
 @pytest.mark.timeout(180)
-def test_two_workers_two_learners_recover_from_a_killed_env_worker(tmp_path, ray_cluster):
-    hooks = _KillWorkerAndWatchLearners()
+def test_two_workers_two_learners_recover_from_a_killed_env_worker(tmp_path, ray_cluster, monkeypatch):
+    hooks = _KillWorkerAndWatchLearners(monkeypatch)
     cfg = _cfg(tmp_path / "run", ray=RayConfig(env_workers=2, learners=2, **HALF))
     cfg.ppo.critic_warmup = 0
-    train(cfg, hooks=hooks)
+    train(cfg)
     rows = _rows(tmp_path / "run")
     it1, it2 = rows[1], rows[2]
     # iteration 1: worker 1's two groups (8 episodes) were lost mid-collection and are not counted

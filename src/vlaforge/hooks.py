@@ -11,8 +11,7 @@ probed with ``hasattr``.
     train(cfg, hooks=Shaping())
 
 Order within one iteration: collect → ``shape_rewards`` → the algorithm's ``prepare`` (which may call
-``score``) → ``update`` → ``after_iteration``. ``after_submit`` runs on the Ray backend while a stage's
-remote calls are in flight (the fault tests kill an actor there); the local backend never calls it.
+``score``) → ``update`` → ``after_iteration``.
 """
 
 from __future__ import annotations
@@ -36,9 +35,6 @@ class Hooks:
     def after_iteration(self, iteration: int, policy, rollout: Rollout) -> dict:
         """After the update of ``iteration`` (0-based), with the updated policy; returns metrics."""
         return {}
-
-    def after_submit(self, stage: str, iteration: int, backend) -> None:
-        """Ray backend only: ``stage`` ("collect", "update", "sync") has its remote calls in flight."""
 
 
 NO_HOOKS = Hooks()

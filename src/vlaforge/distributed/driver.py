@@ -20,8 +20,7 @@ What each backend call does here:
 
 Checkpoints are written by the loop in one format, so a Ray run resumes locally and the other way
 round. A learner that dies stops the run with ``RunFailed`` naming the last good checkpoint; the
-checkpoint is written atomically, so it is intact. ``Hooks.after_submit(stage, iteration, cluster)``
-runs while a stage's remote calls are in flight.
+checkpoint is written atomically, so it is intact (tests/test_distributed.py kills actors to check both).
 
 Differences from a local run: with one env worker and one learner the metrics are identical for
 the same seed (the driver threads the local run's torch RNG stream through worker 0 and learner 0;
@@ -156,9 +155,6 @@ class Cluster:
             pass
         self.workers[i] = self._new_worker(i)
 
-    def _after_submit(self, stage: str) -> None:
-        self.hooks.after_submit(stage, self.iteration, self)
-
     def collect(self, task_ids: np.ndarray, seeds: np.ndarray, stats: CollectStats) -> Rollout:
         """``collect_fn`` for ``collect_groups``: whole groups to each worker, results joined in order.
         Worker 0 continues the run's torch RNG stream (the driver's); others get derived seeds."""
@@ -171,7 +167,6 @@ class Cluster:
             for i, m in shards:
                 rng = torch.get_rng_state() if i == 0 else derived_seed(self.cfg.seed, i, *np.unique(seeds[m]))
                 refs.append(self.workers[i].collect.remote(task_ids[m], seeds[m], rng))
-            self._after_submit("collect")
             parts = []
             for (i, m), ref in zip(shards, refs):
                 try:
@@ -209,7 +204,6 @@ class Cluster:
         self.weights = self._get_learners([self.learners[0].weights.remote()], "weight sync")[0]
         self.weights = self.ray.put(self.weights)
         refs = [w.set_weights.remote(self.weights) for w in self.workers]
-        self._after_submit("sync")
         for i, ref in enumerate(refs):
             try:
                 self.ray.get(ref)
@@ -242,7 +236,6 @@ class Cluster:
         lcfg = per_learner_config(acfg, world, get_algo(self.cfg.algo).batch_fields)
         refs = [lr.update.remote(shards[r], lcfg, it, torch.get_rng_state() if r == 0 else
                                  derived_seed(self.cfg.seed, it, r)) for r, lr in enumerate(self.learners)]
-        self._after_submit("update")
         results = self._get_learners(refs, "the update")
         torch.set_rng_state(results[0][1])
         out = merge_learner_metrics([m for m, _ in results])
@@ -251,9 +244,6 @@ class Cluster:
 
     def train_state(self):
         return self._get_learners([self.learners[0].train_state.remote()], "checkpointing")[0]
-
-    def digests(self) -> list[str]:
-        return self._get_learners([lr.digest.remote() for lr in self.learners], "a weight check")
 
     def close(self) -> None:
         ray = self.ray
