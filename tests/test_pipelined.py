@@ -50,8 +50,8 @@ class _Steered(Policy):
     def __init__(self, policy):
         self.policy = policy
 
-    def act(self, obs, deterministic=False):
-        out = self.policy.act(obs, deterministic)
+    def act(self, obs, deterministic=False, temperature=1.0):
+        out = self.policy.act(obs, deterministic, temperature)
         push = torch.as_tensor(obs.state[:, None, 2:4]) * 1.0  # (n, 1, 2)
         out.actions = (out.actions + push).clamp(-1, 1)
         return out
@@ -126,7 +126,7 @@ def test_whole_batch_policy_is_not_split(venvs):
 class _WrongRows(Policy):
     """Acts for 8 envs whatever it is shown (a whole-batch policy that forgot to say so)."""
 
-    def act(self, obs, deterministic=False):
+    def act(self, obs, deterministic=False, temperature=1.0):
         from vlaforge.types import ActionOutput
 
         a = torch.zeros(8, 2, 2)
@@ -144,11 +144,11 @@ class _FailsAt(Policy):
     def __init__(self, policy, n: int):
         self.policy, self.n, self.calls = policy, n, 0
 
-    def act(self, obs, deterministic=False):
+    def act(self, obs, deterministic=False, temperature=1.0):
         self.calls += 1
         if self.calls == self.n:
             raise RuntimeError("policy failed")
-        return self.policy.act(obs, deterministic)
+        return self.policy.act(obs, deterministic, temperature)
 
 
 def test_error_mid_pipeline_leaves_the_env_usable(venvs):
@@ -200,11 +200,11 @@ def test_crash_during_pipelined_collect_invalidates_that_workers_episodes():
         policy = _policy(venv, "gaussian")
 
         class KillAt(_FailsAt):
-            def act(self, obs, deterministic=False):
+            def act(self, obs, deterministic=False, temperature=1.0):
                 self.calls += 1
                 if self.calls == self.n:
                     venv.kill_worker(0)
-                return self.policy.act(obs, deterministic)
+                return self.policy.act(obs, deterministic, temperature)
 
         r, stats = collect(KillAt(policy.policy, 4), venv, np.zeros(4, np.int64), np.arange(4), pipeline=True)
         assert r.valid.tolist() == [False, False, True, True] and venv.restarts == 1

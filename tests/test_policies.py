@@ -37,12 +37,10 @@ def test_act_evaluate_consistent(head, obs):
 def test_temperature_applies_to_sampling_and_scoring(head, obs):
     torch.manual_seed(0)
     p = build_policy(head=head)
-    p.temperature = 1.7
-    out = p.act(obs)
-    lp, _, _ = p.evaluate(obs, out.taken)
+    out = p.act(obs, temperature=1.7)
+    lp, _, _ = p.evaluate(obs, out.taken, temperature=1.7)
     torch.testing.assert_close(lp, out.log_prob, atol=1e-5, rtol=0)
-    p.temperature = 1.0
-    lp1, _, _ = p.evaluate(obs, out.taken)
+    lp1, _, _ = p.evaluate(obs, out.taken, temperature=1.0)
     assert not torch.allclose(lp1, lp)
 
 

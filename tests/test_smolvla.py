@@ -142,10 +142,8 @@ def test_act_evaluate_consistency_and_noise_input(ckpt):
     d = p.act(obs, deterministic=True)
     assert torch.equal(d.actions, p.act(obs, deterministic=True).actions)
     assert torch.isfinite(d.log_prob).all()
-    p.temperature = 2.0  # sampling and scoring at one temperature
-    o2 = p.act(obs)
-    torch.testing.assert_close(p.evaluate(obs, o2.taken)[0], o2.log_prob, atol=1e-5, rtol=0)
-    p.temperature = 1.0
+    o2 = p.act(obs, temperature=2.0)  # sampling and scoring at one temperature
+    torch.testing.assert_close(p.evaluate(obs, o2.taken, temperature=2.0)[0], o2.log_prob, atol=1e-5, rtol=0)
     w = torch.randn(3, 4, 2)  # DSRL-style steering: the initial noise of the exposed block
     a1 = p.act(obs, deterministic=True, noise=w).actions
     assert torch.equal(a1, p.act(obs, deterministic=True, noise=w).actions)

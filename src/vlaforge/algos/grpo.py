@@ -73,7 +73,7 @@ def prepare(rollout: Rollout, cfg: GRPOConfig, hooks: Hooks) -> tuple[StepBatch,
 
 def loss(policy, mb: StepBatch, cfg: GRPOConfig):
     """The clipped surrogate with clip-higher bounds [1 − clip_low, 1 + clip_high]; nothing else."""
-    logp, ent, _ = policy.evaluate(mb.obs(), mb.taken)
+    logp, ent, _ = policy.evaluate(mb.obs(), mb.taken, temperature=cfg.temperature)
     pg, m = clipped_surrogate(logp, mb, cfg.clip_low, cfg.clip_high, cfg.level)
     m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
     return pg, m

@@ -75,7 +75,7 @@ def prepare(rollout: Rollout, cfg: PPOConfig, hooks: Hooks) -> tuple[StepBatch, 
 def loss(policy, mb: StepBatch, cfg: PPOConfig, warmup: bool = False):
     """Clipped surrogate − ent_coef · entropy + vf_coef · clipped value loss of one (micro-)batch.
     In the critic warm-up only the value term counts, weighted 1 when ``vf_coef`` is 0."""
-    logp, ent, v = policy.evaluate(mb.obs(), mb.taken)
+    logp, ent, v = policy.evaluate(mb.obs(), mb.taken, temperature=cfg.temperature)
     pg, m = clipped_surrogate(logp, mb, cfg.clip, cfg.clip, cfg.level)
     total = torch.zeros(())
     if not warmup:

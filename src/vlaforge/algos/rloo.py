@@ -58,7 +58,7 @@ def prepare(rollout: Rollout, cfg: RLOOConfig, hooks: Hooks) -> tuple[StepBatch,
 def loss(policy, mb: StepBatch, cfg: RLOOConfig):
     """The clipped surrogate with LOOP's bounds [1/(1+clip), 1+clip]; nothing else."""
     lo, hi = loop_bounds(cfg.clip)
-    logp, ent, _ = policy.evaluate(mb.obs(), mb.taken)
+    logp, ent, _ = policy.evaluate(mb.obs(), mb.taken, temperature=cfg.temperature)
     pg, m = clipped_surrogate(logp, mb, lo, hi, cfg.level)
     m["entropy_mean"] = masked_mean(ent.mean(-1), mb.chunk_mask).detach()
     return pg, m

@@ -449,7 +449,7 @@ def update(policy, optimizer, batch: TransitionBatch, cfg: SACConfig, iteration:
     policy.train()
 
     def sample(mb, prefix):
-        a, lp = policy.head.rsample(policy.features(obs_of(mb, state, prefix)), policy.temperature, gen)
+        a, lp = policy.head.rsample(policy.features(obs_of(mb, state, prefix)), cfg.temperature, gen)
         return a.flatten(1), lp.flatten(1).sum(-1)
 
     return run_updates(state, max(1, int(round(cfg.utd * len(batch)))), iteration < cfg.critic_warmup, gen, sync,

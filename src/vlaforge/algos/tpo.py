@@ -91,7 +91,7 @@ def prepare(rollout: Rollout, cfg: TPOConfig, hooks: Hooks) -> tuple[PairBatch, 
                                                   "train/groups_with_pairs": float(len(torch.unique(rollout.group_id[chosen]))) / max(groups, 1)}
 
 
-def _traj_logps(policy, r: Rollout, eps: torch.Tensor, reference: str = "rollout"
+def _traj_logps(policy, r: Rollout, eps: torch.Tensor, reference: str = "rollout", temperature: float = 1.0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-step chunk log-probs (T, P) under the policy and the reference, and the step mask (T, P)."""
     sub = r.alive[:, eps]  # (T, P)
@@ -102,10 +102,10 @@ def _traj_logps(policy, r: Rollout, eps: torch.Tensor, reference: str = "rollout
                       None if r.sim_state is None else r.sim_state[t_idx, n_idx])
     cm = chunk_mask(r.executed[t_idx, n_idx].clamp_min(1), r.log_prob.shape[2]).unsqueeze(-1)
     taken = {k: v[t_idx, n_idx] for k, v in r.taken.items()}
-    logp, _, _ = policy.evaluate(obs, taken)
+    logp, _, _ = policy.evaluate(obs, taken, temperature=temperature)
     if reference == "base":
         with torch.no_grad(), policy.reference():
-            logp_ref = policy.evaluate(obs, taken)[0]
+            logp_ref = policy.evaluate(obs, taken, temperature=temperature)[0]
     else:
         logp_ref = r.log_prob[t_idx, n_idx]
     new = torch.zeros(sub.shape)
@@ -118,8 +118,8 @@ def _traj_logps(policy, r: Rollout, eps: torch.Tensor, reference: str = "rollout
 def update(policy, optimizer, batch: PairBatch, cfg: TPOConfig, iteration: int, gen=None, sync=LOCAL,
            state=None) -> dict:
     def pair_loss(part: PairBatch):
-        new_w, ref_w, m_w = _traj_logps(policy, part.rollout, part.chosen, cfg.reference)
-        new_l, ref_l, m_l = _traj_logps(policy, part.rollout, part.rejected, cfg.reference)
+        new_w, ref_w, m_w = _traj_logps(policy, part.rollout, part.chosen, cfg.reference, cfg.temperature)
+        new_l, ref_l, m_l = _traj_logps(policy, part.rollout, part.rejected, cfg.reference, cfg.temperature)
         return tpo_loss(new_w, ref_w, m_w, new_l, ref_l, m_l, cfg.beta)
 
     # micro-batches of pairs holding about micro_batch decision steps (2 trajectories of <= T steps each)

@@ -53,7 +53,6 @@ class EnvWorker:
         self.venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
         self.policy = policy
         self.policy.load_state_dict(weights)
-        self.policy.temperature = cfg.algo_cfg.temperature
 
     def ready(self) -> int:
         return self.index
@@ -62,7 +61,8 @@ class EnvWorker:
         """The local ``collect()`` on this worker's envs; returns (Rollout, CollectStats, RNG state)."""
         set_rng(rng)
         stats = CollectStats()
-        rollout, _ = collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline)
+        rollout, _ = collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline,
+                             temperature=self.cfg.algo_cfg.temperature)
         return rollout, stats, torch.get_rng_state()
 
     def evaluate(self, eval_names: list[str], episodes: int, rng):

@@ -3,12 +3,13 @@
 ``Policy`` lists everything the trainer, the collector, the algorithms and the recipes touch on a policy;
 what has a sensible default has it here, so callers never probe with ``hasattr``:
 
-    act(obs, deterministic=False) -> ActionOutput(actions (N,C,A), log_prob (N,C,A), value (N,)|None, taken)
-    evaluate(obs, taken) -> (log_prob (N,C,A), entropy (N,C,A), value (N,) | None)
+    act(obs, deterministic=False, temperature=1.0) -> ActionOutput(actions (N,C,A), log_prob (N,C,A), value (N,)|None, taken)
+    evaluate(obs, taken, temperature=1.0) -> (log_prob (N,C,A), entropy (N,C,A), value (N,) | None)
     value(obs) -> (N,)
     sft_loss(obs, expert_actions (N,C,A) in env space, mask (N,C) | None) -> (loss, metrics)
 
-Sampling and scoring use one distribution at one temperature (``policy.temperature``).
+Sampling and scoring use one distribution at one temperature, passed in by the caller (the algorithm's
+``temperature`` while training, 1 for evaluations); a policy stores none.
 Parameter groups ``backbone_parameters()``, ``head_parameters()``, ``value_parameters()`` let
 recipes freeze the backbone (iRe-VLA's RL stage) or give the critic its own learning rate.
 """
@@ -28,8 +29,6 @@ class Policy:
     """actions per decision C"""
     action_dim: int
     """action dimensions A"""
-    temperature: float = 1.0
-    """sampling temperature of act() and evaluate() (the algorithm's ``temperature``; 1 for evaluations)"""
     micro_batch: int = 0
     """the algorithms split each minibatch into micro-batches of this size (0 = off)"""
     whole_batch: bool = False
@@ -44,10 +43,10 @@ class Policy:
     def eval(self):
         return self.train(False)
 
-    def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput:
+    def act(self, obs: Observation, deterministic: bool = False, temperature: float = 1.0) -> ActionOutput:
         raise NotImplementedError
 
-    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
+    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor], temperature: float = 1.0):
         raise NotImplementedError
 
     def value(self, obs: Observation) -> torch.Tensor:

@@ -29,7 +29,7 @@ class ExpertPolicy(Policy):
         self.venv, self.noise = venv, float(noise)
         self.rng = np.random.default_rng(seed)
 
-    def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput:
+    def act(self, obs: Observation, deterministic: bool = False, temperature: float = 1.0) -> ActionOutput:
         a = self.venv.expert_actions()  # (N, A) for the envs' current states
         if self.noise and not deterministic:
             a = a + self.noise * self.rng.standard_normal(a.shape).astype(np.float32)

@@ -90,7 +90,7 @@ class _Lane:
 
 
 def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, keep_obs: bool, stats: CollectStats,
-                   record: int, pipeline: bool = False):
+                   record: int, pipeline: bool = False, temperature: float = 1.0):
     n = venv.num_envs
     t0 = time.perf_counter()
     obs = venv.reset(task_ids, seeds)
@@ -101,7 +101,7 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
 
     def act(lane: _Lane) -> np.ndarray:
         t0 = time.perf_counter()
-        lane.out = policy.act(lane.obs, deterministic=deterministic)
+        lane.out = policy.act(lane.obs, deterministic=deterministic, temperature=temperature)
         stats.policy_time += time.perf_counter() - t0
         stats.decisions += int(lane.alive.sum())
         a = lane.out.actions.detach().cpu().numpy()
@@ -225,9 +225,11 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
 
 
 def collect(policy, venv: VecEnv, task_ids, seeds, deterministic: bool = False, keep_obs: bool = True,
-            record: int = 0, stats: CollectStats | None = None, pipeline: bool = False) -> tuple[Rollout, CollectStats]:
+            record: int = 0, stats: CollectStats | None = None, pipeline: bool = False,
+            temperature: float = 1.0) -> tuple[Rollout, CollectStats]:
     """Run one episode per (task_id, seed); returns the Rollout (E episodes) and timing stats.
 
+    The policy samples at ``temperature`` (the algorithm's while training; evaluations use 1).
     Episodes from crashed env workers come back with ``valid=False``; callers drop them.
     ``record`` > 0 keeps the image frames of that many episodes per batch (for videos).
     ``pipeline`` overlaps the policy with simulation (module doc); the Rollout is the same either way.
@@ -246,7 +248,7 @@ def collect(policy, venv: VecEnv, task_ids, seeds, deterministic: bool = False, 
             if m < n:  # pad the last batch; padded episodes are dropped below
                 tid = np.concatenate([tid, np.repeat(tid[-1:], n - m)])
                 sd = np.concatenate([sd, np.repeat(sd[-1:], n - m)])
-            r = _collect_batch(policy, venv, tid, sd, deterministic, keep_obs, stats, record, pipeline)
+            r = _collect_batch(policy, venv, tid, sd, deterministic, keep_obs, stats, record, pipeline, temperature)
             parts.append(r.select(torch.arange(m)) if m < n else r)
     finally:
         if was_training:

@@ -239,7 +239,8 @@ def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int,
         if collect_fn is not None:
             r = collect_fn(np.repeat(tids, K), np.repeat(seeds, K), stats)
         else:
-            r, _ = collect(policy, venv, np.repeat(tids, K), np.repeat(seeds, K), stats=stats, pipeline=cfg.pipeline)
+            r, _ = collect(policy, venv, np.repeat(tids, K), np.repeat(seeds, K), stats=stats, pipeline=cfg.pipeline,
+                           temperature=cfg.algo_cfg.temperature)
         sampler.update(r.task_id[r.valid].numpy(), r.success[r.valid].numpy())
         all_success.append(r.success[r.valid].float())
         r.group_id = r.group_id + n_seen  # unique across rounds
@@ -299,12 +300,9 @@ def run_tasks(cfg: TrainConfig, spec, policy) -> tuple[list[int], list[str]]:
 
 
 def eval_metrics(policy, venv, eval_names: list[str], episodes: int) -> dict:
-    """Success per split and per task on the fixed evaluation seeds: deterministic actions (the mode), with
-    the temperature reset to 1 meanwhile, so the numbers match ``vlaforge eval``'s."""
-    t = policy.temperature
-    policy.temperature = 1.0
+    """Success per split and per task on the fixed evaluation seeds: deterministic actions (the mode) at
+    temperature 1, so the numbers match ``vlaforge eval``'s."""
     res, st = evaluate_policy(policy, venv, eval_names, episodes)
-    policy.temperature = t
     m = _split_rates(res)
     m.update({f"eval_task/{r.task}": r.rate for r in res})
     return m
@@ -362,7 +360,8 @@ class LocalBackend(Backend):
             self.state.load_state_dict(*algo_state)
 
     def collect(self, task_ids, seeds, stats: CollectStats) -> Rollout:
-        return collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline)[0]
+        return collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline,
+                       temperature=self.acfg.temperature)[0]
 
     def update(self, batch, iteration: int) -> dict:
         set_policy_lr(self.optimizer, self.cfg, iteration)
@@ -423,7 +422,6 @@ def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_
         gen.set_state(rng["update_gen"])
         if algo.init_state is not None:
             saved_algo_state = load_algo_state(cfg.resume)
-    policy.temperature = acfg.temperature
     backend.start(policy, opt_state, gen, saved_algo_state)
     if resuming:  # after start(): building the optimizer and the algorithm's state may draw random numbers
         torch.set_rng_state(rng["torch_cpu"])

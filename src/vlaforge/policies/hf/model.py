@@ -178,7 +178,6 @@ class HFVLA(nn.Module, Policy):
             raise UsageError("--policy hf needs --policy.path DIR (a local Hugging Face image-text model)")
         self.cfg = cfg
         self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
-        self.temperature = 1.0
         self.micro_batch = cfg.micro_batch
         wdtype = torch.bfloat16 if cfg.weights_dtype == "bfloat16" else torch.float32
         if loaded is None:
@@ -301,14 +300,14 @@ class HFVLA(nn.Module, Policy):
         h = self._hidden(self.proc.append_tokens(inputs, tokens[:, :-1] + self.first_action_id))
         return self._head()(h[:, L - 1:]), h
 
-    def _sample_tokens(self, inputs: dict, deterministic: bool):
+    def _sample_tokens(self, inputs: dict, deterministic: bool, temperature: float):
         n, K = inputs["input_ids"].shape[0], self.chunk_size * self.action_dim
         toks = torch.zeros(n, 0, dtype=torch.long, device=self.act_lo.device)
         logps, h0 = [], None
         for _ in range(K):
             h = self._hidden(self.proc.append_tokens(inputs, toks + self.first_action_id))
             h0 = h if h0 is None else h0
-            logp = F.log_softmax(self._head()(h[:, -1]) / self.temperature, -1)
+            logp = F.log_softmax(self._head()(h[:, -1]) / temperature, -1)
             tok = logp.argmax(-1) if deterministic else torch.multinomial(logp.exp(), 1)[:, 0]
             logps.append(logp.gather(1, tok[:, None])[:, 0])
             toks = torch.cat([toks, tok[:, None]], 1)
@@ -317,28 +316,28 @@ class HFVLA(nn.Module, Policy):
 
     # -- Policy protocol -----------------------------------------------------------------------
     @torch.no_grad()
-    def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput:
+    def act(self, obs: Observation, deterministic: bool = False, temperature: float = 1.0) -> ActionOutput:
         inputs = self._inputs(obs)
         if self.cfg.head == "tokens":
-            x, log_prob, toks, h = self._sample_tokens(inputs, deterministic)
+            x, log_prob, toks, h = self._sample_tokens(inputs, deterministic, temperature)
             taken = {"tokens": toks}
         else:
             h = self._hidden(inputs)
-            x, log_prob, taken = self._head().sample(h, deterministic, self.temperature)
+            x, log_prob, taken = self._head().sample(h, deterministic, temperature)
         return ActionOutput(denormalize(x, self.act_lo, self.act_hi), log_prob.float(), self._value(inputs, h), taken)
 
-    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
+    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor], temperature: float = 1.0):
         inputs = self._inputs(obs)
         shape = (len(obs), self.chunk_size, self.action_dim)
         if self.cfg.head == "tokens":
             tokens = taken["tokens"].long()
             logits, h = self._token_logits(inputs, tokens)
-            logp = F.log_softmax(logits / self.temperature, -1)
+            logp = F.log_softmax(logits / temperature, -1)
             lp = logp.gather(2, tokens.unsqueeze(-1))[..., 0].view(shape)
             ent = -(logp.exp() * logp).sum(-1).view(shape)
         else:
             h = self._hidden(inputs)
-            lp, ent = self._head().evaluate(h, taken, self.temperature)
+            lp, ent = self._head().evaluate(h, taken, temperature)
         return lp, ent, self._value(inputs, h)
 
     def value(self, obs: Observation) -> torch.Tensor:

@@ -230,7 +230,6 @@ class OpenVLAPolicy(nn.Module, Policy):
         wdtype = torch.bfloat16 if cfg.weights_dtype == "bfloat16" else torch.float32
         vlm, pcfg = loaded if loaded is not None else load_prismatic(src, wdtype)
         self.cfg, self.pcfg = cfg, pcfg
-        self.temperature = 1.0
         self.micro_batch = cfg.micro_batch
         self.tokenizer, self.empty_id = _tokenizer(base)
         self.norms = tower_normalization(pcfg, base)
@@ -454,7 +453,7 @@ class OpenVLAPolicy(nn.Module, Policy):
         h = self._hidden(xx, vv, causal=True)
         return self._rows()(h[:, L0 - 1:]), h
 
-    def _sample_tokens(self, x, valid, deterministic: bool):
+    def _sample_tokens(self, x, valid, deterministic: bool, temperature: float):
         N, K = x.shape[0], self.action_dim
         bins = torch.zeros(N, 0, dtype=torch.long, device=x.device)
         logps, h0 = [], None
@@ -463,7 +462,7 @@ class OpenVLAPolicy(nn.Module, Policy):
             vv = torch.cat([valid, torch.ones_like(bins, dtype=torch.bool)], 1)
             h = self._hidden(xx, vv, causal=True)
             h0 = h if h0 is None else h0
-            logp = F.log_softmax(self._rows()(h[:, -1]) / self.temperature, -1)
+            logp = F.log_softmax(self._rows()(h[:, -1]) / temperature, -1)
             b = logp.argmax(-1) if deterministic else torch.multinomial(logp.exp(), 1)[:, 0]
             logps.append(logp.gather(1, b[:, None])[:, 0])
             bins = torch.cat([bins, b[:, None]], 1)
@@ -482,8 +481,8 @@ class OpenVLAPolicy(nn.Module, Policy):
         h = self._hidden(xx, vv, causal=False)
         return self.action_head(h[:, L0 - 1: L0 - 1 + K], self.chunk_size), h
 
-    def _gauss(self, mean):
-        log_std = self.log_std.clamp(-5.0, 1.0) + torch.log(torch.tensor(self.temperature))
+    def _gauss(self, mean, temperature: float):
+        log_std = self.log_std.clamp(-5.0, 1.0) + torch.log(torch.tensor(temperature))
         return log_std.expand_as(mean)
 
     @staticmethod
@@ -492,27 +491,27 @@ class OpenVLAPolicy(nn.Module, Policy):
 
     # -- Policy protocol -------------------------------------------------------------------------------
     @torch.no_grad()
-    def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput:
+    def act(self, obs: Observation, deterministic: bool = False, temperature: float = 1.0) -> ActionOutput:
         x, valid = self._prefix(obs)
         if self.cfg.oft:
             mean, h = self._oft_mean(x, valid)
-            log_std = self._gauss(mean)
+            log_std = self._gauss(mean, temperature)
             a = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
             return ActionOutput(self._to_env(a.clamp(-1, 1)), self._log_prob(a, mean, log_std),
                                 self._value(h, valid), {"x": a})
-        a, logp, bins, h = self._sample_tokens(x, valid, deterministic)
+        a, logp, bins, h = self._sample_tokens(x, valid, deterministic, temperature)
         return ActionOutput(self._to_env(a), logp.float(), self._value(h, valid), {"tokens": bins})
 
-    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
+    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor], temperature: float = 1.0):
         x, valid = self._prefix(obs)
         if self.cfg.oft:
             mean, h = self._oft_mean(x, valid)
-            log_std = self._gauss(mean)
+            log_std = self._gauss(mean, temperature)
             ent = (0.5 + 0.5 * torch.log(torch.tensor(2 * torch.pi)) + log_std)
             return self._log_prob(taken["x"].to(mean), mean, log_std), ent, self._value(h, valid)
         bins = taken["tokens"].long().to(x.device)
         logits, h = self._token_logits(x, valid, bins)
-        logp = F.log_softmax(logits / self.temperature, -1)
+        logp = F.log_softmax(logits / temperature, -1)
         shape = (len(obs), 1, self.action_dim)
         lp = logp.gather(2, bins.unsqueeze(-1))[..., 0].view(shape)
         ent = -(logp.exp() * logp).sum(-1).view(shape)

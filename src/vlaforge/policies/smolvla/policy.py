@@ -176,7 +176,7 @@ class SmolVLA(nn.Module, Policy):
         vlm_cfg = transformers.AutoConfig.for_model(**cfg.vlm)
         self.model = SmolVLAModel(vlm_cfg, arch)
         self.tokenizer = tokenizer
-        self.chunk_size, self.action_dim, self.temperature = cfg.chunk_size, cfg.action_dim, 1.0
+        self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
         self.micro_batch = cfg.micro_batch
         self.transform = O.resolve_transform(cfg.image_transform, cfg.image_keys, cfg.state_dim, cfg.action_dim)
         self.register_buffer("state_shift", torch.zeros(cfg.state_dim))
@@ -340,10 +340,11 @@ class SmolVLA(nn.Module, Policy):
 
     # -- Policy protocol -----------------------------------------------------------------------
     @torch.no_grad()
-    def act(self, obs: Observation, deterministic: bool = False, noise: torch.Tensor | None = None) -> ActionOutput:
+    def act(self, obs: Observation, deterministic: bool = False, noise: torch.Tensor | None = None,
+            temperature: float = 1.0) -> ActionOutput:
         n = len(obs)
         h, kv, pad = self._prefix(obs)
-        a = self.cfg.flow_noise * float(self.temperature)
+        a = self.cfg.flow_noise * float(temperature)
         K = self.cfg.num_steps
         t, delta, sigma = flow_grid(K, a, pad.device)
         if deterministic:
@@ -364,8 +365,8 @@ class SmolVLA(nn.Module, Policy):
             log_prob = torch.zeros(n, self.chunk_size, self.action_dim, device=pad.device)
         return ActionOutput(self._env_actions(chain[:, -1]), log_prob, self._value(h, pad), {"chain": chain})
 
-    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
-        a = self.cfg.flow_noise * float(self.temperature)
+    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor], temperature: float = 1.0):
+        a = self.cfg.flow_noise * float(temperature)
         if a <= 0:
             raise ValueError("SmolVLA's sampler is an ODE at noise level 0 and has no log-prob; set "
                              "--policy.flow-noise > 0 (and temperature > 0) for RL")

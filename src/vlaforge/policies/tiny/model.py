@@ -99,7 +99,6 @@ class TinyVLA(nn.Module, Policy):
             raise ValueError(f"unknown head '{cfg.head}'; choose one of {', '.join(HEADS)}")
         self.cfg = cfg
         self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
-        self.temperature = 1.0
         d = cfg.dim
         if cfg.backbone == "vision":
             # CoordConv input (RGB + x, y), FiLM-conditioned on the instruction (as in RT-1's FiLM encoder)
@@ -278,22 +277,22 @@ class TinyVLA(nn.Module, Policy):
 
     # -- Policy protocol -----------------------------------------------------------------------
     @torch.no_grad()
-    def act(self, obs: Observation, deterministic: bool = False) -> ActionOutput:
+    def act(self, obs: Observation, deterministic: bool = False, temperature: float = 1.0) -> ActionOutput:
         feats = self.features(obs)
         if self.noise_policy is not None:  # DSRL: the noise policy picks w, the flow ODE maps it to the action
             w, log_prob = self.noise_policy.rsample(self.noise_condition(obs, feats), deterministic)
             x, _, taken = self.head.sample(feats, True, 1.0, x1=w)
             taken = {**taken, "w": w}
             return ActionOutput(denormalize(x, self.act_lo, self.act_hi), log_prob, self._value(feats, obs), taken)
-        x, log_prob, taken = self.head.sample(feats, deterministic, self.temperature)
+        x, log_prob, taken = self.head.sample(feats, deterministic, temperature)
         return ActionOutput(denormalize(x, self.act_lo, self.act_hi), log_prob, self._value(feats, obs), taken)
 
-    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor]):
+    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor], temperature: float = 1.0):
         if self.noise_policy is not None:  # act() sampled w, not the head's chain: these log-probs would not match
             raise UsageError("this policy acts through a DSRL noise policy (dsrl_bound > 0): train it with --algo dsrl, "
                              "or start the other algorithms from the checkpoint it was trained from")
         feats = self.features(obs)
-        log_prob, entropy = self.head.evaluate(feats, taken, self.temperature)
+        log_prob, entropy = self.head.evaluate(feats, taken, temperature)
         return log_prob, entropy, self._value(feats, obs)
 
     def value(self, obs: Observation) -> torch.Tensor:
