@@ -203,10 +203,6 @@ def prepare(rollout: Rollout, cfg: SACConfig, hooks: Hooks) -> tuple[TransitionB
 
 # -- state ------------------------------------------------------------------------------------------
 
-def reads_images(policy) -> bool:
-    return getattr(policy.cfg, "backbone", "vision") != "state"
-
-
 class SoftACState(AlgoState):
     """What SAC and DSRL share: the critic ensemble and its target, log α, their optimizers, the online and
     demo buffers and the instruction table. The critics are built on the first batch (their input width
@@ -335,7 +331,7 @@ class SACState(SoftACState):
         tiny_gaussian(policy)
         super().__init__(cfg, policy.chunk_size * policy.action_dim)
         policy.head.squash = True  # the loop collects from the tanh-Gaussian the actor optimises
-        self.images = reads_images(policy)
+        self.images = policy.reads_images
         if cfg.demos:
             self.demos = demo_buffer(policy, cfg, self)
 
