@@ -38,10 +38,10 @@ def summarize(results) -> dict:
 def sft_start(a, work: Path, suite: str, tasks: str, env_kw: dict) -> tuple[Path, float]:
     t0 = time.perf_counter()
     if a.backbone == "state" and a.sft_steps == 0:  # the state-only baseline from scratch (no demos needed)
-        from vlaforge.envs import suite_spec
+        from vlaforge.envs import env_tasks, suite_spec
         from vlaforge.policies import build_policy, save_policy
 
-        spec = suite_spec(suite, None if suite == "pointreach" else tasks, **env_kw)
+        spec = suite_spec(suite, env_tasks(suite, tasks), **env_kw)
         torch.manual_seed(a.seed)
         save_policy(build_policy(backbone="state", state_dim=spec.state_dim, action_dim=spec.action_dim),
                     work / "init")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from vlaforge.algos.sft import SFTConfig
+from vlaforge.envs import suite_info
 from vlaforge.fsutil import atomic_write_text
 from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft
 
@@ -46,7 +47,7 @@ def main() -> None:
     run_sft(SFTArgs(demos=str(work / "demos"), out=str(work / "sft"), head=a.head, sft=SFTConfig(steps=a.sft_steps)),
             quiet=True)
     t2 = time.perf_counter()
-    eval_tasks = a.eval_tasks or ("all" if a.suite == "pointreach" else a.tasks)
+    eval_tasks = a.eval_tasks or ("all" if suite_info(a.suite).holds_all_tasks else a.tasks)
     res, man = run_eval(EvalArgs(checkpoint=str(work / "sft"), suite=a.suite, tasks=eval_tasks,
                                  episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers), quiet=False)
     out = {"benchmark": "sft_success", "suite": a.suite, "head": a.head, "date": time.strftime("%Y-%m-%d"),
