@@ -26,6 +26,7 @@ Settings (printed in docs/benchmarks.md):
 
     pip install -e '.[bench]'   # stable-baselines3
     OMP_NUM_THREADS=1 python benchmarks/peer_sb3.py --tasks reach-v3 --seeds 0 1 2 --algos ppo sac
+    # the defaults are the settings behind docs/bench/peer_sb3.json (docs/benchmarks.md, "Peer check")
 """
 
 from __future__ import annotations
@@ -162,11 +163,11 @@ def main(argv=None) -> None:
     p.add_argument("--algos", nargs="+", default=["ppo", "sac"], choices=["ppo", "sac"])
     p.add_argument("--impls", nargs="+", default=["vlaforge", "sb3"], choices=["vlaforge", "sb3"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--ppo-iterations", type=int, default=20, help="vlaforge PPO iterations (sets the env steps)")
+    p.add_argument("--ppo-iterations", type=int, default=30, help="vlaforge PPO iterations (sets the env steps)")
     p.add_argument("--ppo-epochs", type=int, default=10, help="vlaforge PPO epochs (SB3's default 10; vlaforge's 2)")
     p.add_argument("--ppo-minibatch", type=int, default=64, help="vlaforge PPO minibatch in decisions (SB3: 64 steps)")
-    p.add_argument("--sac-iterations", type=int, default=40, help="vlaforge SAC iterations (4 episodes each)")
-    p.add_argument("--sac-utd", type=float, default=1.0)
+    p.add_argument("--sac-iterations", type=int, default=25, help="vlaforge SAC iterations (4 episodes each)")
+    p.add_argument("--sac-utd", type=float, default=0.25)
     p.add_argument("--ppo-shaping", type=float, default=1.0)
     p.add_argument("--sac-shaping", type=float, default=10.0)
     p.add_argument("--out", default=str(ROOT / "docs" / "bench" / "peer_sb3.json"))
