@@ -9,8 +9,8 @@ evaluation seeds (disjoint from the demo seeds) and report
   episode (cm; the target is the goal for reach/push-like tasks and the object point — button,
   handle — for the others), median and mean over episodes, and over the failed episodes alone,
 * with a perception readout, the readout's own error on the first frame of each evaluation episode (cm),
-* the simulator+render and policy cost per env step (ms), so the price of a second camera or a
-  larger image is on the same row.
+* the simulator+render and policy cost per env step (ms) of the evaluation rollouts (these move with the
+  machine's load; ``--render-cost-only`` times the camera settings back to back in one process instead).
 
 Variants (``--variants``, comma-separated): ``base`` (today's recipe), ``aux`` (the readout's auxiliary
 loss), ``shift`` (random ±4 px shifts), ``aux+shift``, ``wrist`` / ``wrist+aux`` (a second, hand-mounted
@@ -86,6 +86,30 @@ def localisation(policy, task: str, episodes: int, env_kw: dict, image_size: int
     return out
 
 
+def render_cost(task: str, chunks: int = 60, repeats: int = 3) -> list[dict]:
+    """ms per 4-step chunk (physics + one render of every view) for each camera setting, measured back to back in
+    one process (so machine load affects all settings alike); the median of ``repeats`` runs."""
+    from vlaforge.envs.metaworld import MetaWorldEnv
+
+    rows = []
+    for name, kw in (("corner 64 px", {}), ("corner 96 px", {"image_size": 96}), ("corner + wrist 64 px", {"wrist": True}),
+                     ("no camera (render 0)", {"render": False})):
+        env = MetaWorldEnv(tasks=task, **kw)
+        times = []
+        for r in range(repeats):
+            env.reset(0, 123 + r)
+            t0 = time.perf_counter()
+            for _ in range(chunks):
+                if env.done:
+                    env.reset(0, 1000 + r)
+                env.step_chunk(np.zeros((4, 4), np.float32))
+            times.append(1000 * (time.perf_counter() - t0) / chunks)
+        env.close()
+        rows.append({"setting": name, "ms_per_chunk": float(np.median(times)), "runs_ms": times})
+        print(json.dumps(rows[-1]))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", default="reach-v3,button-press-topdown-v3")
@@ -99,7 +123,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="runs/perception")
     ap.add_argument("--out", default="docs/bench/perception.json")
+    ap.add_argument("--render-cost-only", action="store_true", help="only time the camera settings (no SFT)")
     a = ap.parse_args()
+    if a.render_cost_only:
+        rows = render_cost(a.tasks.split(",")[0])
+        meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
+                "load_avg": os.getloadavg()[0]}
+        atomic_write_text(Path(a.out), json.dumps({"meta": meta, "render_cost": rows}, indent=2))
+        return
     torch.set_num_threads(a.threads)
     work = Path(a.work)
     rows = []

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             from vlaforge.recipes import RECIPES, recipe_defaults
 
             if name not in RECIPES:
-                raise UsageError(f"--recipe '{name}' is unknown; choose one of: {', '.join(RECIPES)}")
+                raise UsageError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(RECIPES)}")
             default = recipe_defaults(name)
         args = tyro.cli(cls, args=argv[1:], prog=f"vlaforge {argv[0]}", default=default)
         args = check(argv[0], args, argv[1:])  # every check before any work or any file written

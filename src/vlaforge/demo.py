@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vlaforge.algos.sft import SFTConfig
 from vlaforge.envs import env_kwargs
-from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft
+from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, privileged_teacher, run_collect, run_eval, run_sft
 
 
 @dataclass
@@ -33,7 +33,10 @@ class DemoArgs:
     sft_steps: int = 1200
     """SFT gradient steps"""
     algo: str = "rloo"
-    """RL algorithm (ppo | grpo | rloo | tpo)"""
+    """RL algorithm (ppo | grpo | rloo | tpo | sac | dsrl), or distill: a privileged state teacher trained by PPO without
+    rendering, distilled into the pixel policy by DAgger (one Meta-World task; docs/benchmarks.md, issue 15)"""
+    teacher_iterations: int = 64
+    """with --algo distill: PPO iterations of the state teacher (32 episodes each, no rendering)"""
     rl_iterations: int = 6
     """RL iterations"""
     groups: int = 4
@@ -75,6 +78,12 @@ def run_demo(a: DemoArgs) -> dict:
                           iterations=a.rl_iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
                           max_steps=a.max_steps or None, eval_every=0, tensorboard=True)
         cfg.algo_cfg.group_size = a.group_size  # every algorithm's config has one (algos/__init__.py)
+        if a.algo == "distill":  # every episode its own layout; an SFT-like learning rate for the DAgger steps
+            print(f"      privileged teacher: PPO on the state, {a.teacher_iterations} iterations without rendering")
+            teacher, index = privileged_teacher(a.suite, a.tasks, out / "teacher", a.teacher_iterations,
+                                                max_steps=a.max_steps or 150, num_envs=16)
+            cfg.groups, cfg.lr = a.groups * a.group_size, 3e-4
+            cfg.distill.group_size, cfg.distill.teacher, cfg.distill.teacher_state = 1, str(teacher), index
         train(cfg)
         after, _ = run_eval(EvalArgs(**{**ev.__dict__, "checkpoint": str(out / "rl" / "final")}), quiet=True)
     rows = []

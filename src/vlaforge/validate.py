@@ -406,7 +406,11 @@ def check_demo(a, argv):
         at_least(flag(f), getattr(a, f), 1)
     at_least("--max-steps", a.max_steps, 0)
     at_least("--workers", a.workers, 0)
-    need(a.algo in ("ppo", "grpo", "rloo", "tpo"), f"--algo '{a.algo}' is unknown; choose ppo, grpo, rloo or tpo")
+    need(a.algo in ("ppo", "grpo", "rloo", "tpo", "distill"),
+         f"--algo '{a.algo}' is unknown; choose ppo, grpo, rloo, tpo or distill")
+    need(a.algo != "distill" or (a.suite == "metaworld" and "," not in a.tasks),
+         "--algo distill runs on one metaworld task (its teacher reads that task's privileged state); pass one --tasks name")
+    at_least("--teacher-iterations", a.teacher_iterations, 1)
     check_env_kwargs(a.suite, {})
     check_out_dir("--out", a.out)
     check_replaceable("--out", Path(a.out) / "demos", "demos")
@@ -743,7 +747,7 @@ def read_config_checked(name: str, path: str, trust: bool) -> dict:
 def check_recipe(cfg, given: set[str]) -> None:
     from vlaforge.recipes import RECIPES
 
-    need(cfg.recipe in RECIPES, f"--recipe '{cfg.recipe}' is unknown; choose one of: {', '.join(RECIPES)}")
+    need(cfg.recipe in RECIPES, f"--recipe: unknown recipe '{cfg.recipe}'; choose one of: {', '.join(RECIPES)}")
     if cfg.recipe == "ire-vla":
         need("iterations" not in given, "--iterations is not read by the ire-vla recipe; set the RL stage's length "
                                         "with --ire-vla.rl-iterations and the number of rounds with --ire-vla.rounds")

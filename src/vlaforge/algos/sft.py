@@ -17,6 +17,7 @@ import torch
 
 from vlaforge.data.demos import DemoData
 from vlaforge.policies.base import action_stats
+from vlaforge.policies.tiny import TinyVLA
 from vlaforge.types import Observation
 
 
@@ -100,7 +101,7 @@ def train_sft(policy, demos: DemoData, cfg: SFTConfig, task_index: dict[str, int
     torch.manual_seed(cfg.seed)
     if set_stats:
         policy.set_action_stats(*action_stats(demos.actions))
-    aux_index = list(getattr(policy.cfg, "aux_index", []) or [])
+    aux_index = list(policy.cfg.aux_index) if isinstance(policy, TinyVLA) else []
     if aux_index:  # the perception readout learns from the demos' privileged positions
         if demos.sim_state is None:
             raise ValueError("the policy has a perception readout but the demos recorded no sim_state; "

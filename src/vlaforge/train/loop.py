@@ -314,7 +314,8 @@ def use_privileged_critic(policy, spec) -> None:
         raise UsageError("--critic privileged is available for the tiny VLA only; drop it for this policy")
     if not spec.sim_state_names:
         raise UsageError(f"--critic privileged needs a suite with a sim_state channel; '{spec.suite}' has none")
-    policy.use_privileged_critic(len(spec.sim_state_names))
+    if policy.cfg.critic != "privileged":  # a resumed or privileged-SFT policy keeps its trained critic
+        policy.use_privileged_critic(len(spec.sim_state_names))
 
 
 def run_threads(cfg: TrainConfig) -> int:
@@ -409,9 +410,9 @@ def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_
     spec = backend.spec
     if policy is None:
         policy = fresh_policy(cfg, spec)
-    if cfg.critic == "privileged" and getattr(policy.cfg, "critic", None) != "privileged":
+    if cfg.critic == "privileged":
         use_privileged_critic(policy, spec)
-    if getattr(acfg, "readout_coef", 0.0) and getattr(policy, "aux_head", None) is None:
+    if getattr(acfg, "readout_coef", 0.0) and not (isinstance(policy, TinyVLA) and policy.aux_head is not None):
         raise UsageError(f"--{cfg.algo}.readout-coef needs a policy with a perception readout (`vlaforge sft --aux`)")
     train_ids, eval_names = run_tasks(cfg, spec, policy)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
