@@ -59,6 +59,7 @@ METHODS: dict[str, dict] = {
                          "ppo": {"minibatch_size": 64, "critic_warmup": 2, "temperature": 1.0, "readout_coef": 1.0}},
     # a state teacher trained by PPO on the privileged state (see teacher()), distilled into the pixel policy by DAgger
     "distill": {"algo": "distill", "lr": 3e-4, "distill": {"steps": 100, "batch_size": 64}},
+    "distill300": {"algo": "distill", "lr": 3e-4, "distill": {"steps": 300, "batch_size": 64}},  # 3x the fitting
 }
 
 
@@ -172,7 +173,7 @@ def main() -> None:
                         for k, val in fields.items():
                             setattr(getattr(cfg, name), k, val)
                     teacher_cpu = 0.0
-                    if rl == "distill":
+                    if cfg.algo == "distill":
                         from vlaforge.envs.metaworld import PRIVILEGED_STATE_NAMES, SIM_STATE_NAMES
 
                         tpath, teacher_cpu, tsucc = teacher(task, seed, base, a)
