@@ -101,7 +101,7 @@ def test_readout_loss_trains_the_encoder_and_sft_lowers_it(tmp_path):
         loss.backward()
         assert pol.conv1.weight.grad is not None and pol.conv1.weight.grad.abs().sum() > 0
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.4 * losses[0]
 
 
