@@ -30,7 +30,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 INSTRUCTIONS = ["put the black bowl on the plate", "open the top drawer of the cabinet",
@@ -122,7 +121,7 @@ def main(argv=None) -> int:
     sync()
     t0 = time.perf_counter()
     for i in range(a.repeats):
-        out = policy.act(obs_list[i % a.steps])
+        policy.act(obs_list[i % a.steps])
     sync()
     dt = (time.perf_counter() - t0) / a.repeats
     res["rollout"] = {"envs": a.envs, "seconds_per_act": dt, "decisions_per_s": a.envs / dt,

@@ -43,7 +43,15 @@ import torch
 
 from vlaforge.algos.sft import SFTConfig
 from vlaforge.fsutil import atomic_write_text
-from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, privileged_teacher, run_collect, run_eval, run_sft
+from vlaforge.pipeline import (
+    CollectArgs,
+    EvalArgs,
+    SFTArgs,
+    privileged_teacher,
+    run_collect,
+    run_eval,
+    run_sft,
+)
 from vlaforge.rollout.evaluate import wilson
 from vlaforge.train.loop import TrainConfig, train
 

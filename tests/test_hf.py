@@ -21,9 +21,10 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from vlaforge.algos import get_algo  # noqa: E402
 from vlaforge.algos.common import accumulate  # noqa: E402
-from vlaforge.algos.ppo import PPOConfig, loss as ppo_loss  # noqa: E402
-from vlaforge.hooks import NO_HOOKS  # noqa: E402
+from vlaforge.algos.ppo import PPOConfig  # noqa: E402
+from vlaforge.algos.ppo import loss as ppo_loss
 from vlaforge.envs import make_vec_env  # noqa: E402
+from vlaforge.hooks import NO_HOOKS  # noqa: E402
 from vlaforge.policies import build_policy, load_policy, save_policy  # noqa: E402
 from vlaforge.policies.hf import FAMILY_NAMES, HFVLA, HFConfig, export_merged, make_tiny_vlm, save_tiny_vlm  # noqa: E402
 from vlaforge.policies.hf.families import detect_family  # noqa: E402

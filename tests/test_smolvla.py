@@ -22,7 +22,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from vlaforge.algos import get_algo  # noqa: E402
 from vlaforge.envs import make_vec_env  # noqa: E402
 from vlaforge.policies import CheckpointError, load_policy, read_config, save_policy  # noqa: E402
-from vlaforge.policies.smolvla import (SmolVLA, export_lerobot, load_lerobot, tiny_lerobot_dir)  # noqa: E402
+from vlaforge.policies.smolvla import SmolVLA, export_lerobot, load_lerobot, tiny_lerobot_dir  # noqa: E402
 from vlaforge.policies.smolvla.model import _finish, _proj, attention, make_att_2d, rope  # noqa: E402
 from vlaforge.rollout.collect import collect  # noqa: E402
 from vlaforge.types import Observation  # noqa: E402

@@ -19,7 +19,15 @@ from pathlib import Path
 
 from vlaforge.algos.sft import SFTConfig
 from vlaforge.envs import env_kwargs
-from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, privileged_teacher, run_collect, run_eval, run_sft
+from vlaforge.pipeline import (
+    CollectArgs,
+    EvalArgs,
+    SFTArgs,
+    privileged_teacher,
+    run_collect,
+    run_eval,
+    run_sft,
+)
 
 
 @dataclass

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-from vlaforge.algos.common import LOCAL, StepBatch, StepSettings, clipped_surrogate, flatten_steps, micro_size, optimize
+from vlaforge.algos.common import (
+    LOCAL,
+    StepBatch,
+    StepSettings,
+    clipped_surrogate,
+    flatten_steps,
+    micro_size,
+    optimize,
+)
 from vlaforge.core.advantages import gae
 from vlaforge.core.losses import entropy_bonus, masked_mean, value_loss
 from vlaforge.hooks import Hooks

@@ -20,8 +20,6 @@ Choices that the papers leave open:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 

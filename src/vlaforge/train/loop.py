@@ -25,22 +25,22 @@ import tyro
 
 from vlaforge.algos import ALGOS, AlgoName, get_algo
 from vlaforge.algos.common import LOCAL, trajectory_reward
-from vlaforge.hooks import NO_HOOKS, Hooks
 from vlaforge.core.advantages import uniform_groups
 from vlaforge.envs import env_kwargs, env_tasks, make_vec_env, suite_info, suite_task_names
 from vlaforge.envs.vector import thread_plan
+from vlaforge.hooks import NO_HOOKS, Hooks
 from vlaforge.policies import build_policy, load_policy, save_policy
 from vlaforge.policies.base import check_fits
 from vlaforge.policies.hf.model import HFConfig
 from vlaforge.policies.openvla.model import OpenVLAOptions, config_from_flags
 from vlaforge.policies.tiny import TinyVLA
-from vlaforge.train.recipe_configs import GrapeConfig, IReVLAConfig, VLARLConfig
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.rollout.evaluate import evaluate_policy
 from vlaforge.rollout.sampling import TaskSampler
 from vlaforge.train.backend import Backend, RayConfig, backend_for, register_backend
 from vlaforge.train.checkpoint import load_algo_state, load_checkpoint, save_checkpoint
 from vlaforge.train.logging import RunLogger, StageTimer, progress_bar
+from vlaforge.train.recipe_configs import GrapeConfig, IReVLAConfig, VLARLConfig
 from vlaforge.types import Rollout
 from vlaforge.validate import UsageError
 

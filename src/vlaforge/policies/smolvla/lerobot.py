@@ -88,8 +88,8 @@ def read_config(path: str | Path) -> dict:
 
 def lerobot_meta(path: str | Path) -> dict:
     """The vlaforge ``config.json`` content equivalent to a LeRobot directory (what ``read_config`` returns)."""
-    from vlaforge.policies.smolvla.policy import SmolVLAConfig
     from vlaforge.policies import FORMAT_VERSION
+    from vlaforge.policies.smolvla.policy import SmolVLAConfig
 
     c = SmolVLAConfig(lerobot=read_config(path))
     pol = {"family": "smolvla", "lerobot": c.lerobot, "state_dim": c.state_dim, "action_dim": c.action_dim,
