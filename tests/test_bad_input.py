@@ -58,6 +58,10 @@ def world(tmp_path_factory):
     st = json.loads((root / "crafted" / "checkpoint" / "state.json").read_text())
     st["config"]["exec"] = "rm -rf /"
     (root / "crafted" / "checkpoint" / "state.json").write_text(json.dumps(st))
+    shutil.copytree(root / "demos", root / "demos_nosim")  # recorded before demos carried sim_state
+    info = json.loads((root / "demos_nosim" / "meta" / "info.json").read_text())
+    info["features"].pop("observation.sim_state", None)
+    (root / "demos_nosim" / "meta" / "info.json").write_text(json.dumps(info))
     (root / "afile").write_text("x")
     (root / "mine").mkdir()  # a user's folder: never replaced by an output written whole
     (root / "mine" / "thesis.tex").write_text("x")
@@ -111,6 +115,16 @@ CASES = [
     ("train-checkpoint-every-0", [*TRAIN, "--checkpoint-every", "0", "--out", "T/r"], ["--checkpoint-every"]),
     ("train-image-size-33", ["train", "--image-size", "33", "--out", "T/r"], ["--image-size", "multiple of 8"]),
     ("train-chunk-0", [*TRAIN, "--chunk-size", "0", "--out", "T/r"], ["--chunk-size"]),
+    ("train-readout-without-readout", [*TRAIN, "--algo", "ppo", "--ppo.readout-coef", "1", "--out", "T/r"],
+     ["--ppo.readout-coef", "--aux"]),
+    ("train-distill-no-teacher", [*TRAIN, "--algo", "distill", "--out", "T/r"], ["--distill.teacher"]),
+    ("train-distill-bad-state", [*TRAIN, "--algo", "distill", "--distill.teacher", "W/policy",
+                                 "--distill.teacher-state", "a,b", "--out", "T/r"], ["--distill.teacher-state"]),
+    ("train-distill-state-length", [*TRAIN, "--algo", "distill", "--distill.teacher", "W/policy",
+                                    "--distill.teacher-state", "0,1,2", "--out", "T/r"], ["--distill.teacher-state", "2"]),
+    ("train-distill-teacher-missing", [*TRAIN, "--algo", "distill", "--distill.teacher", "W/nothere",
+                                       "--distill.teacher-state", "0,1", "--out", "T/r"], ["nothere"]),
+    ("sft-aux-without-sim-state", ["sft", "--demos", "W/demos_nosim", "--aux", "--out", "T/s"], ["--aux", "sim_state"]),
     ("train-threads-0", [*TRAIN, "--threads", "0", "--out", "T/r"], ["--threads"]),
     ("train-lr-neg", [*TRAIN, "--lr", "-1", "--out", "T/r"], ["--lr", "> 0"]),
     ("train-lr-nan", [*TRAIN, "--lr", "nan", "--out", "T/r"], ["--lr", "finite"]),

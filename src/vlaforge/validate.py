@@ -516,6 +516,8 @@ def check_sft(a, argv):
         need(a.head in HEADS, f"--head '{a.head}' is unknown; choose one of {', '.join(HEADS)}")
         need(a.backbone in ("vision", "state"), f"--backbone '{a.backbone}' is unknown; choose vision or state")
         at_least("--chunk-size", a.chunk_size, 1)
+        need(not a.aux or "observation.sim_state" in info.get("features", {}),
+             f"--aux needs demos that recorded sim_state; '{a.demos}' did not: re-collect them with `vlaforge collect`")
         need(not (render0 and a.backbone != "state"),
              f"demos '{a.demos}' were recorded with render 0 (blank images) but a --backbone {a.backbone} policy reads "
              "images; use --backbone state or record the demos with rendering")
@@ -621,6 +623,30 @@ def check_algo_config(name: str, c) -> None:
             need(len(v) == 2 and 0 <= v[0] <= v[1] <= 1, f"{fl} must be two rates lo <= hi in [0, 1]; got {v}")
 
 
+def check_privileged_options(cfg) -> None:
+    """--critic privileged and --<algo>.readout-coef need the tiny VLA (with a readout for the latter); --algo distill
+    needs a teacher checkpoint whose state is as long as the --distill.teacher-state indices."""
+    init = read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)["policy"] if cfg.init else None
+    tiny = init.get("family") == "tiny" if init is not None else cfg.policy == "tiny"
+    need(cfg.critic != "privileged" or tiny, "--critic privileged is available for the tiny VLA only; drop it")
+    need(not getattr(cfg.algo_cfg, "readout_coef", 0.0) or (tiny and init is not None and bool(init.get("aux_index"))),
+         f"--{cfg.algo}.readout-coef needs an --init policy with a perception readout (`vlaforge sft --aux`)")
+    if cfg.algo != "distill":
+        return
+    d = cfg.algo_cfg
+    need(bool(d.teacher), "--distill.teacher is required: a policy checkpoint that reads the privileged state")
+    try:
+        index = [int(x) for x in d.teacher_state.split(",") if x.strip()]
+    except ValueError:
+        index = []
+    need(bool(index) and min(index) >= 0, f"--distill.teacher-state must be comma-separated sim_state indices >= 0; "
+                                          f"got '{d.teacher_state}'")
+    teacher = read_config_checked("--distill.teacher", d.teacher, False)["policy"]
+    need(teacher.get("state_dim") == len(index),
+         f"--distill.teacher-state names {len(index)} entries but the teacher '{d.teacher}' reads "
+         f"{teacher.get('state_dim')} state dims")
+
+
 def check_train(cfg, argv):
     """Also resolves a resume: the run directory is the checkpoint's parent unless --out is given."""
     given = _train_given(argv)
@@ -665,6 +691,7 @@ def check_train_fresh(cfg, given: set[str]) -> None:
     at_least("--seed", cfg.seed, 0)
     check_algo_config(cfg.algo, cfg.algo_cfg)
     check_hf_options(cfg.hf)
+    check_privileged_options(cfg)
     if cfg.algo == "tpo" and getattr(cfg.algo_cfg, "reference", "rollout") == "base":
         lora = (read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)["policy"].get("lora_rank", 0)
                 if cfg.init else (cfg.hf.lora_rank if cfg.policy == "hf" else 0))
