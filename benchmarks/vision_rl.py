@@ -71,27 +71,28 @@ METHODS: dict[str, dict] = {
 }
 
 
-def teacher(task: str, seed: int, base: Path, a) -> tuple[Path, float, dict]:
+def teacher(task: str, seed: int, base: Path, a) -> tuple[Path, str, float, dict]:
     """The privileged teacher of ``distill``: a state-backbone policy trained from scratch by PPO on Meta-World's
     privileged state (hand, object and goal positions) without rendering (~5x the env steps/s), as in
     docs/benchmarks.md's state PPO row (lr 3e-4, shaping 1, 32 episodes per iteration). It uses no demos.
-    Returns (its policy, CPU s, its held-out success)."""
+    Returns (its policy, its --distill.teacher-state indices, CPU s, its held-out success)."""
     tdir = base / "teacher"
     final = tdir / "final"
     info = base / "teacher.json"
     if info.exists():
         d = json.loads(info.read_text())
-        return final, d["cpu_s"], d["success"]
+        return final, d["teacher_state"], d["cpu_s"], d["success"]
     c0 = cpu_seconds()
     priv = {"privileged": 1.0, "render": 0.0}
-    privileged_teacher("metaworld", task, tdir, a.teacher_iterations, seed, a.threads, a.max_steps, a.num_envs, a.workers)
+    _, index = privileged_teacher("metaworld", task, tdir, a.teacher_iterations, seed, a.threads, a.max_steps,
+                                  a.num_envs, a.workers)
     cpu = cpu_seconds() - c0
     res, _ = run_eval(EvalArgs(checkpoint=str(final), suite="metaworld", tasks=task, episodes=a.eval_episodes,
                                num_envs=a.num_envs, threads=a.threads, out=str(base / "eval_teacher.json"),
                                env_kwargs={**priv, "max_steps": a.max_steps}), quiet=True)
     success = counts(res)
-    atomic_write_text(info, json.dumps({"cpu_s": cpu, "success": success}))
-    return final, cpu, success
+    atomic_write_text(info, json.dumps({"cpu_s": cpu, "success": success, "teacher_state": index}))
+    return final, index, cpu, success
 
 
 def cpu_seconds() -> float:
@@ -182,11 +183,8 @@ def main() -> None:
                             setattr(getattr(cfg, name), k, val)
                     teacher_cpu = 0.0
                     if cfg.algo == "distill":
-                        from vlaforge.envs.metaworld import PRIVILEGED_STATE_NAMES, SIM_STATE_NAMES
-
-                        tpath, teacher_cpu, tsucc = teacher(task, seed, base, a)
-                        cfg.distill.teacher = str(tpath)
-                        cfg.distill.teacher_state = ",".join(str(SIM_STATE_NAMES.index(n)) for n in PRIVILEGED_STATE_NAMES)
+                        tpath, index, teacher_cpu, tsucc = teacher(task, seed, base, a)
+                        cfg.distill.teacher, cfg.distill.teacher_state = str(tpath), index
                         data.setdefault("teachers", {})[f"{task}/{seed}"] = tsucc
                     c0 = cpu_seconds()
                     train(cfg)
