@@ -13,6 +13,9 @@ The actor always reads pixels and proprioception only; methods differ in what tr
 * ``distill`` — privileged-teacher distillation (``algos/distill.py``): a state-backbone teacher trained from
   scratch by PPO on the privileged state without rendering labels every frame the pixel policy visits
   (DAgger), starting from the pixel policy's SFT. The teacher's CPU time counts in ``cpu_s``.
+* ``distill300`` — the same with 300 cloning steps per iteration; ``distill300+tdemos`` — and the teacher starts
+  from SFT on the pixel policy's 10 demos recorded again with the privileged state (same seed: same layouts and
+  expert), then PPO (``privileged_teacher(demos=10)``): for tasks whose state PPO from scratch fails in this budget.
 * ``sft+aux`` … any ``SFT/RL`` pair: the part before ``/`` names the SFT variant (``base``, ``aux``,
   ``shift``, ``aux+shift``), the part after it the RL method; ``none`` as the RL method reports the SFT
   policy itself (a zero-budget row).
@@ -68,27 +71,33 @@ METHODS: dict[str, dict] = {
     # a state teacher trained by PPO on the privileged state (see teacher()), distilled into the pixel policy by DAgger
     "distill": {"algo": "distill", "lr": 3e-4, "distill": {"steps": 100, "batch_size": 64}},
     "distill300": {"algo": "distill", "lr": 3e-4, "distill": {"steps": 300, "batch_size": 64}},  # 3x the fitting
+    # the teacher starts from SFT on the same demos (privileged state, no camera), then PPO
+    "distill300+tdemos": {"algo": "distill", "lr": 3e-4, "distill": {"steps": 300, "batch_size": 64},
+                          "teacher_demos": True},
 }
 
 
-def teacher(task: str, seed: int, base: Path, a) -> tuple[Path, str, float, dict]:
-    """The privileged teacher of ``distill``: a state-backbone policy trained from scratch by PPO on Meta-World's
-    privileged state (hand, object and goal positions) without rendering (~5x the env steps/s), as in
-    docs/benchmarks.md's state PPO row (lr 3e-4, shaping 1, 32 episodes per iteration). It uses no demos.
+def teacher(task: str, seed: int, base: Path, a, demos: int = 0) -> tuple[Path, str, float, dict]:
+    """The privileged teacher of ``distill``: a state-backbone policy trained by PPO on Meta-World's privileged state
+    (hand, object and goal positions) without rendering (~5x the env steps/s), as in docs/benchmarks.md's state PPO
+    row (lr 3e-4, shaping 1, 32 episodes per iteration); from scratch (``demos = 0``: no demos) or from SFT on
+    ``demos`` episodes of the same seed's expert recorded with the privileged state. Cached per (task, seed, demos).
     Returns (its policy, its --distill.teacher-state indices, CPU s, its held-out success)."""
-    tdir = base / "teacher"
+    name = "teacher" if demos == 0 else f"teacher_demos{demos}"
+    tdir = base / name
     final = tdir / "final"
-    info = base / "teacher.json"
+    info = base / f"{name}.json"
     if info.exists():
         d = json.loads(info.read_text())
         return final, d["teacher_state"], d["cpu_s"], d["success"]
     c0 = cpu_seconds()
     priv = {"privileged": 1.0, "render": 0.0}
     _, index = privileged_teacher("metaworld", task, tdir, a.teacher_iterations, seed, a.threads, a.max_steps,
-                                  a.num_envs, a.workers)
+                                  a.num_envs, a.workers, demos=demos, sft_steps=a.teacher_sft_steps,
+                                  demo_noise=a.demo_noise)
     cpu = cpu_seconds() - c0
     res, _ = run_eval(EvalArgs(checkpoint=str(final), suite="metaworld", tasks=task, episodes=a.eval_episodes,
-                               num_envs=a.num_envs, threads=a.threads, out=str(base / "eval_teacher.json"),
+                               num_envs=a.num_envs, threads=a.threads, out=str(base / f"eval_{name}.json"),
                                env_kwargs={**priv, "max_steps": a.max_steps}), quiet=True)
     success = counts(res)
     atomic_write_text(info, json.dumps({"cpu_s": cpu, "success": success, "teacher_state": index}))
@@ -127,6 +136,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--teacher-iterations", type=int, default=64, help="distill: the state teacher's PPO iterations")
+    ap.add_argument("--teacher-sft-steps", type=int, default=1000, help="+tdemos: the state teacher's SFT steps")
     ap.add_argument("--num-envs", type=int, default=16)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -172,6 +182,7 @@ def main() -> None:
                 if rl != "none":
                     spec = dict(METHODS[rl])
                     sub = {k: spec.pop(k) for k in ("ppo", "grpo", "rloo", "distill") if k in spec}
+                    teacher_demos = a.demo_episodes if spec.pop("teacher_demos", False) else 0
                     run_dir = base / m.replace("/", "_")
                     cfg = TrainConfig(suite="metaworld", tasks=task, init=str(sft_dir), out=str(run_dir),
                                       iterations=a.iterations, groups=a.groups, num_envs=a.num_envs,
@@ -183,9 +194,10 @@ def main() -> None:
                             setattr(getattr(cfg, name), k, val)
                     teacher_cpu = 0.0
                     if cfg.algo == "distill":
-                        tpath, index, teacher_cpu, tsucc = teacher(task, seed, base, a)
+                        tpath, index, teacher_cpu, tsucc = teacher(task, seed, base, a, teacher_demos)
                         cfg.distill.teacher, cfg.distill.teacher_state = str(tpath), index
-                        data.setdefault("teachers", {})[f"{task}/{seed}"] = tsucc
+                        key = f"{task}/{seed}" + (f"/demos{teacher_demos}" if teacher_demos else "")
+                        data.setdefault("teachers", {})[key] = tsucc
                     c0 = cpu_seconds()
                     train(cfg)
                     row["cpu_s"] = cpu_seconds() - c0 + teacher_cpu  # the teacher's training counts

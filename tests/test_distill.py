@@ -91,3 +91,20 @@ def test_distill_refuses_a_teacher_that_does_not_fit(tmp_path):
     cfg.distill.teacher_state = "0,1,2"
     with pytest.raises(ValueError, match="teacher"):
         train(cfg)
+
+
+def test_a_student_with_a_readout_keeps_fitting_it_on_the_aggregate(tmp_path):
+    """A student SFT'd with --aux: DAgger's cloning steps also fit its perception readout to the frames' recorded
+    sim_state (a target, never an input), so the readout moves and its loss is logged."""
+    _setup(tmp_path)
+    spec = make_vec_env("pointreach", 1).spec
+    torch.manual_seed(1)
+    student = build_policy(state_dim=spec.state_dim, action_dim=spec.action_dim, aux_index=[2, 3],
+                           sim_state_dim=len(spec.sim_state_names), aux_weight=1.0)
+    save_policy(student, tmp_path / "student")
+    before = {k: v.clone() for k, v in student.aux_head.state_dict().items()}
+    train(_cfg(tmp_path, "aux", 2))
+    lines = [json.loads(x) for x in (tmp_path / "aux" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(x["train/aux/mse"]) for x in lines if "train/loss" in x)
+    after = load_policy(tmp_path / "aux" / "final").aux_head.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

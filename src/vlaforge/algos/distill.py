@@ -13,7 +13,9 @@ Per iteration: the loop rolls the student out (its own actions, at the sampling 
 keeps every executed decision frame; ``update`` asks the teacher for its deterministic action chunk at each
 frame (from ``sim_state[:, teacher_state]``), adds (frame, label) to a bounded aggregate buffer (the
 algorithm's state, checkpointed), and takes ``steps`` behaviour-cloning steps on batches drawn from the
-whole aggregate with the policy's own ``sft_loss``. Differences from the papers: no β-mixing of teacher
+whole aggregate with the policy's own ``sft_loss`` (for a student SFT'd with ``--aux``, that loss includes its
+perception readout's, fitted to the frames' recorded object/goal positions: labels for localisation on every
+layout the student visits). Differences from the papers: no β-mixing of teacher
 actions into the rollouts (the loop's collector runs the student only; β = 0 from the first iteration,
 which works when the student starts from SFT on demos); the loop's learning rate applies (DAgger's
 supervised steps want an SFT-like rate, e.g. ``--lr 3e-4``, not RL's 1e-4).
@@ -122,14 +124,17 @@ def update(policy, optimizer, batch: StepBatch, cfg: DistillConfig, iteration: i
     gap = (batch.actions - labels).abs().mean()
     for t, instr in zip(batch.task_ids.tolist(), batch.instructions):
         state.instructions.setdefault(int(t), instr)
-    state.frames.add({"images": batch.images, "state": batch.state, "task_ids": batch.task_ids, "labels": labels})
+    state.frames.add({"images": batch.images, "state": batch.state, "task_ids": batch.task_ids, "labels": labels,
+                      "sim_state": batch.sim_state})
     policy.train()
     sums: dict[str, float] = {}
     params = [p for p in policy.parameters() if p.requires_grad]
     for _ in range(cfg.steps):
         mb = state.frames.sample(cfg.batch_size, gen)
+        # sim_state rides along as a *target* only: a student SFT'd with a perception readout (`vlaforge sft --aux`)
+        # keeps fitting it on every frame here (policies' sft_loss adds it), never as an input
         obs = Observation(mb["images"], mb["state"], [state.instructions[int(t)] for t in mb["task_ids"]],
-                          mb["task_ids"])
+                          mb["task_ids"], mb["sim_state"])
         optimizer.zero_grad(set_to_none=True)
         loss, m = policy.sft_loss(obs, mb["labels"])
         if sync.any(not torch.isfinite(loss)):
