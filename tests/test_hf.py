@@ -17,6 +17,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from helpers import one_group_rollout, update_once  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from vlaforge.algos import get_algo  # noqa: E402
@@ -52,29 +53,6 @@ def _obs(n=3, seed=0) -> Observation:
                        torch.zeros(n, dtype=torch.long))
 
 
-def _rollout(policy, n=4):
-    """n episodes of one PointReach context (one group), one decision each; half marked successes."""
-    torch.manual_seed(0)
-    venv = make_vec_env("pointreach", n, image_size=32, max_steps=policy.chunk_size)
-    r, _ = collect(policy, venv, np.zeros(n, np.int64), np.full(n, 7, np.int64))
-    venv.close()
-    r.success[:] = torch.arange(n) % 2 == 0
-    r.reward[:] = 0
-    r.reward[r.alive.sum(0) - 1, torch.arange(n)] = r.success.float()
-    return r
-
-
-def _update(policy, algo, r, **cfg_kw):
-    a = get_algo(algo)
-    cfg = a.config(**cfg_kw)
-    batch, _ = a.prepare(r, cfg)
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
-    before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
-    m = a.update(policy, opt, batch, cfg, iteration=0, gen=torch.Generator().manual_seed(0))
-    moved = [n for n, p in policy.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
-    return m, moved
-
-
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_family_act_evaluate_sft_ppo_tpo(family):
     p = _policy(family)
@@ -92,10 +70,10 @@ def test_family_act_evaluate_sft_ppo_tpo(family):
     loss.backward()
     assert torch.isfinite(loss) and any(x.grad is not None and x.grad.abs().sum() > 0 for x in p.backbone_parameters())
     p.zero_grad()
-    r = _rollout(p)
-    m, moved = _update(p, "ppo", r, critic_warmup=0, minibatch_size=4, epochs=1)
+    r = one_group_rollout(p)
+    m, moved = update_once(p, "ppo", r, critic_warmup=0, minibatch_size=4, epochs=1)
     assert m["train/optimizer_steps"] > 0 and any("lora_" in n for n in moved) and any(n.startswith("head.") for n in moved)
-    m, moved = _update(p, "tpo", r, reference="base", epochs=1)
+    m, moved = update_once(p, "tpo", r, reference="base", epochs=1)
     assert m["train/optimizer_steps"] == 1 and any("lora_" in n for n in moved)
 
 
@@ -106,9 +84,9 @@ def test_continuous_heads_and_group_algorithms(head):
     out = p.act(obs)
     lp, _, _ = p.evaluate(obs, out.taken)
     torch.testing.assert_close(lp, out.log_prob, atol=1e-4, rtol=0)
-    r = _rollout(p)
+    r = one_group_rollout(p)
     for algo in ("grpo", "rloo"):
-        m, moved = _update(p, algo, r, group_size=4, epochs=1)
+        m, moved = update_once(p, algo, r, group_size=4, epochs=1)
         assert m["train/optimizer_steps"] > 0 and any(n.startswith("vlm.") for n in moved)
     loss, _ = p.sft_loss(obs, out.actions)
     assert torch.isfinite(loss)
@@ -215,7 +193,7 @@ def test_memory_switches_all_on_run_an_update():
     out = p.act(obs)
     assert out.log_prob.dtype == torch.float32
     torch.testing.assert_close(p.evaluate(obs, out.taken)[0], out.log_prob, atol=1e-4, rtol=0)
-    r = _rollout(p)
+    r = one_group_rollout(p)
     a = get_algo("ppo")
     cfg = a.config(critic_warmup=0, minibatch_size=8, epochs=1)
     batch, _ = a.prepare(r, cfg)
@@ -302,10 +280,10 @@ def test_cli_train_with_policy_hf(tmp_path, capsys):
 
     d = save_tiny_vlm(tmp_path / "tiny-llava", "llava")
     out = tmp_path / "run"
-    rc = main(["train", "--policy", "hf", "--policy.path", str(d), "--policy.lora-rank", "4", "--policy.n-bins", "32",
-               "--policy.max-text-tokens", "48", "--algo", "rloo", "--rloo.group-size", "2", "--groups", "1",
-               "--num-envs", "2", "--chunk-size", "2", "--max-steps", "4", "--image-size", "32", "--iterations", "1",
-               "--eval-every", "0", "--no-tensorboard", "--no-progress", "--out", str(out)])
+    rc = main(["train", "--policy", "hf", "--policy.path", str(d), "--head", "tokens", "--policy.lora-rank", "4",
+               "--policy.n-bins", "32", "--policy.max-text-tokens", "48", "--algo", "rloo", "--rloo.group-size", "2",
+               "--groups", "1", "--num-envs", "2", "--chunk-size", "2", "--max-steps", "4", "--image-size", "32",
+               "--iterations", "1", "--eval-every", "0", "--no-tensorboard", "--no-progress", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     p = load_policy(out / "final")
     assert isinstance(p, HFVLA) and p.cfg.lora_rank == 4 and (out / "checkpoint" / "adapter").is_dir()
@@ -347,7 +325,7 @@ def test_recipes_run_on_an_hf_policy(tmp_path):
     from vlaforge.data.replay import SuccessBuffer
 
     buf = SuccessBuffer()
-    r = _rollout(q)
+    r = one_group_rollout(q)
     buf.add(r)
     lora0 = {n: x.detach().clone() for n, x in q.named_parameters() if "lora_" in n}
     m = sl_stage(q, None, buf, {}, steps=1, lr=1e-2, demo_fraction=0.5, batch_size=4)
@@ -372,7 +350,7 @@ def test_every_recipe_updates_each_family(family):
         for k, v in {"minibatch_size": 4, "epochs": 1, "critic_warmup": 0, "group_size": 4}.items():
             if hasattr(acfg, k):
                 setattr(acfg, k, v)
-        rr = _rollout(p)  # collected by the current policy (the previous recipe moved it)
+        rr = one_group_rollout(p)  # collected by the current policy (the previous recipe moved it)
         hooks = hooks_for(cfg) if name == "grape" else NO_HOOKS
         if name == "vla-rl":
             RPRMShaper(RPRM.for_spec(suite_spec("pointreach", image_size=32)), cfg.vla_rl.rprm_weight).shape_rewards(rr)

@@ -20,10 +20,9 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from helpers import one_group_rollout, update_once  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from vlaforge.algos import get_algo  # noqa: E402
-from vlaforge.envs import make_vec_env  # noqa: E402
 from vlaforge.policies import build_policy, load_policy, save_policy  # noqa: E402
 from vlaforge.policies.openvla import OpenVLAPolicy, load_prismatic, save_tiny_openvla  # noqa: E402
 from vlaforge.policies.openvla.model import PROMPT  # noqa: E402
@@ -34,7 +33,6 @@ from vlaforge.policies.openvla.prismatic import (  # noqa: E402
     unnormalize,
 )
 from vlaforge.policies.openvla.tiny import make_tokenizer, tiny_config  # noqa: E402
-from vlaforge.rollout.collect import collect  # noqa: E402
 from vlaforge.types import Observation  # noqa: E402
 
 hf_logging.set_verbosity_error()
@@ -226,30 +224,13 @@ def test_act_evaluate_consistency_and_sft(ckpts, family):
     assert torch.isfinite(loss) and any(q.grad is not None for q in p.head_parameters())
 
 
-def _rollout(policy, n=4):
-    torch.manual_seed(0)
-    venv = make_vec_env("pointreach", n, image_size=28, max_steps=policy.chunk_size)
-    r, _ = collect(policy, venv, np.zeros(n, np.int64), np.full(n, 7, np.int64))
-    venv.close()
-    r.success[:] = torch.arange(n) % 2 == 0
-    r.reward[:] = 0
-    r.reward[r.alive.sum(0) - 1, torch.arange(n)] = r.success.float()
-    return r
-
-
 @pytest.mark.parametrize("family", ["openvla", "openvla-oft"])
 def test_one_update_of_every_algorithm(ckpts, family):
     p = build_policy(family, path=str(ckpts[family]), chunk_size=2, lora_rank=4, **KW)
-    r = _rollout(p)
+    r = one_group_rollout(p, image_size=28)
     for algo, kw in [("ppo", dict(critic_warmup=0, minibatch_size=4, epochs=1)), ("grpo", dict(group_size=4, epochs=1)),
                      ("rloo", dict(group_size=4, epochs=1)), ("tpo", dict(reference="base", epochs=1))]:
-        a = get_algo(algo)
-        cfg = a.config(**kw)
-        batch, _ = a.prepare(r, cfg)
-        opt = torch.optim.AdamW([q for q in p.parameters() if q.requires_grad], lr=1e-2)
-        before = {n: q.detach().clone() for n, q in p.named_parameters() if q.requires_grad}
-        m = a.update(p, opt, batch, cfg, iteration=0, gen=torch.Generator().manual_seed(0))
-        moved = [n for n, q in p.named_parameters() if q.requires_grad and not torch.equal(before[n], q)]
+        m, moved = update_once(p, algo, r, **kw)
         assert any("lora_" in n for n in moved), (algo, m)
 
 

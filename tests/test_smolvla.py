@@ -16,15 +16,14 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from helpers import one_group_rollout, update_once  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from vlaforge.algos import get_algo  # noqa: E402
 from vlaforge.envs import make_vec_env  # noqa: E402
 from vlaforge.policies import CheckpointError, load_policy, read_config, save_policy  # noqa: E402
 from vlaforge.policies.smolvla import SmolVLA, export_lerobot, load_lerobot, tiny_lerobot_dir  # noqa: E402
 from vlaforge.policies.smolvla.model import _finish, _proj, attention, make_att_2d, rope  # noqa: E402
-from vlaforge.rollout.collect import collect  # noqa: E402
 from vlaforge.types import Observation  # noqa: E402
 
 hf_logging.set_verbosity_error()
@@ -157,37 +156,15 @@ def test_act_evaluate_consistency_and_noise_input(ckpt):
     assert p.model.vlm_with_expert.vlm.model.text_model.layers[0].self_attn.q_proj.weight.grad is None  # frozen VLM
 
 
-def _rollout(policy, n=4):
-    torch.manual_seed(0)
-    venv = make_vec_env("pointreach", n, image_size=32, max_steps=policy.chunk_size)
-    r, _ = collect(policy, venv, np.zeros(n, np.int64), np.full(n, 7, np.int64))
-    venv.close()
-    r.success[:] = torch.arange(n) % 2 == 0
-    r.reward[:] = 0
-    r.reward[r.alive.sum(0) - 1, torch.arange(n)] = r.success.float()
-    return r
-
-
-def _update(policy, algo, r, **cfg_kw):
-    a = get_algo(algo)
-    cfg = a.config(**cfg_kw)
-    batch, _ = a.prepare(r, cfg)
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
-    before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
-    m = a.update(policy, opt, batch, cfg, iteration=0, gen=torch.Generator().manual_seed(0))
-    moved = [n for n, p in policy.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
-    return m, moved
-
-
 def test_every_algorithm_updates(ckpt):
     p = load_lerobot(ckpt)
-    r = _rollout(p)
-    m, moved = _update(p, "ppo", r, critic_warmup=0, minibatch_size=4, epochs=1)
+    r = one_group_rollout(p)
+    m, moved = update_once(p, "ppo", r, critic_warmup=0, minibatch_size=4, epochs=1)
     assert m["train/optimizer_steps"] > 0 and any("lm_expert" in n for n in moved) and any("value_net" in n for n in moved)
     for algo in ("grpo", "rloo"):
-        m, moved = _update(p, algo, r, group_size=4, epochs=1)
+        m, moved = update_once(p, algo, r, group_size=4, epochs=1)
         assert m["train/optimizer_steps"] > 0 and any("action_out_proj" in n for n in moved)
-    m, moved = _update(p, "tpo", r, epochs=1)
+    m, moved = update_once(p, "tpo", r, epochs=1)
     assert m["train/optimizer_steps"] == 1 and any("lm_expert" in n for n in moved)
 
 
@@ -203,10 +180,10 @@ def test_lora_bf16_checkpointing_micro_batches(ckpt, tmp_path):
     torch.testing.assert_close(p.evaluate(obs, out.taken)[0], out.log_prob, atol=1e-4, rtol=0)
     with torch.no_grad(), p.reference():  # LoRA B starts at zero: policy == reference
         torch.testing.assert_close(p.evaluate(obs, out.taken)[0], out.log_prob, atol=1e-4, rtol=0)
-    r = _rollout(p)
-    m, moved = _update(p, "ppo", r, critic_warmup=0, minibatch_size=4, epochs=1)
+    r = one_group_rollout(p)
+    m, moved = update_once(p, "ppo", r, critic_warmup=0, minibatch_size=4, epochs=1)
     assert m["train/optimizer_steps"] > 0 and any("lora_B" in n for n in moved)
-    m, moved = _update(p, "tpo", r, reference="base", epochs=1)
+    m, moved = update_once(p, "tpo", r, reference="base", epochs=1)
     assert m["train/optimizer_steps"] == 1
     with torch.no_grad(), p.reference():
         ref = p.evaluate(obs, out.taken)[0]

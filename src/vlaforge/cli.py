@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     from vlaforge.demo import DemoArgs
     from vlaforge.distributed import RunFailed
     from vlaforge.envs import EnvError, MissingExtra
+    from vlaforge.errors import CheckpointError, NonFiniteError, UsageError
     from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs
-    from vlaforge.policies import CheckpointError
     from vlaforge.train.loop import TrainConfig
-    from vlaforge.validate import NonFiniteError, UsageError, check
+    from vlaforge.validate import check
 
     commands = {
         "collect": (CollectArgs, _collect),

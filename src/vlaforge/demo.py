@@ -28,6 +28,8 @@ from vlaforge.pipeline import (
     run_eval,
     run_sft,
 )
+from vlaforge.rollout.evaluate import wilson
+from vlaforge.train.loop import TrainConfig, train
 
 
 @dataclass
@@ -68,9 +70,6 @@ class DemoArgs:
 
 
 def run_demo(a: DemoArgs) -> dict:
-    from vlaforge.rollout.evaluate import wilson
-    from vlaforge.train.loop import TrainConfig, train
-
     t0 = time.perf_counter()
     out = Path(a.out)
     env_kw = env_kwargs({}, a.max_steps)

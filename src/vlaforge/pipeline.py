@@ -16,13 +16,14 @@ import torch
 from vlaforge.algos.sft import SFTConfig, train_sft
 from vlaforge.data.demos import collect_demos, load_demos
 from vlaforge.envs import env_tasks, make_vec_env, suite_task_names
+from vlaforge.errors import NonFiniteError, UsageError
 from vlaforge.policies import build_policy, load_policy, policy_hash, save_policy
 from vlaforge.policies.base import check_fits, reads_images
+from vlaforge.policies.options import PolicyShape
 from vlaforge.policies.privileged import perception_targets
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, evaluate_policy, format_table, manifest, write_manifest
 from vlaforge.train.logging import RunLogger, progress_bar
 from vlaforge.train.loop import TrainConfig, train
-from vlaforge.validate import UsageError
 
 
 @dataclass
@@ -68,7 +69,7 @@ def run_collect(a: CollectArgs, quiet: bool = False):
 
 
 @dataclass
-class SFTArgs:
+class SFTArgs(PolicyShape):
     """Supervised fine-tuning of a VLA on demonstrations."""
 
     demos: str = "runs/demos"
@@ -77,12 +78,6 @@ class SFTArgs:
     """output policy directory"""
     init: str | None = None
     """start from this policy checkpoint (default: a fresh tiny VLA)"""
-    head: str = "gaussian"
-    """action head of a fresh policy: gaussian | tokens | flow"""
-    chunk_size: int = 4
-    """action chunk length of a fresh policy"""
-    backbone: str = "vision"
-    """backbone of a fresh policy: vision | state"""
     aux: bool = False
     """give a fresh policy a perception readout trained to predict the object/goal positions of the demos'
     recorded sim_state from the image features (an auxiliary loss that teaches the encoder to localise;
@@ -109,8 +104,8 @@ def run_sft(a: SFTArgs, quiet: bool = False):
                                  "(re-collect them with this version of `vlaforge collect`)")
             aux = {"aux_index": aux_index, "sim_state_dim": demos.sim_state.shape[1], "aux_weight": a.sft.aux_weight}
         policy = build_policy("tiny", state_dim=info["features"]["observation.state"]["shape"][0],
-                              action_dim=info["features"]["action"]["shape"][0], chunk_size=a.chunk_size,
-                              views=V, image_size=H, head=a.head, backbone=a.backbone, **aux)
+                              action_dim=info["features"]["action"]["shape"][0], views=V, image_size=H,
+                              **a.shape(), **aux)
     if info.get("renderer") == "none" and reads_images(policy):
         raise ValueError(f"demos '{a.demos}' were recorded with render 0 (blank images) but this policy reads images; "
                          "use --backbone state or record the demos with rendering")
@@ -125,8 +120,6 @@ def run_sft(a: SFTArgs, quiet: bool = False):
                             if s % 10 == 0 or s == n else None)
     logger.close()
     if metrics.get("sft/skipped_nonfinite"):  # the final weights give a NaN/inf loss: a model that cannot act
-        from vlaforge.validate import NonFiniteError
-
         raise NonFiniteError(f"SFT diverged: the loss at the last step is non-finite ({metrics}); '{a.out}' was not "
                              "written: lower --sft.lr")
     save_policy(policy, a.out, extra={"trained_on": {"demos": str(a.demos), "suite": info["suite"],

@@ -7,11 +7,10 @@ failure raises ``UsageError`` whose one-line message names the flag or file and 
 CLI prints exactly those errors (and ``EnvError`` / ``CheckpointError`` / ``MissingExtra``) as
 one line with exit status 2, and lets every other exception keep its traceback (a bug).
 
-Also here: the allow-list of checkpoint config fields per policy family (``register_config_schema``,
-``check_policy_config``; every ``config.json`` read goes through it) and ``NonFiniteError``
-(a policy with a NaN/inf tensor is never written).
-
-This module imports nothing from vlaforge at import time, so that any module can raise its errors.
+Layering: this module sits above what it checks (envs, policies, train, recipes) and imports them at
+module level; only ``vlaforge.cli`` imports it. The error classes live in the low module
+``vlaforge.errors`` and the checkpoint-config allow-list in ``vlaforge.schema``, so that any module can
+raise or use them; the names tests and callers know are re-exported here.
 
     python -c "from vlaforge.validate import check; ..."   # used by vlaforge.cli
 """
@@ -19,24 +18,27 @@ This module imports nothing from vlaforge at import time, so that any module can
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import json
 import math
 import os
 import tempfile
-import types
-import typing
 from pathlib import Path
 
+from vlaforge.envs import SUITES, EnvError, _env_class, env_kwargs, env_tasks, suite_spec
+from vlaforge.errors import NonFiniteError, UsageError
+from vlaforge.fsutil import repair_atomic
+from vlaforge.policies import read_config
+from vlaforge.policies.heads import HEADS
+from vlaforge.policies.hf.model import remote_code_files
+from vlaforge.policies.options import PolicyShape
+from vlaforge.recipes import RECIPES
+from vlaforge.recipes.grape import parse_weights
+from vlaforge.schema import CONFIG_SCHEMAS, FORMAT_VERSION, check_policy_config, register_config_schema
+from vlaforge.train.checkpoint import read_train_state
 
-class UsageError(ValueError):
-    """Bad input from the user (a flag, a file it names). The message names it and says what to do."""
-
-
-class NonFiniteError(RuntimeError):
-    """A policy with a non-finite tensor was about to be written; nothing was written. The message names
-    the last good checkpoint, if any."""
+__all__ = ["CONFIG_SCHEMAS", "FORMAT_VERSION", "NonFiniteError", "UsageError", "check", "check_policy_config",
+           "register_config_schema"]
 
 
 # -- flags given on the command line --------------------------------------------------------------
@@ -191,11 +193,7 @@ def check_env_kwargs(suite: str, kwargs: dict, name: str = "--env-kwargs", taken
 
     Returns them with whole-number options cast to int (switches stay 0.0 / 1.0, as the config type says).
     ``taken``: option -> the flag that sets it already (``image_size`` -> ``--image-size``)."""
-    from vlaforge.envs import SUITES, _env_class
-
     if suite not in SUITES:
-        from vlaforge.envs import EnvError
-
         raise EnvError(f"unknown suite '{suite}'; choose one of: {', '.join(SUITES)}")
     params = inspect.signature(_env_class(suite).__init__).parameters
     options = {k: p for k, p in params.items() if k not in ("self", "tasks") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -254,131 +252,6 @@ def check_common(a, episodes_flag: str | None = None) -> None:
         at_least("--image-size", a.image_size, 8)
     if hasattr(a, "seed"):
         at_least("--seed", a.seed, 0)
-
-
-# -- checkpoint configs: an allow-list of fields and types per policy family ------------------------
-
-FORMAT_VERSION = 1
-"""the policy-directory format this vlaforge writes and reads (``config.json``'s ``format_version``)"""
-
-CONFIG_SCHEMAS: dict[str, str | type] = {
-    "tiny": "vlaforge.policies.tiny.model:TinyConfig",
-    "hf": "vlaforge.policies.hf.model:HFConfig",
-    "smolvla": "vlaforge.policies.smolvla.policy:SmolVLAConfig",
-    "openvla": "vlaforge.policies.openvla.model:OpenVLAConfig",
-    "openvla-oft": "vlaforge.policies.openvla.model:OpenVLAConfig",
-}
-"""family -> its config dataclass (or 'module:Class', imported on first use)"""
-
-IGNORED_CONFIG_FIELDS: dict[str, set[str]] = {"hf": {"trust_remote_code"}}
-"""fields a family's older checkpoints may hold and that are never read from a file"""
-
-
-def register_config_schema(family: str, cls: str | type, ignored: tuple[str, ...] = ()) -> None:
-    """Allow checkpoints of ``family``: their ``policy`` fields must be fields of the dataclass ``cls``
-    with values of its annotated types. ``ignored`` fields are accepted and dropped (never trusted)."""
-    CONFIG_SCHEMAS[family] = cls
-    if ignored:
-        IGNORED_CONFIG_FIELDS[family] = set(ignored)
-
-
-def _schema(family: str) -> type:
-    cls = CONFIG_SCHEMAS[family]
-    if isinstance(cls, str):
-        mod, name = cls.split(":")
-        cls = getattr(importlib.import_module(mod), name)
-        CONFIG_SCHEMAS[family] = cls
-    return cls
-
-
-def value_matches(v, tp) -> bool:
-    """Does the JSON value ``v`` fit the annotation ``tp`` (int, float, str, bool, None, Literal, list[X],
-    tuple[...], dict[str, X], unions, Annotated)?"""
-    origin = typing.get_origin(tp)
-    if tp is typing.Any:
-        return True
-    if origin is typing.Annotated:
-        return value_matches(v, typing.get_args(tp)[0])
-    if origin in (typing.Union, types.UnionType):
-        return any(value_matches(v, t) for t in typing.get_args(tp))
-    if origin is typing.Literal:
-        return v in typing.get_args(tp) and type(v) is type(next(a for a in typing.get_args(tp) if a == v))
-    if tp is type(None):
-        return v is None
-    if tp is bool:
-        return isinstance(v, bool)
-    if tp is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    if tp is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is str:
-        return isinstance(v, str)
-    if origin in (list, tuple):
-        if not isinstance(v, (list, tuple)):
-            return False
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(v) == len(args) and all(value_matches(x, t) for x, t in zip(v, args))
-        return all(value_matches(x, args[0]) for x in v) if args else True
-    if origin is dict:
-        if not isinstance(v, dict):
-            return False
-        kt, vt = typing.get_args(tp) or (typing.Any, typing.Any)
-        return all(value_matches(k, kt) and value_matches(x, vt) for k, x in v.items())
-    if dataclasses.is_dataclass(tp):
-        return isinstance(v, dict) and not dataclass_problems(tp, v)
-    return False
-
-
-def dataclass_problems(cls: type, d: dict, ignored: set[str] = frozenset()) -> list[str]:
-    """What in the JSON object ``d`` is not a field of dataclass ``cls`` of the right type (empty: fine)."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    names = {f.name for f in dataclasses.fields(cls)}
-    out = []
-    for k, v in d.items():
-        if k in ignored:
-            continue
-        if k not in names:
-            out.append(f"unknown field '{k}'")
-        elif not value_matches(v, hints[k]):
-            out.append(f"field '{k}' = {json.dumps(v)[:40]} is not of type {getattr(hints[k], '__name__', hints[k])}")
-    return out
-
-
-def check_policy_config(meta: dict, path: str | os.PathLike) -> dict:
-    """Validate a policy directory's ``config.json`` content; returns the ``policy`` dict to build from
-    (ignored fields dropped). Raises ``CheckpointError`` naming the file and the first problem."""
-    from vlaforge.policies import CheckpointError
-
-    f = Path(path) / "config.json"
-    if not isinstance(meta, dict) or not isinstance(meta.get("policy"), dict):
-        raise CheckpointError(f"'{f}' has no 'policy' object; re-create the checkpoint")
-    version = meta.get("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"'{f}' has format_version {json.dumps(version)}; this vlaforge reads format "
-                              f"{FORMAT_VERSION}: use the vlaforge that wrote it, or re-create the checkpoint")
-    pol = dict(meta["policy"])
-    family = pol.pop("family", None)
-    if family not in CONFIG_SCHEMAS:
-        raise CheckpointError(f"'{f}' names policy family {json.dumps(family)}; known families: "
-                              f"{', '.join(CONFIG_SCHEMAS)}")
-    ignored = IGNORED_CONFIG_FIELDS.get(family, set())
-    problems = dataclass_problems(_schema(family), pol, ignored)
-    if problems:
-        raise CheckpointError(f"'{f}': {problems[0]} of a {family} policy"
-                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-                              + "; re-create the checkpoint")
-    return {"family": family, **{k: v for k, v in pol.items() if k not in ignored}}
-
-
-def check_finite_tensors(state: dict, what: str = "the policy") -> None:
-    """Raise ``NonFiniteError`` (nothing is written) if any floating tensor of ``state`` holds NaN or inf."""
-    import torch
-
-    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise NonFiniteError(f"{what} was not written: {len(bad)} of {len(state)} tensors hold NaN/inf (e.g. {bad[0]}); "
-                             "the training diverged: lower the learning rate (--lr, --sft.lr)")
 
 
 # -- per command ------------------------------------------------------------------------------------
@@ -479,8 +352,6 @@ def check_demos(path: str, name: str = "--demos") -> dict:
 
 
 def check_sft(a, argv):
-    from vlaforge.policies.heads import HEADS
-
     given = given_fields(argv)
     at_least("--threads", a.threads, 1)
     s = a.sft
@@ -497,7 +368,7 @@ def check_sft(a, argv):
     info = check_demos(a.demos)
     render0 = info.get("renderer") == "none"
     if a.init:
-        fresh_only = sorted(f for f in given if f in ("head", "chunk_size", "backbone", "aux"))
+        fresh_only = sorted(f for f in given if f in (*SHAPE_FLAGS, "aux"))
         need(not fresh_only, f"{flag(fresh_only[0]) if fresh_only else ''} shapes a fresh policy and is ignored with "
                              "--init (the checkpoint fixes it); drop it")
         meta = read_config_checked("--init", a.init, False)
@@ -513,9 +384,7 @@ def check_sft(a, argv):
              f"demos '{a.demos}' were recorded with render 0 (blank images) but the --init policy reads images; "
              "pass a state-backbone policy or record the demos with rendering")
     else:
-        need(a.head in HEADS, f"--head '{a.head}' is unknown; choose one of {', '.join(HEADS)}")
-        need(a.backbone in ("vision", "state"), f"--backbone '{a.backbone}' is unknown; choose vision or state")
-        at_least("--chunk-size", a.chunk_size, 1)
+        check_shape(a)
         need(not a.aux or "observation.sim_state" in info.get("features", {}),
              f"--aux needs demos that recorded sim_state; '{a.demos}' did not: re-collect them with `vlaforge collect`")
         need(not (render0 and a.backbone != "state"),
@@ -529,12 +398,21 @@ def check_sft(a, argv):
     return a
 
 
+SHAPE_FLAGS = tuple(f.name for f in dataclasses.fields(PolicyShape))
+"""the fields of a fresh policy's shape (``--head``, ``--chunk-size``, ``--backbone``): refused with ``--init``"""
+
+
+def check_shape(s: PolicyShape) -> None:
+    """``--head``, ``--backbone`` and ``--chunk-size`` of a fresh policy (sft and train)."""
+    need(s.head in HEADS, f"--head '{s.head}' is unknown; choose one of {', '.join(HEADS)}")
+    need(s.backbone in ("vision", "state"), f"--backbone '{s.backbone}' is unknown; choose vision or state")
+    at_least("--chunk-size", s.chunk_size, 1)
+
+
 def check_remote_code(pol: dict, path: str, trust: bool, name: str = "--checkpoint") -> None:
     """Refuse an HF checkpoint whose model files ask to run their own code, unless ``trust`` (the flag)."""
     if trust:
         return
-    from vlaforge.policies.hf.model import remote_code_files
-
     full = Path(path) / "backbone"
     dirs = [full] if full.is_dir() else []
     if pol.get("path"):
@@ -548,8 +426,6 @@ def check_remote_code(pol: dict, path: str, trust: bool, name: str = "--checkpoi
 
 def check_fits_suite(name: str, pol: dict, suite: str, tasks, image_size: int | None, env_kwargs: dict) -> None:
     """The policy config ``pol`` can act in the suite's envs (dims, images); builds one env to ask."""
-    from vlaforge.envs import env_tasks, suite_spec
-
     spec = suite_spec(suite, env_tasks(suite, tasks), image_size=image_size or pol.get("image_size", 64),
                       **env_kwargs)
     dims = (pol.get("state_dim"), pol.get("action_dim"))
@@ -665,8 +541,6 @@ def check_train_out(out: str) -> None:
 
 
 def check_train_fresh(cfg, given: set[str]) -> None:
-    from vlaforge.policies.heads import HEADS
-
     if cfg.threads is not None:
         at_least("--threads", cfg.threads, 1)
     task_list("--tasks", cfg.tasks)
@@ -703,21 +577,17 @@ def check_train_fresh(cfg, given: set[str]) -> None:
     if cfg.recipe:
         check_recipe(cfg, given)
     if cfg.init:
-        fresh_only = sorted(f for f in given if f in ("head", "chunk_size", "backbone", "policy")
+        fresh_only = sorted(f for f in given if f in (*SHAPE_FLAGS, "policy")
                             or (f.startswith("hf.") and f != "hf.trust_remote_code"))
         need(not fresh_only, f"{flag(fresh_only[0], {'policy': 'hf'}) if fresh_only else ''} shapes a fresh policy "
                              "and is ignored with --init (the checkpoint fixes it); drop it")
-        from vlaforge.envs import env_kwargs
-
         meta = read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)
         pol = meta["policy"]
         need(pol.get("image_size", cfg.image_size) == cfg.image_size,
              f"--init policy reads {pol.get('image_size')}px images; pass --image-size {pol.get('image_size')}")
         check_fits_suite("--init", pol, cfg.suite, cfg.tasks, cfg.image_size, env_kwargs(cfg.env_kwargs, cfg.max_steps))
     else:
-        need(cfg.head in HEADS, f"--head '{cfg.head}' is unknown; choose one of {', '.join(HEADS)}")
-        need(cfg.backbone in ("vision", "state"), f"--backbone '{cfg.backbone}' is unknown; choose vision or state")
-        at_least("--chunk-size", cfg.chunk_size, 1)
+        check_shape(cfg)
         need(cfg.policy != "tiny" or cfg.backbone != "vision" or cfg.image_size % 8 == 0,
              f"--image-size {cfg.image_size}: the tiny VLA's vision backbone needs a multiple of 8 (e.g. 64)")
         if cfg.policy == "hf":
@@ -726,8 +596,6 @@ def check_train_fresh(cfg, given: set[str]) -> None:
                  f"--policy.path: no Hugging Face model at '{cfg.hf.path}' (expected a directory with config.json, "
                  "the weights, the tokenizer and the image processor, e.g. written by save_pretrained)")
             if not cfg.hf.trust_remote_code:
-                from vlaforge.policies.hf.model import remote_code_files
-
                 files = remote_code_files(Path(cfg.hf.path).expanduser())
                 need(not files, f"--policy.path: '{files[0] if files else ''}' asks to run the model's own Python "
                                 "code (auto_map); vlaforge runs it only with --policy.trust-remote-code")
@@ -763,8 +631,6 @@ def check_ray(r) -> None:
 
 
 def read_config_checked(name: str, path: str, trust: bool) -> dict:
-    from vlaforge.policies import read_config
-
     meta = read_config(path)
     if meta["policy"].get("family") == "hf":
         check_remote_code(meta["policy"], path, trust, name)
@@ -772,8 +638,6 @@ def read_config_checked(name: str, path: str, trust: bool) -> dict:
 
 
 def check_recipe(cfg, given: set[str]) -> None:
-    from vlaforge.recipes import RECIPES
-
     need(cfg.recipe in RECIPES, f"--recipe: unknown recipe '{cfg.recipe}'; choose one of: {', '.join(RECIPES)}")
     if cfg.recipe == "ire-vla":
         need("iterations" not in given, "--iterations is not read by the ire-vla recipe; set the RL stage's length "
@@ -788,8 +652,6 @@ def check_recipe(cfg, given: set[str]) -> None:
         if ic.demos:
             check_demos(ic.demos, "--ire-vla.demos")
     elif cfg.recipe == "grape":
-        from vlaforge.recipes.grape import parse_weights
-
         need(cfg.algo == "tpo", f"the grape recipe trains with TPO; drop --algo {cfg.algo}")
         need(cfg.grape.decomposer in ("rule", "lm"), f"--grape.decomposer '{cfg.grape.decomposer}' is unknown; "
                                                      "choose rule or lm")
@@ -803,8 +665,6 @@ def check_recipe(cfg, given: set[str]) -> None:
             d = check_in_dir("--grape.lm-path", cfg.grape.lm_path, "a local transformers text model directory")
             need((d / "config.json").is_file(), f"--grape.lm-path '{cfg.grape.lm_path}' holds no config.json; pass a "
                                                 "directory written by save_pretrained (model and tokenizer)")
-        from vlaforge.envs import env_kwargs, env_tasks, suite_spec
-
         spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), image_size=cfg.image_size,
                           **env_kwargs(cfg.env_kwargs, cfg.max_steps))
         need(bool(spec.sim_state_names), f"--suite {cfg.suite} exposes no simulator state, which GRAPE's staged "
@@ -832,9 +692,6 @@ def check_resume(cfg, given: set[str]):
     """``--resume CK``: the checkpoint is complete and sound; flags the checkpoint fixes are refused unless
     equal to its values; the run directory is CK's parent unless ``--out`` is given. Stale temp dirs of an
     interrupted save are repaired first."""
-    from vlaforge.fsutil import repair_atomic
-    from vlaforge.train.checkpoint import read_train_state
-
     ck = Path(cfg.resume).expanduser()
     if not (ck / "state.json").exists() and (ck / "checkpoint" / "state.json").exists():
         raise UsageError(f"--resume '{cfg.resume}' is a run directory; pass its checkpoint: --resume {ck / 'checkpoint'}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlaforge.core.advantages import reduce_log_prob
+from vlaforge.core.advantages import broadcast_to_steps, reduce_log_prob
 from vlaforge.core.losses import ppo_clip_loss
 from vlaforge.types import Observation, Rollout
 
@@ -82,6 +82,14 @@ def flatten_steps(rollout: Rollout, keep: torch.Tensor, adv: torch.Tensor, retur
 def trajectory_reward(rollout: Rollout) -> torch.Tensor:
     """(N,) sum of rewards over each episode's alive steps."""
     return (rollout.reward * rollout.alive).sum(0)
+
+
+def episode_batch(rollout: Rollout, keep_ep: torch.Tensor, adv_ep: torch.Tensor) -> tuple[StepBatch, dict]:
+    """The alive steps of the kept episodes ``keep_ep (N,) bool``, each carrying its episode's advantage
+    ``adv_ep (N,)`` (the group methods' batch), and the share of episodes kept."""
+    keep = rollout.alive & keep_ep.unsqueeze(0)
+    info = {"train/kept_episodes": float(keep_ep.sum()), "train/kept_share": float(keep_ep.float().mean())}
+    return flatten_steps(rollout, keep, broadcast_to_steps(adv_ep, rollout.alive)), info
 
 
 # -- the policy-gradient family's surrogate ---------------------------------------------------------
@@ -181,6 +189,32 @@ class StepSettings:
     """items per backward pass inside a minibatch (0 = the whole minibatch at once)"""
     kl_guard: float | None = None
     """stop the update once a minibatch's ``approx_kl`` metric (mean over learners) exceeds this"""
+
+
+@dataclass
+class PGConfig:
+    """The options every clipped policy-gradient algorithm has (``--ppo.*``, ``--grpo.*``, ``--rloo.*``); an
+    algorithm's config adds its own fields and may change a default."""
+
+    group_size: int = 8
+    """rollouts per initial state K"""
+    epochs: int = 2
+    """passes over each batch"""
+    minibatch_size: int = 256
+    """decision steps per optimizer step"""
+    grad_clip: float = 1.0
+    """max gradient norm"""
+    level: str = "action"
+    """ratio level: token | action | chunk"""
+    temperature: float = 1.0
+    """sampling temperature (scoring uses the same)"""
+    kl_guard: float | None = None
+    """skip the rest of an update once a minibatch's approx KL exceeds this (None = off)"""
+
+    def settings(self, policy, kl_guard: bool = True) -> StepSettings:
+        """``optimize``'s knobs for ``policy`` (its micro-batch); ``kl_guard=False`` drops the guard."""
+        return StepSettings(epochs=self.epochs, minibatch_size=self.minibatch_size, grad_clip=self.grad_clip,
+                            micro_batch=micro_size(policy), kl_guard=self.kl_guard if kl_guard else None)
 
 
 def optimize(policy, optimizer, batch, loss_fn, s: StepSettings, gen: torch.Generator | None = None,

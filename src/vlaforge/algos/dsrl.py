@@ -31,59 +31,27 @@ from dataclasses import dataclass
 import torch
 
 from vlaforge.algos.common import LOCAL
-from vlaforge.algos.sac import SoftACState, TransitionBatch, run_updates, transitions
+from vlaforge.algos.sac import SoftACConfig, SoftACState, TransitionBatch, run_updates, transitions
+from vlaforge.errors import UsageError
 from vlaforge.hooks import Hooks
+from vlaforge.policies.tiny import TinyVLA
 from vlaforge.types import Observation, Rollout
-from vlaforge.validate import UsageError
 
 
 @dataclass
-class DSRLConfig:
+class DSRLConfig(SoftACConfig):
+    """DSRL's noise-space SAC; the shared soft actor-critic options are ``SoftACConfig``'s (the actor is the
+    noise policy, with its own Adam at ``actor_lr``)."""
+
+    critic: str = "features"
+    """critic input: features (the frozen VLA's pooled context + proprioception, as the noise policy reads) |
+    privileged (sim_state + proprioception) | state (proprioception)"""
     bound: float = 1.5
     """noise bound b: w = b * tanh(u) (a standard normal's |x1| is mostly below 2.5)"""
     policy_hidden: int = 256
     """hidden width of a fresh noise policy"""
-    critic: str = "features"
-    """critic input: features (the frozen VLA's pooled context + proprioception, as the noise policy reads) |
-    privileged (sim_state + proprioception) | state (proprioception)"""
-    critics: int = 2
-    """critics in the LayerNorm ensemble"""
-    target_subset: int = 2
-    """target = min over a random subset of this many target critics"""
-    actor_reduce: str = "mean"
-    """how the noise policy reduces the ensemble: mean | min"""
-    utd: float = 1.0
-    """gradient steps per new transition (decision)"""
-    batch_size: int = 256
-    """transitions per gradient step"""
-    capacity: int = 100_000
-    """replay capacity in transitions"""
-    gamma: float = 0.99
-    """discount per decision (one action chunk)"""
-    tau: float = 0.005
-    """Polyak rate of the target critics"""
     actor_lr: float = 3e-4
     """noise-policy learning rate (Adam)"""
-    critic_lr: float = 3e-4
-    """critic learning rate (Adam)"""
-    alpha_lr: float = 3e-4
-    """entropy-temperature learning rate"""
-    init_alpha: float = 0.01
-    """initial entropy temperature"""
-    target_entropy: float | None = None
-    """entropy target (None = -C*A)"""
-    hidden: int = 256
-    """critic hidden width"""
-    actor_every: int = 1
-    """critic steps per noise-policy and alpha step"""
-    critic_warmup: int = 0
-    """first iterations that train the critics only"""
-    grad_clip: float = 10.0
-    """max gradient norm"""
-    group_size: int = 1
-    """rollouts per initial state"""
-    temperature: float = 1.0
-    """unused by the noise policy (kept for the loop's contract)"""
 
 
 class DSRLState(SoftACState):
@@ -92,8 +60,6 @@ class DSRLState(SoftACState):
     flag = "dsrl"
 
     def __init__(self, policy, cfg: DSRLConfig):
-        from vlaforge.policies.tiny import TinyVLA
-
         if not isinstance(policy, TinyVLA) or policy.cfg.head != "flow":
             raise UsageError("--algo dsrl steers the tiny VLA's flow head; use --policy tiny --head flow or --init "
                              "a flow-head checkpoint")

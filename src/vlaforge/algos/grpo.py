@@ -12,16 +12,14 @@ from dataclasses import dataclass
 
 from vlaforge.algos.common import (
     LOCAL,
+    PGConfig,
     StepBatch,
-    StepSettings,
     clipped_surrogate,
-    flatten_steps,
-    micro_size,
+    episode_batch,
     optimize,
     trajectory_reward,
 )
 from vlaforge.core.advantages import (
-    broadcast_to_steps,
     group_centered_advantages,
     group_normalized_advantages,
     group_success_rate,
@@ -32,27 +30,17 @@ from vlaforge.types import Rollout
 
 
 @dataclass
-class GRPOConfig:
-    group_size: int = 8
-    """rollouts per initial state K"""
+class GRPOConfig(PGConfig):
+    epochs: int = 1
+    """passes over each batch"""
+    temperature: float = 1.6
+    """sampling temperature, raised as SimpleVLA-RL does (scoring uses the same)"""
     clip_low: float = 0.2
     """lower clip epsilon"""
     clip_high: float = 0.28
     """upper clip epsilon (clip-higher)"""
-    epochs: int = 1
-    """passes over each batch"""
-    minibatch_size: int = 256
-    """decision steps per optimizer step"""
-    grad_clip: float = 1.0
-    """max gradient norm"""
-    level: str = "action"
-    """ratio level: token | action | chunk"""
-    temperature: float = 1.6
-    """sampling temperature (scoring uses the same)"""
     keep_band: tuple[float, float] | None = None
     """keep only groups with success rate in [lo, hi] (SimpleVLA-RL: (0.1, 0.9)); None keeps all"""
-    kl_guard: float | None = None
-    """skip the rest of an update once a minibatch's approx KL exceeds this"""
     normalize_std: bool = True
     """divide by the group's reward std (GRPO); off: mean-centred advantages that keep the reward
     scale (Dr. GRPO), so groups of nearly equal shaped returns give nearly zero advantages"""
@@ -66,9 +54,7 @@ def prepare(rollout: Rollout, cfg: GRPOConfig, hooks: Hooks) -> tuple[StepBatch,
     if cfg.keep_band is not None:
         rate = group_success_rate(rollout.success.float(), rollout.group_id)
         keep_ep &= (rate >= cfg.keep_band[0]) & (rate <= cfg.keep_band[1])
-    keep = rollout.alive & keep_ep.unsqueeze(0)
-    info = {"train/kept_episodes": float(keep_ep.sum()), "train/kept_share": float(keep_ep.float().mean())}
-    return flatten_steps(rollout, keep, broadcast_to_steps(adv_ep, rollout.alive)), info
+    return episode_batch(rollout, keep_ep, adv_ep)
 
 
 def loss(policy, mb: StepBatch, cfg: GRPOConfig):
@@ -81,6 +67,4 @@ def loss(policy, mb: StepBatch, cfg: GRPOConfig):
 
 def update(policy, optimizer, batch: StepBatch, cfg: GRPOConfig, iteration: int, gen=None, sync=LOCAL,
            state=None) -> dict:
-    s = StepSettings(epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, grad_clip=cfg.grad_clip,
-                     micro_batch=micro_size(policy), kl_guard=cfg.kl_guard)
-    return optimize(policy, optimizer, batch, lambda part: loss(policy, part, cfg), s, gen, sync)
+    return optimize(policy, optimizer, batch, lambda part: loss(policy, part, cfg), cfg.settings(policy), gen, sync)

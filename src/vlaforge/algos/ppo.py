@@ -15,15 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlaforge.algos.common import (
-    LOCAL,
-    StepBatch,
-    StepSettings,
-    clipped_surrogate,
-    flatten_steps,
-    micro_size,
-    optimize,
-)
+from vlaforge.algos.common import LOCAL, PGConfig, StepBatch, clipped_surrogate, flatten_steps, optimize
 from vlaforge.core.advantages import gae
 from vlaforge.core.losses import entropy_bonus, masked_mean, value_loss
 from vlaforge.hooks import Hooks
@@ -31,7 +23,11 @@ from vlaforge.types import Rollout
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(PGConfig):
+    group_size: int = 1
+    """rollouts per initial state (1: every episode its own seed)"""
+    kl_guard: float | None = 0.2
+    """skip the rest of an update once a minibatch's approx KL exceeds this (None = off)"""
     gamma: float = 0.99
     """discount per decision step"""
     lam: float = 0.95
@@ -44,24 +40,10 @@ class PPOConfig:
     """value loss weight"""
     ent_coef: float = 0.0
     """entropy bonus weight"""
-    epochs: int = 2
-    """passes over each batch"""
-    minibatch_size: int = 256
-    """decision steps per optimizer step"""
-    grad_clip: float = 1.0
-    """max gradient norm"""
-    level: str = "action"
-    """ratio level: token | action | chunk"""
     critic_warmup: int = 2
     """first iterations that train the value head only"""
-    kl_guard: float | None = 0.2
-    """skip the rest of an update once a minibatch's approx KL exceeds this (None = off)"""
     normalize_adv: bool = True
     """normalise advantages over the batch"""
-    group_size: int = 1
-    """rollouts per initial state (1: every episode its own seed)"""
-    temperature: float = 1.0
-    """sampling temperature (scoring uses the same)"""
     readout_coef: float = 0.0
     """weight of the perception readout's loss on the rollout frames (tiny policies SFT'd with `--aux`; the
     frames carry sim_state): the encoder keeps learning to localise on every layout the rollouts visit"""
@@ -108,9 +90,8 @@ def loss(policy, mb: StepBatch, cfg: PPOConfig, warmup: bool = False):
 def update(policy, optimizer, batch: StepBatch, cfg: PPOConfig, iteration: int, gen=None, sync=LOCAL,
            state=None) -> dict:
     warmup = iteration < cfg.critic_warmup
-    s = StepSettings(epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, grad_clip=cfg.grad_clip,
-                     micro_batch=micro_size(policy), kl_guard=None if warmup else cfg.kl_guard)
-    out = optimize(policy, optimizer, batch, lambda part: loss(policy, part, cfg, warmup), s, gen, sync,
+    out = optimize(policy, optimizer, batch, lambda part: loss(policy, part, cfg, warmup),
+                   cfg.settings(policy, kl_guard=not warmup), gen, sync,
                    trainable=policy.value_parameters() if warmup else None)
     out["train/critic_warmup"] = float(warmup)
     return out

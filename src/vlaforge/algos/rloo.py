@@ -11,48 +11,33 @@ from dataclasses import dataclass
 
 from vlaforge.algos.common import (
     LOCAL,
+    PGConfig,
     StepBatch,
-    StepSettings,
     clipped_surrogate,
-    flatten_steps,
-    micro_size,
+    episode_batch,
     optimize,
     trajectory_reward,
 )
-from vlaforge.core.advantages import broadcast_to_steps, leave_one_out_advantages
+from vlaforge.core.advantages import leave_one_out_advantages
 from vlaforge.core.losses import loop_bounds, masked_mean
 from vlaforge.hooks import Hooks
 from vlaforge.types import Rollout
 
 
 @dataclass
-class RLOOConfig:
-    group_size: int = 8
-    """rollouts per initial state K"""
+class RLOOConfig(PGConfig):
+    """RLOO / LOOP (LOOP uses ``grad_clip`` 0.1 on large models)."""
+
     clip: float = 0.1
     """LOOP's epsilon: ratios clipped to [1/(1+eps), 1+eps]"""
-    epochs: int = 2
-    """passes over each batch"""
-    minibatch_size: int = 256
-    """decision steps per optimizer step"""
-    grad_clip: float = 1.0
-    """max gradient norm (LOOP uses 0.1 on large models)"""
-    level: str = "action"
-    """ratio level: token | action | chunk"""
     min_abs_adv: float = 0.01
     """drop rollouts whose |advantage| is below this"""
-    temperature: float = 1.0
-    """sampling temperature (scoring uses the same)"""
-    kl_guard: float | None = None
-    """skip the rest of an update once a minibatch's approx KL exceeds this"""
 
 
 def prepare(rollout: Rollout, cfg: RLOOConfig, hooks: Hooks) -> tuple[StepBatch, dict]:
     adv_ep = leave_one_out_advantages(trajectory_reward(rollout), rollout.group_id)
     keep_ep = rollout.valid & (adv_ep.abs() >= cfg.min_abs_adv)
-    keep = rollout.alive & keep_ep.unsqueeze(0)
-    info = {"train/kept_episodes": float(keep_ep.sum()), "train/kept_share": float(keep_ep.float().mean())}
-    return flatten_steps(rollout, keep, broadcast_to_steps(adv_ep, rollout.alive)), info
+    return episode_batch(rollout, keep_ep, adv_ep)
 
 
 def loss(policy, mb: StepBatch, cfg: RLOOConfig):
@@ -66,6 +51,4 @@ def loss(policy, mb: StepBatch, cfg: RLOOConfig):
 
 def update(policy, optimizer, batch: StepBatch, cfg: RLOOConfig, iteration: int, gen=None, sync=LOCAL,
            state=None) -> dict:
-    s = StepSettings(epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, grad_clip=cfg.grad_clip,
-                     micro_batch=micro_size(policy), kl_guard=cfg.kl_guard)
-    return optimize(policy, optimizer, batch, lambda part: loss(policy, part, cfg), s, gen, sync)
+    return optimize(policy, optimizer, batch, lambda part: loss(policy, part, cfg), cfg.settings(policy), gen, sync)

@@ -60,22 +60,25 @@ from vlaforge.core.offpolicy import (
     random_subset,
     temperature_loss,
 )
+from vlaforge.data.demos import load_demos
 from vlaforge.data.replay import ReplayBuffer, sample_symmetric
+from vlaforge.errors import UsageError
 from vlaforge.hooks import Hooks
 from vlaforge.policies.base import normalize
+from vlaforge.policies.tiny import TinyVLA
 from vlaforge.types import Observation, Rollout
-from vlaforge.validate import UsageError
 
 CRITIC_INPUTS = ("state", "privileged", "features")
 
 
 @dataclass
-class SACConfig:
-    demos: str | None = None
-    """demo directory (`vlaforge collect`) kept in replay: every batch half demos, half online (RLPD); None = no demos"""
+class SoftACConfig:
+    """The soft actor-critic options SAC and DSRL share (``--sac.*`` / ``--dsrl.*``); the actor is SAC's policy
+    head or DSRL's noise policy."""
+
     critic: str = "state"
-    """critic input: state (proprioception) | privileged (sim_state + proprioception) | features (the actor's
-    pooled backbone features, detached)"""
+    """critic input: state (proprioception) | privileged (sim_state + proprioception) | features (SAC: the
+    actor's pooled backbone features, detached; DSRL: the frozen VLA's noise-policy input)"""
     critics: int = 2
     """critics in the LayerNorm ensemble (RLPD uses 10)"""
     target_subset: int = 2
@@ -93,7 +96,7 @@ class SACConfig:
     tau: float = 0.005
     """Polyak rate of the target critics"""
     critic_lr: float = 3e-4
-    """critic learning rate (Adam); the actor uses the loop's --lr"""
+    """critic learning rate (Adam)"""
     alpha_lr: float = 3e-4
     """entropy-temperature learning rate (Adam on log alpha)"""
     init_alpha: float = 0.01
@@ -111,7 +114,15 @@ class SACConfig:
     group_size: int = 1
     """rollouts per initial state (1: no grouping)"""
     temperature: float = 1.0
-    """sampling temperature (scales the std)"""
+    """sampling temperature (scales the std; DSRL's noise policy ignores it)"""
+
+
+@dataclass
+class SACConfig(SoftACConfig):
+    """SAC / RLPD on the tiny VLA's Gaussian head; the actor steps with the loop's optimizer (``--lr``)."""
+
+    demos: str | None = None
+    """demo directory (`vlaforge collect`) kept in replay: every batch half demos, half online (RLPD); None = no demos"""
 
 
 # -- networks ---------------------------------------------------------------------------------------
@@ -317,8 +328,6 @@ class SoftACState(AlgoState):
 
 
 def tiny_gaussian(policy) -> None:
-    from vlaforge.policies.tiny import TinyVLA
-
     if not isinstance(policy, TinyVLA) or policy.cfg.head != "gaussian":
         raise UsageError("--algo sac trains the tiny VLA's Gaussian head (a reparameterised tanh-Gaussian); "
                          "use --policy tiny --head gaussian or --init a Gaussian-head checkpoint")
@@ -338,8 +347,6 @@ class SACState(SoftACState):
 
 def demo_buffer(policy, cfg: SACConfig, state: SoftACState) -> ReplayBuffer:
     """Transitions of every frame of a demo directory (module docstring), in the buffer's field layout."""
-    from vlaforge.data.demos import load_demos
-
     d = load_demos(cfg.demos)
     C, S = policy.chunk_size, policy.cfg.state_dim
     if d.state.shape[1] != S:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vlaforge.algos.common import accumulate, micro_size
 from vlaforge.data.demos import DemoData
 from vlaforge.policies.base import action_stats
 from vlaforge.policies.tiny import TinyVLA
@@ -79,8 +80,6 @@ class DemoSampler:
 def sft_step(policy, optimizer, obs, actions, mask, grad_clip: float) -> dict:
     """One supervised step; skips the optimizer step on a non-finite loss. With ``policy.micro_batch``
     set, gradients are accumulated over micro-batches (``vlaforge.algos.common.accumulate``)."""
-    from vlaforge.algos.common import accumulate, micro_size
-
     optimizer.zero_grad(set_to_none=True)
     loss, metrics, pending = accumulate(
         lambda idx: policy.sft_loss(obs.index(idx), actions[idx], None if mask is None else mask[idx]),

@@ -13,17 +13,14 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.envs import require
+from vlaforge.errors import CheckpointError
 from vlaforge.fsutil import atomic_dir, file_sha256
-from vlaforge.policies.base import Policy
+from vlaforge.policies.base import Policy, load_weights
 from vlaforge.policies.tiny import TinyConfig, TinyVLA
-from vlaforge.validate import FORMAT_VERSION, check_finite_tensors, check_policy_config
+from vlaforge.schema import FORMAT_VERSION, check_finite_tensors, check_policy_config
 
 __all__ = ["CheckpointError", "Policy", "build_policy", "load_policy", "policy_hash", "save_policy"]
-
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, partial or corrupt. The message says what to do."""
 
 
 def build_policy(family: str = "tiny", **cfg) -> TinyVLA:
@@ -136,10 +133,7 @@ def load_policy(path: str | Path, device: str = "cpu", trust_remote_code: bool =
         state = load_file(str(weights), device=device)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"'{weights}' is corrupt ({e}); re-create the checkpoint") from None
-    try:
-        policy.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in '{path}' do not match its config: {str(e).splitlines()[0]}") from None
+    load_weights(policy, state, path)
     return policy.to(device)
 
 
@@ -147,7 +141,6 @@ def _load_hf(path: Path, cfg: dict, device: str, trust_remote_code: bool = False
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from vlaforge.envs import require
     from vlaforge.policies.hf import load_hf_policy
 
     require("transformers", "hf")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vlaforge.errors import CheckpointError
 from vlaforge.types import ActionOutput, Observation
 
 
@@ -90,6 +91,20 @@ class Policy:
     def reference(self):
         """Context manager under which the policy scores as TPO's fixed reference (LoRA adapters off)."""
         raise ValueError("TPO reference='base' needs a policy with LoRA adapters (--policy hf --policy.lora-rank N)")
+
+
+def load_weights(policy: torch.nn.Module, state: dict, path, saved_apart=lambda key: False) -> None:
+    """Load a checkpoint's ``state`` into ``policy``. Keys for which ``saved_apart(key)`` holds (a backbone kept
+    in its own files) may be absent; any other missing, unexpected or misshapen tensor is the checkpoint's
+    fault: ``CheckpointError`` naming ``path``."""
+    try:
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise CheckpointError(f"weights in '{path}' do not match its config: {str(e).splitlines()[0]}") from None
+    missing = [k for k in missing if not saved_apart(k)]
+    if missing or unexpected:
+        raise CheckpointError(f"weights in '{path}' do not match its config: missing {missing[:3]}, "
+                              f"unexpected {list(unexpected)[:3]}")
 
 
 def reads_images(policy) -> bool:

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlaforge.errors import CheckpointError
 from vlaforge.fsutil import atomic_dir
 from vlaforge.policies.heads.common import mlp
 from vlaforge.policies.tiny.model import TinyConfig, TinyVLA
@@ -437,8 +438,6 @@ def load_rprm(path: str | Path) -> RPRM:
     """Load a directory written by ``save_rprm`` (safetensors; nothing unpickled)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from vlaforge.policies import CheckpointError
 
     path = Path(path)
     try:

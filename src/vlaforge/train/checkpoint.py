@@ -26,9 +26,11 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.errors import CheckpointError, NonFiniteError
 from vlaforge.fsutil import atomic_dir, atomic_write_text
-from vlaforge.policies import CheckpointError, load_policy, read_config, write_policy_files
-from vlaforge.validate import NonFiniteError, dataclass_problems
+from vlaforge.policies import load_policy, read_config, write_policy_files
+from vlaforge.schema import dataclass_problems
+from vlaforge.train.config import TrainConfig, config_from_dict
 
 REQUIRED = ("config.json", "model.safetensors", "optimizer.pt", "rng.safetensors", "state.json")
 
@@ -70,8 +72,6 @@ def save_checkpoint(path: str | Path, policy, optimizer, state: dict, gen: torch
 def read_train_state(path: str | Path) -> dict:
     """``state.json`` of a training checkpoint, checked: iteration, env_steps, sampler and a config that
     fits ``TrainConfig`` (returned as ``config_obj``). Raises CheckpointError naming the file."""
-    from vlaforge.train.loop import TrainConfig, config_from_dict
-
     f = Path(path) / "state.json"
     if not f.exists():
         raise CheckpointError(f"no training checkpoint at '{path}' (state.json missing); pass the run's "

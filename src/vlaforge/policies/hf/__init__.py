@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.errors import CheckpointError, UsageError
+from vlaforge.policies.base import load_weights
 from vlaforge.policies.hf.export import export_merged, save_adapter
 from vlaforge.policies.hf.model import HFVLA, HFConfig
 from vlaforge.policies.hf.tiny import FAMILY_NAMES, make_tiny_vlm, save_tiny_vlm
@@ -32,8 +34,6 @@ __all__ = ["FAMILY_NAMES", "HFConfig", "HFVLA", "build_hf_policy", "export_merge
 
 def _config(cfg: dict, trust_remote_code: bool = False) -> HFConfig:
     """An HFConfig from a dict; ``trust_remote_code`` comes from the caller (the command line), never from ``cfg``."""
-    from vlaforge.validate import UsageError
-
     cfg = {k: v for k, v in cfg.items() if k != "trust_remote_code"}
     known = {f.name for f in fields(HFConfig)}
     unknown = set(cfg) - known
@@ -66,8 +66,6 @@ def load_hf_policy(path: str | Path, cfg: dict, state: dict[str, torch.Tensor], 
     ``trust_remote_code`` key in ``cfg`` (older checkpoints) is ignored: only the caller's flag counts."""
     from safetensors.torch import load_file
 
-    from vlaforge.policies import CheckpointError
-
     path = Path(path)
     config = _config(cfg, trust_remote_code)
     full = path / "backbone"
@@ -84,9 +82,5 @@ def load_hf_policy(path: str | Path, cfg: dict, state: dict[str, torch.Tensor], 
         res = set_peft_model_state_dict(policy.vlm, load_file(str(adapter)))
         if getattr(res, "unexpected_keys", None):
             raise CheckpointError(f"adapter in '{path}' does not match its config: unexpected {res.unexpected_keys[:3]}")
-    missing, unexpected = policy.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(("vlm.", "critic_backbone."))]
-    if missing or unexpected:
-        raise CheckpointError(f"weights in '{path}' do not match its config: missing {missing[:3]}, "
-                              f"unexpected {list(unexpected)[:3]}")
+    load_weights(policy, state, path, saved_apart=lambda k: k.startswith(("vlm.", "critic_backbone.")))
     return policy.to(device)

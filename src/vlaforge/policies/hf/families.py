@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlaforge.validate import UsageError
+from vlaforge.errors import UsageError
 
 FAMILIES: dict[str, str] = {
     "paligemma": "paligemma",

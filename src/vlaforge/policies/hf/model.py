@@ -46,71 +46,43 @@ from torch import nn
 
 from vlaforge.core.losses import token_cross_entropy
 from vlaforge.envs import require
+from vlaforge.errors import UsageError
 from vlaforge.policies.base import Policy, denormalize, normalize
 from vlaforge.policies.heads import HEADS
 from vlaforge.policies.heads.common import VocabRows, mlp
 from vlaforge.policies.heads.tokens import actions_to_tokens, tokens_to_actions
 from vlaforge.policies.hf.families import check_vision_tower, detect_family
+from vlaforge.policies.hf.offload import CPUOffloadAdamW
 from vlaforge.policies.hf.processor import ObsProcessor
+from vlaforge.policies.options import SuiteDims, VLMOptions, autocast_context, lora_target_modules
 from vlaforge.types import ActionOutput, Observation
-from vlaforge.validate import UsageError
 
 
 @dataclass
-class HFConfig:
-    """A Hugging Face VLM as a policy, and its memory switches (saved as JSON with the policy)."""
+class HFConfig(SuiteDims, VLMOptions):
+    """A Hugging Face VLM as a policy, and its memory switches (saved as JSON with the policy). ``lora_rank 0``
+    trains the full backbone; ``lora_targets all-linear``: every linear layer of the model."""
 
-    path: str | None = None
-    """local directory of the model, its tokenizer and image processor (no downloads)"""
     trust_remote_code: bool = False
     """run the model's own Python code (remote-code checkpoints); off unless you trust the files. Taken only
     from the command line: never saved with a checkpoint, never read from one"""
-    head: Literal["tokens", "gaussian", "flow"] = "tokens"
-    """action head: binned action tokens of the LM, or a continuous (gaussian / flow) head on hidden states"""
+    head: Annotated[Literal["tokens", "gaussian", "flow"], tyro.conf.Suppress] = "tokens"
+    """action head: binned action tokens of the LM, or a continuous (gaussian / flow) head on hidden states
+    (set from the train config's --head)"""
     n_bins: int = 256
     """bins per action dim for the token head (uses the last n_bins vocabulary ids)"""
     chunk_size: Annotated[int, tyro.conf.Suppress] = 4
     """actions per decision C (set from the train config's --chunk-size)"""
-    state_dim: Annotated[int, tyro.conf.Suppress] = 2
-    """proprioceptive state dims S (set from the suite)"""
-    action_dim: Annotated[int, tyro.conf.Suppress] = 2
-    """action dims A (set from the suite)"""
-    views: Annotated[int, tyro.conf.Suppress] = 1
-    """camera views V"""
     image_size: Annotated[int, tyro.conf.Suppress] = 64
     """rendered image size of the suite (the image processor resizes to the model's size)"""
-    max_text_tokens: int = 128
-    """fixed text length of every prompt (left-padded); longer prompts are refused"""
-    head_hidden: int = 256
-    """hidden width of the continuous and value heads"""
     log_std_init: float = -1.0
     """initial log-std of the gaussian head"""
     flow_steps: int = 5
     """denoising steps of the flow head"""
     flow_noise: float = 0.5
     """noise level of the flow head's SDE sampler"""
-    value_head: bool = True
-    """build a value head (PPO)"""
     critic: Literal["shared", "separate"] = "shared"
     """value head on the policy's backbone (shared), or on a separate frozen copy of the base model"""
-    lora_rank: int = 0
-    """LoRA rank via peft (0 = train the full backbone)"""
-    lora_alpha: int = 32
-    """LoRA alpha (scale alpha/rank)"""
-    lora_dropout: float = 0.0
-    """LoRA dropout (keep 0 for RL: dropout makes re-scored log-probs differ from the rollout's)"""
-    lora_targets: str = "all-linear"
-    """peft target_modules: 'all-linear' or comma-separated module names (e.g. q_proj,v_proj)"""
-    gradient_checkpointing: bool = False
-    """recompute the backbone's activations in backward instead of storing them"""
-    autocast: bool = False
-    """bf16 autocast for the backbone forward (heads, log-probs and losses stay fp32)"""
-    weights_dtype: Literal["float32", "bfloat16"] = "float32"
-    """storage dtype of the base weights (LoRA adapters and heads stay fp32)"""
-    micro_batch: int = 0
-    """split every learner minibatch into micro-batches of this size, accumulating gradients (0 = off)"""
-    optimizer_on_cpu: bool = False
-    """keep the optimizer's moments (and fp32 master weights) in host memory; only useful on a GPU"""
 
 
 REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")
@@ -208,10 +180,8 @@ class HFVLA(nn.Module, Policy):
         self.ref_head = None
         if cfg.lora_rank > 0:
             peft = require("peft", "hf")
-            targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [
-                t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
             lcfg = peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                   target_modules=targets)
+                                   target_modules=lora_target_modules(cfg.lora_targets))
             try:
                 model = peft.get_peft_model(model, lcfg)
             except ValueError as e:
@@ -266,8 +236,7 @@ class HFVLA(nn.Module, Policy):
 
     # -- backbone -----------------------------------------------------------------------------
     def _autocast(self):
-        dev = self.act_lo.device.type
-        return torch.autocast(dev, dtype=torch.bfloat16) if self.cfg.autocast else contextlib.nullcontext()
+        return autocast_context(self.cfg.autocast, self.act_lo.device)
 
     def _hidden(self, inputs: dict, model=None) -> torch.Tensor:
         """Last hidden states (N, L, D) in fp32, zero on padding."""
@@ -369,7 +338,5 @@ class HFVLA(nn.Module, Policy):
 
     def optimizer_class(self):
         if self.cfg.optimizer_on_cpu:
-            from vlaforge.policies.hf.offload import CPUOffloadAdamW
-
             return CPUOffloadAdamW
         return torch.optim.AdamW

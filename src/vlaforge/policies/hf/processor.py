@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vlaforge.errors import UsageError
 from vlaforge.policies.hf.families import (
     Family,
     image_placeholder,
@@ -34,7 +35,6 @@ from vlaforge.policies.hf.families import (
     required_tokens,
 )
 from vlaforge.types import Observation
-from vlaforge.validate import UsageError
 
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask", "image_grid_thw")
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlaforge.fsutil import atomic_dir
+
 FAMILY_NAMES = ("paligemma", "idefics3", "qwen2_vl", "llava")
 _CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 _SPECIAL = {
@@ -96,8 +98,6 @@ def make_tiny_vlm(family: str, hidden: int = 64, layers: int = 2, vision_hidden:
 
 def save_tiny_vlm(path: str | Path, family: str, **kw) -> Path:
     """Write a tiny random VLM, its tokenizer and image processor with ``save_pretrained``."""
-    from vlaforge.fsutil import atomic_dir
-
     model, tok, ip = make_tiny_vlm(family, **kw)
     path = Path(path)
     with atomic_dir(path) as tmp:

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.envs import require
+from vlaforge.errors import CheckpointError
+from vlaforge.policies.base import load_weights
 from vlaforge.policies.openvla.model import FAMILIES, OpenVLAConfig, OpenVLAOptions, OpenVLAPolicy
 from vlaforge.policies.openvla.prismatic import LayoutError, UserError, load_prismatic, write_prismatic
 from vlaforge.policies.openvla.tiny import save_tiny_openvla
@@ -43,8 +46,6 @@ def _config(family: str, cfg: dict) -> OpenVLAConfig:
 
 
 def build_openvla_policy(family: str, **cfg) -> OpenVLAPolicy:
-    from vlaforge.envs import require
-
     require("transformers", "hf")
     return OpenVLAPolicy(_config(family, cfg))
 
@@ -66,9 +67,6 @@ def load_openvla_policy(path: str | Path, family: str, cfg: dict, device: str = 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from vlaforge.envs import require
-    from vlaforge.policies import CheckpointError
-
     require("transformers", "hf")
     path = Path(path)
     weights = path / "model.safetensors"
@@ -87,9 +85,5 @@ def load_openvla_policy(path: str | Path, family: str, cfg: dict, device: str = 
         policy = OpenVLAPolicy(config, weights_path=str(full) if config.lora_rank <= 0 else None)
     except ValueError as e:
         raise CheckpointError(f"checkpoint '{path}': {str(e).splitlines()[0]}") from None
-    missing, unexpected = policy.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("vlm.") or "lora_" in k]
-    if missing or unexpected:
-        raise CheckpointError(f"weights in '{path}' do not match its config: missing {missing[:3]}, "
-                              f"unexpected {list(unexpected)[:3]}")
+    load_weights(policy, state, path, saved_apart=lambda k: k.startswith("vlm.") and "lora_" not in k)
     return policy.to(device)

@@ -57,7 +57,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -66,10 +66,12 @@ import torch.nn.functional as F
 import tyro
 from torch import nn
 
+import vlaforge.policies.openvla.conventions as conventions
 from vlaforge.core.losses import token_cross_entropy
+from vlaforge.envs import require
 from vlaforge.policies.base import Policy
 from vlaforge.policies.heads.common import VocabRows, mlp
-from vlaforge.policies.openvla import conventions
+from vlaforge.policies.hf.offload import CPUOffloadAdamW
 from vlaforge.policies.openvla.oft import (
     L1RegressionActionHead,
     ProprioProjector,
@@ -91,6 +93,7 @@ from vlaforge.policies.openvla.prismatic import (
     tower_normalization,
     unnormalize,
 )
+from vlaforge.policies.options import SuiteDims, VLMOptions, autocast_context, lora_target_modules
 from vlaforge.types import ActionOutput, Observation
 
 PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
@@ -116,8 +119,7 @@ class OpenVLAOptions:
     """OFT: initial log-std of the RL Gaussian around the regressed chunk (normalised action units)"""
 
 
-SHARED_FLAGS = ("path", "max_text_tokens", "head_hidden", "value_head", "lora_rank", "lora_alpha", "lora_dropout",
-                "lora_targets", "gradient_checkpointing", "autocast", "weights_dtype", "micro_batch", "optimizer_on_cpu")
+SHARED_FLAGS = tuple(f.name for f in fields(VLMOptions))
 """the ``--policy.*`` switches (HFConfig) an OpenVLA policy reads"""
 
 
@@ -129,11 +131,11 @@ def config_from_flags(family: str, policy_flags, options: OpenVLAOptions, chunk_
 
 
 @dataclass
-class OpenVLAConfig:
-    """Everything an OpenVLA policy is rebuilt from (saved as JSON with the policy)."""
-
-    path: str | None = None
-    """directory of the released model (config.json, model*.safetensors(+index), tokenizer; OFT component files)"""
+class OpenVLAConfig(SuiteDims, VLMOptions):
+    """Everything an OpenVLA policy is rebuilt from (saved as JSON with the policy). ``path``: the released model's
+    directory (config.json, model*.safetensors(+index), tokenizer; OFT component files). LoRA goes on the
+    Llama's linear layers (``lora_rank 0``: every weight trains); checkpointing covers ViT blocks and Llama
+    layers; ``head_hidden`` is the value MLP's width."""
     unnorm_key: str | None = None
     """see OpenVLAOptions"""
     convention: Literal["none", "libero"] = "none"
@@ -148,40 +150,12 @@ class OpenVLAConfig:
     """OpenVLA-OFT (parallel decoding + L1 head) instead of OpenVLA's autoregressive tokens"""
     chunk_size: Annotated[int, tyro.conf.Suppress] = 1
     """actions per decision (OpenVLA: 1; OFT: the chunk it was trained with, 8 for LIBERO)"""
-    state_dim: Annotated[int, tyro.conf.Suppress] = 2
-    """proprio dims of the suite"""
-    action_dim: Annotated[int, tyro.conf.Suppress] = 2
-    """action dims of the suite (must equal the chosen statistics')"""
-    views: Annotated[int, tyro.conf.Suppress] = 1
-    """camera views of the suite"""
     image_size: Annotated[int, tyro.conf.Suppress] = 224
     """rendered image size of the suite (resized to the towers' size)"""
     max_text_tokens: int = 48
     """fixed prompt length in tokens (longer instructions are refused)"""
-    head_hidden: int = 256
-    """hidden width of the value MLP"""
     log_std_init: float = -2.0
     """OFT: initial log-std of the Gaussian around the regressed chunk (normalised action units)"""
-    value_head: bool = True
-    """build a value head (PPO)"""
-    lora_rank: int = 0
-    """LoRA rank on the Llama's linear layers (0 = train every weight)"""
-    lora_alpha: int = 32
-    """LoRA alpha"""
-    lora_dropout: float = 0.0
-    """LoRA dropout (keep 0 for RL)"""
-    lora_targets: str = "all-linear"
-    """peft target_modules of the Llama"""
-    gradient_checkpointing: bool = False
-    """recompute ViT blocks and Llama layers in backward"""
-    autocast: bool = False
-    """bf16 autocast for the towers and the Llama (heads, log-probs, losses fp32)"""
-    weights_dtype: Literal["float32", "bfloat16"] = "float32"
-    """storage dtype of the released weights"""
-    micro_batch: int = 0
-    """gradient accumulation micro-batch (0 = off)"""
-    optimizer_on_cpu: bool = False
-    """AdamW moments in host memory (GPU only)"""
 
 
 def _tokenizer(path: Path):
@@ -271,13 +245,9 @@ class OpenVLAPolicy(nn.Module, Policy):
         lm.config._attn_implementation = "sdpa"
         self.ref_head = None
         if cfg.lora_rank > 0:
-            from vlaforge.envs import require
-
             peft = require("peft", "hf")
-            targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [
-                t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
             lcfg = peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                   target_modules=targets)
+                                   target_modules=lora_target_modules(cfg.lora_targets))
             try:
                 vlm.language_model = peft.get_peft_model(lm, lcfg)
             except ValueError as e:
@@ -367,7 +337,7 @@ class OpenVLAPolicy(nn.Module, Policy):
         return self.q01.device
 
     def _autocast(self):
-        return torch.autocast(self._dev().type, dtype=torch.bfloat16) if self.cfg.autocast else contextlib.nullcontext()
+        return autocast_context(self.cfg.autocast, self._dev())
 
     def _text_ids(self, instruction: str) -> list[int]:
         ids = self._text_cache.get(instruction)
@@ -561,7 +531,5 @@ class OpenVLAPolicy(nn.Module, Policy):
 
     def optimizer_class(self):
         if self.cfg.optimizer_on_cpu:
-            from vlaforge.policies.hf.offload import CPUOffloadAdamW
-
             return CPUOffloadAdamW
         return torch.optim.AdamW

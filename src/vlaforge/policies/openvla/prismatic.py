@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlaforge.errors import UsageError as UserError
 from vlaforge.policies.openvla.vit import TIMM_NORMALIZE, TIMM_VARIANTS, ViT, vit_spec
 
 # vision_backbone_id -> timm ids and sizes (their configuration_prismatic tables, for configs without them)
@@ -50,12 +51,6 @@ VISION_BACKBONES = {
     "dinov2-vit-l": (["vit_large_patch14_reg4_dinov2.lvd142m"], [224]),
 }
 INDEX_FILE = "model.safetensors.index.json"
-
-
-try:  # the CLI prints vlaforge.validate's UsageError as one line (exit 2); older trees print any ValueError
-    from vlaforge.validate import UsageError as UserError
-except ImportError:  # pragma: no cover
-    UserError = ValueError
 
 
 class LayoutError(UserError):

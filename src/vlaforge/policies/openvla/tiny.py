@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.fsutil import atomic_dir
+
 _CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 DINO, SIGLIP = "vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"
 
@@ -68,7 +70,6 @@ def save_tiny_openvla(path: str | Path, oft: bool = False, action_dim: int = 2, 
     """Write a random tiny checkpoint in the released layout into ``path`` (atomically)."""
     from safetensors.torch import save_file
 
-    from vlaforge.fsutil import atomic_dir
     from vlaforge.policies.openvla.oft import L1RegressionActionHead, ProprioProjector
     from vlaforge.policies.openvla.prismatic import PrismaticVLM, read_prismatic_config, write_prismatic
 

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+import vlaforge.policies.smolvla.lerobot as L
+from vlaforge.errors import CheckpointError
+from vlaforge.policies.base import load_weights
 from vlaforge.policies.smolvla.lerobot import LeRobotFormatError, is_lerobot_dir
 from vlaforge.policies.smolvla.policy import SmolVLA, SmolVLAConfig
 
@@ -41,8 +44,6 @@ _HF_ONLY_OK = {"trust_remote_code": False, "critic": "shared"}
 
 def load_lerobot(path: str | Path, **switches) -> SmolVLA:
     """A LeRobot SmolVLA directory -> policy with its weights and statistics (one-line errors on bad input)."""
-    from vlaforge.policies.smolvla import lerobot as L
-
     path = Path(path).expanduser()
     if not (path / "config.json").exists():
         raise LeRobotFormatError(f"no LeRobot checkpoint at '{path}' (expected config.json + model.safetensors)")
@@ -88,8 +89,6 @@ def load_smolvla_policy(path: str | Path, cfg: dict, device: str = "cpu") -> Smo
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from vlaforge.policies import CheckpointError
-
     path = Path(path)
     weights = path / "model.safetensors"
     try:
@@ -109,10 +108,7 @@ def load_smolvla_policy(path: str | Path, cfg: dict, device: str = "cpu") -> Smo
         policy = SmolVLA(SmolVLAConfig(**cfg), tok)
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint '{path}' has an incompatible config: {e}") from None
-    try:
-        policy.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in '{path}' do not match its config: {str(e).splitlines()[0]}") from None
+    load_weights(policy, state, path)
     return policy.to(device)
 
 

@@ -36,7 +36,10 @@ from pathlib import Path
 
 import torch
 
-from vlaforge.policies import CheckpointError
+from vlaforge.errors import CheckpointError
+from vlaforge.fsutil import atomic_dir
+from vlaforge.policies.smolvla.policy import SmolVLAConfig
+from vlaforge.schema import FORMAT_VERSION
 
 LEGACY_STAT_PREFIXES = ("normalize_inputs.buffer_", "normalize_targets.buffer_", "unnormalize_outputs.buffer_")
 IGNORED_KEYS = ("model.vlm_with_expert.vlm.lm_head.weight",)
@@ -88,9 +91,6 @@ def read_config(path: str | Path) -> dict:
 
 def lerobot_meta(path: str | Path) -> dict:
     """The vlaforge ``config.json`` content equivalent to a LeRobot directory (what ``read_config`` returns)."""
-    from vlaforge.policies import FORMAT_VERSION
-    from vlaforge.policies.smolvla.policy import SmolVLAConfig
-
     c = SmolVLAConfig(lerobot=read_config(path))
     pol = {"family": "smolvla", "lerobot": c.lerobot, "state_dim": c.state_dim, "action_dim": c.action_dim,
            "views": c.views, "image_size": c.image_size}
@@ -209,8 +209,6 @@ def write_lerobot_dir(path: str | Path, config: dict, model_state: dict[str, tor
     processor files (or, ``legacy_stats``, as normalize_* buffers in model.safetensors), and, when given,
     the VLM's config and tokenizer in ``vlm/`` (so that the directory loads offline). Atomic."""
     from safetensors.torch import save_file
-
-    from vlaforge.fsutil import atomic_dir
 
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}

@@ -52,16 +52,18 @@ import contextlib
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+import vlaforge.policies.smolvla.obs as O
 from vlaforge.core.losses import mse_loss
 from vlaforge.policies.base import Policy
 from vlaforge.policies.heads.common import mlp
 from vlaforge.policies.heads.flow import gaussian_log_prob, sde_step
-from vlaforge.policies.smolvla import obs as O
+from vlaforge.policies.hf.offload import CPUOffloadAdamW
+from vlaforge.policies.options import MemorySwitches, autocast_context, lora_target_modules
 from vlaforge.policies.smolvla.model import Arch, SmolVLAModel, repeat_kv
 from vlaforge.types import ActionOutput, Observation
 
@@ -72,8 +74,11 @@ LOBOT_DEFAULT_TARGETS = (r"vlm_with_expert\.lm_expert\..*_proj|state_proj|action
 
 
 @dataclass
-class SmolVLAConfig:
-    """A SmolVLA policy: LeRobot's config and the VLM's (as read from the checkpoint) and vlaforge's switches."""
+class SmolVLAConfig(MemorySwitches):
+    """A SmolVLA policy: LeRobot's config and the VLM's (as read from the checkpoint) and vlaforge's switches.
+    ``lora_rank 0`` trains what the checkpoint's fine-tuning flags say; ``lora_targets all-linear``: the expert's
+    and the projections' linear layers (else comma-separated module-name suffixes); the SDE maths stays fp32
+    under ``autocast``."""
 
     lerobot: dict[str, Any] = field(default_factory=dict)
     """LeRobot's config.json of the checkpoint (features, statistics modes, architecture)"""
@@ -93,24 +98,6 @@ class SmolVLAConfig:
     """build a value head (PPO)"""
     head_hidden: int = 256
     """hidden width of the value MLP"""
-    lora_rank: int = 0
-    """LoRA rank via peft (0 = train what the checkpoint's fine-tuning flags say)"""
-    lora_alpha: int = 32
-    """LoRA alpha"""
-    lora_dropout: float = 0.0
-    """LoRA dropout (keep 0 for RL)"""
-    lora_targets: str = "all-linear"
-    """'all-linear' (the expert's and the projections' linear layers) or comma-separated module-name suffixes"""
-    gradient_checkpointing: bool = False
-    """recompute activations in backward"""
-    autocast: bool = False
-    """bf16 autocast of the network (SDE maths, log-probs and losses stay fp32)"""
-    weights_dtype: Literal["float32", "bfloat16"] = "float32"
-    """storage dtype of the frozen weights"""
-    micro_batch: int = 0
-    """gradient-accumulation micro-batch size inside the algorithms' updates (0 = off)"""
-    optimizer_on_cpu: bool = False
-    """keep AdamW's moments in host memory (GPU runs)"""
     image_transform: str = "auto"
     """camera flip before the model: auto | none | hflip | vflip | rot180 (obs.py)"""
 
@@ -218,8 +205,7 @@ class SmolVLA(nn.Module, Policy):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         c = self.cfg
-        targets = LOBOT_DEFAULT_TARGETS if c.lora_targets == "all-linear" else [
-            t.strip() for t in c.lora_targets.split(",") if t.strip()]
+        targets = LOBOT_DEFAULT_TARGETS if c.lora_targets == "all-linear" else lora_target_modules(c.lora_targets)
         lcfg = peft.LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                                target_modules=targets)
         self.model.requires_grad_(False)
@@ -280,8 +266,7 @@ class SmolVLA(nn.Module, Policy):
 
     # -- network ------------------------------------------------------------------------------
     def _autocast(self):
-        dev = self.state_shift.device.type
-        return torch.autocast(dev, dtype=torch.bfloat16) if self.cfg.autocast else contextlib.nullcontext()
+        return autocast_context(self.cfg.autocast, self.state_shift.device)
 
     def _prefix(self, obs: Observation):
         """-> (prefix hidden (N, Lp, D), kv, pad (N, Lp))"""
@@ -428,7 +413,5 @@ class SmolVLA(nn.Module, Policy):
 
     def optimizer_class(self):
         if self.cfg.optimizer_on_cpu:
-            from vlaforge.policies.hf.offload import CPUOffloadAdamW
-
             return CPUOffloadAdamW
         return torch.optim.AdamW

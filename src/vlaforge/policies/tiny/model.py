@@ -17,27 +17,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlaforge.errors import UsageError
 from vlaforge.policies.base import Policy, denormalize, normalize
 from vlaforge.policies.heads import HEADS
 from vlaforge.policies.heads.common import mlp
 from vlaforge.policies.heads.noise import NoisePolicy
+from vlaforge.policies.options import SuiteDims
 from vlaforge.policies.privileged import PrivilegedCritic, aux_regression_loss
 from vlaforge.types import ActionOutput, Observation
-from vlaforge.validate import UsageError
 
 
 @dataclass
-class TinyConfig:
+class TinyConfig(SuiteDims):
     """Architecture of the tiny VLA (saved as JSON next to the weights)."""
 
-    state_dim: int = 2
-    """proprioceptive state dims S"""
-    action_dim: int = 2
-    """action dims A"""
     chunk_size: int = 4
     """actions predicted per decision C (one render per chunk)"""
-    views: int = 1
-    """camera views V"""
     image_size: int = 64
     """square image size H = W"""
     head: str = "gaussian"

@@ -1,0 +1,104 @@
+"""Option groups that several commands and policy families share, each field declared once with one default.
+
+* ``PolicyShape``: the shape of a fresh policy (``--head``, ``--chunk-size``, ``--backbone``), the same flags
+  for ``vlaforge sft`` (``pipeline.SFTArgs``) and ``vlaforge train`` (``train.config.TrainConfig``) and what a
+  fresh ``--policy hf`` VLM is built with (``HFConfig.head`` / ``chunk_size`` are set from it, not flags).
+* ``MemorySwitches``: LoRA and the memory switches of the large-VLM families (``HFConfig`` = ``--policy.*``,
+  ``OpenVLAConfig``, ``SmolVLAConfig``); each family's config says which layers ``lora_targets="all-linear"``
+  covers and what ``lora_rank 0`` trains. ``lora_target_modules`` and ``autocast_context`` are the pieces of
+  code every family runs on them. ``VLMOptions`` adds the other ``--policy.*`` options that HF and OpenVLA
+  policies both read (``openvla.model.config_from_flags`` passes exactly these on).
+* ``SuiteDims``: what the suite fixes in a policy config (state and action dims, camera views), set by the
+  trainer from the env spec (never a flag); ``TinyConfig``, ``HFConfig`` and ``OpenVLAConfig`` derive from it.
+
+Both are plain dataclasses used as bases, so the flags keep their names (tyro reads inherited fields) and
+the saved configs keep their keys. Inheritance puts these fields first in ``--help``.
+
+    python -c "from vlaforge.policies.options import PolicyShape; print(PolicyShape())"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import torch
+import tyro
+
+
+@dataclass
+class PolicyShape:
+    """The shape of a fresh policy; a policy loaded with ``--init`` keeps its own (the flags are refused then)."""
+
+    head: str = "gaussian"
+    """action head of a fresh policy: gaussian | tokens | flow (the tiny VLA and --policy hf)"""
+    chunk_size: int = 4
+    """actions per decision C of a fresh policy (the tiny VLA, --policy hf and --policy openvla-oft)"""
+    backbone: str = "vision"
+    """backbone of a fresh tiny VLA: vision, or state (MLP on proprioception only; a debugging baseline)"""
+
+    def shape(self) -> dict:
+        """The three fields as ``build_policy`` keywords (also on a subclass such as ``TrainConfig``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(PolicyShape)}
+
+
+@dataclass
+class MemorySwitches:
+    """LoRA and memory switches of a large VLM, each independent (docs/hf.md, ``benchmarks/memory.py``)."""
+
+    lora_rank: int = 0
+    """LoRA rank via peft (0 = no adapters: the family's own trainable set, see its docs)"""
+    lora_alpha: int = 32
+    """LoRA alpha (scale alpha/rank)"""
+    lora_dropout: float = 0.0
+    """LoRA dropout (keep 0 for RL: dropout makes re-scored log-probs differ from the rollout's)"""
+    lora_targets: str = "all-linear"
+    """peft target_modules: 'all-linear' (the family's linear layers) or comma-separated module names"""
+    gradient_checkpointing: bool = False
+    """recompute the network's activations in backward instead of storing them"""
+    autocast: bool = False
+    """bf16 autocast for the network's forward (heads, log-probs and losses stay fp32)"""
+    weights_dtype: Literal["float32", "bfloat16"] = "float32"
+    """storage dtype of the frozen base weights (LoRA adapters and heads stay fp32)"""
+    micro_batch: int = 0
+    """split every learner minibatch into micro-batches of this size, accumulating gradients (0 = off)"""
+    optimizer_on_cpu: bool = False
+    """keep the optimizer's moments (and fp32 master weights) in host memory; only useful on a GPU"""
+
+
+@dataclass
+class VLMOptions(MemorySwitches):
+    """The ``--policy.*`` options an HF and an OpenVLA policy both read (SmolVLA takes its own subset)."""
+
+    path: str | None = None
+    """local directory of the model (no downloads; each family's docs name the files it reads)"""
+    max_text_tokens: int = 128
+    """fixed text length of every prompt (left-padded); longer prompts are refused"""
+    head_hidden: int = 256
+    """hidden width of the continuous action head and the value head"""
+    value_head: bool = True
+    """build a value head (PPO)"""
+
+
+@dataclass
+class SuiteDims:
+    """The dims a suite fixes in a policy's config (the trainer sets them from the env spec; not flags)."""
+
+    state_dim: Annotated[int, tyro.conf.Suppress] = 2
+    """proprioceptive state dims S"""
+    action_dim: Annotated[int, tyro.conf.Suppress] = 2
+    """action dims A"""
+    views: Annotated[int, tyro.conf.Suppress] = 1
+    """camera views V"""
+
+
+def lora_target_modules(targets: str) -> str | list[str]:
+    """``lora_targets`` as peft's ``target_modules``: 'all-linear' as it is, else the comma-separated names."""
+    return targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+
+
+def autocast_context(on: bool, device: torch.device):
+    """bf16 autocast on ``device`` when the ``autocast`` switch is on, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()

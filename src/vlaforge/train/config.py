@@ -1,0 +1,163 @@
+"""``TrainConfig``: every option of ``vlaforge train`` (tyro-parsed), and its JSON round trip.
+
+The run's fields, one ``--<algo>.*`` sub-config per registered algorithm (``vlaforge.algos.ALGOS``, so a new
+algorithm adds no line here), the policy-family options (``--policy.*`` = ``HFConfig``, ``--openvla.*``), Ray
+(``--ray.*``) and the recipes' options. ``config_to_dict`` / ``config_from_dict`` are what a checkpoint's
+``state.json`` stores and what ``--resume`` rebuilds (``train.checkpoint.read_train_state`` checks the JSON
+against these dataclasses first). Kept apart from ``train.loop`` so that checkpoints can read a config
+without importing the loop.
+
+    python -c "from vlaforge.train.config import TrainConfig; print(TrainConfig().algo)"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from vlaforge.algos import ALGOS, AlgoName
+from vlaforge.policies.hf.model import HFConfig
+from vlaforge.policies.openvla.model import OpenVLAOptions
+from vlaforge.policies.options import PolicyShape
+from vlaforge.train.backend import RayConfig
+from vlaforge.train.recipe_configs import GrapeConfig, IReVLAConfig, VLARLConfig
+
+
+@dataclass
+class _TrainFields(PolicyShape):
+    """RL post-training of a VLA on a simulator suite."""
+
+    algo: AlgoName = "rloo"
+    """algorithm (vlaforge.algos.ALGOS)"""
+    recipe: str | None = None
+    """named method (ire-vla | grape | ript-vla | vla-rl | simplevla-rl): presets this config and adds the
+    method's own parts; flags given on the command line override the preset"""
+    suite: str = "pointreach"
+    """simulator suite: pointreach | metaworld | kitchen | libero | maniskill (all but pointreach need their
+    extra, e.g. pip install 'vlaforge[metaworld]')"""
+    tasks: str = "train"
+    """tasks to train on (comma-separated names, or a split/benchmark name the suite knows)"""
+    eval_tasks: str | None = None
+    """tasks to evaluate on (default: the training tasks; PointReach also reports 'heldout')"""
+    init: str | None = None
+    """policy checkpoint to start from (e.g. the output of `vlaforge sft`); None = fresh tiny VLA"""
+    critic: Literal["image", "privileged"] = "image"
+    """PPO's value function: image (reads the actor's features) or privileged (an asymmetric critic on the
+    suite's sim_state + proprio, built fresh when the policy has none; the actor still reads pixels only;
+    tiny policies)"""
+    policy: Literal["tiny", "hf", "smolvla", "openvla", "openvla-oft"] = "tiny"
+    """fresh policy: the tiny VLA, a local Hugging Face VLM (`--policy hf --policy.path DIR`, docs/hf.md), or a
+    LeRobot SmolVLA checkpoint (`--policy smolvla --policy.path DIR`, docs/vlas.md)"""
+    hf: Annotated[HFConfig, tyro.conf.arg(name="policy")] = field(default_factory=HFConfig)
+    """Hugging Face VLM and its memory switches (`--policy.*`, used with `--policy hf`)"""
+    openvla: OpenVLAOptions = field(default_factory=OpenVLAOptions)
+    """OpenVLA / OpenVLA-OFT options (`--openvla.*`, used with `--policy openvla|openvla-oft`)"""
+    out: str = "runs/train"
+    """run directory (TensorBoard, metrics.jsonl, checkpoint/, final/)"""
+    resume: str | None = None
+    """resume from this checkpoint directory (everything else comes from the checkpoint)"""
+    iterations: int = 20
+    """collect/update iterations"""
+    groups: int = 8
+    """initial states (contexts) per iteration; each is rolled out group_size times"""
+    num_envs: int = 16
+    """envs stepped in parallel"""
+    workers: int = 0
+    """env subprocesses (0 = in process)"""
+    image_size: int = 64
+    """rendered image size"""
+    max_steps: int | None = None
+    """simulator steps per episode (None = the suite's default)"""
+    env_kwargs: dict[str, float] = field(default_factory=dict)
+    """extra numeric options of the suite's env constructor (e.g. PointReach's radius)"""
+    lr: float = 3e-5
+    """policy learning rate (the value head's is --value-lr); docs/benchmarks.md lists the rates its runs used"""
+    lr_warmup: int = 0
+    """ramp the policy learning rate linearly over the first N iterations (lr * (it + 1) / N; critic
+    warm-up iterations count), so that the first Adam steps, each ~lr per parameter whatever the
+    gradient's size, are small; 0 = off"""
+    value_lr: float = 1e-3
+    """value-head learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    freeze_backbone: bool = False
+    """train only the action and value heads (iRe-VLA's RL stage)"""
+    curriculum: Literal["uniform", "near50", "hard_first"] = "uniform"
+    """task sampling: uniform, or by recent success rate (VLA-RL)"""
+    curriculum_tau: float = 0.2
+    """curriculum temperature"""
+    dynamic_rejection: bool = False
+    """discard groups whose rewards are all equal and resample until the batch is full (RIPT-VLA)"""
+    fill_fraction: float = 0.8
+    """with dynamic rejection: stop collecting once this share of `groups` informative groups is kept"""
+    max_collect_rounds: int = 4
+    """with dynamic rejection: at most this many collection rounds per iteration"""
+    eval_every: int = 5
+    """evaluate every this many iterations (and at the start and the end)"""
+    eval_episodes: int = 20
+    """evaluation episodes per task (fixed seeds, disjoint from training)"""
+    checkpoint_every: int = 1
+    """write the full-state checkpoint every this many iterations"""
+    seed: int = 0
+    """seed of every RNG"""
+    threads: int | None = None
+    """torch CPU threads (default: the cores the env workers leave, ``envs.vector.thread_plan``; resolved once
+    when a run starts and saved with it, so a resumed run uses the same count)"""
+    pipeline: bool = False
+    """act for one env-worker group while the others simulate (``rollout.collect``); the same Rollout as
+    without it; overlaps only with ``--workers >= 2``"""
+    tensorboard: bool = True
+    """write TensorBoard scalars"""
+    progress: bool = True
+    """show a progress bar"""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """scale-out on a Ray cluster (`--ray`, see docs/distributed.md); never taken from a checkpoint"""
+    ire_vla: IReVLAConfig = field(default_factory=IReVLAConfig)
+    grape: GrapeConfig = field(default_factory=GrapeConfig)
+    vla_rl: VLARLConfig = field(default_factory=VLARLConfig)
+
+
+def _algo_cfg(self):
+    """The chosen algorithm's sub-config (``cfg.ppo`` for ``algo == "ppo"``)."""
+    return getattr(self, self.algo)
+
+
+# TrainConfig = the fields above + one ``--<name>.*`` sub-config per registered algorithm (``ALGOS``), so a
+# new algorithm adds no line here.
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", [(name, a.config, field(default_factory=a.config)) for name, a in ALGOS.items()],
+    bases=(_TrainFields,), namespace={"__doc__": _TrainFields.__doc__, "__module__": __name__,
+                                       "algo_cfg": property(_algo_cfg)})
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    sub = {name: a.config for name, a in ALGOS.items()}
+    sub.update({"ire_vla": IReVLAConfig, "grape": GrapeConfig, "vla_rl": VLARLConfig})
+    sub["ray"] = RayConfig
+    sub["hf"] = HFConfig
+    sub["openvla"] = OpenVLAOptions
+    kw = dict(d)
+    for k, cls in sub.items():
+        if k in kw:
+            v = dict(kw[k])
+            if "keep_band" in v and v["keep_band"] is not None:
+                v["keep_band"] = tuple(v["keep_band"])
+            kw[k] = cls(**v)
+    return TrainConfig(**kw)
+
+
+def resumed_config(path: str | Path) -> TrainConfig:
+    """The training config stored in a full-state checkpoint (to resume a recipe with its hooks)."""
+    f = Path(path) / "state.json"
+    if not f.exists():
+        raise FileNotFoundError(f"no training checkpoint at '{path}' (state.json missing); pass the run's checkpoint/ directory")
+    return config_from_dict(json.loads(f.read_text())["config"])

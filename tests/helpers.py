@@ -1,0 +1,39 @@
+"""Shared test setup (imported by the test modules: pytest puts tests/ on sys.path).
+
+    from helpers import one_group_rollout, update_once
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vlaforge.algos import get_algo
+from vlaforge.envs import make_vec_env
+from vlaforge.rollout.collect import collect
+
+
+def one_group_rollout(policy, n: int = 4, image_size: int = 32):
+    """``n`` episodes of one PointReach context (one group), one decision each; half marked successes (reward 1 at
+    the last step), the others failures."""
+    torch.manual_seed(0)
+    venv = make_vec_env("pointreach", n, image_size=image_size, max_steps=policy.chunk_size)
+    r, _ = collect(policy, venv, np.zeros(n, np.int64), np.full(n, 7, np.int64))
+    venv.close()
+    r.success[:] = torch.arange(n) % 2 == 0
+    r.reward[:] = 0
+    r.reward[r.alive.sum(0) - 1, torch.arange(n)] = r.success.float()
+    return r
+
+
+def update_once(policy, algo: str, r, **cfg_kw):
+    """One ``update`` of ``algo`` (config ``cfg_kw``) on rollout ``r`` with AdamW at lr 1e-2; returns (metrics,
+    names of the trainable parameters that moved)."""
+    a = get_algo(algo)
+    cfg = a.config(**cfg_kw)
+    batch, _ = a.prepare(r, cfg)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    m = a.update(policy, opt, batch, cfg, iteration=0, gen=torch.Generator().manual_seed(0))
+    moved = [n for n, p in policy.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
+    return m, moved
