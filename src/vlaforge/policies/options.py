@@ -11,7 +11,7 @@
 * ``SuiteDims``: what the suite fixes in a policy config (state and action dims, camera views), set by the
   trainer from the env spec (never a flag); ``TinyConfig``, ``HFConfig`` and ``OpenVLAConfig`` derive from it.
 
-Both are plain dataclasses used as bases, so the flags keep their names (tyro reads inherited fields) and
+All four are plain dataclasses used as bases, so the flags keep their names (tyro reads inherited fields) and
 the saved configs keep their keys. Inheritance puts these fields first in ``--help``.
 
     python -c "from vlaforge.policies.options import PolicyShape; print(PolicyShape())"
