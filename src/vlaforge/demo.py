@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vlaforge.algos.sft import SFTConfig
 from vlaforge.envs import env_kwargs
+from vlaforge.envs.options import EnvOptions
 from vlaforge.pipeline import (
     CollectArgs,
     EvalArgs,
@@ -33,13 +34,16 @@ from vlaforge.train.loop import TrainConfig, train
 
 
 @dataclass
-class DemoArgs:
+class DemoArgs(EnvOptions):
     """Run collect → SFT → RL → eval end to end and print success before and after RL."""
 
     suite: str = "metaworld"
-    """simulator suite"""
+    """simulator suite: pointreach | metaworld | kitchen | libero | maniskill (all but pointreach need their
+    extra, e.g. pip install 'vlaforge[metaworld]')"""
     tasks: str = "reach-v3"
-    """tasks (comma-separated)"""
+    """comma-separated task names, or a split/benchmark name the suite knows (train / heldout / all)"""
+    workers: int = 2
+    """env subprocesses (0 = in process)"""
     out: str = "runs/demo"
     """run directory"""
     demo_episodes: int = 10
@@ -61,10 +65,6 @@ class DemoArgs:
     """evaluation episodes per task"""
     max_steps: int = 150
     """simulator steps per episode for the demos, RL and evaluations (0: the suite's default)"""
-    workers: int = 2
-    """env subprocesses"""
-    num_envs: int = 8
-    """envs in parallel"""
     skip_rl: bool = False
     """stop after SFT (collect → SFT → eval)"""
 
@@ -72,7 +72,7 @@ class DemoArgs:
 def run_demo(a: DemoArgs) -> dict:
     t0 = time.perf_counter()
     out = Path(a.out)
-    env_kw = env_kwargs({}, a.max_steps)
+    env_kw = env_kwargs(a.env_kwargs, a.max_steps)
     print(f"[1/4] collecting {a.demo_episodes} expert episodes per task on {a.suite}: {a.tasks}")
     run_collect(CollectArgs(suite=a.suite, tasks=a.tasks, episodes=a.demo_episodes, out=str(out / "demos"),
                             num_envs=a.num_envs, workers=a.workers, env_kwargs=env_kw), quiet=False)
@@ -87,12 +87,12 @@ def run_demo(a: DemoArgs) -> dict:
         print(f"[4/4] RL: {a.algo}, {a.rl_iterations} iterations × {a.groups} initial states × {a.group_size} rollouts")
         cfg = TrainConfig(algo=a.algo, suite=a.suite, tasks=a.tasks, init=str(out / "sft"), out=str(out / "rl"),
                           iterations=a.rl_iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
-                          max_steps=a.max_steps or None, eval_every=0, tensorboard=True)
+                          max_steps=a.max_steps or None, env_kwargs=dict(a.env_kwargs), eval_every=0, tensorboard=True)
         cfg.algo_cfg.group_size = a.group_size  # every algorithm's config has one (algos/__init__.py)
         if a.algo == "distill":  # every episode its own layout; an SFT-like learning rate for the DAgger steps
             print(f"      privileged teacher: PPO on the state, {a.teacher_iterations} iterations without rendering")
             teacher, index = privileged_teacher(a.suite, a.tasks, out / "teacher", a.teacher_iterations,
-                                                max_steps=a.max_steps or 150, num_envs=16)
+                                                max_steps=a.max_steps or 150, num_envs=16, env_kwargs=a.env_kwargs)
             cfg.groups, cfg.lr = a.groups * a.group_size, 3e-4
             cfg.distill.group_size, cfg.distill.teacher, cfg.distill.teacher_state = 1, str(teacher), index
         train(cfg)

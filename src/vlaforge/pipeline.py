@@ -16,6 +16,7 @@ import torch
 from vlaforge.algos.sft import SFTConfig, train_sft
 from vlaforge.data.demos import collect_demos, load_demos
 from vlaforge.envs import env_tasks, make_vec_env, suite_task_names
+from vlaforge.envs.options import EnvOptions
 from vlaforge.errors import NonFiniteError, UsageError
 from vlaforge.policies import build_policy, load_policy, policy_hash, save_policy
 from vlaforge.policies.base import check_fits, reads_images
@@ -27,29 +28,19 @@ from vlaforge.train.loop import TrainConfig, train
 
 
 @dataclass
-class CollectArgs:
+class CollectArgs(EnvOptions):
     """Record scripted-expert demonstrations (LeRobot v2 parquet layout)."""
 
-    suite: str = "pointreach"
-    """simulator suite"""
-    tasks: str = "train"
-    """comma-separated task names (or train / all)"""
     episodes: int = 50
     """episodes per task"""
     out: str = "runs/demos"
     """output directory (written atomically)"""
     noise: float = 0.1
     """std of Gaussian noise on executed actions (labels stay noise-free)"""
-    num_envs: int = 8
-    """envs in parallel"""
-    workers: int = 0
-    """env subprocesses (0 = in process)"""
     image_size: int = 64
     """image size"""
     seed: int = 0
     """seed"""
-    env_kwargs: dict[str, float] = field(default_factory=dict)
-    """extra numeric options of the suite's env constructor (e.g. PointReach's privileged 1)"""
 
 
 def run_collect(a: CollectArgs, quiet: bool = False):
@@ -130,33 +121,25 @@ def run_sft(a: SFTArgs, quiet: bool = False):
 
 
 @dataclass
-class EvalArgs:
+class EvalArgs(EnvOptions):
     """Evaluate a policy: success per task over fixed seeds with Wilson 95% intervals."""
 
+    tasks: str = "all"
+    """comma-separated task names, or a split/benchmark name the suite knows (train / heldout / all)"""
     checkpoint: str = "runs/sft"
     """policy directory"""
-    suite: str = "pointreach"
-    """simulator suite"""
-    tasks: str = "all"
-    """comma-separated task names (or train / heldout / all)"""
     episodes: int = 20
     """episodes per task"""
     out: str | None = None
     """write the eval manifest (JSON) here; default <checkpoint>/eval_<suite>.json"""
     videos: int = 0
     """record this many episodes per batch as mp4 next to the manifest"""
-    num_envs: int = 8
-    """envs in parallel"""
-    workers: int = 0
-    """env subprocesses"""
     stochastic: bool = False
     """sample actions instead of taking the mode"""
     seed_base: int = EVAL_SEED_BASE
     """first evaluation seed"""
     threads: int = 2
     """torch CPU threads"""
-    env_kwargs: dict[str, float] = field(default_factory=dict)
-    """extra numeric options of the suite's env constructor (e.g. PointReach's radius)"""
     trust_remote_code: bool = False
     """let a Hugging Face checkpoint run its own Python code (auto_map); only if you trust its files"""
 
@@ -192,7 +175,8 @@ def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
 
 def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int = 64, seed: int = 0, threads: int = 1,
                        max_steps: int = 150, num_envs: int = 16, workers: int = 0, demos: int = 0,
-                       sft_steps: int = 1000, demo_noise: float = 0.1) -> tuple[Path, str]:
+                       sft_steps: int = 1000, demo_noise: float = 0.1,
+                       env_kwargs: dict | None = None) -> tuple[Path, str]:
     """Train the teacher of ``--algo distill``: a state-backbone tiny policy trained by PPO on the suite's
     privileged state (Meta-World: hand, gripper, object and goal positions) without rendering, with shaping 1
     and 32 episodes per iteration at lr 3e-4 (docs/benchmarks.md: 44/50 held-out on reach-v3 after 64
@@ -204,13 +188,16 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
     demos did not show — and the teacher starts from ``sft_steps`` of SFT on them (then PPO).
     Tasks that PPO does not solve from scratch in this budget (button-press-topdown: 0/50) need this start.
 
+    ``env_kwargs``: the suite's env options of the student's run (``--env-kwargs``), under the teacher's own
+    (privileged state, no rendering, shaping 1).
+
     Returns (the teacher's policy directory, the ``--distill.teacher-state`` indices of its state in sim_state)."""
     if suite != "metaworld":
         raise UsageError(f"a privileged teacher is built for metaworld only (its state layout is named); got '{suite}'")
     from vlaforge.envs.metaworld import PRIVILEGED_STATE_NAMES, SIM_STATE_NAMES  # the metaworld extra
 
     out = Path(out)
-    priv = {"privileged": 1.0, "render": 0.0}
+    priv = {**(env_kwargs or {}), "privileged": 1.0, "render": 0.0}
     init = None
     if demos > 0:
         demo_dir, init = out / "demos", out / "sft"

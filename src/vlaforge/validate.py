@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from vlaforge.envs import SUITES, EnvError, _env_class, env_kwargs, env_tasks, suite_spec
+from vlaforge.envs.options import EnvOptions
 from vlaforge.errors import NonFiniteError, UsageError
 from vlaforge.fsutil import repair_atomic
 from vlaforge.policies import read_config
@@ -240,18 +241,13 @@ def num_envs(v: int, name: str = "--num-envs") -> None:
                         f"images); pass at most {MAX_ENVS}, typically 8 .. 64")
 
 
-def check_common(a, episodes_flag: str | None = None) -> None:
-    """Options shared by collect / eval: envs, workers, threads, seed."""
-    if hasattr(a, "threads"):
-        at_least("--threads", a.threads, 1)
-    if hasattr(a, "num_envs"):
-        num_envs(a.num_envs)
-    if hasattr(a, "workers"):
-        at_least("--workers", a.workers, 0, " (0 = envs in this process)")
-    if hasattr(a, "image_size"):
-        at_least("--image-size", a.image_size, 8)
-    if hasattr(a, "seed"):
-        at_least("--seed", a.seed, 0)
+def check_env_options(a: EnvOptions, max_steps: int | None = None) -> None:
+    """The options every command shares (``envs.options.EnvOptions``): tasks, envs, workers, env kwargs (cast to
+    their types in place). ``max_steps``: the command's ``--max-steps`` when set (then not an env kwarg)."""
+    task_list("--tasks", a.tasks)
+    num_envs(a.num_envs)
+    at_least("--workers", a.workers, 0, " (0 = envs in this process)")
+    a.env_kwargs = check_env_kwargs(a.suite, a.env_kwargs, taken={"max_steps": "--max-steps"} if max_steps else {})
 
 
 # -- per command ------------------------------------------------------------------------------------
@@ -264,27 +260,26 @@ def check(command: str, args, argv: list[str]):
 
 
 def check_collect(a, argv):
-    check_common(a)
-    task_list("--tasks", a.tasks)
+    check_env_options(a)
+    at_least("--image-size", a.image_size, 8)
+    at_least("--seed", a.seed, 0)
     at_least("--episodes", a.episodes, 1, " (episodes per task)")
     at_least("--noise", a.noise, 0)
-    a.env_kwargs = check_env_kwargs(a.suite, a.env_kwargs)
     check_out_dir("--out", a.out)
     check_replaceable("--out", a.out, "demos")
     return a
 
 
 def check_demo(a, argv):
-    for f in ("demo_episodes", "sft_steps", "rl_iterations", "groups", "group_size", "eval_episodes", "num_envs"):
+    for f in ("demo_episodes", "sft_steps", "rl_iterations", "groups", "group_size", "eval_episodes"):
         at_least(flag(f), getattr(a, f), 1)
     at_least("--max-steps", a.max_steps, 0)
-    at_least("--workers", a.workers, 0)
+    check_env_options(a, a.max_steps)
     need(a.algo in ("ppo", "grpo", "rloo", "tpo", "distill"),
          f"--algo '{a.algo}' is unknown; choose ppo, grpo, rloo, tpo or distill")
     need(a.algo != "distill" or (a.suite == "metaworld" and "," not in a.tasks),
          "--algo distill runs on one metaworld task (its teacher reads that task's privileged state); pass one --tasks name")
     at_least("--teacher-iterations", a.teacher_iterations, 1)
-    check_env_kwargs(a.suite, {})
     check_out_dir("--out", a.out)
     check_replaceable("--out", Path(a.out) / "demos", "demos")
     for sub in ("sft", "rl/final", "rl/checkpoint"):
@@ -440,12 +435,11 @@ def check_fits_suite(name: str, pol: dict, suite: str, tasks, image_size: int | 
 
 
 def check_eval(a, argv):
-    check_common(a)
-    task_list("--tasks", a.tasks)
+    at_least("--threads", a.threads, 1)
+    check_env_options(a)
     at_least("--episodes", a.episodes, 1, " (episodes per task)")
     at_least("--videos", a.videos, 0)
     at_least("--seed-base", a.seed_base, 0)
-    a.env_kwargs = check_env_kwargs(a.suite, a.env_kwargs)
     meta = read_config_checked("--checkpoint", a.checkpoint, a.trust_remote_code)
     pol = meta["policy"]
     check_fits_suite("--checkpoint", pol, a.suite, a.tasks, pol.get("image_size"), a.env_kwargs)
@@ -543,15 +537,13 @@ def check_train_out(out: str) -> None:
 def check_train_fresh(cfg, given: set[str]) -> None:
     if cfg.threads is not None:
         at_least("--threads", cfg.threads, 1)
-    task_list("--tasks", cfg.tasks)
     task_list("--eval-tasks", cfg.eval_tasks)
     at_least("--iterations", cfg.iterations, 1)
     at_least("--groups", cfg.groups, 1, " (initial states per iteration)")
-    num_envs(cfg.num_envs)
-    at_least("--workers", cfg.workers, 0, " (0 = envs in this process)")
     at_least("--image-size", cfg.image_size, 8)
     if cfg.max_steps is not None:
         at_least("--max-steps", cfg.max_steps, 1)
+    check_env_options(cfg, cfg.max_steps)
     learning_rate("--lr", cfg.lr)
     at_least("--lr-warmup", cfg.lr_warmup, 0, " iterations")
     learning_rate("--value-lr", cfg.value_lr)
@@ -572,8 +564,6 @@ def check_train_fresh(cfg, given: set[str]) -> None:
         need(lora > 0, "--tpo.reference base needs a policy with LoRA adapters (--policy hf --policy.lora-rank N, "
                        "or an --init checkpoint trained so)")
     check_ray(cfg.ray)
-    taken = {"max_steps": "--max-steps"} if cfg.max_steps else {}
-    cfg.env_kwargs = check_env_kwargs(cfg.suite, cfg.env_kwargs, taken=taken)
     if cfg.recipe:
         check_recipe(cfg, given)
     if cfg.init:

@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 import tyro
 
 from vlaforge.algos import ALGOS, AlgoName
+from vlaforge.envs.options import EnvOptions
 from vlaforge.policies.hf.model import HFConfig
 from vlaforge.policies.openvla.model import OpenVLAOptions
 from vlaforge.policies.options import PolicyShape
@@ -29,7 +30,7 @@ from vlaforge.train.recipe_configs import GrapeConfig, IReVLAConfig, VLARLConfig
 
 
 @dataclass
-class _TrainFields(PolicyShape):
+class _TrainFields(EnvOptions, PolicyShape):
     """RL post-training of a VLA on a simulator suite."""
 
     algo: AlgoName = "rloo"
@@ -37,11 +38,6 @@ class _TrainFields(PolicyShape):
     recipe: str | None = None
     """named method (ire-vla | grape | ript-vla | vla-rl | simplevla-rl): presets this config and adds the
     method's own parts; flags given on the command line override the preset"""
-    suite: str = "pointreach"
-    """simulator suite: pointreach | metaworld | kitchen | libero | maniskill (all but pointreach need their
-    extra, e.g. pip install 'vlaforge[metaworld]')"""
-    tasks: str = "train"
-    """tasks to train on (comma-separated names, or a split/benchmark name the suite knows)"""
     eval_tasks: str | None = None
     """tasks to evaluate on (default: the training tasks; PointReach also reports 'heldout')"""
     init: str | None = None
@@ -67,14 +63,10 @@ class _TrainFields(PolicyShape):
     """initial states (contexts) per iteration; each is rolled out group_size times"""
     num_envs: int = 16
     """envs stepped in parallel"""
-    workers: int = 0
-    """env subprocesses (0 = in process)"""
     image_size: int = 64
     """rendered image size"""
     max_steps: int | None = None
     """simulator steps per episode (None = the suite's default)"""
-    env_kwargs: dict[str, float] = field(default_factory=dict)
-    """extra numeric options of the suite's env constructor (e.g. PointReach's radius)"""
     lr: float = 3e-5
     """policy learning rate (the value head's is --value-lr); docs/benchmarks.md lists the rates its runs used"""
     lr_warmup: int = 0
