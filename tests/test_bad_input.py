@@ -124,6 +124,7 @@ CASES = [
                                     "--distill.teacher-state", "0,1,2", "--out", "T/r"], ["--distill.teacher-state", "2"]),
     ("train-distill-teacher-missing", [*TRAIN, "--algo", "distill", "--distill.teacher", "W/nothere",
                                        "--distill.teacher-state", "0,1", "--out", "T/r"], ["nothere"]),
+    ("demo-teacher-demos-neg", ["demo", "--teacher-demos", "-1", "--out", "T/d"], ["--teacher-demos", ">= 0"]),
     ("sft-aux-without-sim-state", ["sft", "--demos", "W/demos_nosim", "--aux", "--out", "T/s"], ["--aux", "sim_state"]),
     ("train-threads-0", [*TRAIN, "--threads", "0", "--out", "T/r"], ["--threads"]),
     ("train-lr-neg", [*TRAIN, "--lr", "-1", "--out", "T/r"], ["--lr", "> 0"]),

@@ -119,3 +119,19 @@ def test_eval_videos_written(demos, tmp_path):
 
     frames = iio.imread(vids[0])
     assert frames.shape[1:] == (256, 256, 3)
+
+
+def test_demo_runs_end_to_end_and_writes_its_table(tmp_path):
+    """`vlaforge demo` at toy scale (PointReach, RLOO): demos → SFT → eval → RL → eval, results written."""
+    import json
+
+    from vlaforge.demo import DemoArgs, run_demo
+
+    a = DemoArgs(suite="pointreach", tasks="red-0", algo="rloo", out=str(tmp_path / "d"), demo_episodes=2,
+                 sft_steps=5, rl_iterations=1, groups=1, group_size=2, eval_episodes=2, max_steps=10, workers=0,
+                 num_envs=2)
+    summary = run_demo(a)
+    res = json.loads((tmp_path / "d" / "demo_results.json").read_text())
+    assert set(summary) == {"sft_overall", "rl_overall"}
+    assert res["rows"][0]["task"] == "red-0" and res["rows"][0]["sft"]["episodes"] == 2 == res["rows"][0]["rl"]["episodes"]
+    assert (tmp_path / "d" / "rl" / "final" / "model.safetensors").exists()

@@ -1,13 +1,14 @@
 """The main job (``make demo`` / ``vlaforge demo``): scripted demos → SFT → RL → evaluation.
 
-Defaults: Meta-World MT1 reach-v3 from pixels (64x64 corner camera, the tiny VLA with a Gaussian head), 10
-scripted-expert demos, SFT, then the only method that lifted a pixel policy by tens of points here
-(docs/benchmarks.md, "RL on pixels": 16% → 76% at this seed, 0; no gain at training seeds 1 and 2): a
-privileged state teacher trained by PPO without rendering and distilled into the pixel policy by DAgger
-(``--algo distill``), and a table of success before and after with Wilson 95% intervals on 50 fixed
-evaluation seeds. The actor never reads the privileged state; only the teacher's labels come from it.
-``--algo ppo|grpo|rloo|tpo`` runs the policy-gradient methods instead (``--suite pointreach --tasks train
---algo rloo`` runs the whole pipeline in a couple of minutes).
+Defaults: Meta-World MT1 button-press-topdown-v3 from pixels (64x64 corner camera, the tiny VLA with a Gaussian
+head), 10 scripted-expert demos, SFT, then the method that lifted pixel policies by tens of points here
+(docs/benchmarks.md, "RL on pixels"; docs/pixels.md): privileged-teacher distillation (``--algo distill``). The
+teacher is a state policy — it reads the object and goal positions, no camera — started from SFT on the same 10
+demos recorded again with the privileged state (same seed: same layouts), improved by PPO without rendering, and
+distilled into the pixel policy by DAgger (300 cloning steps per iteration). A table of success before and after
+with Wilson 95% intervals on 50 fixed evaluation seeds ends the run. The actor never reads the privileged state;
+only the teacher's labels come from it. ``--algo ppo|grpo|rloo|tpo`` runs the policy-gradient methods instead
+(``--suite pointreach --tasks train --algo rloo`` runs the whole pipeline in a couple of minutes).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class DemoArgs(EnvOptions):
     suite: str = "metaworld"
     """simulator suite: pointreach | metaworld | kitchen | libero | maniskill (all but pointreach need their
     extra, e.g. pip install 'vlaforge[metaworld]')"""
-    tasks: str = "reach-v3"
+    tasks: str = "button-press-topdown-v3"
     """comma-separated task names, or a split/benchmark name the suite knows (train / heldout / all)"""
     workers: int = 2
     """env subprocesses (0 = in process)"""
@@ -55,7 +56,11 @@ class DemoArgs(EnvOptions):
     rendering, distilled into the pixel policy by DAgger (one Meta-World task; docs/benchmarks.md, issue 15)"""
     teacher_iterations: int = 64
     """with --algo distill: PPO iterations of the state teacher (32 episodes each, no rendering)"""
-    rl_iterations: int = 15
+    teacher_demos: int = 10
+    """with --algo distill: start the teacher from SFT on this many expert episodes recorded with the privileged
+    state and no camera (the demos' seed, so the same layouts); 0 = PPO from scratch (fails on button-press-topdown
+    and drawer-open in this budget, docs/pixels.md)"""
+    rl_iterations: int = 10
     """RL iterations"""
     groups: int = 2
     """initial states per RL iteration (each rolled out group_size times)"""
@@ -90,9 +95,11 @@ def run_demo(a: DemoArgs) -> dict:
                           max_steps=a.max_steps or None, env_kwargs=dict(a.env_kwargs), eval_every=0, tensorboard=True)
         cfg.algo_cfg.group_size = a.group_size  # every algorithm's config has one (algos/__init__.py)
         if a.algo == "distill":  # every episode its own layout; an SFT-like learning rate for the DAgger steps
-            print(f"      privileged teacher: PPO on the state, {a.teacher_iterations} iterations without rendering")
+            start = f"SFT on {a.teacher_demos} privileged demos, then " if a.teacher_demos else ""
+            print(f"      privileged teacher: {start}PPO on the state, {a.teacher_iterations} iterations without rendering")
             teacher, index = privileged_teacher(a.suite, a.tasks, out / "teacher", a.teacher_iterations,
-                                                max_steps=a.max_steps or 150, num_envs=16, env_kwargs=a.env_kwargs)
+                                                max_steps=a.max_steps or 150, num_envs=16, env_kwargs=a.env_kwargs,
+                                                demos=a.teacher_demos)
             cfg.groups, cfg.lr = a.groups * a.group_size, 3e-4
             cfg.distill.group_size, cfg.distill.teacher, cfg.distill.teacher_state = 1, str(teacher), index
         train(cfg)

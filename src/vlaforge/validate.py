@@ -280,6 +280,7 @@ def check_demo(a, argv):
     need(a.algo != "distill" or (a.suite == "metaworld" and "," not in a.tasks),
          "--algo distill runs on one metaworld task (its teacher reads that task's privileged state); pass one --tasks name")
     at_least("--teacher-iterations", a.teacher_iterations, 1)
+    at_least("--teacher-demos", a.teacher_demos, 0)
     check_out_dir("--out", a.out)
     check_replaceable("--out", Path(a.out) / "demos", "demos")
     for sub in ("sft", "rl/final", "rl/checkpoint"):
