@@ -108,3 +108,26 @@ def test_a_student_with_a_readout_keeps_fitting_it_on_the_aggregate(tmp_path):
     assert all(np.isfinite(x["train/aux/mse"]) for x in lines if "train/loss" in x)
     after = load_policy(tmp_path / "aux" / "final").aux_head.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_privileged_teacher_can_start_from_the_demos(tmp_path):
+    """pipeline.privileged_teacher(demos=N): N privileged, camera-less demos with the given seed → state SFT → PPO;
+    the teacher reads the 13 privileged dims its returned indices name, and a rerun into the same folder replaces
+    (never reuses) the demos."""
+    pytest.importorskip("metaworld")
+    from vlaforge.pipeline import privileged_teacher
+
+    def episodes():
+        meta = tmp_path / "t" / "demos" / "meta"
+        return json.loads((meta / "info.json").read_text()), [json.loads(x) for x in
+                                                               (meta / "episodes.jsonl").read_text().splitlines() if x]
+
+    kw = dict(iterations=1, seed=3, max_steps=20, num_envs=2, demos=2, sft_steps=5)
+    final, index = privileged_teacher("metaworld", "reach-v3", tmp_path / "t", **kw)
+    teacher = load_policy(final)
+    assert teacher.cfg.state_dim == len(index.split(",")) == 13
+    info, eps = episodes()
+    assert info["renderer"] == "none" and len(eps) == 2
+    assert [e["seed"] for e in eps] == [3 * 100_003 + 1_000_000 + k for k in range(2)]
+    privileged_teacher("metaworld", "push-v3", tmp_path / "t", **kw)
+    assert {e["task_name"] for e in episodes()[1]} == {"push-v3"}

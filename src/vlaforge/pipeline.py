@@ -201,12 +201,10 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
     init = None
     if demos > 0:
         demo_dir, init = out / "demos", out / "sft"
-        if not (demo_dir / "meta" / "info.json").exists():
-            run_collect(CollectArgs(suite=suite, tasks=task, episodes=demos, out=str(demo_dir), noise=demo_noise,
-                                    num_envs=min(demos, num_envs), seed=seed, env_kwargs=dict(priv)), quiet=True)
-        if not (init / "model.safetensors").exists():
-            run_sft(SFTArgs(demos=str(demo_dir), out=str(init), backbone="state", threads=threads,
-                            sft=SFTConfig(steps=sft_steps, seed=seed)), quiet=True)
+        run_collect(CollectArgs(suite=suite, tasks=task, episodes=demos, out=str(demo_dir), noise=demo_noise,
+                                num_envs=min(demos, num_envs), seed=seed, env_kwargs=dict(priv)), quiet=True)
+        run_sft(SFTArgs(demos=str(demo_dir), out=str(init), backbone="state", threads=threads,
+                        sft=SFTConfig(steps=sft_steps, seed=seed)), quiet=True)
     cfg = TrainConfig(algo="ppo", suite=suite, tasks=task, backbone="state", out=str(out), iterations=iterations,
                       groups=32, num_envs=num_envs, workers=workers, max_steps=max_steps, init=init and str(init),
                       env_kwargs={**priv, "shaping": 1.0}, eval_every=0, progress=False,
