@@ -38,19 +38,16 @@ def _eval(args):
 
 
 def _train(cfg):
-    import dataclasses
-
     from vlaforge.recipes import run_recipe
     from vlaforge.rollout.evaluate import protocol_line
     from vlaforge.train.checkpoint import read_train_state
+    from vlaforge.train.config import resume_config
     from vlaforge.train.loop import train
 
     if cfg.resume:  # a recipe's hooks are rebuilt from the checkpoint's own config
         saved = read_train_state(cfg.resume)["config_obj"]
         if saved.recipe:  # where to run, write and show: this command line's (validate resolved out)
-            cfg = dataclasses.replace(saved, resume=cfg.resume, ray=cfg.ray, out=cfg.out, progress=cfg.progress,
-                                      tensorboard=cfg.tensorboard,
-                                      hf=dataclasses.replace(saved.hf, trust_remote_code=cfg.hf.trust_remote_code))
+            cfg = resume_config(saved, cfg)
     final = run_recipe(cfg) if cfg.recipe else train(cfg)
     keys = sorted(k for k in final if k.startswith("eval/"))
     if keys:

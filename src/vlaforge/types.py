@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
+from vlaforge.device import to_device
+
 Array = np.ndarray | torch.Tensor
 
 
@@ -146,6 +148,17 @@ class Rollout:
                 out[f.name] = v[:, episodes]
         return Rollout(**out)
 
+    def to(self, device: torch.device | str) -> Rollout:
+        """Every tensor of the rollout on ``device`` (the learner's: advantages and batches are computed there).
+        A tensor already on ``device`` is kept as it is (no copy: on the CPU this is the rollout itself); to CUDA
+        the copies are non-blocking from pinned host memory."""
+        device = torch.device(device)
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v if f.name == "instructions" else to_device(v, device)
+        return Rollout(**out)
+
     @staticmethod
     def cat(rollouts: list[Rollout]) -> Rollout:
         """Join rollouts along the episode axis, padding time with dead steps."""
@@ -154,7 +167,7 @@ class Rollout:
             if x.shape[0] == T:
                 return x
             shape = (T - x.shape[0],) + tuple(x.shape[1:])
-            return torch.cat([x, torch.full(shape, value, dtype=x.dtype)])
+            return torch.cat([x, torch.full(shape, value, dtype=x.dtype, device=x.device)])
         out = {}
         for f in fields(Rollout):
             vals = [getattr(r, f.name) for r in rollouts]

@@ -59,7 +59,7 @@ class StepBatch:
 
 def chunk_mask(executed: torch.Tensor, chunk: int) -> torch.Tensor:
     """(…,) executed step counts -> (…, C) bool mask of executed chunk entries."""
-    return torch.arange(chunk) < executed.unsqueeze(-1)
+    return torch.arange(chunk, device=executed.device) < executed.unsqueeze(-1)
 
 
 def flatten_steps(rollout: Rollout, keep: torch.Tensor, adv: torch.Tensor, returns: torch.Tensor | None = None) -> StepBatch:
@@ -102,7 +102,7 @@ def level_view(logp: torch.Tensor, cmask: torch.Tensor, level: str) -> tuple[tor
     logp = logp * cmask.unsqueeze(-1)
     red = reduce_log_prob(logp, level)
     if level == "chunk":
-        return red, torch.ones(red.shape[0], dtype=torch.bool)
+        return red, torch.ones(red.shape[0], dtype=torch.bool, device=red.device)
     return red, cmask
 
 

@@ -33,6 +33,7 @@ import torch
 from vlaforge.algos.common import LOCAL, StepBatch, flatten_steps
 from vlaforge.algos.state import AlgoState, flatten, unflatten
 from vlaforge.data.replay import ReplayBuffer
+from vlaforge.device import module_device, to_device
 from vlaforge.hooks import Hooks
 from vlaforge.types import Observation, Rollout
 
@@ -77,7 +78,8 @@ class DistillState(AlgoState):
         if not cfg.teacher:
             raise ValueError("--distill.teacher is required: a policy checkpoint that reads the privileged state")
         self.index = cfg.state_index()
-        self.teacher = load_policy(cfg.teacher).eval()
+        self.device = module_device(policy)
+        self.teacher = load_policy(cfg.teacher).to(self.device).eval()
         if self.teacher.cfg.state_dim != len(self.index):
             raise ValueError(f"the teacher '{cfg.teacher}' reads {self.teacher.cfg.state_dim} state dims but "
                              f"--distill.teacher-state names {len(self.index)}")
@@ -93,7 +95,7 @@ class DistillState(AlgoState):
         if batch.sim_state is None:
             raise ValueError("distillation needs the suite's sim_state in the rollouts (this suite has none)")
         s = batch.sim_state[:, self.index]
-        blank = torch.zeros((len(s), 1, 1, 1, 3), dtype=torch.uint8)  # the teacher's state backbone ignores images
+        blank = torch.zeros((len(s), 1, 1, 1, 3), dtype=torch.uint8, device=s.device)  # the teacher's state backbone ignores images
         obs = Observation(blank, s, batch.instructions, batch.task_ids)
         return self.teacher.act(obs, deterministic=True).actions[:, :chunk]
 
@@ -130,7 +132,7 @@ def update(policy, optimizer, batch: StepBatch, cfg: DistillConfig, iteration: i
     sums: dict[str, float] = {}
     params = [p for p in policy.parameters() if p.requires_grad]
     for _ in range(cfg.steps):
-        mb = state.frames.sample(cfg.batch_size, gen)
+        mb = to_device(state.frames.sample(cfg.batch_size, gen), state.device)
         # sim_state rides along as a *target* only: a student SFT'd with a perception readout (`vlaforge sft --aux`)
         # keeps fitting it on every frame here (policies' sft_loss adds it), never as an input
         obs = Observation(mb["images"], mb["state"], [state.instructions[int(t)] for t in mb["task_ids"]],

@@ -32,6 +32,7 @@ import torch
 
 from vlaforge.algos.common import LOCAL
 from vlaforge.algos.sac import SoftACConfig, SoftACState, TransitionBatch, run_updates, transitions
+from vlaforge.device import module_device
 from vlaforge.errors import UsageError
 from vlaforge.hooks import Hooks
 from vlaforge.policies.tiny import TinyVLA
@@ -65,7 +66,7 @@ class DSRLState(SoftACState):
                              "a flow-head checkpoint")
         if policy.noise_policy is None:
             policy.attach_noise_policy(cfg.bound, cfg.policy_hidden)
-        super().__init__(cfg, policy.chunk_size * policy.action_dim)
+        super().__init__(cfg, policy.chunk_size * policy.action_dim, module_device(policy))
         self.images = False
         policy.requires_grad_(False)  # the VLA stays frozen
         policy.noise_policy.requires_grad_(True)
@@ -96,7 +97,7 @@ def conditions(policy, batch: TransitionBatch, prefix: str, chunk: int = 256) ->
         obs = Observation(batch.frames[f[prefix + "frame"][sl]], f[prefix + "state"][sl], batch.instructions[sl],
                           f["task"][sl])
         out.append(policy.noise_condition(obs))
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out) if out else torch.zeros(0, device=module_device(policy))
 
 
 def buffer_fields(policy, batch: TransitionBatch, state: DSRLState) -> dict[str, torch.Tensor]:

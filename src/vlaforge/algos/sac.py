@@ -62,6 +62,7 @@ from vlaforge.core.offpolicy import (
 )
 from vlaforge.data.demos import load_demos
 from vlaforge.data.replay import ReplayBuffer, sample_symmetric
+from vlaforge.device import module_device, to_device
 from vlaforge.errors import UsageError
 from vlaforge.hooks import Hooks
 from vlaforge.policies.base import normalize
@@ -115,6 +116,9 @@ class SoftACConfig:
     """rollouts per initial state (1: no grouping)"""
     temperature: float = 1.0
     """sampling temperature (scales the std; DSRL's noise policy ignores it)"""
+    replay_on_device: bool = False
+    """keep the replay buffers in the policy device's memory (a GPU's); default host memory, each sampled batch
+    copied over (``replay/bytes_per_transition`` in the metrics says what a transition costs)"""
 
 
 @dataclass
@@ -219,7 +223,7 @@ class SoftACState(AlgoState):
     demo buffers and the instruction table. The critics are built on the first batch (their input width
     depends on the suite's sim_state), so ``load_state_dict`` builds them from the saved widths."""
 
-    def __init__(self, cfg, action_dim: int):
+    def __init__(self, cfg, action_dim: int, device: torch.device = torch.device("cpu")):
         if cfg.critic not in CRITIC_INPUTS:
             raise UsageError(f"--{self.flag}.critic '{cfg.critic}' is unknown; choose one of {', '.join(CRITIC_INPUTS)}")
         if not 1 <= cfg.target_subset <= cfg.critics:
@@ -228,14 +232,15 @@ class SoftACState(AlgoState):
         if cfg.utd <= 0 or cfg.batch_size < 2 or cfg.capacity < 1 or cfg.actor_every < 1:
             raise UsageError(f"--{self.flag}.utd must be > 0, --{self.flag}.batch-size >= 2, --{self.flag}.capacity "
                              f">= 1 and --{self.flag}.actor-every >= 1")
-        self.cfg, self.action_dim = cfg, action_dim
+        self.cfg, self.action_dim, self.device = cfg, action_dim, device
+        self.storage = device if cfg.replay_on_device else torch.device("cpu")
         self.target_entropy = -float(action_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
         self.q: EnsembleQ | None = None
         self.q_target: EnsembleQ | None = None
         self.q_opt = None
-        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), requires_grad=True)
+        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=device, requires_grad=True)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
-        self.online = ReplayBuffer(cfg.capacity)
+        self.online = ReplayBuffer(cfg.capacity, self.storage)
         self.demos: ReplayBuffer | None = None
         self.instructions: list[str] = []
         self.grad_steps = 0
@@ -243,7 +248,7 @@ class SoftACState(AlgoState):
     flag = "sac"
 
     def build_critics(self, in_dim: int) -> None:
-        self.q = EnsembleQ(in_dim, self.action_dim, self.cfg.critics, self.cfg.hidden)
+        self.q = EnsembleQ(in_dim, self.action_dim, self.cfg.critics, self.cfg.hidden).to(self.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.q_opt = torch.optim.Adam(self.q.parameters(), lr=self.cfg.critic_lr)
 
@@ -282,7 +287,7 @@ class SoftACState(AlgoState):
         self.alpha_opt.load_state_dict(d["alpha_opt"])
         self.online.load_state_dict(d["online"])
         if d["demos"] is not None:
-            self.demos = ReplayBuffer(1)
+            self.demos = ReplayBuffer(1, self.storage)
             self.demos.load_state_dict(d["demos"])
         self.instructions = list(d["instructions"])
         self.grad_steps = int(d["grad_steps"])
@@ -338,7 +343,7 @@ class SACState(SoftACState):
 
     def __init__(self, policy, cfg: SACConfig):
         tiny_gaussian(policy)
-        super().__init__(cfg, policy.chunk_size * policy.action_dim)
+        super().__init__(cfg, policy.chunk_size * policy.action_dim, module_device(policy))
         policy.head.squash = True  # the loop collects from the tanh-Gaussian the actor optimises
         self.images = policy.reads_images
         if cfg.demos:
@@ -370,7 +375,7 @@ def demo_buffer(policy, cfg: SACConfig, state: SoftACState) -> ReplayBuffer:
     if d.sim_state is not None:
         f["sim"], f["next_sim"] = torch.from_numpy(d.sim_state), torch.from_numpy(d.sim_state[nxt])
     fields = buffer_fields(policy, TransitionBatch(f, list(d.instructions), torch.from_numpy(d.images)), state)
-    buf = ReplayBuffer(len(d))
+    buf = ReplayBuffer(len(d), state.storage)
     buf.add(fields)
     return buf
 
@@ -379,7 +384,7 @@ def buffer_fields(policy, batch: TransitionBatch, state: SoftACState) -> dict[st
     """What SAC stores per transition: normalised action chunk (B, C·A), reward, done, proprio pair, the
     sim_state pair for a privileged critic, images pair for image policies, the instruction index."""
     f = batch.fields
-    a = normalize(f["actions"], policy.act_lo, policy.act_hi).flatten(1)
+    a = normalize(f["actions"].to(policy.act_lo.device), policy.act_lo, policy.act_hi).flatten(1)
     out = {"action": a, "reward": f["reward"], "done": f["done"], "state": f["state"],
            "next_state": f["next_state"], "instr": state.instruction_ids(batch.instructions)}
     if state.cfg.critic == "privileged":
@@ -394,8 +399,9 @@ def buffer_fields(policy, batch: TransitionBatch, state: SoftACState) -> dict[st
 def obs_of(mb: dict, state: SoftACState, prefix: str = "") -> Observation:
     """The actor's observation of sampled rows (never ``sim_state``)."""
     st = mb[prefix + "state"]
-    images = mb[prefix + "images"] if state.images else torch.zeros(st.shape[0], 0, dtype=torch.uint8)
-    return Observation(images, st, [state.instructions[int(i)] for i in mb["instr"]], torch.zeros(len(st), dtype=torch.int64))
+    images = mb[prefix + "images"] if state.images else torch.zeros(st.shape[0], 0, dtype=torch.uint8, device=st.device)
+    return Observation(images, st, [state.instructions[int(i)] for i in mb["instr"]],
+                       torch.zeros(len(st), dtype=torch.int64, device=st.device))
 
 
 def critic_input(policy, mb: dict, state: SoftACState, prefix: str = "") -> torch.Tensor:
@@ -422,7 +428,7 @@ def run_updates(state: SoftACState, steps: int, warm: bool, gen, sync, x_of, sam
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for i in range(steps):
-        mb = sample_symmetric(state.demos, state.online, cfg.batch_size, gen)
+        mb = to_device(sample_symmetric(state.demos, state.online, cfg.batch_size, gen), state.device)
         x, next_x = x_of(mb, ""), x_of(mb, "next_")
         with torch.no_grad():
             na, nlp = sample(mb, "next_")

@@ -108,10 +108,10 @@ def _traj_logps(policy, r: Rollout, eps: torch.Tensor, reference: str = "rollout
             logp_ref = policy.evaluate(obs, taken, temperature=temperature)[0]
     else:
         logp_ref = r.log_prob[t_idx, n_idx]
-    new = torch.zeros(sub.shape)
-    ref = torch.zeros(sub.shape)
-    new = new.index_put((t_idx, p_idx), (logp * cm).sum((-1, -2)))
-    ref = ref.index_put((t_idx, p_idx), (logp_ref * cm).sum((-1, -2)))
+    new = torch.zeros(sub.shape, device=logp.device)
+    ref = torch.zeros(sub.shape, device=logp.device)
+    new = new.index_put((t_idx, p_idx), (logp * cm).sum((-1, -2)).float())
+    ref = ref.index_put((t_idx, p_idx), (logp_ref * cm).sum((-1, -2)).float())
     return new, ref, sub
 
 

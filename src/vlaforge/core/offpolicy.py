@@ -52,7 +52,10 @@ def squashed_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor, generato
     if deterministic:
         eps = torch.zeros_like(mean)
     else:
-        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        # drawn on the generator's device (the loop's checkpointed CPU generator), then moved: the same numbers on
+        # every device, and CUDA refuses a CPU generator for a CUDA tensor
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
+                          device=generator.device if generator is not None else mean.device).to(mean.device)
     u = mean + log_std.exp() * eps
     return torch.tanh(u), squashed_gaussian_log_prob(u, mean, log_std)
 

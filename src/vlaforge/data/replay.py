@@ -109,10 +109,11 @@ class ReplayBuffer:
     DSRL on the same policy 2,184 B (frozen features instead of images).
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, device: torch.device | str = "cpu"):
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1; got {capacity}")
         self.capacity = int(capacity)
+        self.device = torch.device(device)  # storage: host memory by default, the policy's device on request
         self.data: dict[str, torch.Tensor] = {}
         self.ptr = 0  # next row to write
         self.size = 0  # filled rows
@@ -131,7 +132,8 @@ class ReplayBuffer:
             raise ValueError(f"replay fields disagree on the batch size: { {k: tuple(v.shape) for k, v in fields.items()} }")
         b = n.pop()
         if not self.data:
-            self.data = {k: torch.zeros((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in fields.items()}
+            self.data = {k: torch.zeros((self.capacity, *v.shape[1:]), dtype=v.dtype, device=self.device)
+                         for k, v in fields.items()}
         elif set(fields) != set(self.data):
             raise ValueError(f"replay fields {sorted(fields)} differ from the stored {sorted(self.data)}")
         if b == 0:
@@ -141,7 +143,7 @@ class ReplayBuffer:
             b = self.capacity
         rows = (self.ptr + torch.arange(b)) % self.capacity
         for k, v in fields.items():
-            self.data[k][rows] = v.detach().to(self.data[k].dtype)
+            self.data[k][rows] = v.detach().to(self.device, self.data[k].dtype)
         self.ptr = (self.ptr + b) % self.capacity
         self.size = min(self.size + b, self.capacity)
         return b
@@ -151,7 +153,7 @@ class ReplayBuffer:
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         idx = torch.randint(0, self.size, (n,), generator=generator)
-        return {k: v[idx] for k, v in self.data.items()}
+        return {k: v[idx.to(self.device)] for k, v in self.data.items()}
 
     def state_dict(self) -> dict:
         """Nested dict of tensors and ints for ``algos.state.flatten`` (filled rows only)."""
@@ -163,8 +165,8 @@ class ReplayBuffer:
         self.capacity, self.ptr, self.size = int(d["capacity"]), int(d["ptr"]), int(d["size"])
         self.data = {}
         for k, (shape, dtype) in d["shapes"].items():
-            self.data[k] = torch.zeros((self.capacity, *shape), dtype=getattr(torch, dtype))
-            self.data[k][:self.size] = d["data"][k]
+            self.data[k] = torch.zeros((self.capacity, *shape), dtype=getattr(torch, dtype), device=self.device)
+            self.data[k][:self.size] = d["data"][k].to(self.device)
 
 
 def sample_symmetric(demos: ReplayBuffer | None, online: ReplayBuffer, n: int,

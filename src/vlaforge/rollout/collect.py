@@ -7,7 +7,8 @@ keeps everything needed to score the same actions again under a new policy: the
 observations, the head's ``taken`` record and the sampling log-probs, computed with the same
 distribution and temperature that sampled them. With ``keep_obs`` it also keeps the suite's
 privileged ``sim_state`` per decision (``Rollout.sim_state (T, N, P)``, P = 0 for suites without
-one) for reward models; the policy never sees it.
+one) for reward models; the policy never sees it. The Rollout lives on the host whatever the policy's device
+(its outputs come back once per batch); the learner moves it to its device (``Rollout.to``).
 
 Pipelining (``pipeline=True``) overlaps policy inference with simulation: a ``SubprocVecEnv``'s envs
 form groups (one per worker, ``venv.groups``) and the policy acts for one group while the others
@@ -171,7 +172,7 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
     next_value = torch.zeros(n)
     if policy.has_value and keep_obs:
         with torch.no_grad():
-            next_value = policy.value(obs).detach()
+            next_value = policy.value(obs).detach().cpu()
     stats.frames.extend(frames)
     T = max(len(lane.steps) for lane in lanes)
 
@@ -203,8 +204,8 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
         parts = [torch.as_tensor(x if sub is None else x[sub]) for x in parts]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def stack(key, sub=None):
-        return torch.stack([joined(t, key, sub) for t in range(T)])
+    def stack(key, sub=None):  # policy outputs come back to the host once per batch (no copy on the CPU)
+        return torch.stack([joined(t, key, sub) for t in range(T)]).cpu()
 
     def cat_lanes(attr) -> np.ndarray:
         return np.concatenate([getattr(lane, attr) for lane in lanes])

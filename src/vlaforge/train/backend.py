@@ -65,6 +65,9 @@ class Backend:
 
     spec = None
     iteration: int = 0
+    device: torch.device = torch.device("cpu")
+    """where ``prepare`` runs (advantages, batches): the learner's device locally; the driver's host on Ray, whose
+    learners move their shard to their own device"""
 
     def start(self, policy, opt_state: dict | None, gen: torch.Generator, algo_state: tuple | None) -> None:
         """Build the optimizer (restored from ``opt_state``) and the algorithm's state (restored from

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.device import cuda_rng_states, to_host
 from vlaforge.errors import CheckpointError, NonFiniteError
 from vlaforge.fsutil import atomic_dir, atomic_write_text
 from vlaforge.policies import load_policy, read_config, write_policy_files
@@ -55,8 +56,9 @@ def save_checkpoint(path: str | Path, policy, optimizer, state: dict, gen: torch
     try:
         with atomic_dir(path) as tmp:
             write_policy_files(policy, tmp)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            save_file({"torch_cpu": torch.get_rng_state(), "update_gen": gen.get_state()}, str(tmp / "rng.safetensors"))
+            torch.save(to_host(optimizer.state_dict()), tmp / "optimizer.pt")  # host copies: loads on any device
+            save_file({"torch_cpu": torch.get_rng_state(), "update_gen": gen.get_state(), **cuda_rng_states()},
+                      str(tmp / "rng.safetensors"))
             if algo_state is not None:
                 tensors, meta = algo_state.state_dict()
                 save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},

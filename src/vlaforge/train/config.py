@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 import tyro
 
 from vlaforge.algos import ALGOS, AlgoName
+from vlaforge.device import DeviceOptions
 from vlaforge.envs.options import EnvOptions
 from vlaforge.policies.hf.model import HFConfig
 from vlaforge.policies.openvla.model import OpenVLAOptions
@@ -30,7 +31,7 @@ from vlaforge.train.recipe_configs import GrapeConfig, IReVLAConfig, VLARLConfig
 
 
 @dataclass
-class _TrainFields(EnvOptions, PolicyShape):
+class _TrainFields(EnvOptions, PolicyShape, DeviceOptions):
     """RL post-training of a VLA on a simulator suite."""
 
     algo: AlgoName = "rloo"
@@ -125,6 +126,19 @@ TrainConfig = dataclasses.make_dataclass(
     "TrainConfig", [(name, a.config, field(default_factory=a.config)) for name, a in ALGOS.items()],
     bases=(_TrainFields,), namespace={"__doc__": _TrainFields.__doc__, "__module__": __name__,
                                        "algo_cfg": property(_algo_cfg)})
+
+
+CALLER_FIELDS = ("ray", "out", "resume", "progress", "tensorboard", "device", "deterministic")
+"""What a resumed run takes from the command line that resumes it, not from its checkpoint: where to run (Ray,
+the device), where to write and what to show. Everything else (the algorithm, its rates, ``precision``...) is the
+run's own."""
+
+
+def resume_config(saved, caller):
+    """The config a resumed run runs with: ``saved`` (the checkpoint's) with ``caller``'s ``CALLER_FIELDS`` and its
+    ``--policy.trust-remote-code`` (never read from a file)."""
+    return dataclasses.replace(saved, **{k: getattr(caller, k) for k in CALLER_FIELDS},
+                               hf=dataclasses.replace(saved.hf, trust_remote_code=caller.hf.trust_remote_code))
 
 
 def config_to_dict(cfg) -> dict:

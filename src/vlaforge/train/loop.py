@@ -22,6 +22,7 @@ import torch
 
 from vlaforge.algos import get_algo
 from vlaforge.algos.common import LOCAL, trajectory_reward
+from vlaforge.device import precision_context, resolve_device, set_cuda_rng_states, set_deterministic
 from vlaforge.core.advantages import uniform_groups
 from vlaforge.envs import env_kwargs, env_tasks, make_vec_env, suite_info, suite_task_names
 from vlaforge.envs.vector import thread_plan
@@ -36,7 +37,7 @@ from vlaforge.rollout.evaluate import evaluate_policy
 from vlaforge.rollout.sampling import TaskSampler
 from vlaforge.train.backend import Backend, backend_for, register_backend
 from vlaforge.train.checkpoint import load_algo_state, load_checkpoint, repair_metrics, save_checkpoint
-from vlaforge.train.config import TrainConfig, config_from_dict, config_to_dict, resumed_config
+from vlaforge.train.config import TrainConfig, config_from_dict, config_to_dict, resume_config, resumed_config
 from vlaforge.train.logging import RunLogger, StageTimer, progress_bar
 from vlaforge.types import Rollout
 
@@ -193,23 +194,23 @@ def start_state(cfg: TrainConfig):
     # the run's settings come from the checkpoint; where to run, where to write and what to show, from the
     # caller (the CLI sets out to the checkpoint's parent unless --out is given): a crafted state.json
     # never chooses which directory is rewritten
-    saved = state["config_obj"]
-    cfg = dataclasses.replace(saved, ray=cfg.ray, out=cfg.out, resume=cfg.resume, progress=cfg.progress,
-                              tensorboard=cfg.tensorboard,
-                              hf=dataclasses.replace(saved.hf, trust_remote_code=trust))
+    cfg = resume_config(state["config_obj"], cfg)
     return cfg, policy, opt_state, rng, state["iteration"], state["env_steps"], state["sampler"]
 
 
 class LocalBackend(Backend):
-    """The whole run in this process: one vectorised env, the policy, its optimizer, the algorithm's state."""
+    """The whole run in this process: one vectorised env, the policy, its optimizer, the algorithm's state. The
+    policy (collector and learner are one object here), its optimizer state, the algorithm's state and every batch
+    live on ``--device``; the envs on the host."""
 
     def __init__(self, cfg: TrainConfig, hooks: Hooks):
         self.cfg, self.algo, self.acfg = cfg, get_algo(cfg.algo), cfg.algo_cfg
+        self.device = resolve_device(cfg.device)
         self.venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
         self.spec = self.venv.spec
 
     def start(self, policy, opt_state, gen, algo_state) -> None:
-        self.policy, self.gen = policy, gen
+        self.policy, self.gen = policy.to(self.device), gen  # before the optimizer: its state follows the params
         self.optimizer = make_optimizer(policy, self.cfg)
         self.state = self.algo.new_state(policy, self.acfg)
         if opt_state is not None:
@@ -218,15 +219,19 @@ class LocalBackend(Backend):
             self.state.load_state_dict(*algo_state)
 
     def collect(self, task_ids, seeds, stats: CollectStats) -> Rollout:
-        return collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline,
-                       temperature=self.acfg.temperature)[0]
+        with precision_context(self.cfg.precision, self.device):
+            return collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline,
+                           temperature=self.acfg.temperature)[0]
 
     def update(self, batch, iteration: int) -> dict:
         set_policy_lr(self.optimizer, self.cfg, iteration)
-        return self.algo.update(self.policy, self.optimizer, batch, self.acfg, iteration, self.gen, LOCAL, self.state)
+        with precision_context(self.cfg.precision, self.device):
+            return self.algo.update(self.policy, self.optimizer, batch, self.acfg, iteration, self.gen, LOCAL,
+                                    self.state)
 
     def evaluate(self, eval_names: list[str], episodes: int) -> dict:
-        return eval_metrics(self.policy, self.venv, eval_names, episodes)
+        with precision_context(self.cfg.precision, self.device):
+            return eval_metrics(self.policy, self.venv, eval_names, episodes)
 
     def train_state(self) -> tuple:
         return self.optimizer, self.state
@@ -248,6 +253,7 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
     make_backend = backend_for(cfg)
     resuming = cfg.resume is not None
     cfg, policy, opt_state, rng, start_it, env_steps_total, sampler_state = start_state(cfg)
+    set_deterministic(cfg.deterministic)
     out = Path(cfg.out)
     torch.set_num_threads(cfg.threads)  # after resolving a resumed config: thread count changes float sums
     algo = get_algo(cfg.algo)
@@ -283,6 +289,7 @@ def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_
     backend.start(policy, opt_state, gen, saved_algo_state)
     if resuming:  # after start(): building the optimizer and the algorithm's state may draw random numbers
         torch.set_rng_state(rng["torch_cpu"])
+        set_cuda_rng_states(rng)  # a GPU run's generators (absent in CPU checkpoints)
         _truncate_metrics(out / "metrics.jsonl", start_it)
     logger = RunLogger(out, cfg.tensorboard)
     (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
@@ -304,8 +311,8 @@ def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_
                 if rollout is not None:
                     with timer("reward"):
                         metrics.update(hooks.shape_rewards(rollout))
-                    with timer("advantages"):
-                        batch, pinfo = algo.prepare(rollout, acfg, hooks)
+                    with timer("advantages"):  # on the learner's device: the rollout crosses once per iteration
+                        batch, pinfo = algo.prepare(rollout.to(backend.device), acfg, hooks)
                     metrics.update(pinfo)
                     with timer("update"):
                         metrics.update(backend.update(batch, it))
