@@ -228,3 +228,21 @@ def test_a_whole_training_run_stays_on_the_device(tmp_path, monkeypatch):
     assert audit.violations == [], "\n".join(audit.violations)
     opt = torch.load(tmp_path / "run" / "checkpoint" / "optimizer.pt", weights_only=True)
     assert opt["state"]  # written, and loadable without a device
+
+
+def test_sft_and_eval_commands_take_the_device_flags(tmp_path):
+    """``vlaforge sft|eval --device cpu --precision bf16`` run; ``--device cuda`` on a machine without one, and a
+    malformed device, are refused in one line before anything is written."""
+    from vlaforge.cli import main
+
+    demos, sft = tmp_path / "demos", tmp_path / "sft"
+    assert main(["collect", "--suite", "pointreach", "--tasks", "train", "--episodes", "2", "--num-envs", "2",
+                 "--out", str(demos)]) == 0
+    base = ["sft", "--demos", str(demos), "--sft.steps", "3", "--sft.batch-size", "4", "--threads", "1"]
+    assert main(base + ["--out", str(sft), "--device", "cpu", "--precision", "bf16"]) == 0
+    assert main(["eval", "--checkpoint", str(sft), "--suite", "pointreach", "--tasks", "train", "--episodes", "2",
+                 "--num-envs", "2", "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "ev.json")]) == 0
+    for bad in (["--device", "gpu0"], [] if torch.cuda.is_available() else ["--device", "cuda"]):
+        if bad:
+            assert main(base + ["--out", str(tmp_path / "never")] + bad) == 2
+            assert not (tmp_path / "never").exists()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlaforge.algos.sft import SFTConfig
+from vlaforge.device import DeviceOptions
 from vlaforge.envs import env_kwargs
 from vlaforge.envs.options import EnvOptions
 from vlaforge.pipeline import (
@@ -35,7 +36,7 @@ from vlaforge.train.loop import TrainConfig, train
 
 
 @dataclass
-class DemoArgs(EnvOptions):
+class DemoArgs(EnvOptions, DeviceOptions):
     """Run collect → SFT → RL → eval end to end and print success before and after RL."""
 
     suite: str = "metaworld"
@@ -82,9 +83,10 @@ def run_demo(a: DemoArgs) -> dict:
     run_collect(CollectArgs(suite=a.suite, tasks=a.tasks, episodes=a.demo_episodes, out=str(out / "demos"),
                             num_envs=a.num_envs, workers=a.workers, env_kwargs=env_kw), quiet=False)
     print(f"[2/4] SFT of the tiny VLA ({a.sft_steps} steps)")
-    run_sft(SFTArgs(demos=str(out / "demos"), out=str(out / "sft"), sft=SFTConfig(steps=a.sft_steps)))
+    dev = {"device": a.device, "precision": a.precision, "deterministic": a.deterministic}
+    run_sft(SFTArgs(demos=str(out / "demos"), out=str(out / "sft"), sft=SFTConfig(steps=a.sft_steps), **dev))
     ev = EvalArgs(checkpoint=str(out / "sft"), suite=a.suite, tasks=a.tasks, episodes=a.eval_episodes,
-                  num_envs=a.num_envs, workers=a.workers, env_kwargs=env_kw)
+                  num_envs=a.num_envs, workers=a.workers, env_kwargs=env_kw, **dev)
     print("[3/4] evaluating the SFT policy")
     before, _ = run_eval(ev, quiet=True)
     after = None
@@ -92,7 +94,8 @@ def run_demo(a: DemoArgs) -> dict:
         print(f"[4/4] RL: {a.algo}, {a.rl_iterations} iterations × {a.groups} initial states × {a.group_size} rollouts")
         cfg = TrainConfig(algo=a.algo, suite=a.suite, tasks=a.tasks, init=str(out / "sft"), out=str(out / "rl"),
                           iterations=a.rl_iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
-                          max_steps=a.max_steps or None, env_kwargs=dict(a.env_kwargs), eval_every=0, tensorboard=True)
+                          max_steps=a.max_steps or None, env_kwargs=dict(a.env_kwargs), eval_every=0, tensorboard=True,
+                          **dev)
         cfg.algo_cfg.group_size = a.group_size  # every algorithm's config has one (algos/__init__.py)
         if a.algo == "distill":  # every episode its own layout; an SFT-like learning rate for the DAgger steps
             start = f"SFT on {a.teacher_demos} privileged demos, then " if a.teacher_demos else ""

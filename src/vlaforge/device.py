@@ -18,6 +18,7 @@ Imports nothing from vlaforge but ``errors``, so every layer may use it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -113,6 +114,9 @@ def to_device(x, device: torch.device):
         return {k: to_device(v, device) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return type(x)(to_device(v, device) for v in x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):  # an Observation, a batch
+        return dataclasses.replace(x, **{f.name: to_device(getattr(x, f.name), device) for f in dataclasses.fields(x)
+                                         if f.init})
     return x
 
 
@@ -127,10 +131,10 @@ def to_host(x):
     return x
 
 
-def host_to_device(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A host numpy array as a tensor on ``device``: on CUDA through a pinned buffer and a non-blocking copy; on
-    the CPU ``torch.as_tensor`` (shares memory where it can, as before)."""
-    if device.type == "cuda":
+def host_to_device(a, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host numpy array (an env's observation) as a tensor on ``device``: to CUDA through a pinned buffer and a
+    non-blocking copy; on the CPU, or for a tensor, ``torch.as_tensor`` (shares memory where it can, as before)."""
+    if device.type == "cuda" and isinstance(a, np.ndarray):
         t = torch.from_numpy(np.ascontiguousarray(a))
         if dtype is not None:
             t = t.to(dtype)

@@ -15,6 +15,7 @@ import torch
 
 from vlaforge.algos.sft import SFTConfig, train_sft
 from vlaforge.data.demos import collect_demos, load_demos
+from vlaforge.device import DeviceOptions, precision_context, resolve_device, set_deterministic
 from vlaforge.envs import env_tasks, make_vec_env, suite_task_names
 from vlaforge.envs.options import EnvOptions
 from vlaforge.errors import NonFiniteError, UsageError
@@ -60,7 +61,7 @@ def run_collect(a: CollectArgs, quiet: bool = False):
 
 
 @dataclass
-class SFTArgs(PolicyShape):
+class SFTArgs(PolicyShape, DeviceOptions):
     """Supervised fine-tuning of a VLA on demonstrations."""
 
     demos: str = "runs/demos"
@@ -97,6 +98,8 @@ def run_sft(a: SFTArgs, quiet: bool = False):
         policy = build_policy("tiny", state_dim=info["features"]["observation.state"]["shape"][0],
                               action_dim=info["features"]["action"]["shape"][0], views=V, image_size=H,
                               **a.shape(), **aux)
+    policy.to(resolve_device(a.device))
+    set_deterministic(a.deterministic)
     if info.get("renderer") == "none" and reads_images(policy):
         raise ValueError(f"demos '{a.demos}' were recorded with render 0 (blank images) but this policy reads images; "
                          "use --backbone state or record the demos with rendering")
@@ -106,7 +109,7 @@ def run_sft(a: SFTArgs, quiet: bool = False):
     prog, task = progress_bar("sft", a.sft.steps, not quiet)
     t0 = time.perf_counter()
     with prog:
-        metrics = train_sft(policy, demos, a.sft, task_index, logger,
+        metrics = train_sft(policy, demos, a.sft, task_index, logger, precision=a.precision,
                             progress=lambda s, n, m: prog.update(task, completed=s, info=f"loss {float(m.get('sft/loss', 0)):.4f}")
                             if s % 10 == 0 or s == n else None)
     logger.close()
@@ -121,7 +124,7 @@ def run_sft(a: SFTArgs, quiet: bool = False):
 
 
 @dataclass
-class EvalArgs(EnvOptions):
+class EvalArgs(EnvOptions, DeviceOptions):
     """Evaluate a policy: success per task over fixed seeds with Wilson 95% intervals."""
 
     tasks: str = "all"
@@ -147,6 +150,8 @@ class EvalArgs(EnvOptions):
 def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
     torch.set_num_threads(a.threads)
     policy = policy if policy is not None else load_policy(a.checkpoint, trust_remote_code=a.trust_remote_code)
+    device = resolve_device(a.device)
+    policy.to(device)
     venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks(a.suite, a.tasks),
                         image_size=policy.cfg.image_size, workers=a.workers, **a.env_kwargs)
     try:
@@ -154,9 +159,10 @@ def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
         names = suite_task_names(venv.spec, a.tasks)
         out = Path(a.out) if a.out else Path(a.checkpoint) / f"eval_{a.suite}.json"
         t0 = time.perf_counter()
-        results, stats = evaluate_policy(policy, venv, names, a.episodes, deterministic=not a.stochastic,
-                                         seed_base=a.seed_base, videos=a.videos,
-                                         video_dir=out.with_suffix("") if a.videos else None)
+        with precision_context(a.precision, device):
+            results, stats = evaluate_policy(policy, venv, names, a.episodes, deterministic=not a.stochastic,
+                                             seed_base=a.seed_base, videos=a.videos,
+                                             video_dir=out.with_suffix("") if a.videos else None)
         data = manifest(venv.spec, names, a.episodes, a.seed_base, policy_hash(a.checkpoint)
                         if (Path(a.checkpoint) / "model.safetensors").exists() else None, results,
                         {"deterministic": not a.stochastic, "wall_time_s": time.perf_counter() - t0,

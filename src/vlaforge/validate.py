@@ -25,6 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from vlaforge.device import DeviceOptions
 from vlaforge.envs import SUITES, EnvError, _env_class, env_kwargs, env_tasks, suite_spec
 from vlaforge.envs.options import EnvOptions
 from vlaforge.errors import NonFiniteError, UsageError
@@ -256,6 +257,8 @@ def check(command: str, args, argv: list[str]):
     """Validate ``args`` of ``vlaforge <command>`` (``argv``: the command's own arguments); returns them."""
     fn = {"collect": check_collect, "sft": check_sft, "eval": check_eval, "train": check_train,
           "demo": check_demo}.get(command)
+    if isinstance(args, DeviceOptions):  # a device this machine lacks is refused before any work
+        args.check()
     return fn(args, argv) if fn is not None else args
 
 

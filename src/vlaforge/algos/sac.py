@@ -223,7 +223,7 @@ class SoftACState(AlgoState):
     demo buffers and the instruction table. The critics are built on the first batch (their input width
     depends on the suite's sim_state), so ``load_state_dict`` builds them from the saved widths."""
 
-    def __init__(self, cfg, action_dim: int, device: torch.device = torch.device("cpu")):
+    def __init__(self, cfg, action_dim: int, device: torch.device | None = None):
         if cfg.critic not in CRITIC_INPUTS:
             raise UsageError(f"--{self.flag}.critic '{cfg.critic}' is unknown; choose one of {', '.join(CRITIC_INPUTS)}")
         if not 1 <= cfg.target_subset <= cfg.critics:
@@ -232,13 +232,13 @@ class SoftACState(AlgoState):
         if cfg.utd <= 0 or cfg.batch_size < 2 or cfg.capacity < 1 or cfg.actor_every < 1:
             raise UsageError(f"--{self.flag}.utd must be > 0, --{self.flag}.batch-size >= 2, --{self.flag}.capacity "
                              f">= 1 and --{self.flag}.actor-every >= 1")
-        self.cfg, self.action_dim, self.device = cfg, action_dim, device
-        self.storage = device if cfg.replay_on_device else torch.device("cpu")
+        self.cfg, self.action_dim, self.device = cfg, action_dim, device or torch.device("cpu")
+        self.storage = self.device if cfg.replay_on_device else torch.device("cpu")
         self.target_entropy = -float(action_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
         self.q: EnsembleQ | None = None
         self.q_target: EnsembleQ | None = None
         self.q_opt = None
-        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=device, requires_grad=True)
+        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=self.device, requires_grad=True)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
         self.online = ReplayBuffer(cfg.capacity, self.storage)
         self.demos: ReplayBuffer | None = None

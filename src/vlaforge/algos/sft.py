@@ -17,6 +17,7 @@ import torch
 
 from vlaforge.algos.common import accumulate, micro_size
 from vlaforge.data.demos import DemoData
+from vlaforge.device import module_device, precision_context, to_device
 from vlaforge.policies.base import action_stats
 from vlaforge.policies.tiny import TinyVLA
 from vlaforge.types import Observation
@@ -95,8 +96,9 @@ def sft_step(policy, optimizer, obs, actions, mask, grad_clip: float) -> dict:
 
 
 def train_sft(policy, demos: DemoData, cfg: SFTConfig, task_index: dict[str, int], logger=None, progress=None,
-              set_stats: bool = True) -> dict:
-    """Fit ``policy`` to demos for ``cfg.steps`` steps. Returns the last metrics."""
+              set_stats: bool = True, precision: str = "fp32") -> dict:
+    """Fit ``policy`` to demos for ``cfg.steps`` steps on the policy's device (batches drawn on the host, moved
+    there). Returns the last metrics."""
     torch.manual_seed(cfg.seed)
     if set_stats:
         policy.set_action_stats(*action_stats(demos.actions))
@@ -108,14 +110,16 @@ def train_sft(policy, demos: DemoData, cfg: SFTConfig, task_index: dict[str, int
         if set_stats:
             targets = demos.sim_state[:, aux_index]
             policy.set_aux_stats(targets.mean(0), targets.std(0))
+    device = module_device(policy)  # the caller placed the policy (``vlaforge sft --device``)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     sampler = DemoSampler(demos, policy.chunk_size, task_index, cfg.seed)
     policy.train()
     metrics: dict = {}
     for step in range(cfg.steps):
-        obs, acts, mask = sampler.batch(cfg.batch_size, cfg.augment_shift)
-        metrics = sft_step(policy, opt, obs, acts, mask, cfg.grad_clip)
+        obs, acts, mask = to_device(sampler.batch(cfg.batch_size, cfg.augment_shift), device)  # drawn on the host
+        with precision_context(precision, device):
+            metrics = sft_step(policy, opt, obs, acts, mask, cfg.grad_clip)
         if logger is not None and (step % 50 == 0 or step == cfg.steps - 1):
             logger.log(step, metrics)
         if progress is not None:

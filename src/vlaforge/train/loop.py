@@ -22,8 +22,8 @@ import torch
 
 from vlaforge.algos import get_algo
 from vlaforge.algos.common import LOCAL, trajectory_reward
-from vlaforge.device import precision_context, resolve_device, set_cuda_rng_states, set_deterministic
 from vlaforge.core.advantages import uniform_groups
+from vlaforge.device import precision_context, resolve_device, set_cuda_rng_states, set_deterministic
 from vlaforge.envs import env_kwargs, env_tasks, make_vec_env, suite_info, suite_task_names
 from vlaforge.envs.vector import thread_plan
 from vlaforge.errors import UsageError

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlaforge.device import host_to_device
 from vlaforge.errors import UsageError
 from vlaforge.policies.base import Policy, denormalize, normalize
 from vlaforge.policies.heads import HEADS
@@ -208,10 +209,10 @@ class TinyVLA(nn.Module, Policy):
     def features(self, obs: Observation) -> torch.Tensor:
         """Fused tokens (N, L, D)."""
         dev = self.act_lo.device
-        state = torch.as_tensor(obs.state, dtype=torch.float32, device=dev)
+        state = host_to_device(obs.state, dev, torch.float32)  # the observation crosses to the device once
         if self.cfg.backbone == "state":
             return self.state_mlp(state).view(state.shape[0], 4, self.cfg.dim)
-        img = torch.as_tensor(obs.images, device=dev)  # (N, V, H, W, 3) uint8
+        img = host_to_device(obs.images, dev)  # (N, V, H, W, 3) uint8
         n, v = img.shape[:2]
         words = self._words(obs.instructions, dev)
         w = self.word_emb(words) + self.word_pos  # (N, Wd, D)
