@@ -617,6 +617,10 @@ def check_ray(r) -> None:
     at_least("--ray.learners", r.learners, 1)
     positive("--ray.env-worker-cpus", r.env_worker_cpus)
     positive("--ray.learner-cpus", r.learner_cpus)
+    for name, g in (("--ray.learner-gpus", r.learner_gpus), ("--ray.env-worker-gpus", r.env_worker_gpus)):
+        finite(name, g)
+        need(0 <= g <= 1, f"{name} must be in [0, 1] (a fraction shares one GPU; a learner or worker uses one "
+                          f"device: for more GPUs add learners with --ray.learners N); got {g}")
     if r.num_cpus is not None:
         at_least("--ray.num-cpus", r.num_cpus, 1)
     at_least("--ray.max-env-worker-restarts", r.max_env_worker_restarts, 0)

@@ -26,6 +26,7 @@ import torch
 
 from vlaforge.algos import get_algo
 from vlaforge.algos.common import LOCAL
+from vlaforge.device import precision_context, to_device, to_host
 from vlaforge.envs import make_vec_env
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.train.loop import env_settings, eval_metrics, make_optimizer, set_policy_lr
@@ -51,7 +52,8 @@ class EnvWorker:
         torch.set_num_threads(cfg.threads)
         self.cfg, self.index = cfg, index
         self.venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
-        self.policy = policy
+        self.device = actor_device(cfg.ray.env_worker_gpus)  # where this worker's copy of the policy acts
+        self.policy = policy.to(self.device)
         self.policy.load_state_dict(weights)
 
     def ready(self) -> int:
@@ -61,8 +63,9 @@ class EnvWorker:
         """The local ``collect()`` on this worker's envs; returns (Rollout, CollectStats, RNG state)."""
         set_rng(rng)
         stats = CollectStats()
-        rollout, _ = collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline,
-                             temperature=self.cfg.algo_cfg.temperature)
+        with precision_context(self.cfg.precision, self.device):
+            rollout, _ = collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline,
+                                 temperature=self.cfg.algo_cfg.temperature)  # a host Rollout whatever the device
         return rollout, stats, torch.get_rng_state()
 
     def evaluate(self, eval_names: list[str], episodes: int, rng):
@@ -76,23 +79,29 @@ class EnvWorker:
         self.venv.close()
 
 
-class AllReduceSync:
-    """``algos.common.LocalSync`` over a gloo process group of ``world`` learners."""
+def actor_device(gpus: float) -> torch.device:
+    """An actor's device: the GPU Ray gave it (visible as cuda:0) when it asked for one, else the CPU."""
+    return torch.device("cuda", 0) if gpus > 0 else torch.device("cpu")
 
-    def __init__(self, world: int):
-        self.world = world
+
+class AllReduceSync:
+    """``algos.common.LocalSync`` over a process group of ``world`` learners (gloo on the CPU, NCCL on GPUs: every
+    tensor it reduces is made on the learners' ``device``)."""
+
+    def __init__(self, world: int, device: torch.device | None = None):
+        self.world, self.device = world, device or torch.device("cpu")
 
     def any(self, flag: bool) -> bool:
         import torch.distributed as dist
 
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
     def mean(self, x: float) -> float:
         import torch.distributed as dist
 
-        t = torch.tensor([float(x)], dtype=torch.float64)
+        t = torch.tensor([float(x)], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t.item()) / self.world
 
@@ -102,7 +111,7 @@ class AllReduceSync:
         import torch.distributed as dist
 
         params = [p for p in params if p.requires_grad]
-        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
         dist.all_reduce(has, op=dist.ReduceOp.MAX)
         used = [p for p, h in zip(params, has.tolist()) if h > 0]
         if not used:
@@ -128,7 +137,8 @@ class Learner:
         torch.set_num_threads(cfg.threads)
         self.cfg, self.rank, self.world = cfg, rank, world
         self.algo = get_algo(cfg.algo)
-        self.policy = policy
+        self.device = actor_device(cfg.ray.learner_gpus)
+        self.policy = policy.to(self.device)  # before the optimizer: its state follows the parameters
         self.policy.load_state_dict(weights)
         self.optimizer = make_optimizer(self.policy, cfg)
         if opt_state is not None:
@@ -155,16 +165,19 @@ class Learner:
     def init_group(self, url: str, timeout_s: float) -> int:
         import torch.distributed as dist
 
-        dist.init_process_group("gloo", init_method=url, rank=self.rank, world_size=self.world,
-                                timeout=timedelta(seconds=timeout_s))
-        self.sync = AllReduceSync(self.world)
+        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=url, rank=self.rank,
+                                world_size=self.world, timeout=timedelta(seconds=timeout_s))
+        self.sync = AllReduceSync(self.world, self.device)
         return self.rank
 
     def update(self, batch, acfg, iteration: int, rng):
         """The algorithm's own update on this learner's shard; returns (metrics, RNG state)."""
         set_rng(rng)
         set_policy_lr(self.optimizer, self.cfg, iteration)
-        metrics = self.algo.update(self.policy, self.optimizer, batch, acfg, iteration, self.gen, self.sync, self.state)
+        batch = to_device(batch, self.device)  # the driver's host shard, once, to this learner's device
+        with precision_context(self.cfg.precision, self.device):
+            metrics = self.algo.update(self.policy, self.optimizer, batch, acfg, iteration, self.gen, self.sync,
+                                       self.state)
         return metrics, torch.get_rng_state()
 
     def weights(self) -> dict:
@@ -172,8 +185,8 @@ class Learner:
 
     def train_state(self) -> tuple[dict, dict, torch.Tensor, tuple | None]:
         """(weights, optimizer state, update-generator state, algorithm state or None) for a checkpoint."""
-        return (self.weights(), self.optimizer.state_dict(), self.gen.get_state(),
-                None if self.state is None else self.state.state_dict())
+        return (self.weights(), to_host(self.optimizer.state_dict()), self.gen.get_state(),
+                None if self.state is None else to_host(self.state.state_dict()))
 
     def digest(self) -> str:
         """Hash of the weights (tests check that every learner holds the same ones)."""

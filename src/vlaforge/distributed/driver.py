@@ -106,16 +106,21 @@ class Cluster:
             raise ValueError("--ray.env-workers and --ray.learners must be at least 1")
         self.iteration = 0
         self.discarded = self.replaced = self.replaced_total = 0
-        bundles = [{"CPU": rc.env_worker_cpus}] * rc.env_workers + [{"CPU": rc.learner_cpus}] * rc.learners
+        def bundle(cpus, gpus):
+            return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+
+        bundles = ([bundle(rc.env_worker_cpus, rc.env_worker_gpus)] * rc.env_workers
+                   + [bundle(rc.learner_cpus, rc.learner_gpus)] * rc.learners)
         self.pg = placement_group(bundles, strategy=rc.placement)
         try:
             ray.get(self.pg.ready(), timeout=rc.startup_timeout_s)
         except ray.exceptions.GetTimeoutError:
             ray.util.remove_placement_group(self.pg)
-            need = sum(b["CPU"] for b in bundles)
-            raise RunFailed(f"the Ray cluster did not grant {need:g} CPUs in {rc.startup_timeout_s:g} s "
-                            f"(it has {ray.cluster_resources().get('CPU', 0):g}); add nodes or lower "
-                            "--ray.env-worker-cpus / --ray.learner-cpus / the actor counts") from None
+            need, gpus = sum(b["CPU"] for b in bundles), sum(b.get("GPU", 0) for b in bundles)
+            have = ray.cluster_resources()
+            raise RunFailed(f"the Ray cluster did not grant {need:g} CPUs and {gpus:g} GPUs in {rc.startup_timeout_s:g} "
+                            f"s (it has {have.get('CPU', 0):g} and {have.get('GPU', 0):g}); add nodes or lower "
+                            "--ray.env-worker-cpus/-gpus / --ray.learner-cpus/-gpus / the actor counts") from None
         self._strategy = lambda i: PlacementGroupSchedulingStrategy(placement_group=self.pg,
                                                                     placement_group_bundle_index=i)
         self._Worker = ray.remote(EnvWorker)
@@ -124,7 +129,8 @@ class Cluster:
         self.weights = ray.put({k: v.detach().cpu() for k, v in policy.state_dict().items()})
         self.workers = [self._new_worker(i) for i in range(rc.env_workers)]
         self.learners = [
-            self._Learner.options(num_cpus=rc.learner_cpus, scheduling_strategy=self._strategy(rc.env_workers + r))
+            self._Learner.options(num_cpus=rc.learner_cpus, num_gpus=rc.learner_gpus,
+                                  scheduling_strategy=self._strategy(rc.env_workers + r))
             .remote(cfg, self.policy_ref, self.weights, r, rc.learners, opt_state, gen_state, algo_state)
             for r in range(rc.learners)]
         try:
@@ -140,7 +146,8 @@ class Cluster:
 
     # -- env workers -------------------------------------------------------------------------------
     def _new_worker(self, i: int):
-        return (self._Worker.options(num_cpus=self.rc.env_worker_cpus, scheduling_strategy=self._strategy(i))
+        return (self._Worker.options(num_cpus=self.rc.env_worker_cpus, num_gpus=self.rc.env_worker_gpus,
+                                     scheduling_strategy=self._strategy(i))
                 .remote(self.cfg, self.policy_ref, self.weights, i))
 
     def _replace_worker(self, i: int) -> None:

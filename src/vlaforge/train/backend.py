@@ -48,6 +48,11 @@ class RayConfig:
     """CPUs reserved per env worker (fractions let several actors share a core)"""
     learner_cpus: float = 1.0
     """CPUs reserved per learner"""
+    learner_gpus: float = 0.0
+    """GPUs per learner (1: each learner trains on its own GPU, gradients all-reduced with NCCL; 0: on the CPU with
+    gloo). Ray assigns the GPU (CUDA_VISIBLE_DEVICES), so every learner sees it as cuda:0"""
+    env_worker_gpus: float = 0.0
+    """GPUs per env worker for its copy of the policy (fractions share a GPU between workers; 0: the CPU)"""
     placement: Literal["PACK", "SPREAD"] = "PACK"
     """placement-group strategy: PACK fills nodes one by one, SPREAD puts actors on different nodes"""
     max_env_worker_restarts: int = 20

@@ -243,16 +243,21 @@ class LocalBackend(Backend):
 register_backend("local", LocalBackend)
 
 
-def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
+def train(cfg: TrainConfig, hooks: Hooks | None = None, policy=None) -> dict:
     """Run RL post-training on the backend ``cfg`` asks for (``--ray``: the ``distributed`` package, else in
     this process). Returns the final metrics (evaluation included).
 
     ``hooks`` (``vlaforge.hooks.Hooks``): dense reward shaping, ranking scores, per-iteration callbacks.
+    ``policy``: start a fresh run from this policy object instead of ``cfg.init`` / ``cfg.policy`` (built in Python,
+    e.g. a released VLA's architecture with random weights for a memory check); not with ``cfg.resume``.
     """
     hooks = NO_HOOKS if hooks is None else hooks
     make_backend = backend_for(cfg)
     resuming = cfg.resume is not None
-    cfg, policy, opt_state, rng, start_it, env_steps_total, sampler_state = start_state(cfg)
+    if policy is not None and (resuming or cfg.init):
+        raise UsageError("train(policy=...) starts a fresh run: drop cfg.resume and cfg.init")
+    cfg, loaded, opt_state, rng, start_it, env_steps_total, sampler_state = start_state(cfg)
+    policy = loaded if policy is None else policy
     set_deterministic(cfg.deterministic)
     out = Path(cfg.out)
     torch.set_num_threads(cfg.threads)  # after resolving a resumed config: thread count changes float sums
