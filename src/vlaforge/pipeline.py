@@ -182,7 +182,7 @@ def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
 def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int = 64, seed: int = 0, threads: int = 1,
                        max_steps: int = 150, num_envs: int = 16, workers: int = 0, demos: int = 0,
                        sft_steps: int = 1000, demo_noise: float = 0.1,
-                       env_kwargs: dict | None = None) -> tuple[Path, str]:
+                       env_kwargs: dict | None = None, progress: bool = False) -> tuple[Path, str]:
     """Train the teacher of ``--algo distill``: a state-backbone tiny policy trained by PPO on the suite's
     privileged state (Meta-World: hand, gripper, object and goal positions) without rendering, with shaping 1
     and 32 episodes per iteration at lr 3e-4 (docs/benchmarks.md: 44/50 held-out on reach-v3 after 64
@@ -195,7 +195,7 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
     Tasks that PPO does not solve from scratch in this budget (button-press-topdown: 0/50) need this start.
 
     ``env_kwargs``: the suite's env options of the student's run (``--env-kwargs``), under the teacher's own
-    (privileged state, no rendering, shaping 1).
+    (privileged state, no rendering, shaping 1). ``progress``: show the teacher's PPO iterations (``vlaforge demo``).
 
     Returns (the teacher's policy directory, the ``--distill.teacher-state`` indices of its state in sim_state)."""
     if suite != "metaworld":
@@ -213,7 +213,7 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
                         sft=SFTConfig(steps=sft_steps, seed=seed)), quiet=True)
     cfg = TrainConfig(algo="ppo", suite=suite, tasks=task, backbone="state", out=str(out), iterations=iterations,
                       groups=32, num_envs=num_envs, workers=workers, max_steps=max_steps, init=init and str(init),
-                      env_kwargs={**priv, "shaping": 1.0}, eval_every=0, progress=False,
+                      env_kwargs={**priv, "shaping": 1.0}, eval_every=0, progress=progress,
                       tensorboard=False, seed=seed, lr=3e-4, threads=threads)
     train(cfg)
     return Path(out) / "final", ",".join(str(SIM_STATE_NAMES.index(n)) for n in PRIVILEGED_STATE_NAMES)
