@@ -24,12 +24,12 @@ from datetime import timedelta
 import numpy as np
 import torch
 
-from vlaforge.algos import get_algo
 from vlaforge.algos.common import LOCAL
-from vlaforge.device import precision_context, to_device, to_host
+from vlaforge.device import precision_context, to_host
 from vlaforge.envs import make_vec_env
 from vlaforge.rollout.collect import CollectStats, collect
-from vlaforge.train.loop import env_settings, eval_metrics, make_optimizer, set_policy_lr
+from vlaforge.train.learner import PolicyLearner
+from vlaforge.train.loop import env_settings, eval_metrics
 
 
 def set_rng(rng) -> None:
@@ -136,19 +136,13 @@ class Learner:
                  gen_state: torch.Tensor, algo_state: tuple | None = None):
         torch.set_num_threads(cfg.threads)
         self.cfg, self.rank, self.world = cfg, rank, world
-        self.algo = get_algo(cfg.algo)
         self.device = actor_device(cfg.ray.learner_gpus)
-        self.policy = policy.to(self.device)  # before the optimizer: its state follows the parameters
-        self.policy.load_state_dict(weights)
-        self.optimizer = make_optimizer(self.policy, cfg)
-        if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)
-        self.gen = torch.Generator()
-        self.gen.set_state(gen_state)  # every rank shuffles its own shard with the same permutations
-        self.state = self.algo.new_state(self.policy, cfg.algo_cfg)
-        if self.state is not None and algo_state is not None:
-            self.state.load_state_dict(*algo_state)
-        self.sync = LOCAL
+        policy.load_state_dict(weights)
+        gen = torch.Generator()
+        gen.set_state(gen_state)  # every rank shuffles its own shard with the same permutations
+        # the same learning half as LocalBackend's (train/learner.py); init_group gives it the all-reduce sync
+        self.learner = PolicyLearner(cfg, policy, opt_state, gen, algo_state, self.device, LOCAL)
+        self.policy = self.learner.policy
 
     def ready(self) -> int:
         return self.rank
@@ -167,17 +161,13 @@ class Learner:
 
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=url, rank=self.rank,
                                 world_size=self.world, timeout=timedelta(seconds=timeout_s))
-        self.sync = AllReduceSync(self.world, self.device)
+        self.learner.sync = AllReduceSync(self.world, self.device)
         return self.rank
 
     def update(self, batch, acfg, iteration: int, rng):
         """The algorithm's own update on this learner's shard; returns (metrics, RNG state)."""
         set_rng(rng)
-        set_policy_lr(self.optimizer, self.cfg, iteration)
-        batch = to_device(batch, self.device)  # the driver's host shard, once, to this learner's device
-        with precision_context(self.cfg.precision, self.device):
-            metrics = self.algo.update(self.policy, self.optimizer, batch, acfg, iteration, self.gen, self.sync,
-                                       self.state)
+        metrics = self.learner.update(batch, iteration, acfg)  # the driver's host shard, moved to this device once
         return metrics, torch.get_rng_state()
 
     def weights(self) -> dict:
@@ -185,8 +175,9 @@ class Learner:
 
     def train_state(self) -> tuple[dict, dict, torch.Tensor, tuple | None]:
         """(weights, optimizer state, update-generator state, algorithm state or None) for a checkpoint."""
-        return (self.weights(), to_host(self.optimizer.state_dict()), self.gen.get_state(),
-                None if self.state is None else to_host(self.state.state_dict()))
+        optimizer, state = self.learner.train_state()
+        return (self.weights(), to_host(optimizer.state_dict()), self.learner.gen.get_state(),
+                None if state is None else to_host(state.state_dict()))
 
     def digest(self) -> str:
         """Hash of the weights (tests check that every learner holds the same ones)."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vlaforge.algos import get_algo
-from vlaforge.algos.common import LOCAL, trajectory_reward
+from vlaforge.algos.common import trajectory_reward
 from vlaforge.core.advantages import uniform_groups
 from vlaforge.device import precision_context, resolve_device, set_cuda_rng_states, set_deterministic
 from vlaforge.envs import env_kwargs, env_tasks, make_vec_env, suite_info, suite_task_names
@@ -38,39 +38,12 @@ from vlaforge.rollout.sampling import TaskSampler
 from vlaforge.train.backend import Backend, backend_for, register_backend
 from vlaforge.train.checkpoint import load_algo_state, load_checkpoint, repair_metrics, save_checkpoint
 from vlaforge.train.config import TrainConfig, config_from_dict, config_to_dict, resume_config, resumed_config
+from vlaforge.train.learner import PolicyLearner, make_optimizer, policy_lr, set_policy_lr
 from vlaforge.train.logging import RunLogger, StageTimer, progress_bar
 from vlaforge.types import Rollout
 
-__all__ = ["LocalBackend", "TrainConfig", "config_from_dict", "config_to_dict", "make_optimizer", "resumed_config",
-           "train"]
-
-
-def policy_lr(cfg: TrainConfig, iteration: int) -> float:
-    """The policy learning rate at ``iteration`` (0-based) under ``cfg.lr_warmup``."""
-    if cfg.lr_warmup > 0 and iteration < cfg.lr_warmup:
-        return cfg.lr * (iteration + 1) / cfg.lr_warmup
-    return cfg.lr
-
-
-def set_policy_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, iteration: int) -> None:
-    """Set the policy parameter group (the first; ``make_optimizer``) to ``policy_lr``; the value head's is untouched."""
-    optimizer.param_groups[0]["lr"] = policy_lr(cfg, iteration)
-
-
-def make_optimizer(policy, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.lr_warmup < 0:
-        raise ValueError(f"--lr-warmup must be >= 0 iterations; got {cfg.lr_warmup}")
-    if cfg.freeze_backbone:
-        for p in policy.backbone_parameters():
-            p.requires_grad_(False)
-    value = [p for p in policy.value_parameters() if p.requires_grad]
-    vid = {id(p) for p in value}
-    rest = [p for p in policy.parameters() if p.requires_grad and id(p) not in vid]
-    groups = [{"params": rest, "lr": cfg.lr}]
-    if value:
-        groups.append({"params": value, "lr": cfg.value_lr})
-    opt_cls = policy.optimizer_class()
-    return opt_cls(groups, weight_decay=cfg.weight_decay)
+__all__ = ["LocalBackend", "TrainConfig", "config_from_dict", "config_to_dict", "make_optimizer", "policy_lr",
+           "resumed_config", "set_policy_lr", "train"]
 
 
 def _split_rates(results) -> dict:
@@ -199,24 +172,19 @@ def start_state(cfg: TrainConfig):
 
 
 class LocalBackend(Backend):
-    """The whole run in this process: one vectorised env, the policy, its optimizer, the algorithm's state. The
-    policy (collector and learner are one object here), its optimizer state, the algorithm's state and every batch
-    live on ``--device``; the envs on the host."""
+    """The whole run in this process. The collecting half is one vectorised env (host) and the policy; the learning
+    half a ``PolicyLearner`` (train/learner.py) holding the same policy object on ``--device`` with its optimizer
+    and the algorithm's state."""
 
     def __init__(self, cfg: TrainConfig, hooks: Hooks):
-        self.cfg, self.algo, self.acfg = cfg, get_algo(cfg.algo), cfg.algo_cfg
+        self.cfg, self.acfg = cfg, cfg.algo_cfg
         self.device = resolve_device(cfg.device)
         self.venv = make_vec_env(cfg.suite, cfg.num_envs, workers=cfg.workers, **env_settings(cfg))
         self.spec = self.venv.spec
 
     def start(self, policy, opt_state, gen, algo_state) -> None:
-        self.policy, self.gen = policy.to(self.device), gen  # before the optimizer: its state follows the params
-        self.optimizer = make_optimizer(policy, self.cfg)
-        self.state = self.algo.new_state(policy, self.acfg)
-        if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)
-        if self.state is not None and algo_state is not None:
-            self.state.load_state_dict(*algo_state)
+        self.learner = PolicyLearner(self.cfg, policy, opt_state, gen, algo_state, self.device)
+        self.policy = self.learner.policy  # the collector acts with the learner's policy: no weight sync
 
     def collect(self, task_ids, seeds, stats: CollectStats) -> Rollout:
         with precision_context(self.cfg.precision, self.device):
@@ -224,17 +192,14 @@ class LocalBackend(Backend):
                            temperature=self.acfg.temperature)[0]
 
     def update(self, batch, iteration: int) -> dict:
-        set_policy_lr(self.optimizer, self.cfg, iteration)
-        with precision_context(self.cfg.precision, self.device):
-            return self.algo.update(self.policy, self.optimizer, batch, self.acfg, iteration, self.gen, LOCAL,
-                                    self.state)
+        return self.learner.update(batch, iteration)
 
     def evaluate(self, eval_names: list[str], episodes: int) -> dict:
         with precision_context(self.cfg.precision, self.device):
             return eval_metrics(self.policy, self.venv, eval_names, episodes)
 
     def train_state(self) -> tuple:
-        return self.optimizer, self.state
+        return self.learner.train_state()
 
     def close(self) -> None:
         self.venv.close()
