@@ -6,6 +6,7 @@ numbers in docs/ come from the same code a user runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from vlaforge.policies.base import check_fits, reads_images
 from vlaforge.policies.options import PolicyShape
 from vlaforge.policies.privileged import perception_targets
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, evaluate_policy, format_table, manifest, write_manifest
-from vlaforge.train.logging import RunLogger, progress_bar
+from vlaforge.train.logging import LogOptions, RunLogger, progress_bar
 from vlaforge.train.loop import TrainConfig, train
 
 
@@ -61,7 +62,7 @@ def run_collect(a: CollectArgs, quiet: bool = False):
 
 
 @dataclass
-class SFTArgs(PolicyShape, DeviceOptions):
+class SFTArgs(PolicyShape, DeviceOptions, LogOptions):
     """Supervised fine-tuning of a VLA on demonstrations."""
 
     demos: str = "runs/demos"
@@ -105,7 +106,9 @@ def run_sft(a: SFTArgs, quiet: bool = False):
                          "use --backbone state or record the demos with rendering")
     tasks = [json.loads(line) for line in (Path(a.demos) / "meta" / "tasks.jsonl").read_text().splitlines() if line]
     task_index = {t["name"]: t["task_index"] for t in tasks}
-    logger = RunLogger(Path(a.out).with_name(Path(a.out).name + "_logs"))
+    tb, wandb = a.sinks()
+    logger = RunLogger(Path(a.out).with_name(Path(a.out).name + "_logs"), tb,
+                       wandb_config=dataclasses.asdict(a) if wandb else None, name=Path(a.out).name)
     prog, task = progress_bar("sft", a.sft.steps, not quiet)
     t0 = time.perf_counter()
     with prog:

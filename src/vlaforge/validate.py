@@ -38,6 +38,7 @@ from vlaforge.recipes import RECIPES
 from vlaforge.recipes.grape import parse_weights
 from vlaforge.schema import CONFIG_SCHEMAS, FORMAT_VERSION, check_policy_config, register_config_schema
 from vlaforge.train.checkpoint import read_train_state
+from vlaforge.train.logging import LogOptions
 
 __all__ = ["CONFIG_SCHEMAS", "FORMAT_VERSION", "NonFiniteError", "UsageError", "check", "check_policy_config",
            "register_config_schema"]
@@ -257,8 +258,11 @@ def check(command: str, args, argv: list[str]):
     """Validate ``args`` of ``vlaforge <command>`` (``argv``: the command's own arguments); returns them."""
     fn = {"collect": check_collect, "sft": check_sft, "eval": check_eval, "train": check_train,
           "demo": check_demo}.get(command)
+    # each option group checks its own fields (both define check(): called by class, not through the MRO)
     if isinstance(args, DeviceOptions):  # a device this machine lacks is refused before any work
-        args.check()
+        DeviceOptions.check(args)
+    if isinstance(args, LogOptions):  # --log wandb without the wandb package
+        LogOptions.check(args)
     return fn(args, argv) if fn is not None else args
 
 

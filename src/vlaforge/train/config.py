@@ -27,11 +27,12 @@ from vlaforge.policies.hf.model import HFConfig
 from vlaforge.policies.openvla.model import OpenVLAOptions
 from vlaforge.policies.options import PolicyShape
 from vlaforge.train.backend import RayConfig
+from vlaforge.train.logging import LogOptions
 from vlaforge.train.recipe_configs import GrapeConfig, IReVLAConfig, VLARLConfig
 
 
 @dataclass
-class _TrainFields(EnvOptions, PolicyShape, DeviceOptions):
+class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
     """RL post-training of a VLA on a simulator suite."""
 
     algo: AlgoName = "rloo"
@@ -128,7 +129,7 @@ TrainConfig = dataclasses.make_dataclass(
                                        "algo_cfg": property(_algo_cfg)})
 
 
-CALLER_FIELDS = ("ray", "out", "resume", "progress", "tensorboard", "device", "deterministic")
+CALLER_FIELDS = ("ray", "out", "resume", "progress", "tensorboard", "log", "device", "deterministic")
 """What a resumed run takes from the command line that resumes it, not from its checkpoint: where to run (Ray,
 the device), where to write and what to show. Everything else (the algorithm, its rates, ``precision``...) is the
 run's own."""

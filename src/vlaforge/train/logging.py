@@ -1,4 +1,5 @@
-"""Run logging: TensorBoard scalars, a JSONL copy of every scalar, and a rich progress bar."""
+"""Run logging: TensorBoard scalars, a JSONL copy of every scalar, optionally Weights & Biases (``--log wandb``),
+and progress (a rich bar in a terminal, a line every few seconds in a log)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,54 @@ import json
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
+
+from vlaforge.envs import require
 
 
 def _num(v) -> float:
     return float(v.item() if isinstance(v, torch.Tensor) else v)
 
 
-class RunLogger:
-    """Writes scalars to TensorBoard (``<run>/tb``) and ``<run>/metrics.jsonl``."""
+def wandb_module():
+    """The ``wandb`` package, or ``MissingExtra`` naming the extra to install (``pip install 'vlaforge[wandb]'``)."""
+    return require("wandb", "wandb")
 
-    def __init__(self, run_dir: str | Path | None, tensorboard: bool = True):
+
+@dataclass
+class LogOptions:
+    """Where a run's scalars go besides ``metrics.jsonl`` (train and sft)."""
+
+    log: Literal["tensorboard", "wandb", "both", "none"] = "tensorboard"
+    """tensorboard (default), wandb (Weights & Biases: config, scalars, the final per-task eval table; optional extra
+    `wandb`; WANDB_MODE=offline for no network, WANDB_PROJECT for the project), both, or none"""
+
+    def check(self) -> None:
+        """A missing ``wandb`` package is refused in one line before any work."""
+        if self.log in ("wandb", "both"):
+            wandb_module()
+
+    def sinks(self) -> tuple[bool, bool]:
+        """(TensorBoard, W&B)."""
+        return self.log in ("tensorboard", "both"), self.log in ("wandb", "both")
+
+
+class RunLogger:
+    """Writes scalars to ``<run>/metrics.jsonl`` (always), TensorBoard (``<run>/tb``) and, with ``wandb_config``,
+    a Weights & Biases run: the config, every scalar, ``table`` calls (an evaluation's per-task rows) and ``video``
+    files. ``WANDB_MODE=offline`` keeps it on disk (``<run>/wandb``); ``WANDB_PROJECT`` names the project. The run's
+    W&B id is a function of the run folder, so a resumed run continues its W&B run."""
+
+    def __init__(self, run_dir: str | Path | None, tensorboard: bool = True, wandb_config: dict | None = None,
+                 name: str | None = None):
         self.dir = Path(run_dir) if run_dir else None
         self.tb = None
         self._jsonl = None
+        self.wandb = None
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._jsonl = open(self.dir / "metrics.jsonl", "a")
@@ -29,6 +62,13 @@ class RunLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(self.dir / "tb"))
+            if wandb_config is not None:
+                import hashlib
+
+                wb = wandb_module()
+                run_id = hashlib.sha1(str(self.dir.resolve()).encode()).hexdigest()[:16]
+                self.wandb = wb.init(dir=str(self.dir), id=run_id, resume="allow", name=name or self.dir.name,
+                                     config=wandb_config, project=None, reinit="finish_previous")
 
     def log(self, step: int, metrics: dict) -> dict:
         clean = {k: _num(v) for k, v in metrics.items()}
@@ -38,13 +78,31 @@ class RunLogger:
         if self._jsonl is not None:
             self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
             self._jsonl.flush()
+        if self.wandb is not None:
+            self.wandb.log(clean, step=step)
         return clean
+
+    def table(self, key: str, rows: list[dict]) -> None:
+        """A table of dict rows (W&B only; the numbers are in the eval manifest and metrics.jsonl anyway)."""
+        if self.wandb is None or not rows:
+            return
+        wb = wandb_module()
+        cols = list(rows[0])
+        self.wandb.log({key: wb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
+
+    def video(self, key: str, path: str | Path) -> None:
+        """An mp4 the run wrote (evaluation videos), uploaded to W&B."""
+        if self.wandb is not None:
+            self.wandb.log({key: wandb_module().Video(str(path), format="mp4")})
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
         if self._jsonl is not None:
             self._jsonl.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
 
 
 class LineProgress:

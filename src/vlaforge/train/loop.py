@@ -261,7 +261,8 @@ def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_
         torch.set_rng_state(rng["torch_cpu"])
         set_cuda_rng_states(rng)  # a GPU run's generators (absent in CPU checkpoints)
         _truncate_metrics(out / "metrics.jsonl", start_it)
-    logger = RunLogger(out, cfg.tensorboard)
+    tb, wandb = cfg.sinks()
+    logger = RunLogger(out, cfg.tensorboard and tb, wandb_config=config_to_dict(cfg) if wandb else None)
     (out / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
     final: dict = {}
     prog, task = progress_bar(f"{cfg.algo} on {cfg.suite}", cfg.iterations, cfg.progress)
@@ -306,6 +307,8 @@ def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_
                         "iteration": it + 1, "env_steps": env_steps_total, "sampler": sampler.state_dict(),
                         "config": config_to_dict(cfg)}, gen, algo_state)
                 prog.update(task, advance=1, info=f"success {metrics['rollout/success']:.2f}")
+        logger.table("eval/per_task", [{"task": k.removeprefix("eval_task/"), "success": v} for k, v in final.items()
+                                       if k.startswith("eval_task/")])
     finally:
         logger.close()
     backend.train_state()  # the final weights into ``policy``
