@@ -1,4 +1,4 @@
-"""Command line: ``vlaforge collect | sft | train | eval | demo``.
+"""Command line: ``vlaforge collect | sft | train | eval | demo | export``.
 
 Every subcommand's options come from a dataclass (``vlaforge <cmd> --help`` lists them with
 their docstrings). ``vlaforge.validate.check`` runs first, before any env is built or file written.
@@ -78,6 +78,12 @@ def _demo(args):
     run_demo(args)
 
 
+def _export(args):
+    from vlaforge.export import run_export
+
+    run_export(args)
+
+
 def _flag_value(args: list[str], flag: str) -> str | None:
     """The value of ``--flag VALUE`` or ``--flag=VALUE`` in ``args`` (None if absent)."""
     for i, a in enumerate(args):
@@ -95,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlaforge.distributed import RunFailed
     from vlaforge.envs import EnvError, MissingExtra
     from vlaforge.errors import CheckpointError, NonFiniteError, UsageError
+    from vlaforge.export import ExportArgs
     from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs
     from vlaforge.train.loop import TrainConfig
     from vlaforge.validate import check
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": (TrainConfig, _train),
         "eval": (EvalArgs, _eval),
         "demo": (DemoArgs, _demo),
+        "export": (ExportArgs, _export),
     }
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
