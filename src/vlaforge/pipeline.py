@@ -6,16 +6,19 @@ numbers in docs/ come from the same code a user runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from vlaforge.algos.sft import SFTConfig, train_sft
 from vlaforge.data.demos import collect_demos, load_demos
+from vlaforge.data.lerobot import write_v3
 from vlaforge.device import DeviceOptions, precision_context, resolve_device, set_deterministic
 from vlaforge.envs import env_tasks, make_vec_env, suite_task_names
 from vlaforge.envs.options import EnvOptions
@@ -43,6 +46,9 @@ class CollectArgs(EnvOptions):
     """image size"""
     seed: int = 0
     """seed"""
+    format: Literal["v2", "v3"] = "v2"
+    """v2: vlaforge's LeRobot v2.0 layout with lossless PNG frames (the default); v3: LeRobot v3.0 (many episodes per
+    parquet file, AV1 MP4 video, parquet episode/task tables; frames lose a little to the codec)"""
 
 
 def run_collect(a: CollectArgs, quiet: bool = False):
@@ -51,9 +57,13 @@ def run_collect(a: CollectArgs, quiet: bool = False):
     try:
         names = suite_task_names(venv.spec, a.tasks)
         prog, task = progress_bar("collect", a.episodes * len(names), not quiet)
-        with prog:
-            info = collect_demos(venv, a.out, names, a.episodes, a.seed, a.noise,
+        v3 = tempfile.TemporaryDirectory(prefix="vlaforge-collect-") if a.format == "v3" else contextlib.nullcontext()
+        with prog, v3 as tmp:  # v3: the PNG dataset first (in a temp folder), then encoded into --out
+            first = a.out if tmp is None else str(Path(tmp) / "v2")
+            info = collect_demos(venv, first, names, a.episodes, a.seed, a.noise,
                                  progress=lambda done, total: prog.update(task, completed=done))
+            if a.format == "v3":
+                info = dataclasses.replace(info, path=write_v3(first, a.out))
     finally:
         venv.close()
     if not quiet:
@@ -66,7 +76,10 @@ class SFTArgs(PolicyShape, DeviceOptions, LogOptions):
     """Supervised fine-tuning of a VLA on demonstrations."""
 
     demos: str = "runs/demos"
-    """demo directory from `vlaforge collect`"""
+    """demo directory from `vlaforge collect`, or a LeRobot dataset v2.0/v2.1/v3.0 (docs/demos.md)"""
+    demos_map: str | None = None
+    """which dataset features the policy reads: FEATURE=image0[,FEATURE=image1...],FEATURE=state,FEATURE=action
+    (default: every camera feature in info.json's order, observation.state, action)"""
     out: str = "runs/sft"
     """output policy directory"""
     init: str | None = None
@@ -83,7 +96,7 @@ class SFTArgs(PolicyShape, DeviceOptions, LogOptions):
 def run_sft(a: SFTArgs, quiet: bool = False):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.sft.seed)
-    demos = load_demos(a.demos)
+    demos = load_demos(a.demos, demos_map=a.demos_map)
     info = demos.info
     if a.init:
         policy = load_policy(a.init)
@@ -104,8 +117,7 @@ def run_sft(a: SFTArgs, quiet: bool = False):
     if info.get("renderer") == "none" and reads_images(policy):
         raise ValueError(f"demos '{a.demos}' were recorded with render 0 (blank images) but this policy reads images; "
                          "use --backbone state or record the demos with rendering")
-    tasks = [json.loads(line) for line in (Path(a.demos) / "meta" / "tasks.jsonl").read_text().splitlines() if line]
-    task_index = {t["name"]: t["task_index"] for t in tasks}
+    task_index = demos.task_index
     tb, wandb = a.sinks()
     logger = RunLogger(Path(a.out).with_name(Path(a.out).name + "_logs"), tb,
                        wandb_config=dataclasses.asdict(a) if wandb else None, name=Path(a.out).name)

@@ -25,6 +25,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from vlaforge.data.lerobot import hwc as lerobot_hwc
+from vlaforge.data.lerobot import is_vlaforge, parse_map, read_info
 from vlaforge.device import DeviceOptions
 from vlaforge.envs import SUITES, EnvError, _env_class, env_kwargs, env_tasks, suite_spec
 from vlaforge.envs.options import EnvOptions
@@ -320,7 +322,7 @@ def read_jsonl(path: Path, what: str) -> list:
     return rows
 
 
-def check_demos(path: str, name: str = "--demos") -> dict:
+def check_demos(path: str, name: str = "--demos", demos_map: str | None = None) -> dict:
     """A demo directory's metadata (meta/info.json, tasks.jsonl, episodes.jsonl) parses and has the keys
     ``load_demos`` reads; returns info.json's content."""
     d = Path(path).expanduser()
@@ -328,6 +330,21 @@ def check_demos(path: str, name: str = "--demos") -> dict:
     if not info_f.exists():
         raise UsageError(f"{name}: no demo dataset at '{path}' (meta/info.json missing); create one with `vlaforge collect`")
     info = read_json(info_f, "demo metadata")
+    if isinstance(info, dict) and (not is_vlaforge(info) or demos_map):  # a LeRobot dataset: version and mapping
+        try:
+            raw = read_info(d)
+        except EnvError as e:
+            raise UsageError(f"{name}: {e}") from None
+        fm = parse_map(demos_map, raw, "--demos-map")  # UsageError naming the missing feature or bad role
+        try:
+            (H, W, _), S, A = lerobot_hwc(raw["features"][fm.images[0]]), *(
+                int(raw["features"][k]["shape"][0]) for k in (fm.state, fm.action))
+        except (EnvError, KeyError, IndexError, TypeError, ValueError):
+            raise UsageError(f"{name}: '{info_f}' lacks the shapes of the mapped features; fix the dataset") from None
+        need(H == W, f"{name}: the mapped cameras give {H}x{W} frames; the policies read square images")
+        need(S > 0 and A > 0, f"{name}: the mapped state/action features have no dimensions")
+        return {"features": {"observation.state": {"shape": [S]}, "action": {"shape": [A]}}, "image_size": H,
+                "views": len(fm.images), "codebase_version": raw["codebase_version"]}
     try:
         shape = info["features"]["observation.state"]["shape"][0], info["features"]["action"]["shape"][0]
         ok = (all(isinstance(x, int) and x > 0 for x in shape) and isinstance(info["image_size"], int)
@@ -368,7 +385,7 @@ def check_sft(a, argv):
     for f in ("aux_weight",):
         if hasattr(s, f):
             at_least("--sft." + f.replace("_", "-"), getattr(s, f), 0)
-    info = check_demos(a.demos)
+    info = check_demos(a.demos, demos_map=a.demos_map)
     render0 = info.get("renderer") == "none"
     if a.init:
         fresh_only = sorted(f for f in given if f in (*SHAPE_FLAGS, "aux"))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaforge.data.lerobot import is_vlaforge, load_lerobot, read_info
 from vlaforge.envs.base import EnvError, VecEnv
 from vlaforge.fsutil import atomic_dir
 
@@ -167,6 +168,7 @@ class DemoData:
     episode_end: np.ndarray  # int64 (M,) index one past the episode's last frame
     info: dict
     sim_state: np.ndarray | None = None  # float32 (M, P) privileged state when the demos recorded it
+    task_index: dict[str, int] | None = None  # task name -> index (the policy's task ids; names as in task_names)
 
     @property
     def sim_state_names(self) -> list[str]:
@@ -183,15 +185,16 @@ class DemoData:
         return self.actions[offs], mask.astype(np.float32)
 
 
-def load_demos(path: str | Path, success_only: bool = True, tasks: list[str] | None = None) -> DemoData:
-    """Read a demo directory written by ``collect_demos`` (or any with the same columns)."""
+def load_demos(path: str | Path, success_only: bool = True, tasks: list[str] | None = None,
+               demos_map: str | None = None) -> DemoData:
+    """Read a demo directory written by ``collect_demos``, or a LeRobot dataset v2.0/v2.1/v3.0 through
+    ``demos_map`` (``data.lerobot``: which features are the views, the state and the action)."""
     import pyarrow.parquet as pq
 
     path = Path(path)
-    info_file = path / "meta" / "info.json"
-    if not info_file.exists():
-        raise EnvError(f"no demo dataset at '{path}' (meta/info.json missing); create one with `vlaforge collect`")
-    info = json.loads(info_file.read_text())
+    info = read_info(path)
+    if not is_vlaforge(info) or demos_map:
+        return _from_lerobot(*load_lerobot(path, demos_map, success_only, tasks))
     tasks_meta = [json.loads(line) for line in (path / "meta" / "tasks.jsonl").read_text().splitlines() if line]
     episodes = [json.loads(line) for line in (path / "meta" / "episodes.jsonl").read_text().splitlines() if line]
     by_index = {t["task_index"]: t for t in tasks_meta}
@@ -231,4 +234,16 @@ def load_demos(path: str | Path, success_only: bool = True, tasks: list[str] | N
         raise EnvError(f"no {'successful ' if success_only else ''}episodes in '{path}' for the chosen tasks")
     return DemoData(np.stack(imgs), np.concatenate(states), np.concatenate(acts), names, instr,
                     np.concatenate(ep_ids), np.concatenate(frame_ids), np.concatenate(ends), info,
-                    np.concatenate(sims) if has_sim else None)
+                    np.concatenate(sims) if has_sim else None, {t["name"]: t["task_index"] for t in tasks_meta})
+
+
+def _from_lerobot(info: dict, eps: list[dict], task_index: dict[str, int]) -> DemoData:
+    lengths = [len(e["action"]) for e in eps]
+    ends = np.concatenate([np.full(L, end) for L, end in zip(lengths, np.cumsum(lengths))])
+    sims = [e["sim_state"] for e in eps]
+    return DemoData(np.concatenate([e["images"] for e in eps]), np.concatenate([e["state"] for e in eps]),
+                    np.concatenate([e["action"] for e in eps]), [e["name"] for e in eps for _ in range(len(e["action"]))],
+                    [e["instruction"] for e in eps for _ in range(len(e["action"]))],
+                    np.concatenate([np.full(L, e["index"]) for L, e in zip(lengths, eps)]),
+                    np.concatenate([np.arange(L) for L in lengths]), ends.astype(np.int64), info,
+                    None if any(s is None for s in sims) else np.concatenate(sims), task_index)
