@@ -29,16 +29,11 @@ from vlaforge.errors import CheckpointError, NonFiniteError
 FORMAT_VERSION = 1
 """the policy-directory format this vlaforge writes and reads (``config.json``'s ``format_version``)"""
 
-CONFIG_SCHEMAS: dict[str, str | type] = {
-    "tiny": "vlaforge.policies.tiny.model:TinyConfig",
-    "hf": "vlaforge.policies.hf.model:HFConfig",
-    "smolvla": "vlaforge.policies.smolvla.policy:SmolVLAConfig",
-    "openvla": "vlaforge.policies.openvla.model:OpenVLAConfig",
-    "openvla-oft": "vlaforge.policies.openvla.model:OpenVLAConfig",
-}
-"""family -> its config dataclass (or 'module:Class', imported on first use)"""
+CONFIG_SCHEMAS: dict[str, str | type] = {}
+"""family -> its config dataclass (or 'module:Class', imported on first use); filled by the policy registry
+(``vlaforge.policies.registry.register_family``)"""
 
-IGNORED_CONFIG_FIELDS: dict[str, set[str]] = {"hf": {"trust_remote_code"}}
+IGNORED_CONFIG_FIELDS: dict[str, set[str]] = {}
 """fields a family's older checkpoints may hold and that are never read from a file"""
 
 

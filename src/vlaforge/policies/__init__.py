@@ -8,61 +8,32 @@ pickles).
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from vlaforge.envs import require
 from vlaforge.errors import CheckpointError
 from vlaforge.fsutil import atomic_dir, file_sha256
-from vlaforge.policies.base import Policy, load_weights
-from vlaforge.policies.tiny import TinyConfig, TinyVLA
+from vlaforge.policies import registry
+from vlaforge.policies.base import Policy
+from vlaforge.policies.tiny import TinyVLA
 from vlaforge.schema import FORMAT_VERSION, check_finite_tensors, check_policy_config
 
-__all__ = ["CheckpointError", "Policy", "build_policy", "load_policy", "policy_hash", "save_policy"]
+__all__ = ["CheckpointError", "Policy", "build_policy", "load_policy", "policy_hash", "read_config", "save_policy",
+           "write_policy_files"]
 
 
 def build_policy(family: str = "tiny", **cfg) -> TinyVLA:
-    if family == "hf":  # a Hugging Face VLM (vlaforge.policies.hf)
-        from vlaforge.policies.hf import build_hf_policy
-
-        return build_hf_policy(**cfg)
-    if family in ("openvla", "openvla-oft"):  # OpenVLA / OpenVLA-OFT checkpoints (vlaforge.policies.openvla)
-        from vlaforge.policies.openvla import build_openvla_policy
-
-        return build_openvla_policy(family, **cfg)
-    if family == "smolvla":  # a LeRobot SmolVLA checkpoint (vlaforge.policies.smolvla)
-        from vlaforge.policies.smolvla import build_smolvla_policy
-
-        return build_smolvla_policy(**cfg)
-    if family != "tiny":
-        raise ValueError(f"unknown policy family '{family}'; available: tiny, hf")
-    known = {f.name for f in fields(TinyConfig)}
-    unknown = set(cfg) - known
-    if unknown:
-        raise ValueError(f"unknown tiny policy options {sorted(unknown)}; known: {sorted(known)}")
-    return TinyVLA(TinyConfig(**cfg))
+    """A fresh policy of ``family`` (``policies.registry.POLICIES``) from its config fields."""
+    return registry.family(family).fn("build")(family, **cfg)
 
 
 def write_policy_files(policy: torch.nn.Module, d: Path, extra: dict | None = None) -> None:
-    """Write config.json + model.safetensors into an existing (temp) directory."""
+    """Write config.json + model.safetensors (+ the family's own files) into an existing (temp) directory."""
     from safetensors.torch import save_file
 
-    if policy.config_dict()["family"] == "hf":  # adapter or backbone beside; heads in model.safetensors
-        from vlaforge.policies.hf import write_hf_files
-
-        state = write_hf_files(policy, d)
-    elif policy.config_dict()["family"] == "smolvla":  # tokenizer/ beside; every weight in model.safetensors
-        from vlaforge.policies.smolvla import write_smolvla_files
-
-        state = write_smolvla_files(policy, d)
-    elif policy.config_dict()["family"] in ("openvla", "openvla-oft"):  # backbone/ in the released layout
-        from vlaforge.policies.openvla import write_openvla_files
-
-        state = write_openvla_files(policy, d)
-    else:
-        state = policy.state_dict()
+    fam = registry.family(policy.config_dict()["family"])
+    state = fam.fn("write")(policy, d) if fam.write else policy.state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     check_finite_tensors(state)  # a diverged policy is never written (NonFiniteError)
     save_file(state, str(d / "model.safetensors"))
@@ -80,10 +51,9 @@ def save_policy(policy: torch.nn.Module, path: str | Path, extra: dict | None = 
 
 def read_config(path: str | Path) -> dict:
     path = Path(path)
-    from vlaforge.policies.smolvla.lerobot import is_lerobot_dir, lerobot_meta
-
-    if is_lerobot_dir(path):  # LeRobot's own config.json, seen as a smolvla policy config
-        return lerobot_meta(path)
+    native = registry.native_family(path)
+    if native is not None:  # a family's released folder (LeRobot's own config.json), seen as that family's config
+        return registry.resolve(native.native[1])(path)
     cfg_file = path / "config.json"
     if not path.is_dir() or not cfg_file.exists():
         raise CheckpointError(f"no checkpoint at '{path}' (expected a directory with config.json and "
@@ -98,58 +68,16 @@ def read_config(path: str | Path) -> dict:
 
 
 def load_policy(path: str | Path, device: str = "cpu", trust_remote_code: bool = False) -> TinyVLA:
-    """Load a policy directory written by ``save_policy`` (weights via safetensors, no unpickling)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    """Load a policy directory written by ``save_policy`` (weights via safetensors, no unpickling), or a family's
+    released folder (a LeRobot SmolVLA checkpoint as published)."""
     path = Path(path)
-    from vlaforge.policies.smolvla.lerobot import is_lerobot_dir
-
-    if is_lerobot_dir(path):  # a LeRobot SmolVLA checkpoint as released (vlaforge.policies.smolvla)
-        from vlaforge.policies.smolvla import load_lerobot
-
-        return load_lerobot(path).to(device)
+    native = registry.native_family(path)
+    if native is not None:
+        return registry.resolve(native.native[2])(path, device)
     meta = read_config(path)
     cfg = dict(meta["policy"])
-    family = cfg.pop("family")
-    if family == "smolvla":
-        from vlaforge.policies.smolvla import load_smolvla_policy
-
-        return load_smolvla_policy(path, cfg, device)
-    if family in ("openvla", "openvla-oft"):
-        from vlaforge.policies.openvla import load_openvla_policy
-
-        return load_openvla_policy(path, family, cfg, device)
-    if family == "hf":
-        return _load_hf(path, cfg, device, trust_remote_code)
-    try:
-        policy = build_policy(family, **cfg)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint '{path}' has an incompatible config: {e}") from None
-    weights = path / "model.safetensors"
-    if not weights.exists():
-        raise CheckpointError(f"'{weights}' is missing: the checkpoint is partial; re-create it")
-    try:
-        state = load_file(str(weights), device=device)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"'{weights}' is corrupt ({e}); re-create the checkpoint") from None
-    load_weights(policy, state, path)
-    return policy.to(device)
-
-
-def _load_hf(path: Path, cfg: dict, device: str, trust_remote_code: bool = False):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from vlaforge.policies.hf import load_hf_policy
-
-    require("transformers", "hf")
-    weights = path / "model.safetensors"
-    try:
-        state = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"'{weights}' is missing or corrupt ({e}); re-create the checkpoint") from None
-    return load_hf_policy(path, cfg, state, device, trust_remote_code=trust_remote_code)
+    name = cfg.pop("family")
+    return registry.family(name).fn("load")(path, name, cfg, device, trust_remote_code)
 
 
 def policy_hash(path: str | Path) -> str:

@@ -26,6 +26,7 @@ from vlaforge.envs.options import EnvOptions
 from vlaforge.policies.hf.model import HFConfig
 from vlaforge.policies.openvla.model import OpenVLAOptions
 from vlaforge.policies.options import PolicyShape
+from vlaforge.policies.registry import PolicyName
 from vlaforge.train.backend import RayConfig
 from vlaforge.train.logging import LogOptions
 from vlaforge.train.recipe_configs import GrapeConfig, IReVLAConfig, VLARLConfig
@@ -48,7 +49,7 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
     """PPO's value function: image (reads the actor's features) or privileged (an asymmetric critic on the
     suite's sim_state + proprio, built fresh when the policy has none; the actor still reads pixels only;
     tiny policies)"""
-    policy: Literal["tiny", "hf", "smolvla", "openvla", "openvla-oft"] = "tiny"
+    policy: PolicyName = "tiny"
     """fresh policy: the tiny VLA, a local Hugging Face VLM (`--policy hf --policy.path DIR`, docs/hf.md), or a
     LeRobot SmolVLA checkpoint (`--policy smolvla --policy.path DIR`, docs/vlas.md)"""
     hf: Annotated[HFConfig, tyro.conf.arg(name="policy")] = field(default_factory=HFConfig)

@@ -28,9 +28,9 @@ from vlaforge.envs import env_kwargs, env_tasks, make_vec_env, suite_info, suite
 from vlaforge.envs.vector import thread_plan
 from vlaforge.errors import UsageError
 from vlaforge.hooks import NO_HOOKS, Hooks
-from vlaforge.policies import build_policy, load_policy, save_policy
+from vlaforge.policies import load_policy, save_policy
 from vlaforge.policies.base import check_fits
-from vlaforge.policies.openvla.model import config_from_flags
+from vlaforge.policies.registry import family
 from vlaforge.policies.tiny import TinyVLA
 from vlaforge.rollout.collect import CollectStats, collect
 from vlaforge.rollout.evaluate import evaluate_policy
@@ -106,17 +106,8 @@ def env_settings(cfg: TrainConfig) -> dict:
 
 
 def fresh_policy(cfg: TrainConfig, spec):
-    if cfg.policy in ("openvla", "openvla-oft"):  # --policy.* switches + --openvla.* options (docs/vlas.md)
-        return build_policy(cfg.policy, **config_from_flags(cfg.policy, cfg.hf, cfg.openvla, cfg.chunk_size, spec,
-                                                            cfg.image_size))
-    if cfg.policy == "smolvla":  # the checkpoint fixes dims and chunk; the --policy.* switches that apply pass on
-        return build_policy("smolvla", **dataclasses.asdict(cfg.hf))
-    if cfg.policy == "hf":
-        return build_policy("hf", **{**dataclasses.asdict(cfg.hf), "head": cfg.head, "chunk_size": cfg.chunk_size,
-                                     "state_dim": spec.state_dim, "action_dim": spec.action_dim,
-                                     "views": spec.image_shape[0], "image_size": cfg.image_size})
-    return build_policy("tiny", **cfg.shape(), state_dim=spec.state_dim, action_dim=spec.action_dim, views=spec.image_shape[0],
-                        image_size=cfg.image_size)
+    """A fresh policy of ``--policy NAME`` for the suite ``spec`` (the family's registry entry builds it)."""
+    return family(cfg.policy).fn("fresh")(cfg.policy, cfg, spec)
 
 
 def run_tasks(cfg: TrainConfig, spec, policy) -> tuple[list[int], list[str]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.envs import require
 from vlaforge.errors import CheckpointError, UsageError
 from vlaforge.policies.base import load_weights
 from vlaforge.policies.hf.export import export_merged, save_adapter
@@ -46,6 +47,34 @@ def build_hf_policy(**cfg) -> HFVLA:
     """A fresh policy; ``trust_remote_code=True`` here must come from the user's command-line flag."""
     trust = bool(cfg.pop("trust_remote_code", False))
     return HFVLA(_config(cfg, trust))
+
+
+def build_family(name: str, **cfg) -> HFVLA:
+    """The registry's ``build``."""
+    return build_hf_policy(**cfg)
+
+
+def load_family(path: Path, name: str, cfg: dict, device: str = "cpu", trust_remote_code: bool = False) -> HFVLA:
+    """The registry's ``load``: heads from model.safetensors, the backbone or adapter beside it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    require("transformers", "hf")
+    weights = Path(path) / "model.safetensors"
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"'{weights}' is missing or corrupt ({e}); re-create the checkpoint") from None
+    return load_hf_policy(path, cfg, state, device, trust_remote_code=trust_remote_code)
+
+
+def fresh_family(name: str, cfg, spec) -> HFVLA:
+    """The registry's ``fresh``: `--policy hf --policy.path DIR` with the head and chunk of PolicyShape."""
+    import dataclasses
+
+    return build_hf_policy(**{**dataclasses.asdict(cfg.hf), "head": cfg.head, "chunk_size": cfg.chunk_size,
+                              "state_dim": spec.state_dim, "action_dim": spec.action_dim,
+                              "views": spec.image_shape[0], "image_size": cfg.image_size})
 
 
 def write_hf_files(policy: HFVLA, d: Path) -> dict[str, torch.Tensor]:

@@ -45,6 +45,19 @@ def _config(family: str, cfg: dict) -> OpenVLAConfig:
     return OpenVLAConfig(**cfg, oft=family == "openvla-oft")
 
 
+def load_family(path: Path, name: str, cfg: dict, device: str = "cpu", trust_remote_code: bool = False):
+    """The registry's ``load``."""
+    return load_openvla_policy(path, name, cfg, device)
+
+
+def fresh_family(name: str, cfg, spec) -> OpenVLAPolicy:
+    """The registry's ``fresh``: --policy.* switches + --openvla.* options (docs/vlas.md)."""
+    from vlaforge.policies.openvla.model import config_from_flags
+
+    return build_openvla_policy(name, **config_from_flags(name, cfg.hf, cfg.openvla, cfg.chunk_size, spec,
+                                                          cfg.image_size))
+
+
 def build_openvla_policy(family: str, **cfg) -> OpenVLAPolicy:
     require("transformers", "hf")
     return OpenVLAPolicy(_config(family, cfg))

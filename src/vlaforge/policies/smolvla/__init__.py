@@ -77,6 +77,28 @@ def build_smolvla_policy(**cfg) -> SmolVLA:
     return load_lerobot(path, **{k: v for k, v in cfg.items() if k in SWITCHES})
 
 
+def build_family(name: str, **cfg) -> SmolVLA:
+    """The registry's ``build``."""
+    return build_smolvla_policy(**cfg)
+
+
+def load_family(path: Path, name: str, cfg: dict, device: str = "cpu", trust_remote_code: bool = False) -> SmolVLA:
+    """The registry's ``load`` (a vlaforge checkpoint of a SmolVLA)."""
+    return load_smolvla_policy(path, cfg, device)
+
+
+def load_native(path: Path, device: str = "cpu") -> SmolVLA:
+    """The registry's native loader: a LeRobot SmolVLA folder as released."""
+    return load_lerobot(path).to(device)
+
+
+def fresh_family(name: str, cfg, spec) -> SmolVLA:
+    """The registry's ``fresh``: the checkpoint fixes dims and chunk; the --policy.* switches that apply pass on."""
+    import dataclasses
+
+    return build_smolvla_policy(**dataclasses.asdict(cfg.hf))
+
+
 def write_smolvla_files(policy: SmolVLA, d: Path) -> dict[str, torch.Tensor]:
     """Save the tokenizer beside the checkpoint; return the state for model.safetensors."""
     policy.tokenizer.save_pretrained(d / "tokenizer")
