@@ -62,6 +62,7 @@ def world(tmp_path_factory):
     info = json.loads((root / "demos_nosim" / "meta" / "info.json").read_text())
     info["features"].pop("observation.sim_state", None)
     (root / "demos_nosim" / "meta" / "info.json").write_text(json.dumps(info))
+    _poc(root, root / "poc_marker")  # an HF checkpoint whose backbone asks to run its own code (auto_map)
     (root / "afile").write_text("x")
     (root / "mine").mkdir()  # a user's folder: never replaced by an output written whole
     (root / "mine" / "thesis.tex").write_text("x")
@@ -178,6 +179,38 @@ CASES = [
     ("eval-duplicate-task", ["eval", "--checkpoint", "W/policy", "--tasks", "red-0,blue-0,red-0"], ["--tasks", "red-0"]),
     ("eval-unknown-task", ["eval", "--checkpoint", "W/policy", "--tasks", "magenta-7"], ["unknown"]),
     ("unknown-command", ["frobnicate"], ["unknown command"]),
+    # GRAPE's cost weights are finite numbers
+    ("train-grape-cost-weights-nan", ["train", "--recipe", "grape", "--grape.cost-weights", "path=nan", "--out", "T/r"],
+     ["--grape.cost-weights", "path=nan", "finite"]),
+    ("train-grape-cost-weights-inf", ["train", "--recipe", "grape", "--grape.cost-weights", "collision=-inf",
+                                      "--out", "T/r"], ["--grape.cost-weights", "finite"]),
+    # a run owns its folder: never written over another run or another command's output (vlaforge.runlock)
+    ("train-out-holds-a-run", [*TRAIN, "--out", "W/run"], ["--out", "training run", "--overwrite"]),
+    ("train-out-is-a-policy", [*TRAIN, "--overwrite", "--out", "W/policy"], ["--out", "policy folder"]),
+    ("train-out-is-demos", [*TRAIN, "--out", "W/demos"], ["--out", "demo dataset"]),
+    ("train-out-is-a-checkpoint", [*TRAIN, "--out", "W/run/checkpoint"], ["--out", "training checkpoint"]),
+    ("sft-out-holds-a-policy", ["sft", "--demos", "W/demos", "--out", "W/policy"], ["--out", "policy", "--overwrite"]),
+    ("sft-out-is-a-checkpoint", ["sft", "--demos", "W/demos", "--overwrite", "--out", "W/run/checkpoint"],
+     ["--out", "training checkpoint"]),
+    ("sft-out-is-a-runs-final", ["sft", "--demos", "W/demos", "--overwrite", "--out", "W/run/final"],
+     ["--out", "part of the training run"]),
+    ("sft-out-is-a-run", ["sft", "--demos", "W/demos", "--out", "W/run"], ["--out", "training run folder"]),
+    ("sft-out-is-demos", ["sft", "--demos", "W/demos", "--out", "W/demos"], ["--out", "demo dataset"]),
+    ("collect-out-is-a-checkpoint", ["collect", "--out", "W/run/checkpoint"], ["--out", "training checkpoint"]),
+    ("collect-out-is-a-policy", ["collect", "--out", "W/policy"], ["--out", "policy folder"]),
+    ("collect-out-is-a-run", ["collect", "--out", "W/run"], ["--out", "training run folder"]),
+    ("demo-out-is-a-run", ["demo", "--out", "W/run"], ["--out", "training run folder"]),
+    ("resume-overwrite-own-run", ["train", "--resume", "W/run/checkpoint", "--overwrite"], ["--overwrite", "resume"]),
+    ("resume-fork-into-another-run", ["train", "--resume", "W/run/checkpoint", "--out", "W/crafted"],
+     ["--out", "--overwrite"]),
+    # the remote-code refusal names the flag of the command at hand
+    ("sft-init-remote-code", ["sft", "--demos", "W/demos", "--init", "W/poc", "--out", "T/s"],
+     ["--init", "auto_map", "only with --trust-remote-code"]),
+    ("train-init-remote-code", ["train", "--init", "W/poc", "--out", "T/r"],
+     ["--init", "auto_map", "only with --policy.trust-remote-code"]),
+    ("train-distill-teacher-remote-code", [*TRAIN, "--algo", "distill", "--distill.teacher", "W/poc",
+                                           "--distill.teacher-state", "0,1", "--out", "T/r"],
+     ["--distill.teacher", "auto_map", "never runs it"]),
 ]
 
 
@@ -194,6 +227,16 @@ def test_bad_input_one_line_exit_2_nothing_written(argv, words, world, tmp_path,
     for w in words:
         assert w in lines[0], (w, lines[0])
     assert _tree(world, tmp_path) == before, "a refused command left files behind"
+
+
+def test_remote_code_flags_named_in_errors_exist():
+    """The flag each command's remote-code refusal names is one of that command's flags."""
+    from vlaforge.validate import TRUST_FLAG
+
+    for command, flag in TRUST_FLAG.items():
+        r = subprocess.run([sys.executable, "-m", "vlaforge.cli", command, "--help"], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "COLUMNS": "200"})
+        assert r.returncode == 0 and flag + "," in r.stdout, (command, flag, r.stdout[-2000:])
 
 
 def test_console_script_one_line(tmp_path):

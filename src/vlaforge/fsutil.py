@@ -7,7 +7,7 @@ in between leaves those names behind; ``repair_atomic(path)`` (run on resume, an
 when the kill fell between the two renames and deletes the rest.
 
 What they write follows the process umask like any ``open``/``mkdir`` (``tempfile`` alone would give 0700
-folders and 0600 files): a group-readable run folder stays group-readable.
+folders and 0600 files, and so does safetensors' writer): a group-readable run folder stays group-readable.
 """
 
 from __future__ import annotations
@@ -96,10 +96,15 @@ def atomic_dir(path: str | os.PathLike):
     try:
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700 whatever the umask
         yield tmp
+        mask = umask()
         for f in tmp.rglob("*"):  # flush file contents before the rename makes them visible
+            if f.is_symlink():
+                continue
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+                # writers that ignore the umask (safetensors: 0600) get the mode a plain open() would give
+                os.chmod(f, ((f.stat().st_mode & 0o777) | 0o666) & ~mask)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -221,8 +221,8 @@ def check_target(command: str, out: str | os.PathLike, overwrite: bool = False, 
                              f"{'replace' if command in ('sft', 'collect') else 'write into'} it: pass another "
                              "directory")
         if kind == mine and command in ("train", "sft") and not overwrite:
-            raise UsageError(f"{name} '{out}' already holds a {WHAT[kind].split(' (')[0]}; pass --overwrite to "
-                             "replace it, or another directory")
+            raise UsageError(f"{name} '{out}' already holds {'a training run' if kind == 'train' else 'a policy'} "
+                             "(an earlier run's output); pass --overwrite to replace it, or another directory")
     parent = p.absolute().parent
     if command in ("sft", "collect") and p.name in ("checkpoint", "final") and folder_kind(parent) == "train":
         raise UsageError(f"{name} '{out}' is part of the training run '{parent}'; pass a directory outside it")
