@@ -677,6 +677,9 @@ def check_recipe(cfg, given: set[str]) -> None:
             d = check_in_dir("--grape.lm-path", cfg.grape.lm_path, "a local transformers text model directory")
             need((d / "config.json").is_file(), f"--grape.lm-path '{cfg.grape.lm_path}' holds no config.json; pass a "
                                                 "directory written by save_pretrained (model and tokenizer)")
+            files = remote_code_files(d)
+            need(not files, f"--grape.lm-path: '{files[0] if files else ''}' asks to run the model's own Python code "
+                            "(auto_map); vlaforge never runs it for --grape.lm-path: pass a model transformers knows")
         spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), image_size=cfg.image_size,
                           **env_kwargs(cfg.env_kwargs, cfg.max_steps))
         need(bool(spec.sim_state_names), f"--suite {cfg.suite} exposes no simulator state, which GRAPE's staged "
