@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -87,6 +88,7 @@ def _demo(args):
     run_demo(args)
 
 
+@functools.cache
 def train_command_class():
     """``TrainConfig`` plus the command-line-only ``--overwrite`` (never saved in a checkpoint's config)."""
     from vlaforge.train.loop import TrainConfig
