@@ -126,7 +126,7 @@ def _owned_output(command: str, args):
         if command == "train" and args.resume:
             run = Path(args.resume).expanduser().absolute().parent
             stack.enter_context(RunLock(lock_path("train", run), "train", "--resume", run))
-            own_run = run == out
+            own_run = run.resolve() == out.resolve()
         if not own_run:
             stack.enter_context(RunLock(lock_path(command, out), command, "--out", args.out))
             check_target(command, args.out, overwrite)  # again, now that no one else can write there

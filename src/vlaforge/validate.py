@@ -730,7 +730,7 @@ def check_resume(cfg, given: set[str]):
     check_ray(cfg.ray)
     if "out" not in given:
         cfg.out = str(ck.parent)
-    own = Path(cfg.out).expanduser().absolute() == ck.absolute().parent
+    own = Path(cfg.out).expanduser().resolve() == ck.absolute().parent.resolve()
     need(not (own and getattr(cfg, "overwrite", False)), "--overwrite starts a new run; a resumed run continues its "
                                                          "own folder: drop --overwrite (or pass --out NEW_DIR)")
     check_train_out(cfg.out, getattr(cfg, "overwrite", False), fresh=not own)
