@@ -62,6 +62,11 @@ def world(tmp_path_factory):
     info = json.loads((root / "demos_nosim" / "meta" / "info.json").read_text())
     info["features"].pop("observation.sim_state", None)
     (root / "demos_nosim" / "meta" / "info.json").write_text(json.dumps(info))
+    _poc(root, root / "poc_marker")  # an HF checkpoint whose backbone asks to run its own code (auto_map)
+    (root / "lm_remote").mkdir()  # a "local causal LM" for --grape.lm-path that asks the same
+    (root / "lm_remote" / "config.json").write_text(json.dumps({"model_type": "x_remote", "auto_map": {
+        "AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XModel"}}))
+    (root / "lm_remote" / "configuration_x.py").write_text(f"open({str(root / 'poc_marker')!r}, 'w').write('pwned')\n")
     (root / "afile").write_text("x")
     (root / "mine").mkdir()  # a user's folder: never replaced by an output written whole
     (root / "mine" / "thesis.tex").write_text("x")
@@ -178,6 +183,40 @@ CASES = [
     ("eval-duplicate-task", ["eval", "--checkpoint", "W/policy", "--tasks", "red-0,blue-0,red-0"], ["--tasks", "red-0"]),
     ("eval-unknown-task", ["eval", "--checkpoint", "W/policy", "--tasks", "magenta-7"], ["unknown"]),
     ("unknown-command", ["frobnicate"], ["unknown command"]),
+    # GRAPE's cost weights are finite numbers
+    ("train-grape-cost-weights-nan", ["train", "--recipe", "grape", "--grape.cost-weights", "path=nan", "--out", "T/r"],
+     ["--grape.cost-weights", "path=nan", "finite"]),
+    ("train-grape-cost-weights-inf", ["train", "--recipe", "grape", "--grape.cost-weights", "collision=-inf",
+                                      "--out", "T/r"], ["--grape.cost-weights", "finite"]),
+    # a run owns its folder: never written over another run or another command's output (vlaforge.runlock)
+    ("train-out-holds-a-run", [*TRAIN, "--out", "W/run"], ["--out", "training run", "--overwrite"]),
+    ("train-out-is-a-policy", [*TRAIN, "--overwrite", "--out", "W/policy"], ["--out", "policy folder"]),
+    ("train-out-is-demos", [*TRAIN, "--out", "W/demos"], ["--out", "demo dataset"]),
+    ("train-out-is-a-checkpoint", [*TRAIN, "--out", "W/run/checkpoint"], ["--out", "training checkpoint"]),
+    ("sft-out-holds-a-policy", ["sft", "--demos", "W/demos", "--out", "W/policy"], ["--out", "policy", "--overwrite"]),
+    ("sft-out-is-a-checkpoint", ["sft", "--demos", "W/demos", "--overwrite", "--out", "W/run/checkpoint"],
+     ["--out", "training checkpoint"]),
+    ("sft-out-is-a-runs-final", ["sft", "--demos", "W/demos", "--overwrite", "--out", "W/run/final"],
+     ["--out", "part of the training run"]),
+    ("sft-out-is-a-run", ["sft", "--demos", "W/demos", "--out", "W/run"], ["--out", "training run folder"]),
+    ("sft-out-is-demos", ["sft", "--demos", "W/demos", "--out", "W/demos"], ["--out", "demo dataset"]),
+    ("collect-out-is-a-checkpoint", ["collect", "--out", "W/run/checkpoint"], ["--out", "training checkpoint"]),
+    ("collect-out-is-a-policy", ["collect", "--out", "W/policy"], ["--out", "policy folder"]),
+    ("collect-out-is-a-run", ["collect", "--out", "W/run"], ["--out", "training run folder"]),
+    ("demo-out-is-a-run", ["demo", "--out", "W/run"], ["--out", "training run folder"]),
+    ("resume-overwrite-own-run", ["train", "--resume", "W/run/checkpoint", "--overwrite"], ["--overwrite", "resume"]),
+    ("resume-fork-into-another-run", ["train", "--resume", "W/run/checkpoint", "--out", "W/crafted"],
+     ["--out", "--overwrite"]),
+    # the remote-code refusal names the flag of the command at hand
+    ("sft-init-remote-code", ["sft", "--demos", "W/demos", "--init", "W/poc", "--out", "T/s"],
+     ["--init", "auto_map", "only with --trust-remote-code"]),
+    ("train-init-remote-code", ["train", "--init", "W/poc", "--out", "T/r"],
+     ["--init", "auto_map", "only with --policy.trust-remote-code"]),
+    ("train-grape-lm-remote-code", ["train", "--recipe", "grape", "--grape.decomposer", "lm", "--grape.lm-path",
+                                    "W/lm_remote", "--out", "T/r"], ["--grape.lm-path", "auto_map", "never runs it"]),
+    ("train-distill-teacher-remote-code", [*TRAIN, "--algo", "distill", "--distill.teacher", "W/poc",
+                                           "--distill.teacher-state", "0,1", "--out", "T/r"],
+     ["--distill.teacher", "auto_map", "never runs it"]),
 ]
 
 
@@ -194,6 +233,16 @@ def test_bad_input_one_line_exit_2_nothing_written(argv, words, world, tmp_path,
     for w in words:
         assert w in lines[0], (w, lines[0])
     assert _tree(world, tmp_path) == before, "a refused command left files behind"
+
+
+def test_remote_code_flags_named_in_errors_exist():
+    """The flag each command's remote-code refusal names is one of that command's flags."""
+    from vlaforge.validate import TRUST_FLAG
+
+    for command, flag in TRUST_FLAG.items():
+        r = subprocess.run([sys.executable, "-m", "vlaforge.cli", command, "--help"], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "COLUMNS": "200"})
+        assert r.returncode == 0 and flag + "," in r.stdout, (command, flag, r.stdout[-2000:])
 
 
 def test_console_script_one_line(tmp_path):
@@ -448,3 +497,89 @@ def test_diverging_rl_run_stops_naming_the_last_good_checkpoint(tmp_path, capsys
     assert "iteration 2" in err and f"last good checkpoint is '{run / 'checkpoint'}' (iteration 1)" in err, err
     assert json.loads((run / "checkpoint" / "state.json").read_text())["iteration"] == 1
     assert not (run / "final").exists() and not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+# -- no model file decides to run code, whatever stdin answers ----------------------------------------
+
+def _code(d: Path, module: str, marker: Path, body: str = "") -> None:
+    """``d/<module>.py``: writes ``marker`` when imported (what transformers would do with an auto_map entry)."""
+    (d / f"{module}.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('pwned')\n{body}")
+
+
+def _edit_json(f: Path, **kv) -> None:
+    data = json.loads(f.read_text())
+    data.update(kv)
+    f.write_text(json.dumps(data))
+
+
+OVLA = ["--policy.max-text-tokens", "76", "--policy.head-hidden", "16", "--groups", "1", "--num-envs", "2",
+        "--max-steps", "2", "--image-size", "28", "--iterations", "1", "--eval-every", "0", "--no-tensorboard",
+        "--no-progress", "--threads", "1", "--rloo.group-size", "2"]
+EVAL1 = ["--episodes", "1", "--num-envs", "1", "--tasks", "red-0", "--threads", "1"]
+
+
+def _family_case(family: str, root: Path, marker: Path) -> tuple[list[str], bool]:
+    """(argv of a command that reads a crafted checkpoint of ``family``, whether it may load: the auto_map ignored)."""
+    d = root / family
+    if family == "tiny":
+        save_policy(build_policy(backbone="state", state_dim=2, action_dim=2), d)
+        _edit_json(d / "config.json", auto_map={"AutoConfig": "configuration_x.XConfig"}, model_type="x_remote")
+        _code(d, "configuration_x", marker)
+        return ["eval", "--checkpoint", str(d), *EVAL1, "--out", str(root / "e.json")], True
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    cfg_body = "from transformers import PretrainedConfig\nclass XConfig(PretrainedConfig):\n    model_type = 'x_remote'\n"
+    if family == "hf":  # a fresh --policy hf whose config maps AutoConfig to its own file
+        from vlaforge.policies.hf.tiny import save_tiny_vlm
+
+        save_tiny_vlm(d, "llava")
+        _edit_json(d / "config.json", auto_map={"AutoConfig": "configuration_x.XConfig"}, model_type="x_remote")
+        _code(d, "configuration_x", marker, cfg_body)
+        return ["train", "--policy", "hf", "--policy.path", str(d), "--head", "tokens", "--policy.n-bins", "32",
+                "--groups", "1", "--num-envs", "2", "--chunk-size", "2", "--max-steps", "4", "--image-size", "32",
+                "--iterations", "1", "--eval-every", "0", "--no-tensorboard", "--no-progress", "--threads", "1",
+                "--rloo.group-size", "2", "--out", str(root / "run")], False
+    if family in ("openvla", "openvla-oft"):  # the released config.json carries this auto_map: it is ignored
+        from vlaforge.policies.openvla.tiny import save_tiny_openvla
+
+        save_tiny_openvla(d, oft=family == "openvla-oft")
+        _edit_json(d / "config.json", auto_map={"AutoConfig": "configuration_prismatic.OpenVLAConfig",
+                                                "AutoModelForVision2Seq": "modeling_prismatic.OpenVLAForActionPrediction"})
+        _code(d, "configuration_prismatic", marker)
+        _code(d, "modeling_prismatic", marker)
+        chunk = ["--chunk-size", "2"] if family == "openvla-oft" else []
+        return ["train", "--policy", family, "--policy.path", str(d), *chunk, *OVLA, "--out", str(root / "run")], True
+    from vlaforge.policies.smolvla import load_lerobot, tiny_lerobot_dir
+
+    tiny_lerobot_dir(d)
+    if family == "smolvla":  # LeRobot's layout: the VLM's config in vlm/ maps AutoConfig to its own file
+        _edit_json(d / "vlm" / "config.json", auto_map={"AutoConfig": "configuration_x.XConfig"}, model_type="x_remote")
+        _code(d / "vlm", "configuration_x", marker, cfg_body)
+        return ["eval", "--checkpoint", str(d), *EVAL1, "--out", str(root / "e.json")], False
+    # smolvla-saved: vlaforge's own smolvla checkpoint, whose tokenizer/ maps AutoTokenizer to its own file
+    ck = save_policy(load_lerobot(d), root / "saved")
+    f = ck / "tokenizer" / "tokenizer_config.json"
+    tok = json.loads(f.read_text())
+    tok.pop("tokenizer_class", None)  # so that transformers would take the auto_map's class (and ask "run it?")
+    f.write_text(json.dumps({**tok, "auto_map": {"AutoTokenizer": ["tokenization_x.XTok", "tokenization_x.XTok"]}}))
+    _code(ck / "tokenizer", "tokenization_x", marker)
+    return ["eval", "--checkpoint", str(ck), *EVAL1, "--out", str(root / "e.json")], False
+
+
+@pytest.mark.parametrize("family", ["tiny", "hf", "openvla", "openvla-oft", "smolvla", "smolvla-saved"])
+def test_no_model_file_runs_code_even_when_stdin_says_yes(family, tmp_path):
+    """A checkpoint of each family with an ``auto_map`` to a Python file that would write a marker: the CLI (a
+    subprocess, "y" on stdin for transformers' "run this code?" prompt) never imports it; it either loads the
+    checkpoint without it or refuses in one line."""
+    marker = tmp_path / "marker"
+    argv, may_load = _family_case(family, tmp_path, marker)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "vlaforge.cli", *argv], input="y\n" * 8, capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert not marker.exists(), f"{family}: the checkpoint's code ran\n{r.stderr[-3000:]}"
+    if r.returncode == 0:
+        assert may_load, f"{family} loaded a checkpoint that asks to run code"
+    else:
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert "auto_map" in lines[0] or "own Python code" in lines[0], lines[0]

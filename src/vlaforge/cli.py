@@ -6,13 +6,22 @@ Bad input (``UsageError``, ``EnvError``, ``CheckpointError``, ``MissingExtra``) 
 and one line saying what to do; a diverged run (``NonFiniteError``) or a broken-down Ray run exits 1
 with one line naming the last good checkpoint; anything else is a bug and keeps its traceback.
 
+``train``, ``sft``, ``collect`` and ``demo`` hold the lock of their output for the whole run
+(``vlaforge.runlock``): a second run into the same folder is refused in one line. SIGTERM is handled
+like Ctrl-C (``KeyboardInterrupt``: the checkpoint stays intact, env workers are closed, temp folders
+removed); the exit status is then 143 (130 for Ctrl-C).
+
     vlaforge train --resume runs/rl/checkpoint    # writes into runs/rl (the checkpoint's parent)
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -84,6 +93,80 @@ def _export(args):
     run_export(args)
 
 
+@functools.cache
+def train_command_class():
+    """``TrainConfig`` plus the command-line-only ``--overwrite`` (never saved in a checkpoint's config)."""
+    from vlaforge.train.loop import TrainConfig
+
+    @dataclasses.dataclass
+    class TrainCommand(TrainConfig):
+        __doc__ = TrainConfig.__doc__
+
+        overwrite: bool = False
+        """replace an earlier run in --out (deletes its checkpoint/, final/, metrics.jsonl, tb/ ... first)"""
+
+    return TrainCommand
+
+
+def _train_config(args):
+    """The ``TrainConfig`` of a parsed ``TrainCommand`` (without ``overwrite``)."""
+    from vlaforge.train.loop import TrainConfig
+
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+@contextlib.contextmanager
+def _owned_output(command: str, args):
+    """Hold the lock of the command's output for the whole run (``vlaforge.runlock``); ``--overwrite`` clears an
+    earlier training run in it, under the lock. ``train --resume`` locks the checkpoint's run folder too."""
+    from vlaforge.runlock import RunLock, check_target, clear_train_run, lock_path
+
+    if command not in ("train", "sft", "collect", "demo"):
+        yield
+        return
+    out = Path(args.out).expanduser().absolute()
+    overwrite = bool(getattr(args, "overwrite", False))
+    with contextlib.ExitStack() as stack:
+        own_run = False
+        if command == "train" and args.resume:
+            run = Path(args.resume).expanduser().absolute().parent
+            stack.enter_context(RunLock(lock_path("train", run), "train", "--resume", run))
+            own_run = run.resolve() == out.resolve()
+        if not own_run:
+            stack.enter_context(RunLock(lock_path(command, out), command, "--out", args.out))
+            check_target(command, args.out, overwrite)  # again, now that no one else can write there
+            if command == "train" and overwrite:
+                clear_train_run(out)
+        yield
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program was, so that every cleanup of Ctrl-C runs."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises ``_Terminated`` (a KeyboardInterrupt) once; a second one during the
+    cleanup is ignored. Only in the main thread (signal handlers live there)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _flag_value(args: list[str], flag: str) -> str | None:
     """The value of ``--flag VALUE`` or ``--flag=VALUE`` in ``args`` (None if absent)."""
     for i, a in enumerate(args):
@@ -109,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "collect": (CollectArgs, _collect),
         "sft": (SFTArgs, _sft),
-        "train": (TrainConfig, _train),
+        "train": (train_command_class(), _train),
         "eval": (EvalArgs, _eval),
         "demo": (DemoArgs, _demo),
         "export": (ExportArgs, _export),
@@ -134,10 +217,13 @@ def main(argv: list[str] | None = None) -> int:
 
             if name not in RECIPES:
                 raise UsageError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(RECIPES)}")
-            default = recipe_defaults(name)
-        args = tyro.cli(cls, args=argv[1:], prog=f"vlaforge {argv[0]}", default=default)
-        args = check(argv[0], args, argv[1:])  # every check before any work or any file written
-        fn(args)
+            d = recipe_defaults(name)
+            default = cls(**{f.name: getattr(d, f.name) for f in dataclasses.fields(TrainConfig)})
+        with _sigterm_as_interrupt():
+            args = tyro.cli(cls, args=argv[1:], prog=f"vlaforge {argv[0]}", default=default)
+            args = check(argv[0], args, argv[1:])  # every check before any work or any file written
+            with _owned_output(argv[0], args):
+                fn(_train_config(args) if argv[0] == "train" else args)
     except user_errors as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"vlaforge {argv[0]}: error: {msg}", file=sys.stderr)
@@ -145,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteError, RunFailed) as e:  # a run broke down: the message names the last good checkpoint
         print(f"vlaforge {argv[0]}: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -5,6 +5,9 @@ place (an existing one is first renamed to ``.<name>.old-<pid>``, then deleted).
 in between leaves those names behind; ``repair_atomic(path)`` (run on resume, and by every
 ``atomic_dir`` for temp dirs of processes that are gone) restores ``path`` from its ``.old-`` copy
 when the kill fell between the two renames and deletes the rest.
+
+What they write follows the process umask like any ``open``/``mkdir`` (``tempfile`` alone would give 0700
+folders and 0600 files, and so does safetensors' writer): a group-readable run folder stays group-readable.
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def umask() -> int:
+    """The process umask (read from /proc where it is shown, else by setting and restoring it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
 
 
 def _leftovers(path: Path) -> list[tuple[Path, str, int | None]]:
@@ -78,11 +94,17 @@ def atomic_dir(path: str | os.PathLike):
     repair_atomic(path, only_dead=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700 whatever the umask
         yield tmp
+        mask = umask()
         for f in tmp.rglob("*"):  # flush file contents before the rename makes them visible
+            if f.is_symlink():
+                continue
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+                # writers that ignore the umask (safetensors: 0600) get the mode a plain open() would give
+                os.chmod(f, ((f.stat().st_mode & 0o777) | 0o666) & ~mask)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -102,6 +124,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it 0600 whatever the umask
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

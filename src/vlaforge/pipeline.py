@@ -23,7 +23,8 @@ from vlaforge.device import DeviceOptions, precision_context, resolve_device, se
 from vlaforge.envs import env_tasks, make_vec_env, suite_task_names
 from vlaforge.envs.options import EnvOptions
 from vlaforge.errors import NonFiniteError, UsageError
-from vlaforge.policies import build_policy, load_policy, policy_hash, save_policy
+from vlaforge.fsutil import atomic_dir
+from vlaforge.policies import build_policy, load_policy, policy_hash, write_policy_files
 from vlaforge.policies.base import check_fits, reads_images
 from vlaforge.policies.options import PolicyShape
 from vlaforge.policies.privileged import perception_targets
@@ -81,9 +82,13 @@ class SFTArgs(PolicyShape, DeviceOptions, LogOptions):
     """which dataset features the policy reads: FEATURE=image0[,FEATURE=image1...],FEATURE=state,FEATURE=action
     (default: every camera feature in info.json's order, observation.state, action)"""
     out: str = "runs/sft"
-    """output policy directory"""
+    """output policy directory (written whole at the end; its training logs in <out>/logs)"""
+    overwrite: bool = False
+    """replace an earlier policy in --out (without it, an --out that holds one is refused)"""
     init: str | None = None
     """start from this policy checkpoint (default: a fresh tiny VLA)"""
+    trust_remote_code: bool = False
+    """let a Hugging Face --init checkpoint run its own Python code (auto_map); only if you trust its files"""
     aux: bool = False
     """give a fresh policy a perception readout trained to predict the object/goal positions of the demos'
     recorded sim_state from the image features (an auxiliary loss that teaches the encoder to localise;
@@ -99,7 +104,7 @@ def run_sft(a: SFTArgs, quiet: bool = False):
     demos = load_demos(a.demos, demos_map=a.demos_map)
     info = demos.info
     if a.init:
-        policy = load_policy(a.init)
+        policy = load_policy(a.init, trust_remote_code=a.trust_remote_code)
     else:
         V, H = info.get("views", 1), info["image_size"]
         aux = {}
@@ -119,20 +124,23 @@ def run_sft(a: SFTArgs, quiet: bool = False):
                          "use --backbone state or record the demos with rendering")
     task_index = demos.task_index
     tb, wandb = a.sinks()
-    logger = RunLogger(Path(a.out).with_name(Path(a.out).name + "_logs"), tb,
-                       wandb_config=dataclasses.asdict(a) if wandb else None, name=Path(a.out).name)
     prog, task = progress_bar("sft", a.sft.steps, not quiet)
     t0 = time.perf_counter()
-    with prog:
-        metrics = train_sft(policy, demos, a.sft, task_index, logger, precision=a.precision,
-                            progress=lambda s, n, m: prog.update(task, completed=s, info=f"loss {float(m.get('sft/loss', 0)):.4f}")
-                            if s % 10 == 0 or s == n else None)
-    logger.close()
-    if metrics.get("sft/skipped_nonfinite"):  # the final weights give a NaN/inf loss: a model that cannot act
-        raise NonFiniteError(f"SFT diverged: the loss at the last step is non-finite ({metrics}); '{a.out}' was not "
-                             "written: lower --sft.lr")
-    save_policy(policy, a.out, extra={"trained_on": {"demos": str(a.demos), "suite": info["suite"],
-                                                       "frames": len(demos), "steps": a.sft.steps}})
+    with atomic_dir(a.out) as tmp:  # the logs and the policy appear together in --out, or nothing does
+        logger = RunLogger(tmp / "logs", tb, wandb_config=dataclasses.asdict(a) if wandb else None,
+                           name=Path(a.out).name)
+        try:
+            with prog:
+                metrics = train_sft(policy, demos, a.sft, task_index, logger, precision=a.precision,
+                                    progress=lambda s, n, m: prog.update(task, completed=s, info=f"loss {float(m.get('sft/loss', 0)):.4f}")
+                                    if s % 10 == 0 or s == n else None)
+        finally:
+            logger.close()
+        if metrics.get("sft/skipped_nonfinite"):  # the final weights give a NaN/inf loss: a model that cannot act
+            raise NonFiniteError(f"SFT diverged: the loss at the last step is non-finite ({metrics}); '{a.out}' was "
+                                 "not written: lower --sft.lr")
+        write_policy_files(policy, tmp, extra={"trained_on": {"demos": str(a.demos), "suite": info["suite"],
+                                                             "frames": len(demos), "steps": a.sft.steps}})
     if not quiet:
         print(f"SFT done in {time.perf_counter() - t0:.0f}s on {len(demos)} frames; final {metrics}; saved to {a.out}")
     return policy, metrics

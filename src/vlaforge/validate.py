@@ -38,6 +38,7 @@ from vlaforge.policies.hf.model import remote_code_files
 from vlaforge.policies.options import PolicyShape
 from vlaforge.recipes import RECIPES
 from vlaforge.recipes.grape import parse_weights
+from vlaforge.runlock import check_target, refuse_if_live
 from vlaforge.schema import CONFIG_SCHEMAS, FORMAT_VERSION, check_policy_config, register_config_schema
 from vlaforge.train.checkpoint import read_train_state
 from vlaforge.train.logging import LogOptions
@@ -275,7 +276,9 @@ def check_collect(a, argv):
     at_least("--episodes", a.episodes, 1, " (episodes per task)")
     at_least("--noise", a.noise, 0)
     check_out_dir("--out", a.out)
+    check_target("collect", a.out)
     check_replaceable("--out", a.out, "demos")
+    refuse_if_live("collect", a.out, "--out")
     return a
 
 
@@ -291,9 +294,11 @@ def check_demo(a, argv):
     at_least("--teacher-iterations", a.teacher_iterations, 1)
     at_least("--teacher-demos", a.teacher_demos, 0)
     check_out_dir("--out", a.out)
+    check_target("demo", a.out)
     check_replaceable("--out", Path(a.out) / "demos", "demos")
     for sub in ("sft", "rl/final", "rl/checkpoint"):
         check_replaceable("--out", Path(a.out) / sub, "policy")
+    refuse_if_live("demo", a.out, "--out")
     return a
 
 
@@ -391,7 +396,7 @@ def check_sft(a, argv):
         fresh_only = sorted(f for f in given if f in (*SHAPE_FLAGS, "aux"))
         need(not fresh_only, f"{flag(fresh_only[0]) if fresh_only else ''} shapes a fresh policy and is ignored with "
                              "--init (the checkpoint fixes it); drop it")
-        meta = read_config_checked("--init", a.init, False)
+        meta = read_config_checked("--init", a.init, a.trust_remote_code, TRUST_FLAG["sft"])
         pol = meta["policy"]
         S, A = info["features"]["observation.state"]["shape"][0], info["features"]["action"]["shape"][0]
         need((pol.get("state_dim"), pol.get("action_dim")) == (S, A),
@@ -414,7 +419,9 @@ def check_sft(a, argv):
              f"the demos in '{a.demos}' have {info['image_size']}px images; the tiny VLA's vision backbone needs a "
              "multiple of 8: collect them with --image-size 64 (or use --backbone state)")
     check_out_dir("--out", a.out)
+    check_target("sft", a.out, a.overwrite)
     check_replaceable("--out", a.out, "policy")
+    refuse_if_live("sft", a.out, "--out")
     return a
 
 
@@ -429,8 +436,14 @@ def check_shape(s: PolicyShape) -> None:
     at_least("--chunk-size", s.chunk_size, 1)
 
 
-def check_remote_code(pol: dict, path: str, trust: bool, name: str = "--checkpoint") -> None:
-    """Refuse an HF checkpoint whose model files ask to run their own code, unless ``trust`` (the flag)."""
+TRUST_FLAG = {"eval": "--trust-remote-code", "sft": "--trust-remote-code", "train": "--policy.trust-remote-code"}
+"""each command's flag that lets a checkpoint run its own code"""
+
+
+def check_remote_code(pol: dict, path: str, trust: bool, name: str = "--checkpoint",
+                      trust_flag: str | None = TRUST_FLAG["eval"]) -> None:
+    """Refuse an HF checkpoint whose model files ask to run their own code, unless ``trust`` (the flag
+    ``trust_flag`` of the command; None: the command never runs it)."""
     if trust:
         return
     full = Path(path) / "backbone"
@@ -440,8 +453,10 @@ def check_remote_code(pol: dict, path: str, trust: bool, name: str = "--checkpoi
     for d in dirs:
         files = remote_code_files(d)
         if files:
+            how = (f"vlaforge runs it only with {trust_flag} on the command line" if trust_flag else
+                   f"vlaforge never runs it for {name}")
             raise UsageError(f"{name} '{path}': '{files[0]}' asks to run the model's own Python code (auto_map); "
-                             "vlaforge runs it only with --trust-remote-code on the command line")
+                             + how)
 
 
 def check_fits_suite(name: str, pol: dict, suite: str, tasks, image_size: int | None, env_kwargs: dict) -> None:
@@ -465,7 +480,7 @@ def check_eval(a, argv):
     at_least("--episodes", a.episodes, 1, " (episodes per task)")
     at_least("--videos", a.videos, 0)
     at_least("--seed-base", a.seed_base, 0)
-    meta = read_config_checked("--checkpoint", a.checkpoint, a.trust_remote_code)
+    meta = read_config_checked("--checkpoint", a.checkpoint, a.trust_remote_code, TRUST_FLAG["eval"])
     pol = meta["policy"]
     check_fits_suite("--checkpoint", pol, a.suite, a.tasks, pol.get("image_size"), a.env_kwargs)
     out = Path(a.out) if a.out else Path(a.checkpoint) / f"eval_{a.suite}.json"
@@ -477,7 +492,7 @@ def check_eval(a, argv):
 # train ---------------------------------------------------------------------------------------------
 
 TRAIN_ALIASES = {"policy": "hf", "ray.enabled": "ray.enabled"}
-RESUME_MAY_CHANGE = ("resume", "out", "progress", "tensorboard", "ray", "hf.trust_remote_code")
+RESUME_MAY_CHANGE = ("resume", "out", "progress", "tensorboard", "ray", "hf.trust_remote_code", "overwrite")
 """train fields a resumed run takes from the command line; every other one comes from the checkpoint"""
 
 
@@ -536,7 +551,7 @@ def check_privileged_options(cfg) -> None:
         index = []
     need(bool(index) and min(index) >= 0, f"--distill.teacher-state must be comma-separated sim_state indices >= 0; "
                                           f"got '{d.teacher_state}'")
-    teacher = read_config_checked("--distill.teacher", d.teacher, False)["policy"]
+    teacher = read_config_checked("--distill.teacher", d.teacher, False, None)["policy"]
     need(teacher.get("state_dim") == len(index),
          f"--distill.teacher-state names {len(index)} entries but the teacher '{d.teacher}' reads "
          f"{teacher.get('state_dim')} state dims")
@@ -548,15 +563,19 @@ def check_train(cfg, argv):
     if cfg.resume:
         return check_resume(cfg, given)
     check_train_fresh(cfg, given)
-    check_train_out(cfg.out)
+    check_train_out(cfg.out, getattr(cfg, "overwrite", False))
     return cfg
 
 
-def check_train_out(out: str) -> None:
-    """A run directory: creatable, and its checkpoint/ and final/ (replaced whole) are vlaforge policies if present."""
+def check_train_out(out: str, overwrite: bool, fresh: bool = True) -> None:
+    """A run directory: creatable, its checkpoint/ and final/ (replaced whole) are vlaforge policies if present,
+    not another command's output, not a live run's, and (``fresh``) not an earlier run unless ``overwrite``."""
     check_out_dir("--out", out)
     for sub in ("checkpoint", "final"):
         check_replaceable("--out", Path(out) / sub, "policy")
+    if fresh:
+        check_target("train", out, overwrite)
+    refuse_if_live("train", out, "--out")
 
 
 def check_train_fresh(cfg, given: set[str]) -> None:
@@ -649,10 +668,12 @@ def check_ray(r) -> None:
     positive("--ray.collective-timeout-s", r.collective_timeout_s)
 
 
-def read_config_checked(name: str, path: str, trust: bool) -> dict:
+def read_config_checked(name: str, path: str, trust: bool, trust_flag: str | None = TRUST_FLAG["train"]) -> dict:
+    """A checkpoint's config, checked; an HF one whose files ask to run code is refused unless ``trust`` (the
+    command's flag ``trust_flag``; None: the command never runs such code)."""
     meta = read_config(path)
     if meta["policy"].get("family") == "hf":
-        check_remote_code(meta["policy"], path, trust, name)
+        check_remote_code(meta["policy"], path, trust, name, trust_flag)
     return meta
 
 
@@ -684,6 +705,9 @@ def check_recipe(cfg, given: set[str]) -> None:
             d = check_in_dir("--grape.lm-path", cfg.grape.lm_path, "a local transformers text model directory")
             need((d / "config.json").is_file(), f"--grape.lm-path '{cfg.grape.lm_path}' holds no config.json; pass a "
                                                 "directory written by save_pretrained (model and tokenizer)")
+            files = remote_code_files(d)
+            need(not files, f"--grape.lm-path: '{files[0] if files else ''}' asks to run the model's own Python code "
+                            "(auto_map); vlaforge never runs it for --grape.lm-path: pass a model transformers knows")
         spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), image_size=cfg.image_size,
                           **env_kwargs(cfg.env_kwargs, cfg.max_steps))
         need(bool(spec.sim_state_names), f"--suite {cfg.suite} exposes no simulator state, which GRAPE's staged "
@@ -714,6 +738,7 @@ def check_resume(cfg, given: set[str]):
     ck = Path(cfg.resume).expanduser()
     if not (ck / "state.json").exists() and (ck / "checkpoint" / "state.json").exists():
         raise UsageError(f"--resume '{cfg.resume}' is a run directory; pass its checkpoint: --resume {ck / 'checkpoint'}")
+    refuse_if_live("train", ck.absolute().parent, "--resume: the run")  # before touching its temp dirs
     repair_atomic(ck)
     state = read_train_state(ck)
     saved = state["config_obj"]
@@ -733,5 +758,8 @@ def check_resume(cfg, given: set[str]):
     check_ray(cfg.ray)
     if "out" not in given:
         cfg.out = str(ck.parent)
-    check_train_out(cfg.out)
+    own = Path(cfg.out).expanduser().resolve() == ck.absolute().parent.resolve()
+    need(not (own and getattr(cfg, "overwrite", False)), "--overwrite starts a new run; a resumed run continues its "
+                                                         "own folder: drop --overwrite (or pass --out NEW_DIR)")
+    check_train_out(cfg.out, getattr(cfg, "overwrite", False), fresh=not own)
     return cfg

@@ -22,6 +22,8 @@ pairs are whole trajectories (its release aligned fixed windows by index).
 
 from __future__ import annotations
 
+import math
+
 from vlaforge.envs import env_kwargs, env_tasks, suite_spec
 from vlaforge.hooks import Hooks
 from vlaforge.rewards.grape import GrapeScorer, RuleDecomposer
@@ -50,6 +52,9 @@ def parse_weights(text: str) -> dict[str, float]:
         except ValueError:
             raise ValueError(f"bad --grape.cost-weights entry '{part}': use name=value with names path, collision, "
                              "e.g. 'path=2,collision=0'") from None
+        if not math.isfinite(out[key.strip()]):  # a NaN/inf weight turns every trajectory's score into NaN/inf
+            raise ValueError(f"bad --grape.cost-weights entry '{part}': the weight must be a finite number, "
+                             "e.g. 'path=2,collision=0'")
     return out
 
 

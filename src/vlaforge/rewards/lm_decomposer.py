@@ -144,8 +144,9 @@ class LMDecomposer:
                 raise ValueError("LMDecomposer needs model_path, model (+ tokenizer) or generate_fn")
             tr = require("transformers", "hf")
             try:
-                self.tokenizer = tr.AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-                self.model = tr.AutoModelForCausalLM.from_pretrained(self.model_path, local_files_only=True).eval()
+                kw = {"local_files_only": True, "trust_remote_code": False}  # a model file never decides to run code
+                self.tokenizer = tr.AutoTokenizer.from_pretrained(self.model_path, **kw)
+                self.model = tr.AutoModelForCausalLM.from_pretrained(self.model_path, **kw).eval()
             except (OSError, ValueError) as e:
                 raise ValueError(f"cannot load a local causal LM from '{self.model_path}' ({str(e).splitlines()[0]}); "
                                  "pass a directory saved with save_pretrained (model + tokenizer)") from None

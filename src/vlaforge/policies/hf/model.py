@@ -115,7 +115,7 @@ def _load(path: str, trust_remote_code: bool, dtype: torch.dtype):
     files = [] if trust_remote_code else remote_code_files(p)
     if files:  # refused before transformers reads anything: a file never decides to run code
         raise UsageError(f"'{files[0]}' asks to run the model's own Python code (auto_map); vlaforge runs it only "
-                         "with the trust-remote-code flag on the command line (eval: --trust-remote-code, "
+                         "with the trust-remote-code flag on the command line (eval, sft: --trust-remote-code; "
                          "train: --policy.trust-remote-code), if you trust these files")
     transformers = require("transformers", "hf")
     kw = {"local_files_only": True, "trust_remote_code": trust_remote_code}
@@ -123,8 +123,8 @@ def _load(path: str, trust_remote_code: bool, dtype: torch.dtype):
         config = transformers.AutoConfig.from_pretrained(p, **kw)
     except ValueError as e:
         if "trust_remote_code" in str(e):
-            raise UsageError(f"'{path}' needs its own code (e.g. OpenVLA); pass --policy.trust-remote-code "
-                             "if you trust it") from None
+            raise UsageError(f"'{path}' needs its own code (e.g. OpenVLA); pass the trust-remote-code flag (eval, "
+                             "sft: --trust-remote-code; train: --policy.trust-remote-code) if you trust it") from None
         raise UsageError(f"cannot read the config in '{path}': {str(e).splitlines()[0]}") from None
     family = detect_family(config)
     try:

@@ -121,8 +121,15 @@ def load_smolvla_policy(path: str | Path, cfg: dict, device: str = "cpu") -> Smo
     known = {f.name for f in fields(SmolVLAConfig)}
     if set(cfg) - known:
         raise CheckpointError(f"checkpoint '{path}' has unknown smolvla options {sorted(set(cfg) - known)}")
+    from vlaforge.policies.hf.model import remote_code_files
+
+    files = remote_code_files(path / "tokenizer")
+    if files:
+        raise CheckpointError(f"'{files[0]}' asks to run the tokenizer's own Python code (auto_map); vlaforge never "
+                              "runs a checkpoint's code: re-create the checkpoint")
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+        tok = transformers.AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True,
+                                                         trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"'{path / 'tokenizer'}' is missing or unreadable ({type(e).__name__}): the checkpoint "
                               "is partial; re-create it") from None

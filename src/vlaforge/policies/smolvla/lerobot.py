@@ -105,11 +105,18 @@ def find_vlm(path: Path, name: str):
     """(VLM config, tokenizer) for a checkpoint, offline (see the module docstring)."""
     import transformers
 
+    from vlaforge.policies.hf.model import remote_code_files
+
     tried = []
-    for cand, kw in ((path / "vlm", {}), (Path(name).expanduser(), {}), (name, {"local_files_only": True})):
+    kw = {"local_files_only": True, "trust_remote_code": False}  # a model file never decides to run code
+    for cand in (path / "vlm", Path(name).expanduser(), name):
         if isinstance(cand, Path) and not (cand / "config.json").exists():
             tried.append(str(cand))
             continue
+        files = remote_code_files(cand) if isinstance(cand, Path) else []
+        if files:
+            raise LeRobotFormatError(f"'{files[0]}' asks to run the model's own Python code (auto_map); vlaforge never "
+                                     "runs a SmolVLA checkpoint's code: use the VLM's plain config and tokenizer")
         try:
             cfg = transformers.AutoConfig.from_pretrained(cand, **kw)
             tok = transformers.AutoTokenizer.from_pretrained(cand, **kw)
