@@ -36,6 +36,7 @@ from vlaforge.policies import read_config
 from vlaforge.policies.heads import HEADS
 from vlaforge.policies.hf.model import remote_code_files
 from vlaforge.policies.options import PolicyShape
+from vlaforge.policies.registry import family
 from vlaforge.recipes import RECIPES
 from vlaforge.recipes.grape import parse_weights
 from vlaforge.runlock import check_target, refuse_if_live
@@ -442,21 +443,11 @@ TRUST_FLAG = {"eval": "--trust-remote-code", "sft": "--trust-remote-code", "trai
 
 def check_remote_code(pol: dict, path: str, trust: bool, name: str = "--checkpoint",
                       trust_flag: str | None = TRUST_FLAG["eval"]) -> None:
-    """Refuse an HF checkpoint whose model files ask to run their own code, unless ``trust`` (the flag
-    ``trust_flag`` of the command; None: the command never runs it)."""
-    if trust:
-        return
-    full = Path(path) / "backbone"
-    dirs = [full] if full.is_dir() else []
-    if pol.get("path"):
-        dirs.append(Path(pol["path"]).expanduser())
-    for d in dirs:
-        files = remote_code_files(d)
-        if files:
-            how = (f"vlaforge runs it only with {trust_flag} on the command line" if trust_flag else
-                   f"vlaforge never runs it for {name}")
-            raise UsageError(f"{name} '{path}': '{files[0]}' asks to run the model's own Python code (auto_map); "
-                             + how)
+    """A checkpoint's family-specific checks before it is loaded (the registry's ``check_checkpoint``: an HF model
+    folder that asks to run its own code is refused unless ``trust``, the command's ``trust_flag``)."""
+    fam = family(pol.get("family", "tiny"))
+    if fam.check_checkpoint:
+        fam.fn("check_checkpoint")(pol, path, trust, name, trust_flag)
 
 
 def check_fits_suite(name: str, pol: dict, suite: str, tasks, image_size: int | None, env_kwargs: dict) -> None:
@@ -537,7 +528,8 @@ def check_privileged_options(cfg) -> None:
     """--critic privileged and --<algo>.readout-coef need the tiny VLA (with a readout for the latter); --algo distill
     needs a teacher checkpoint whose state is as long as the --distill.teacher-state indices."""
     init = read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)["policy"] if cfg.init else None
-    tiny = init.get("family") == "tiny" if init is not None else cfg.policy == "tiny"
+    caps = family(init.get("family", "tiny") if init is not None else cfg.policy).caps
+    tiny = "privileged_critic" in caps
     need(cfg.critic != "privileged" or tiny, "--critic privileged is available for the tiny VLA only; drop it")
     need(not getattr(cfg.algo_cfg, "readout_coef", 0.0) or (tiny and init is not None and bool(init.get("aux_index"))),
          f"--{cfg.algo}.readout-coef needs an --init policy with a perception readout (`vlaforge sft --aux`)")
@@ -604,7 +596,7 @@ def check_train_fresh(cfg, given: set[str]) -> None:
     check_privileged_options(cfg)
     if cfg.algo == "tpo" and getattr(cfg.algo_cfg, "reference", "rollout") == "base":
         lora = (read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)["policy"].get("lora_rank", 0)
-                if cfg.init else (cfg.hf.lora_rank if cfg.policy == "hf" else 0))
+                if cfg.init else (cfg.hf.lora_rank if "base_reference" in family(cfg.policy).caps else 0))
         need(lora > 0, "--tpo.reference base needs a policy with LoRA adapters (--policy hf --policy.lora-rank N, "
                        "or an --init checkpoint trained so)")
     check_ray(cfg.ray)
@@ -622,17 +614,9 @@ def check_train_fresh(cfg, given: set[str]) -> None:
         check_fits_suite("--init", pol, cfg.suite, cfg.tasks, cfg.image_size, env_kwargs(cfg.env_kwargs, cfg.max_steps))
     else:
         check_shape(cfg)
-        need(cfg.policy != "tiny" or cfg.backbone != "vision" or cfg.image_size % 8 == 0,
-             f"--image-size {cfg.image_size}: the tiny VLA's vision backbone needs a multiple of 8 (e.g. 64)")
-        if cfg.policy == "hf":
-            need(bool(cfg.hf.path), "--policy hf needs --policy.path DIR (a local Hugging Face image-text model)")
-            need((Path(cfg.hf.path).expanduser() / "config.json").exists(),
-                 f"--policy.path: no Hugging Face model at '{cfg.hf.path}' (expected a directory with config.json, "
-                 "the weights, the tokenizer and the image processor, e.g. written by save_pretrained)")
-            if not cfg.hf.trust_remote_code:
-                files = remote_code_files(Path(cfg.hf.path).expanduser())
-                need(not files, f"--policy.path: '{files[0] if files else ''}' asks to run the model's own Python "
-                                "code (auto_map); vlaforge runs it only with --policy.trust-remote-code")
+        fam = family(cfg.policy)
+        if fam.check_fresh:  # the family's own checks (the tiny VLA's image size, an HF model folder ...)
+            fam.fn("check_fresh")(cfg)
 
 
 def check_hf_options(h) -> None:
@@ -672,8 +656,7 @@ def read_config_checked(name: str, path: str, trust: bool, trust_flag: str | Non
     """A checkpoint's config, checked; an HF one whose files ask to run code is refused unless ``trust`` (the
     command's flag ``trust_flag``; None: the command never runs such code)."""
     meta = read_config(path)
-    if meta["policy"].get("family") == "hf":
-        check_remote_code(meta["policy"], path, trust, name, trust_flag)
+    check_remote_code(meta["policy"], path, trust, name, trust_flag)
     return meta
 
 

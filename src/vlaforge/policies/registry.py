@@ -43,6 +43,15 @@ class Family:
     """(is_native_dir, native_meta, load_native) for a family whose released folders load as they are"""
     ignored: tuple[str, ...] = ()
     """config fields older checkpoints may hold that are never read from a file"""
+    check_fresh: str | None = None
+    """``(train_cfg) -> None``: the family's own input checks for `vlaforge train --policy NAME` (one-line
+    ``UsageError`` before any work)"""
+    check_checkpoint: str | None = None
+    """``(policy_cfg, path, trust, flag_name, trust_flag) -> None``: checks of a checkpoint of this family before it is
+    loaded (a model folder that asks to run code)"""
+    caps: frozenset[str] = frozenset()
+    """what the family offers that some options need: ``privileged_critic`` (--critic privileged, readouts),
+    ``base_reference`` (TPO's --tpo.reference base through its LoRA adapters)"""
 
     def fn(self, what: str):
         return resolve(getattr(self, what))
@@ -73,9 +82,12 @@ def native_family(path: str | Path) -> Family | None:
 
 _P = "vlaforge.policies."
 register_family(Family("tiny", _P + "tiny.model:TinyConfig", _P + "tiny:build_tiny", _P + "tiny:load_tiny",
-                       _P + "tiny:fresh_tiny"))
+                       _P + "tiny:fresh_tiny", check_fresh=_P + "tiny:check_fresh_tiny",
+                       caps=frozenset({"privileged_critic"})))
 register_family(Family("hf", _P + "hf.model:HFConfig", _P + "hf:build_family", _P + "hf:load_family",
-                       _P + "hf:fresh_family", _P + "hf:write_hf_files", ignored=("trust_remote_code",)))
+                       _P + "hf:fresh_family", _P + "hf:write_hf_files", ignored=("trust_remote_code",),
+                       check_fresh=_P + "hf:check_fresh", check_checkpoint=_P + "hf:check_checkpoint",
+                       caps=frozenset({"base_reference"})))
 register_family(Family("smolvla", _P + "smolvla.policy:SmolVLAConfig", _P + "smolvla:build_family",
                        _P + "smolvla:load_family", _P + "smolvla:fresh_family", _P + "smolvla:write_smolvla_files",
                        native=(_P + "smolvla.lerobot:is_lerobot_dir", _P + "smolvla.lerobot:lerobot_meta",

@@ -26,7 +26,7 @@ from vlaforge.envs import require
 from vlaforge.errors import CheckpointError, UsageError
 from vlaforge.policies.base import load_weights
 from vlaforge.policies.hf.export import export_merged, save_adapter
-from vlaforge.policies.hf.model import HFVLA, HFConfig
+from vlaforge.policies.hf.model import HFVLA, HFConfig, remote_code_files
 from vlaforge.policies.hf.tiny import FAMILY_NAMES, make_tiny_vlm, save_tiny_vlm
 
 __all__ = ["FAMILY_NAMES", "HFConfig", "HFVLA", "build_hf_policy", "export_merged", "load_hf_policy",
@@ -75,6 +75,39 @@ def fresh_family(name: str, cfg, spec) -> HFVLA:
     return build_hf_policy(**{**dataclasses.asdict(cfg.hf), "head": cfg.head, "chunk_size": cfg.chunk_size,
                               "state_dim": spec.state_dim, "action_dim": spec.action_dim,
                               "views": spec.image_shape[0], "image_size": cfg.image_size})
+
+
+def check_fresh(cfg) -> None:
+    """The registry's ``check_fresh`` for `--policy hf`: a local model folder that runs no code unless trusted."""
+    if not cfg.hf.path:
+        raise UsageError("--policy hf needs --policy.path DIR (a local Hugging Face image-text model)")
+    if not (Path(cfg.hf.path).expanduser() / "config.json").exists():
+        raise UsageError(f"--policy.path: no Hugging Face model at '{cfg.hf.path}' (expected a directory with "
+                         "config.json, the weights, the tokenizer and the image processor, e.g. written by "
+                         "save_pretrained)")
+    files = [] if cfg.hf.trust_remote_code else remote_code_files(Path(cfg.hf.path).expanduser())
+    if files:
+        raise UsageError(f"--policy.path: '{files[0]}' asks to run the model's own Python code (auto_map); vlaforge "
+                         "runs it only with --policy.trust-remote-code")
+
+
+def check_checkpoint(pol: dict, path: str, trust: bool, name: str = "--checkpoint",
+                     trust_flag: str | None = "--trust-remote-code") -> None:
+    """The registry's ``check_checkpoint``: refuse an HF checkpoint whose model files ask to run their own code,
+    unless ``trust`` (the command's flag ``trust_flag``; None: the command never runs it)."""
+    if trust:
+        return
+    full = Path(path) / "backbone"
+    dirs = [full] if full.is_dir() else []
+    if pol.get("path"):
+        dirs.append(Path(pol["path"]).expanduser())
+    for d in dirs:
+        files = remote_code_files(d)
+        if files:
+            how = (f"vlaforge runs it only with {trust_flag} on the command line" if trust_flag else
+                   f"vlaforge never runs it for {name}")
+            raise UsageError(f"{name} '{path}': '{files[0]}' asks to run the model's own Python code (auto_map); "
+                             + how)
 
 
 def write_hf_files(policy: HFVLA, d: Path) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 from dataclasses import fields
 from pathlib import Path
 
-from vlaforge.errors import CheckpointError
+from vlaforge.errors import CheckpointError, UsageError
 from vlaforge.policies.base import load_weights
 from vlaforge.policies.tiny.model import TinyConfig, TinyVLA
 
@@ -37,6 +37,12 @@ def load_tiny(path: Path, name: str, cfg: dict, device: str = "cpu", trust_remot
         raise CheckpointError(f"'{weights}' is corrupt ({e}); re-create the checkpoint") from None
     load_weights(policy, state, path)
     return policy.to(device)
+
+
+def check_fresh_tiny(cfg) -> None:
+    """The registry's ``check_fresh``: the vision backbone downsamples by 8."""
+    if cfg.backbone == "vision" and cfg.image_size % 8:
+        raise UsageError(f"--image-size {cfg.image_size}: the tiny VLA's vision backbone needs a multiple of 8 (e.g. 64)")
 
 
 def fresh_tiny(name: str, cfg, spec) -> TinyVLA:
