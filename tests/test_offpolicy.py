@@ -307,3 +307,19 @@ def test_resume_is_exact(tmp_path, algo, head):
     ta, _ = load_algo_state(tmp_path / "ref" / "checkpoint")
     tb, _ = load_algo_state(tmp_path / "res" / "checkpoint")
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_the_offpolicy_step_skeleton_skips_nonfinite_steps_and_averages_the_rest():
+    from vlaforge.algos.common import gradient_step, replay_updates
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = torch.optim.SGD([w], lr=0.5)
+    assert gradient_step((w * float("nan")).sum(), [w], opt, 10.0) is None  # non-finite loss: no step
+    assert gradient_step((w * 1e39 * 1e39).sum(), [w], opt, 10.0) is None  # inf gradient: no step
+    assert torch.equal(w.detach(), torch.tensor([1.0, -2.0])) and w.grad is None
+    gn = gradient_step((w ** 2).sum(), [w], opt, 10.0)  # grad 2w = (2, -4), |g| = sqrt(20) < 10: unclipped
+    assert gn == pytest.approx(20 ** 0.5) and torch.allclose(w.detach(), torch.tensor([0.0, 0.0]))
+    seen = []
+    out = replay_updates(4, lambda: len(seen), lambda i, mb: seen.append(mb) or (None if i == 2 else {"x": float(i)}))
+    assert seen == [0, 1, 2, 3]  # one replay batch per step, drawn before it
+    assert out == {"train/x": (0 + 1 + 3) / 3, "train/optimizer_steps": 3, "train/skipped_nonfinite": 1}

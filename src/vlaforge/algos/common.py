@@ -274,3 +274,45 @@ def optimize(policy, optimizer, batch, loss_fn, s: StepSettings, gen: torch.Gene
     out.update({"train/optimizer_steps": count, "train/skipped_nonfinite": skipped["nonfinite"],
                 "train/skipped_kl_guard": skipped["kl_guard"], "train/batch_steps": B})
     return out
+
+
+# -- the off-policy step skeleton (SAC, DSRL, distill) -------------------------------------------------
+
+def gradient_step(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer, grad_clip: float,
+                  sync: LocalSync = LOCAL) -> torch.Tensor | None:
+    """One optimizer step of ``params`` on ``loss``: skipped (gradients dropped, None returned) when the loss or the
+    gradient norm is non-finite on any learner; otherwise gradients all-reduced (``sync``), clipped to ``grad_clip``
+    and stepped. Returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    if sync.any(not bool(torch.isfinite(loss))):
+        return None
+    loss.backward()
+    sync.grads(params)
+    gn = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if sync.any(not bool(torch.isfinite(gn))):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    return gn
+
+
+def replay_updates(steps: int, sample, step) -> dict:
+    """The off-policy skeleton: ``steps`` times draw a replay batch ``mb = sample()`` (from the run's checkpointed
+    generator: resumes stay exact) and run ``step(i, mb) -> metrics | None`` (its gradient steps through
+    ``gradient_step``; None: skipped as non-finite). ``steps`` is the algorithm's update-to-data budget (SAC:
+    ``utd × new transitions``; distill: ``--distill.steps``). Returns ``train/<key>``: each metric's mean over the
+    steps that reported it, ``train/optimizer_steps`` and ``train/skipped_nonfinite``."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    skipped = 0
+    for i in range(steps):
+        m = step(i, sample())
+        if m is None:
+            skipped += 1
+            continue
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+            counts[k] = counts.get(k, 0) + 1
+    out = {f"train/{k}": v / counts[k] for k, v in sums.items()}
+    out.update({"train/optimizer_steps": steps - skipped, "train/skipped_nonfinite": skipped})
+    return out

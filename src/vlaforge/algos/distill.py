@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlaforge.algos.common import LOCAL, StepBatch, flatten_steps
+from vlaforge.algos.common import LOCAL, StepBatch, flatten_steps, gradient_step, replay_updates
 from vlaforge.algos.state import AlgoState, flatten, unflatten
 from vlaforge.data.replay import ReplayBuffer
 from vlaforge.device import module_device, to_device
@@ -129,25 +129,18 @@ def update(policy, optimizer, batch: StepBatch, cfg: DistillConfig, iteration: i
     state.frames.add({"images": batch.images, "state": batch.state, "task_ids": batch.task_ids, "labels": labels,
                       "sim_state": batch.sim_state})
     policy.train()
-    sums: dict[str, float] = {}
     params = [p for p in policy.parameters() if p.requires_grad]
-    for _ in range(cfg.steps):
-        mb = to_device(state.frames.sample(cfg.batch_size, gen), state.device)
+
+    def step(i: int, mb: dict) -> dict | None:
         # sim_state rides along as a *target* only: a student SFT'd with a perception readout (`vlaforge sft --aux`)
         # keeps fitting it on every frame here (policies' sft_loss adds it), never as an input
         obs = Observation(mb["images"], mb["state"], [state.instructions[int(t)] for t in mb["task_ids"]],
                           mb["task_ids"], mb["sim_state"])
-        optimizer.zero_grad(set_to_none=True)
         loss, m = policy.sft_loss(obs, mb["labels"])
-        if sync.any(not torch.isfinite(loss)):
-            continue
-        loss.backward()
-        sync.grads(params)
-        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        for k, v in {**m, "loss": loss.detach(), "grad_norm": gn}.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-    out = {f"train/{k}": v / max(cfg.steps, 1) for k, v in sums.items()}
+        gn = gradient_step(loss, params, optimizer, cfg.grad_clip, sync)
+        return None if gn is None else {**m, "loss": loss.detach(), "grad_norm": gn}
+
+    out = replay_updates(cfg.steps, lambda: to_device(state.frames.sample(cfg.batch_size, gen), state.device), step)
     out.update({"train/teacher_gap": float(gap), "train/aggregate_frames": len(state.frames),
                 "train/new_frames": len(batch)})
     return out

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlaforge.algos.common import LOCAL
+from vlaforge.algos.common import LOCAL, gradient_step, replay_updates
 from vlaforge.algos.state import AlgoState, flatten, unflatten
 from vlaforge.core.offpolicy import (
     actor_loss,
@@ -305,12 +305,10 @@ class SoftACState(AlgoState):
             y = critic_target(reward, done, self.q_target(next_x, next_a), next_logp, self.alpha, self.cfg.gamma,
                               random_subset(self.cfg.critics, self.cfg.target_subset, gen))
         loss, m = critic_loss(self.q(x, a), y)
-        self.q_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        params = list(self.q.parameters())
-        sync.grads(params)
-        m["critic_grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        self.q_opt.step()
+        gn = gradient_step(loss, list(self.q.parameters()), self.q_opt, self.cfg.grad_clip, sync)
+        if gn is None:  # non-finite: no step, and no target update
+            return None
+        m["critic_grad_norm"] = gn
         polyak(self.q_target.parameters(), self.q.parameters(), self.cfg.tau)
         return m
 
@@ -319,16 +317,13 @@ class SoftACState(AlgoState):
         self.q.requires_grad_(False)  # the actor's loss moves the action only, not the critics
         loss, m = actor_loss(logp, self.q(x, a), self.alpha, self.cfg.actor_reduce)
         self.q.requires_grad_(True)
-        actor_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sync.grads(actor_params)
-        m["actor_grad_norm"] = torch.nn.utils.clip_grad_norm_(actor_params, self.cfg.grad_clip)
-        actor_opt.step()
+        gn = gradient_step(loss, actor_params, actor_opt, self.cfg.grad_clip, sync)
+        if gn is None:
+            return None
+        m["actor_grad_norm"] = gn
         aloss, am = temperature_loss(self.log_alpha, logp, self.target_entropy)
-        self.alpha_opt.zero_grad(set_to_none=True)
-        aloss.backward()
-        sync.grads([self.log_alpha])
-        self.alpha_opt.step()
+        if gradient_step(aloss, [self.log_alpha], self.alpha_opt, float("inf"), sync) is None:
+            return None
         return {**m, **am}
 
 
@@ -425,23 +420,22 @@ def run_updates(state: SoftACState, steps: int, warm: bool, gen, sync, x_of, sam
     ``sample(mb, prefix)`` draws a reparameterised action (B, D) and its log-prob (B,) from the actor at s or s'.
     Returns the steps' mean metrics."""
     cfg = state.cfg
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for i in range(steps):
-        mb = to_device(sample_symmetric(state.demos, state.online, cfg.batch_size, gen), state.device)
+
+    def step(i: int, mb: dict) -> dict | None:
         x, next_x = x_of(mb, ""), x_of(mb, "next_")
         with torch.no_grad():
             na, nlp = sample(mb, "next_")
         m = state.critic_step(x, mb["action"], mb["reward"], mb["done"], next_x, na, nlp, gen, sync)
-        if not warm and i % cfg.actor_every == 0:
+        if m is not None and not warm and i % cfg.actor_every == 0:
             a, lp = sample(mb, "")
-            m.update(state.actor_alpha_step(x, a, lp, actor_params, actor_opt, sync))
+            am = state.actor_alpha_step(x, a, lp, actor_params, actor_opt, sync)
+            m = None if am is None else {**m, **am}
         state.grad_steps += 1
-        for k, v in m.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-            counts[k] = counts.get(k, 0) + 1
-    out = {f"train/{k}": v / counts[k] for k, v in sums.items()}
-    out.update({"train/optimizer_steps": steps, "train/critic_warmup": float(warm), "replay/online": len(state.online),
+        return m
+
+    out = replay_updates(steps, lambda: to_device(sample_symmetric(state.demos, state.online, cfg.batch_size, gen),
+                                                  state.device), step)
+    out.update({"train/critic_warmup": float(warm), "replay/online": len(state.online),
                 "replay/demos": 0 if state.demos is None else len(state.demos),
                 "replay/bytes_per_transition": state.online.bytes_per_transition})
     return out
