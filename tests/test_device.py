@@ -246,3 +246,51 @@ def test_sft_and_eval_commands_take_the_device_flags(tmp_path):
         if bad:
             assert main(base + ["--out", str(tmp_path / "never")] + bad) == 2
             assert not (tmp_path / "never").exists()
+
+
+@pytest.fixture(scope="module")
+def released_families(tmp_path_factory):
+    """Tiny random checkpoints of the released families, in their published layouts (built once)."""
+    from vlaforge.policies.hf.tiny import save_tiny_vlm
+    from vlaforge.policies.openvla import save_tiny_openvla
+    from vlaforge.policies.smolvla import tiny_lerobot_dir
+
+    d = tmp_path_factory.mktemp("families")
+    return {"smolvla": tiny_lerobot_dir(d / "smolvla", image_size=32), "openvla-oft": save_tiny_openvla(d / "oft", oft=True),
+            "hf": save_tiny_vlm(d / "qwen", "qwen2_vl")}
+
+
+def _family_policy(name, path):
+    from vlaforge.policies import load_policy
+
+    if name == "smolvla":
+        return load_policy(path), 32
+    if name == "openvla-oft":
+        return build_policy("openvla-oft", path=str(path), action_dim=2, state_dim=2, image_size=28, max_text_tokens=76,
+                            head_hidden=16, chunk_size=2), 28
+    return build_policy("hf", path=str(path), n_bins=32, max_text_tokens=48, chunk_size=2, lora_rank=4, head_hidden=32,
+                        image_size=32), 32
+
+
+@pytest.mark.parametrize("family,algo", [("smolvla", "ppo"), ("smolvla", "grpo"), ("openvla-oft", "ppo"),
+                                         ("hf", "ppo"), ("hf", "tpo")])
+def test_released_families_keep_their_tensors_on_the_policy_device(released_families, family, algo):
+    """SmolVLA, OpenVLA-OFT and a Hugging Face VLM (LoRA) through collect → prepare → update on the stand-in device."""
+    torch.manual_seed(0)
+    pol, size = _family_policy(family, released_families[family])
+    venv = make_vec_env("pointreach", 4, image_size=size, max_steps=4)
+    a = get_algo(algo)
+    cfg = a.config()
+    pol.to(FAKE)
+    with DeviceAudit(pol) as audit:
+        before = {n: p.detach().clone() for n, p in pol.named_parameters() if p.requires_grad}
+        r, _ = collect(pol, venv, np.zeros(4, np.int64), np.full(4, 7))
+        r.success[:] = torch.arange(4) % 2 == 0
+        r.reward[:] = 0
+        r.reward[r.alive.sum(0) - 1, torch.arange(4)] = r.success.float()
+        batch, _ = a.prepare(r.to(FAKE), cfg)
+        opt = torch.optim.AdamW([p for p in pol.parameters() if p.requires_grad], lr=1e-3)
+        a.update(pol, opt, batch, cfg, 0, torch.Generator().manual_seed(0), LOCAL, a.new_state(pol, cfg))
+    venv.close()
+    assert audit.violations == [], "\n".join(audit.violations)
+    assert any(not torch.equal(before[n], p.detach()) for n, p in pol.named_parameters() if n in before)
