@@ -55,3 +55,18 @@ def test_sft_logs_to_wandb_offline(tmp_path, monkeypatch):
                  "--sft.batch-size", "4", "--threads", "1", "--log", "wandb"]) == 0
     records = list(tmp_path.rglob("run-*.wandb"))
     assert len(records) == 1 and b"sft/loss" in records[0].read_bytes()
+
+
+def test_eval_logs_its_table_and_videos_to_wandb_offline(tmp_path, monkeypatch):
+    from vlaforge.cli import main
+    from vlaforge.policies import build_policy, save_policy
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    save_policy(build_policy(state_dim=2, action_dim=2, image_size=32), tmp_path / "pol")
+    assert main(["eval", "--checkpoint", str(tmp_path / "pol"), "--suite", "pointreach", "--tasks", "train",
+                 "--episodes", "2", "--num-envs", "2", "--threads", "1", "--videos", "1",
+                 "--log", "wandb", "--out", str(tmp_path / "ev.json")]) == 0
+    run = next((tmp_path / "ev" / "wandb").glob("offline-run-*"))
+    media = run / "files" / "media"
+    assert list((media / "table" / "eval").glob("per_task_*.table.json")) and list((media / "videos").rglob("*.mp4"))

@@ -147,7 +147,7 @@ def run_sft(a: SFTArgs, quiet: bool = False):
 
 
 @dataclass
-class EvalArgs(EnvOptions, DeviceOptions):
+class EvalArgs(EnvOptions, DeviceOptions, LogOptions):
     """Evaluate a policy: success per task over fixed seeds with Wilson 95% intervals."""
 
     tasks: str = "all"
@@ -195,6 +195,16 @@ def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
         write_manifest(out, data)
     finally:
         venv.close()
+    if a.sinks()[1]:  # --log wandb: the per-task table, the overall rate and the videos, beside the manifest
+        logger = RunLogger(out.with_suffix(""), tensorboard=False, wandb_config={**dataclasses.asdict(a), "manifest": str(out)},
+                           name=f"eval-{Path(a.checkpoint).name}-{a.suite}")
+        logger.log(0, {"eval/success": data["overall"]["success_rate"]})
+        logger.table("eval/per_task", [{"task": r["task"], "successes": r["successes"], "episodes": r["episodes"],
+                                        "success": r["success_rate"], "ci95_lo": r["ci95"][0], "ci95_hi": r["ci95"][1]}
+                                       for r in data["results"]])
+        for f in sorted(out.with_suffix("").glob("*.mp4")):
+            logger.video(f"eval/video/{f.stem}", f)
+        logger.close()
     if not quiet:
         print(format_table(results, f"{a.suite}: {Path(a.checkpoint).name}", a.episodes, a.seed_base,
                            not a.stochastic))
