@@ -388,7 +388,8 @@ class SubprocVecEnv:
         for w, c in enumerate(self.conns):
             try:
                 c.send(("close", None))
-                c.recv()
+                if c.poll(10):  # bounded: after an interrupt (Ctrl-C, SIGTERM) a worker may never answer
+                    c.recv()
             except Exception:
                 pass
             self.procs[w].join(timeout=5)
