@@ -62,6 +62,9 @@ def world(tmp_path_factory):
     info = json.loads((root / "demos_nosim" / "meta" / "info.json").read_text())
     info["features"].pop("observation.sim_state", None)
     (root / "demos_nosim" / "meta" / "info.json").write_text(json.dumps(info))
+    for name, edit in RESUME_EDITS.items():  # hand-edited checkpoints: refused in one line on --resume
+        shutil.copytree(root / "run", root / name)
+        edit(root / name / "checkpoint")
     _poc(root, root / "poc_marker")  # an HF checkpoint whose backbone asks to run its own code (auto_map)
     (root / "lm_remote").mkdir()  # a "local causal LM" for --grape.lm-path that asks the same
     (root / "lm_remote" / "config.json").write_text(json.dumps({"model_type": "x_remote", "auto_map": {
@@ -71,6 +74,46 @@ def world(tmp_path_factory):
     (root / "mine").mkdir()  # a user's folder: never replaced by an output written whole
     (root / "mine" / "thesis.tex").write_text("x")
     return root
+
+
+def _edit_state(ck: Path, fn) -> None:
+    st = json.loads((ck / "state.json").read_text())
+    fn(st)
+    (ck / "state.json").write_text(json.dumps(st))  # NaN is written as the JSON extension Python reads back
+
+
+def _edit_optimizer(ck: Path) -> None:
+    opt = torch.load(ck / "optimizer.pt", weights_only=True)
+    opt["param_groups"][0]["params"] = opt["param_groups"][0]["params"][:-1]
+    torch.save(opt, ck / "optimizer.pt")
+
+
+def _edit_optimizer_shape(ck: Path) -> None:
+    opt = torch.load(ck / "optimizer.pt", weights_only=True)
+    opt["state"][0] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros(3, 1), "exp_avg_sq": torch.zeros(3, 1)}
+    torch.save(opt, ck / "optimizer.pt")
+
+
+def _edit_rng(ck: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    rng = load_file(str(ck / "rng.safetensors"))
+    rng["torch_cpu"] = rng["torch_cpu"][:100].clone()
+    save_file(rng, str(ck / "rng.safetensors"))
+
+
+RESUME_EDITS = {
+    "lr_nan": lambda ck: _edit_state(ck, lambda st: st["config"].update(lr=float("nan"))),
+    "ckpt_every_0": lambda ck: _edit_state(ck, lambda st: st["config"].update(checkpoint_every=0)),
+    "seed_huge": lambda ck: _edit_state(ck, lambda st: st["config"].update(seed=2 ** 40)),
+    "rloo_clip_neg": lambda ck: _edit_state(ck, lambda st: st["config"]["rloo"].update(clip=-1.0)),
+    "no_history": lambda ck: _edit_state(ck, lambda st: st["sampler"].pop("history")),
+    "bad_history": lambda ck: _edit_state(ck, lambda st: st["sampler"].update(history={"0": ["x"]})),
+    "bad_sampler_rng": lambda ck: _edit_state(ck, lambda st: st["sampler"].update(rng={"state": 1})),
+    "opt_groups": _edit_optimizer,
+    "opt_shape": _edit_optimizer_shape,
+    "rng_size": _edit_rng,
+}
 
 
 def _tree(*roots) -> set:
@@ -163,6 +206,19 @@ CASES = [
     ("resume-run-dir", ["train", "--resume", "W/run"], ["--resume", "run/checkpoint"]),
     ("resume-missing", ["train", "--resume", "T/none"], ["no training checkpoint"]),
     ("resume-crafted-state", ["train", "--resume", "W/crafted/checkpoint"], ["state.json", "exec"]),
+    # the checkpoint is input too: its saved config passes the checks of a fresh one, its files fit the policy
+    ("resume-state-lr-nan", ["train", "--resume", "W/lr_nan/checkpoint"], ["state.json", "--lr", "finite"]),
+    ("resume-state-checkpoint-every-0", ["train", "--resume", "W/ckpt_every_0/checkpoint"],
+     ["state.json", "--checkpoint-every"]),
+    ("resume-state-seed-huge", ["train", "--resume", "W/seed_huge/checkpoint"], ["state.json", "--seed", "32-bit"]),
+    ("resume-state-rloo-clip-neg", ["train", "--resume", "W/rloo_clip_neg/checkpoint"], ["state.json", "--rloo.clip"]),
+    ("resume-sampler-no-history", ["train", "--resume", "W/no_history/checkpoint"], ["state.json", "history"]),
+    ("resume-sampler-bad-history", ["train", "--resume", "W/bad_history/checkpoint"], ["state.json", "history"]),
+    ("resume-sampler-bad-rng", ["train", "--resume", "W/bad_sampler_rng/checkpoint"], ["state.json", "rng"]),
+    ("resume-optimizer-groups", ["train", "--resume", "W/opt_groups/checkpoint"],
+     ["optimizer.pt", "parameter groups"]),
+    ("resume-optimizer-state-shape", ["train", "--resume", "W/opt_shape/checkpoint"], ["optimizer.pt", "shape"]),
+    ("resume-rng-size", ["train", "--resume", "W/rng_size/checkpoint"], ["rng.safetensors", "torch_cpu"]),
     ("eval-episodes-0", ["eval", "--checkpoint", "W/policy", "--episodes", "0", "--env-kwargs", "privileged", "1"],
      ["--episodes"]),
     ("eval-episodes-neg", ["eval", "--checkpoint", "W/policy", "--episodes", "-2"], ["--episodes"]),

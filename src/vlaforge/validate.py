@@ -30,7 +30,7 @@ from vlaforge.data.lerobot import is_vlaforge, parse_map, read_info
 from vlaforge.device import DeviceOptions
 from vlaforge.envs import SUITES, EnvError, _env_class, env_kwargs, env_tasks, suite_spec
 from vlaforge.envs.options import EnvOptions
-from vlaforge.errors import NonFiniteError, UsageError
+from vlaforge.errors import CheckpointError, NonFiniteError, UsageError
 from vlaforge.fsutil import repair_atomic
 from vlaforge.policies import read_config
 from vlaforge.policies.heads import HEADS
@@ -107,6 +107,27 @@ def positive(name: str, v, what: str = "") -> None:
 
 
 MAX_LR = 10.0
+MIN_IMAGE, MAX_IMAGE = 8, 1024
+SEED_LIMIT = 2 ** 32
+"""seeds are numpy/torch seeds: 0 <= seed < 2**32"""
+DEMO_SEED_BASE, DEMO_SEED_STRIDE = 1_000_000, 100_003
+"""``data.demos.collect_demos``: env seed = seed * stride + base + k"""
+
+
+def whole(name: str, v) -> None:
+    need(isinstance(v, int) and not isinstance(v, bool), f"{name} must be a whole number; got {v}")
+
+
+def check_seed(name: str, v, span: int = 0) -> None:
+    """A seed (or the first of ``span`` consecutive seeds): a whole number with 0 <= v and v + span < 2**32."""
+    whole(name, v)
+    need(0 <= v and v + span < SEED_LIMIT, f"{name} must be in [0, {SEED_LIMIT - 1 - span}] (numpy and torch seeds "
+                                           f"are 32-bit); got {v}")
+
+
+def check_image_size(name: str, v) -> None:
+    whole(name, v)
+    need(MIN_IMAGE <= v <= MAX_IMAGE, f"{name} must be in [{MIN_IMAGE}, {MAX_IMAGE}] pixels; got {v}")
 
 
 def learning_rate(name: str, v) -> None:
@@ -272,9 +293,12 @@ def check(command: str, args, argv: list[str]):
 
 def check_collect(a, argv):
     check_env_options(a)
-    at_least("--image-size", a.image_size, 8)
-    at_least("--seed", a.seed, 0)
+    check_image_size("--image-size", a.image_size)
     at_least("--episodes", a.episodes, 1, " (episodes per task)")
+    check_seed("--seed", a.seed)
+    top = a.seed * DEMO_SEED_STRIDE + DEMO_SEED_BASE + a.episodes  # collect_demos' env seeds
+    need(top < SEED_LIMIT, f"--seed {a.seed} with --episodes {a.episodes} gives demo env seeds up to {top}, past the "
+                           f"32-bit seeds envs take; pass --seed <= {(SEED_LIMIT - DEMO_SEED_BASE - a.episodes) // DEMO_SEED_STRIDE}")
     at_least("--noise", a.noise, 0)
     check_out_dir("--out", a.out)
     check_target("collect", a.out)
@@ -387,7 +411,7 @@ def check_sft(a, argv):
     at_least("--sft.weight-decay", s.weight_decay, 0)
     positive("--sft.grad-clip", s.grad_clip)
     at_least("--sft.augment-shift", s.augment_shift, 0)
-    at_least("--sft.seed", s.seed, 0)
+    check_seed("--sft.seed", s.seed)
     for f in ("aux_weight",):
         if hasattr(s, f):
             at_least("--sft." + f.replace("_", "-"), getattr(s, f), 0)
@@ -470,7 +494,7 @@ def check_eval(a, argv):
     check_env_options(a)
     at_least("--episodes", a.episodes, 1, " (episodes per task)")
     at_least("--videos", a.videos, 0)
-    at_least("--seed-base", a.seed_base, 0)
+    check_seed("--seed-base", a.seed_base, a.episodes)
     meta = read_config_checked("--checkpoint", a.checkpoint, a.trust_remote_code, TRUST_FLAG["eval"])
     pol = meta["policy"]
     check_fits_suite("--checkpoint", pol, a.suite, a.tasks, pol.get("image_size"), a.env_kwargs)
@@ -570,13 +594,15 @@ def check_train_out(out: str, overwrite: bool, fresh: bool = True) -> None:
     refuse_if_live("train", out, "--out")
 
 
-def check_train_fresh(cfg, given: set[str]) -> None:
+def check_train_numbers(cfg) -> None:
+    """The checks of a training config that read no file: numbers, choices, env options (cast in place). Run on a
+    fresh command line and, on ``--resume``, on the checkpoint's saved config (state.json is input too)."""
     if cfg.threads is not None:
         at_least("--threads", cfg.threads, 1)
     task_list("--eval-tasks", cfg.eval_tasks)
     at_least("--iterations", cfg.iterations, 1)
     at_least("--groups", cfg.groups, 1, " (initial states per iteration)")
-    at_least("--image-size", cfg.image_size, 8)
+    check_image_size("--image-size", cfg.image_size)
     if cfg.max_steps is not None:
         at_least("--max-steps", cfg.max_steps, 1)
     check_env_options(cfg, cfg.max_steps)
@@ -590,9 +616,15 @@ def check_train_fresh(cfg, given: set[str]) -> None:
     at_least("--eval-every", cfg.eval_every, 0, " (0 = no evaluation)")
     at_least("--eval-episodes", cfg.eval_episodes, 1)
     at_least("--checkpoint-every", cfg.checkpoint_every, 1, " iterations")
-    at_least("--seed", cfg.seed, 0)
+    check_seed("--seed", cfg.seed)
     check_algo_config(cfg.algo, cfg.algo_cfg)
     check_hf_options(cfg.hf)
+    if not cfg.init:
+        check_shape(cfg)
+
+
+def check_train_fresh(cfg, given: set[str]) -> None:
+    check_train_numbers(cfg)
     check_privileged_options(cfg)
     if cfg.algo == "tpo" and getattr(cfg.algo_cfg, "reference", "rollout") == "base":
         lora = (read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)["policy"].get("lora_rank", 0)
@@ -613,7 +645,6 @@ def check_train_fresh(cfg, given: set[str]) -> None:
              f"--init policy reads {pol.get('image_size')}px images; pass --image-size {pol.get('image_size')}")
         check_fits_suite("--init", pol, cfg.suite, cfg.tasks, cfg.image_size, env_kwargs(cfg.env_kwargs, cfg.max_steps))
     else:
-        check_shape(cfg)
         fam = family(cfg.policy)
         if fam.check_fresh:  # the family's own checks (the tiny VLA's image size, an HF model folder ...)
             fam.fn("check_fresh")(cfg)
@@ -725,6 +756,11 @@ def check_resume(cfg, given: set[str]):
     repair_atomic(ck)
     state = read_train_state(ck)
     saved = state["config_obj"]
+    try:  # the saved config is input like a command line: a hand-edited lr NaN never trains
+        check_train_numbers(saved)
+    except UsageError as e:
+        raise CheckpointError(f"'{ck / 'state.json'}': its training config is invalid ({e}); resume from another "
+                              "checkpoint or start a new run") from None
     for f in sorted(given):
         if f.split(".")[0] in RESUME_MAY_CHANGE or f in RESUME_MAY_CHANGE:
             continue
