@@ -40,7 +40,13 @@ def world(tmp_path_factory):
     for name, edit in {"v99": lambda m: m.update(format_version=99),
                        "unknown_field": lambda m: m["policy"].update(evil="x"),
                        "bad_type": lambda m: m["policy"].update(chunk_size="4"),
-                       "bad_family": lambda m: m["policy"].update(family="pickle")}.items():
+                       "bad_family": lambda m: m["policy"].update(family="pickle"),
+                       # values of the right type but no usable size: refused before anything is allocated
+                       "neg_dim": lambda m: m["policy"].update(dim=-4),
+                       "huge_dim": lambda m: m["policy"].update(dim=2 ** 20, heads=1),
+                       "huge_image": lambda m: m["policy"].update(image_size=100_000),
+                       "heads_dim": lambda m: m["policy"].update(dim=63, heads=4),
+                       "bad_head": lambda m: m["policy"].update(head="mlp")}.items():
         shutil.copytree(root / "policy", root / name)
         meta = json.loads((root / name / "config.json").read_text())
         edit(meta)
@@ -234,6 +240,28 @@ CASES = [
     ("eval-config-unknown-field", ["eval", "--checkpoint", "W/unknown_field"], ["config.json", "evil"]),
     ("eval-config-bad-type", ["eval", "--checkpoint", "W/bad_type"], ["config.json", "chunk_size"]),
     ("eval-config-bad-family", ["eval", "--checkpoint", "W/bad_family"], ["config.json", "pickle"]),
+    ("eval-config-negative-dim", ["eval", "--checkpoint", "W/neg_dim"], ["config.json", "'dim' = -4"]),
+    ("eval-config-huge-dim", ["eval", "--checkpoint", "W/huge_dim"], ["config.json", "GiB", "parameters"]),
+    ("eval-config-huge-image", ["eval", "--checkpoint", "W/huge_image"], ["config.json", "image_size"]),
+    ("eval-config-heads-dim", ["eval", "--checkpoint", "W/heads_dim"], ["config.json", "multiple of 'heads'"]),
+    ("eval-config-bad-head", ["eval", "--checkpoint", "W/bad_head"], ["config.json", "head", "gaussian"]),
+    ("sft-init-huge-dim", ["sft", "--demos", "W/demos", "--init", "W/huge_dim", "--out", "T/s"], ["config.json", "GiB"]),
+    ("train-init-negative-dim", [*TRAIN, "--init", "W/neg_dim", "--out", "T/r"], ["config.json", "'dim'"]),
+    # numeric flags are bounded before any work
+    ("collect-image-size-huge", ["collect", "--image-size", "100000", "--out", "T/d"], ["--image-size", "1024"]),
+    ("collect-image-size-4", ["collect", "--image-size", "4", "--out", "T/d"], ["--image-size", "[8, 1024]"]),
+    ("train-image-size-huge", [*TRAIN, "--image-size", "4096", "--out", "T/r"], ["--image-size", "1024"]),
+    ("collect-seed-huge", ["collect", "--seed", str(2 ** 32), "--out", "T/d"], ["--seed", "32-bit"]),
+    ("collect-seed-demo-range", ["collect", "--seed", "50000", "--out", "T/d"], ["--seed", "demo env seeds"]),
+    ("collect-seed-float", ["collect", "--seed", "1e20", "--out", "T/d"], ["--seed", "1e20"]),
+    ("collect-seed-neg", ["collect", "--seed", "-1", "--out", "T/d"], ["--seed"]),
+    ("train-seed-huge", [*TRAIN, "--seed", str(2 ** 40), "--out", "T/r"], ["--seed", "32-bit"]),
+    ("train-seed-float", [*TRAIN, "--seed", "1.5", "--out", "T/r"], ["--seed", "1.5"]),
+    ("sft-seed-huge", ["sft", "--demos", "W/demos", "--sft.seed", str(2 ** 33), "--out", "T/s"], ["--sft.seed"]),
+    ("eval-seed-base-huge", ["eval", "--checkpoint", "W/policy", "--seed-base", str(2 ** 32 - 3), "--episodes", "5"],
+     ["--seed-base"]),
+    ("train-unknown-flag", [*TRAIN, "--bogus", "1", "--out", "T/r"], ["--bogus"]),
+    ("train-bad-choice", [*TRAIN, "--algo", "nope", "--out", "T/r"], ["--algo", "nope"]),
     ("eval-wrong-dims", ["eval", "--checkpoint", "W/run/final", "--env-kwargs", "privileged", "0"],
      ["state/action dims"]),
     ("eval-duplicate-task", ["eval", "--checkpoint", "W/policy", "--tasks", "red-0,blue-0,red-0"], ["--tasks", "red-0"]),
@@ -401,6 +429,56 @@ def test_policy_config_allow_list_is_per_family():
             check_policy_config({"policy": {"family": "toy", "width": 1.5}}, "x")
     finally:
         CONFIG_SCHEMAS.pop("toy")
+
+
+def _text(**kv):
+    return lambda raw: raw["text_config"].update(kv)
+
+
+@pytest.mark.parametrize("edit,words", [
+    (_text(hidden_size=-32), "hidden_size = -32"),
+    (_text(num_hidden_layers="2"), "num_hidden_layers"),
+    (_text(hidden_size=2 ** 20, intermediate_size=2 ** 22), "GiB"),
+    (_text(vocab_size=10 ** 12), "GiB"),
+    (lambda raw: raw.update(text_config=[1, 2]), "text_config is list"),
+    (lambda raw: raw.update(image_sizes=["224px", 224]), "image_sizes"),
+    (lambda raw: raw.update(image_sizes=[10 ** 9, 224]), "image_sizes"),
+    (lambda raw: raw.update(n_action_bins=10 ** 6), "n_action_bins"),
+    (lambda raw: raw["vlaforge_vit_overrides"][0].update(embed_dim=-16), "embed_dim"),
+    (lambda raw: raw["vlaforge_vit_overrides"][0].update(embed_dim=2 ** 22, mlp_hidden=2 ** 22), "GiB"),
+], ids=["neg-hidden", "str-layers", "huge-hidden", "huge-vocab", "text-list", "image-str", "image-huge", "bins",
+        "vit-neg", "vit-huge"])
+def test_openvla_config_bounded_before_allocation(tmp_path, edit, words):
+    """A released OpenVLA config.json with unusable sizes is refused in one line (LayoutError, a UsageError) before
+    anything is built; the real 7B sizes pass."""
+    from vlaforge.errors import UsageError
+    from vlaforge.policies.openvla.prismatic import read_prismatic_config
+    from vlaforge.policies.openvla.tiny import tiny_config
+
+    raw = tiny_config(2, 2, "pointreach")
+    edit(raw)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(UsageError) as e:
+        read_prismatic_config(tmp_path)
+    assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config(2, 2, "pointreach", real_size=True)))
+    assert read_prismatic_config(tmp_path).text_config["vocab_size"] == 32064
+
+
+def test_openvla_huge_config_one_line_through_the_cli(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from vlaforge.policies.openvla.tiny import tiny_config
+
+    raw = tiny_config(2, 2, "pointreach")
+    raw["text_config"].update(hidden_size=2 ** 20, intermediate_size=2 ** 22)
+    (tmp_path / "ovla").mkdir()
+    (tmp_path / "ovla" / "config.json").write_text(json.dumps(raw))
+    before = _tree(tmp_path)
+    assert main(["train", "--policy", "openvla", "--policy.path", str(tmp_path / "ovla"), *OVLA,
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "GiB" in err and "Traceback" not in err, err
+    assert _tree(tmp_path) == before
 
 
 # -- resume never writes elsewhere; repairs -----------------------------------------------------------
