@@ -77,6 +77,9 @@ def world(tmp_path_factory):
         "AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XModel"}}))
     (root / "lm_remote" / "configuration_x.py").write_text(f"open({str(root / 'poc_marker')!r}, 'w').write('pwned')\n")
     (root / "afile").write_text("x")
+    (root / "loop").symlink_to("loop")  # environment faults: a symlink loop, a dangling link, a file that is a folder
+    (root / "dangling").symlink_to(root / "nowhere" / "x")
+    (root / "mdir" / "metrics.jsonl").mkdir(parents=True)
     (root / "mine").mkdir()  # a user's folder: never replaced by an output written whole
     (root / "mine" / "thesis.tex").write_text("x")
     return root
@@ -260,6 +263,19 @@ CASES = [
     ("sft-seed-huge", ["sft", "--demos", "W/demos", "--sft.seed", str(2 ** 33), "--out", "T/s"], ["--sft.seed"]),
     ("eval-seed-base-huge", ["eval", "--checkpoint", "W/policy", "--seed-base", str(2 ** 32 - 3), "--episodes", "5"],
      ["--seed-base"]),
+    # environment faults: one line before any work, nothing half-written
+    ("collect-out-symlink-loop", ["collect", "--out", "W/loop/d"], ["--out", "symbolic links"]),
+    ("train-out-symlink-loop", [*TRAIN, "--out", "W/loop"], ["--out", "symbolic links"]),
+    ("eval-checkpoint-symlink-loop", ["eval", "--checkpoint", "W/loop"], ["--checkpoint", "symbolic links"]),
+    ("sft-demos-symlink-loop", ["sft", "--demos", "W/loop", "--out", "T/s"], ["--demos", "symbolic links"]),
+    ("resume-symlink-loop", ["train", "--resume", "W/loop/checkpoint"], ["--resume", "symbolic links"]),
+    ("sft-out-dangling-link", ["sft", "--demos", "W/demos", "--out", "W/dangling"], ["--out", "symbolic link", "missing"]),
+    ("train-out-metrics-is-a-folder", [*TRAIN, "--out", "W/mdir"], ["--out", "metrics.jsonl", "folder"]),
+    ("collect-out-name-too-long", ["collect", "--out", "T/" + "a" * 300], ["--out", "300 bytes", "shorter"]),
+    ("sft-out-name-no-room-for-temp", ["sft", "--demos", "W/demos", "--out", "T/" + "b" * 240],
+     ["--out", "temp files"]),
+    ("train-out-name-too-long", [*TRAIN, "--out", "T/x/" + "c" * 256 + "/r"], ["--out", "256 bytes"]),
+    ("eval-checkpoint-name-too-long", ["eval", "--checkpoint", "T/" + "d" * 300], ["--checkpoint", "300 bytes"]),
     ("train-unknown-flag", [*TRAIN, "--bogus", "1", "--out", "T/r"], ["--bogus"]),
     ("train-bad-choice", [*TRAIN, "--algo", "nope", "--out", "T/r"], ["--algo", "nope"]),
     ("eval-wrong-dims", ["eval", "--checkpoint", "W/run/final", "--env-kwargs", "privileged", "0"],
@@ -347,6 +363,30 @@ def test_out_in_read_only_folder(tmp_path, capsys):
         assert "cannot write" in capsys.readouterr().err
     finally:
         ro.chmod(0o755)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_train_out_read_only_run_folder(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main([*TRAIN, "--iterations", "1", "--out", str(ro)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot write" in err, err
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_metrics_file_that_became_a_folder_is_one_line(tmp_path):
+    """After the checks (a folder changed meanwhile): RunLogger's open fails as an EnvError, not a traceback."""
+    from vlaforge.envs import EnvError
+    from vlaforge.train.logging import RunLogger
+
+    (tmp_path / "metrics.jsonl").mkdir()
+    with pytest.raises(EnvError, match="metrics.jsonl"):
+        RunLogger(tmp_path, tensorboard=False)
 
 
 def test_internal_bug_keeps_its_traceback(monkeypatch, tmp_path):

@@ -151,6 +151,55 @@ def _probe_writable(d: Path, name: str) -> None:
                          "choose a writable directory") from None
 
 
+OUT_SUFFIX = 32
+"""bytes an output's name may grow by: its temp and lock siblings (``.NAME.tmp-PID-XXXXXXXX``, ``.NAME.lock``)"""
+PATH_FLAGS = {"out": "--out", "checkpoint": "--checkpoint", "demos": "--demos", "init": "--init", "resume": "--resume",
+              "hf.path": "--policy.path"}
+"""path options every command's checks first pass through ``check_path``"""
+
+
+def _name_max(p: Path) -> int:
+    """The longest file name (bytes) the file system under ``p`` (its nearest existing folder) allows."""
+    q = p.absolute()
+    while True:
+        try:
+            return os.pathconf(q, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            if q == q.parent:
+                return 255
+            q = q.parent
+
+
+def check_path(name: str, path: str | os.PathLike, out: bool = False) -> None:
+    """``path`` is a usable path before anything reads or writes it: no NUL byte, each name within the file system's
+    limit (an output's with room for its temp siblings' suffixes), and every existing part resolves (no symlink
+    loop, no dangling symlink, no folder without permission): one-line ``UsageError`` otherwise."""
+    s = os.fspath(path)
+    need("\0" not in s, f"{name} holds a NUL character; pass a path")
+    p = Path(s).expanduser()
+    limit = _name_max(p)
+    room = OUT_SUFFIX if out else 0
+    for part in p.parts:
+        n = len(os.fsencode(part))
+        need(n + room <= limit, f"{name}: the name '{part[:24]}...' is {n} bytes; the file system allows {limit}"
+                                + (f" (an output's name needs {room} more for its temp files)" if out else "")
+                                + ": choose a shorter name")
+    full = p.absolute()
+    need(len(os.fsencode(str(full))) + room < 4096, f"{name}: the path is longer than the file system allows "
+                                                    "(4096 bytes); choose a shorter one")
+    for q in [*reversed(full.parents), full]:
+        try:
+            os.stat(q)
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(q):
+                raise UsageError(f"{name}: '{q}' is a symbolic link to the missing '{os.readlink(q)}'; fix the link or "
+                                 "choose another path") from None
+            return
+        except OSError as e:
+            raise UsageError(f"{name}: cannot use '{q}' ({e.strerror or type(e).__name__}); choose another path") \
+                from None
+
+
 def check_out_dir(name: str, path: str | os.PathLike) -> None:
     """``path`` will be a directory: it is one already, or it can be created under a writable folder."""
     p = Path(path).expanduser()
@@ -288,6 +337,13 @@ def check(command: str, args, argv: list[str]):
         DeviceOptions.check(args)
     if isinstance(args, LogOptions):  # --log wandb without the wandb package
         LogOptions.check(args)
+    for field, fl in PATH_FLAGS.items():  # symlink loops, names too long: one line before anything else
+        try:
+            v = _get(args, field)
+        except AttributeError:
+            continue
+        if isinstance(v, (str, os.PathLike)) and str(v):
+            check_path(fl, v, out=field == "out")
     return fn(args, argv) if fn is not None else args
 
 
@@ -583,10 +639,21 @@ def check_train(cfg, argv):
     return cfg
 
 
+RUN_ENTRY_KINDS = {"metrics.jsonl": "file", "train_config.json": "file", "checkpoint": "folder", "final": "folder",
+                   "tb": "folder"}
+"""what ``vlaforge train`` writes in its run folder, and as what"""
+
+
 def check_train_out(out: str, overwrite: bool, fresh: bool = True) -> None:
     """A run directory: creatable, its checkpoint/ and final/ (replaced whole) are vlaforge policies if present,
     not another command's output, not a live run's, and (``fresh``) not an earlier run unless ``overwrite``."""
     check_out_dir("--out", out)
+    for sub, kind in RUN_ENTRY_KINDS.items():  # what the run writes there must be what it finds there
+        e = Path(out).expanduser() / sub
+        if e.exists() or e.is_symlink():
+            need(e.is_dir() if kind == "folder" else e.is_file(),
+                 f"--out: '{e}' is {'a folder' if e.is_dir() else 'not a folder' if kind == 'folder' else 'not a file'}"
+                 f", where the run writes its {sub} {kind}; remove it or choose another --out")
     for sub in ("checkpoint", "final"):
         check_replaceable("--out", Path(out) / sub, "policy")
     if fresh:
