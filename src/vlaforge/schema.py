@@ -140,7 +140,7 @@ def check_policy_config(meta: dict, path: str | os.PathLike) -> dict:
                               f"{FORMAT_VERSION}: use the vlaforge that wrote it, or re-create the checkpoint")
     pol = dict(meta["policy"])
     family = pol.pop("family", None)
-    if family not in CONFIG_SCHEMAS:
+    if not isinstance(family, str) or family not in CONFIG_SCHEMAS:
         raise CheckpointError(f"'{f}' names policy family {json.dumps(family)}; known families: "
                               f"{', '.join(CONFIG_SCHEMAS)}")
     ignored = IGNORED_CONFIG_FIELDS.get(family, set())

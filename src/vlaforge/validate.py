@@ -108,6 +108,9 @@ def positive(name: str, v, what: str = "") -> None:
 
 MAX_LR = 10.0
 MIN_IMAGE, MAX_IMAGE = 8, 1024
+MAX_VIEWS = 16
+MAX_DIM = 4096
+"""the largest state / action dimension a demo dataset may declare"""
 SEED_LIMIT = 2 ** 32
 """seeds are numpy/torch seeds: 0 <= seed < 2**32"""
 DEMO_SEED_BASE, DEMO_SEED_STRIDE = 1_000_000, 100_003
@@ -433,13 +436,26 @@ def check_demos(path: str, name: str = "--demos", demos_map: str | None = None) 
                 "views": len(fm.images), "codebase_version": raw["codebase_version"]}
     try:
         shape = info["features"]["observation.state"]["shape"][0], info["features"]["action"]["shape"][0]
-        ok = (all(isinstance(x, int) and x > 0 for x in shape) and isinstance(info["image_size"], int)
+        ok = (all(isinstance(x, int) and 0 < x <= MAX_DIM for x in shape) and isinstance(info["image_size"], int)
               and isinstance(info["camera"], str) and isinstance(info["data_path"], str)
               and isinstance(info.get("views", 1), int))
     except (KeyError, IndexError, TypeError):
         ok = False
     need(ok, f"demo metadata '{info_f}' lacks the features/state/action shapes, image_size, camera or data_path "
              "of a `vlaforge collect` dataset; re-create it")
+    need(MIN_IMAGE <= info["image_size"] <= MAX_IMAGE and 1 <= info.get("views", 1) <= MAX_VIEWS,
+         f"demo metadata '{info_f}' gives image_size {info['image_size']} and views {info.get('views', 1)}; a "
+         f"`vlaforge collect` dataset has {MIN_IMAGE}..{MAX_IMAGE} px and 1..{MAX_VIEWS} views: re-create it")
+    chunks, fps = info.get("chunks_size", 1000), info.get("fps", 10)
+    need(isinstance(chunks, int) and not isinstance(chunks, bool) and chunks >= 1,
+         f"demo metadata '{info_f}': chunks_size {json.dumps(chunks)[:20]} is not a whole number >= 1; re-create it")
+    need(isinstance(fps, (int, float)) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0,
+         f"demo metadata '{info_f}': fps {json.dumps(fps)[:20]} is not a positive number; re-create it")
+    try:
+        info["data_path"].format(episode_chunk=0, episode_index=0)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        raise UsageError(f"demo metadata '{info_f}': data_path '{info['data_path'][:60]}' does not name episode "
+                         "files with {episode_chunk} and {episode_index}; re-create it") from None
     tasks = read_jsonl(d / "meta" / "tasks.jsonl", "demo task list") if (d / "meta" / "tasks.jsonl").exists() else None
     need(tasks is not None and all(isinstance(t, dict) and {"task_index", "name", "task"} <= set(t) for t in tasks),
          f"demo task list '{d / 'meta' / 'tasks.jsonl'}' is missing or lacks task_index/name/task; re-create the demos")
@@ -449,12 +465,45 @@ def check_demos(path: str, name: str = "--demos", demos_map: str | None = None) 
                                  for e in eps),
          f"demo episode list '{eps_f}' is missing or lacks episode_index/success/task_name; re-create the demos")
     need(any(e["success"] for e in eps), f"{name} '{path}' holds no successful episode; collect more demos")
+    first = None
     for e in eps:  # the files load_demos reads (their content is checked as it reads them)
         if e["success"] and isinstance(e["episode_index"], int):
             f = d / info["data_path"].format(episode_chunk=e["episode_index"] // info.get("chunks_size", 1000),
                                              episode_index=e["episode_index"])
             need(f.is_file(), f"{name}: demo episode file '{f}' is missing; re-collect the demos with `vlaforge collect`")
+            first = first or f
+    if first is not None:
+        check_demo_episode(first, info, info_f)
     return info
+
+
+def check_demo_episode(f: Path, info: dict, info_f: Path) -> None:
+    """One episode file agrees with info.json: the camera column holds PNG frames of image_size x (views *
+    image_size), the state and action rows have the declared lengths (a hand-edited info.json is refused here,
+    not as a shape error inside training)."""
+    import pyarrow.parquet as pq
+
+    from vlaforge.data.demos import _unpng
+
+    cam = f"observation.images.{info['camera']}"
+    try:
+        t = pq.read_table(f).slice(0, 1).to_pydict()
+    except (OSError, ValueError):
+        return  # an unreadable file: load_demos' own one-line error names it
+    S, A = info["features"]["observation.state"]["shape"][0], info["features"]["action"]["shape"][0]
+    V, H = info.get("views", 1), info["image_size"]
+    need(cam in t, f"demo metadata '{info_f}': camera '{info['camera']}' names no column of '{f}'; re-create it")
+    try:
+        img = _unpng(t[cam][0]["bytes"])
+        shape = tuple(img.shape)
+        dims = len(t["observation.state"][0]), len(t["action"][0])
+    except (KeyError, IndexError, TypeError, ValueError, OSError):
+        raise UsageError(f"demo episode file '{f}' lacks readable frames, state or action; re-collect the demos") \
+            from None
+    need(shape[:2] == (H, H * V), f"demo metadata '{info_f}' says {V} view(s) of {H}px but '{f}' holds "
+                                  f"{shape[0]}x{shape[1]} frames; re-create the dataset")
+    need(dims == (S, A), f"demo metadata '{info_f}' says state/action dims {S}/{A} but '{f}' holds "
+                         f"{dims[0]}/{dims[1]}; re-create the dataset")
 
 
 def check_sft(a, argv):

@@ -1,0 +1,218 @@
+"""Property test of the bad-input contract (issue 25 part 5): random values in a demo folder's meta/info.json, in a
+policy checkpoint's config.json and in CLI flags, run through ``vlaforge.cli.main`` in-process. Every run either
+exits 0 with a valid result (a loadable policy, a manifest or metrics without NaN), or exits 2 with one line on
+stderr and the file tree unchanged (a diverged run: exit 1, one line, nothing written); an exception escaping
+``main`` (a traceback) fails the test. Bounded: about 36 examples, well under a minute on one core.
+
+The values are chosen so that every *valid* run is cheap (no flag value that is both accepted and expensive):
+the point is what the checks refuse and how, not long runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from vlaforge.cli import main  # noqa: E402
+
+EXAMPLES = int(os.environ.get("VLAFORGE_PROPERTY_EXAMPLES", "12"))
+"""examples per test (3 tests); raise it for a deeper search: VLAFORGE_PROPERTY_EXAMPLES=200 pytest ..."""
+SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                     HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A small vlaforge demo folder and a state-backbone policy checkpoint for pointreach."""
+    from vlaforge.data.demos import collect_demos
+    from vlaforge.envs import make_vec_env
+    from vlaforge.policies import build_policy, save_policy
+
+    root = tmp_path_factory.mktemp("prop")
+    collect_demos(make_vec_env("pointreach", 2), root / "demos", ["red-0"], 2, seed=0)
+    save_policy(build_policy(backbone="state", state_dim=2, action_dim=2), root / "policy")
+    return root
+
+
+# -- hostile values ---------------------------------------------------------------------------------
+
+JSON_VALUES = st.one_of(
+    st.integers(-3, 300),
+    st.sampled_from([0, -1, 1, 2, 8, 63, 64, 1023, 1025, 2 ** 20, 2 ** 31, 2 ** 40, 2 ** 63, 10 ** 30]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(-3, 70), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(-2, 2), max_size=2),
+)
+
+
+def _leaves(obj, path=()):
+    """Every (path, value) of a JSON document's leaves and containers (a container may be replaced whole)."""
+    out = [path] if path else []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _leaves(v, (*path, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:4]):
+            out += _leaves(v, (*path, i))
+    return out
+
+
+def _set(obj, path, value):
+    for p in path[:-1]:
+        obj = obj[p]
+    obj[path[-1]] = value
+
+
+# -- the contract -----------------------------------------------------------------------------------
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
+            for p in root.rglob("*")}
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)  # an exception escaping here is the failure this test looks for
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _finite_json(x) -> bool:
+    if isinstance(x, float):
+        return math.isfinite(x)
+    if isinstance(x, dict):
+        return all(_finite_json(v) for v in x.values())
+    if isinstance(x, list):
+        return all(_finite_json(v) for v in x)
+    return True
+
+
+def _check_contract(argv: list[str], root: Path, ok) -> None:
+    before = _tree(root)
+    rc, _, err = _run(argv)
+    lines = [x for x in err.splitlines() if x.strip()]
+    if rc == 0:
+        ok()
+    elif rc in (1, 2):  # 2: bad input; 1: a run that diverged (NonFiniteError names the last good checkpoint)
+        assert len(lines) == 1 and "Traceback" not in err, (argv, err[-2000:])
+        assert lines[0].startswith(f"vlaforge {argv[0]}: error: "), lines[0]
+        if rc == 2:
+            assert _tree(root) == before, (argv, lines[0], "a refused command changed the file tree")
+    else:
+        raise AssertionError((argv, rc, err[-2000:]))
+
+
+# -- mutated demo metadata -> sft -------------------------------------------------------------------
+
+@settings(max_examples=EXAMPLES, **SETTINGS)
+@given(data=st.data())
+def test_sft_on_mutated_demo_info(inputs, data):
+    info = json.loads((inputs / "demos" / "meta" / "info.json").read_text())
+    paths = _leaves(info)
+    edits = data.draw(st.lists(st.tuples(st.sampled_from(paths), JSON_VALUES), min_size=1, max_size=2), label="edits")
+    with tempfile.TemporaryDirectory() as t:
+        root = Path(t)
+        shutil.copytree(inputs / "demos", root / "demos")
+        for path, value in edits:
+            with contextlib.suppress(KeyError, IndexError, TypeError):  # an earlier edit replaced the container
+                _set(info, path, value)
+        (root / "demos" / "meta" / "info.json").write_text(json.dumps(info))
+        out = root / "s"
+
+        def ok():
+            from vlaforge.policies import load_policy
+
+            load_policy(out)
+
+        _check_contract(["sft", "--demos", str(root / "demos"), "--out", str(out), "--backbone", "state",
+                         "--sft.steps", "2", "--sft.batch-size", "4", "--threads", "1"], root, ok)
+
+
+# -- mutated policy config -> eval ------------------------------------------------------------------
+
+@settings(max_examples=EXAMPLES, **SETTINGS)
+@given(data=st.data())
+def test_eval_on_mutated_policy_config(inputs, data):
+    meta = json.loads((inputs / "policy" / "config.json").read_text())
+    paths = _leaves(meta)
+    edits = data.draw(st.lists(st.tuples(st.sampled_from(paths), JSON_VALUES), min_size=1, max_size=2), label="edits")
+    with tempfile.TemporaryDirectory() as t:
+        root = Path(t)
+        shutil.copytree(inputs / "policy", root / "policy")
+        cfg = json.loads((root / "policy" / "config.json").read_text())
+        for path, value in edits:
+            with contextlib.suppress(KeyError, IndexError, TypeError):
+                _set(cfg, path, value)
+        (root / "policy" / "config.json").write_text(json.dumps(cfg))
+        manifest = root / "m.json"
+
+        def ok():
+            m = json.loads(manifest.read_text())
+            assert _finite_json(m) and m["results"], m
+
+        _check_contract(["eval", "--checkpoint", str(root / "policy"), "--episodes", "1", "--num-envs", "1",
+                         "--tasks", "red-0", "--threads", "1", "--out", str(manifest)], root, ok)
+
+
+# -- mutated flags -> train -------------------------------------------------------------------------
+
+FLAG_VALUES = {
+    "--iterations": ["-1", "0", "1", "2", "1.5", "nan", "abc", ""],
+    "--groups": ["-1", "0", "1", "2", "1.5", "x"],
+    "--num-envs": ["-1", "0", "1", "2", "5000", "2.0"],
+    "--lr": ["-1", "0", "nan", "inf", "1e-3", "1e20", "10", "abc"],
+    "--value-lr": ["-1", "nan", "1e-3", "1e40"],
+    "--seed": ["-1", "0", "7", "1e20", "4294967295", "4294967296", str(2 ** 63), "1.5"],
+    "--image-size": ["0", "7", "8", "33", "64", "1025", "100000", "nan"],
+    "--chunk-size": ["-1", "0", "1", "4", "1.5"],
+    "--checkpoint-every": ["-1", "0", "1", "x"],
+    "--rloo.group-size": ["-1", "0", "1", "2", "3"],
+    "--rloo.temperature": ["0", "-1", "nan", "1", "inf"],
+    "--rloo.clip": ["0", "-0.1", "nan", "0.2"],
+    "--max-steps": ["-1", "0", "1", "8", "nan"],
+    "--weight-decay": ["-1", "nan", "0", "0.1", "1e308"],
+    "--fill-fraction": ["0", "0.5", "1", "1.5", "nan"],
+    "--max-collect-rounds": ["0", "1", "-1"],
+    "--curriculum-tau": ["0", "-1", "nan", "0.2"],
+    "--eval-episodes": ["0", "1", "-2"],
+    "--lr-warmup": ["-1", "0", "3", "nan"],
+    "--env-kwargs": [["radius", "-1"], ["radius", "nan"], ["speed", "1e308"], ["bogus", "1"], ["radius", "0.2"],
+                     ["radius"]],
+}
+
+TRAIN = ["train", "--backbone", "state", "--iterations", "1", "--groups", "1", "--num-envs", "2", "--rloo.group-size",
+         "2", "--eval-every", "0", "--max-steps", "8", "--no-progress", "--no-tensorboard", "--threads", "1"]
+
+
+@settings(max_examples=EXAMPLES, **SETTINGS)
+@given(flags=st.lists(st.sampled_from(sorted(FLAG_VALUES)), min_size=1, max_size=2, unique=True).flatmap(
+    lambda fs: st.tuples(*[st.sampled_from(FLAG_VALUES[f]).map(lambda v, f=f: (f, v)) for f in fs])))
+def test_train_with_mutated_flags(flags):
+    argv = list(TRAIN)
+    for f, v in flags:
+        argv += [f, *(v if isinstance(v, list) else [v])]
+    with tempfile.TemporaryDirectory() as t:
+        root = Path(t)
+        out = root / "r"
+
+        def ok():
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            assert rows and all(_finite_json(r) for r in rows), (argv, [r for r in rows if not _finite_json(r)][:1])
+            assert (out / "final" / "model.safetensors").is_file()
+
+        _check_contract([*argv, "--out", str(out)], root, ok)
