@@ -78,7 +78,7 @@ def tiny_config_problems(d: dict) -> list[str]:
     try:
         with torch.device("meta"):
             n = sum(p.numel() for p in TinyVLA(TinyConfig(**c)).parameters())
-    except (ValueError, RuntimeError, TypeError) as e:
+    except (ValueError, RuntimeError, TypeError, AssertionError) as e:  # torch asserts e.g. dim % attention heads
         return [f"the architecture does not build ({str(e).splitlines()[0][:80]})"]
     if n * 4 > MAX_PARAM_BYTES:
         return [f"the dimensions give {n:,} parameters ({n * 4 / 2 ** 30:,.0f} GiB), more than the "
