@@ -2,7 +2,7 @@
 policy checkpoint's config.json and in CLI flags, run through ``vlaforge.cli.main`` in-process. Every run either
 exits 0 with a valid result (a loadable policy, a manifest or metrics without NaN), or exits 2 with one line on
 stderr and the file tree unchanged (a diverged run: exit 1, one line, nothing written); an exception escaping
-``main`` (a traceback) fails the test. Bounded: about 36 examples, well under a minute on one core.
+``main`` (a traceback) fails the test. Bounded: 25 examples per test (100 in all), about 20 s on one core.
 
 The values are chosen so that every *valid* run is cheap (no flag value that is both accepted and expensive):
 the point is what the checks refuse and how, not long runs.
@@ -27,8 +27,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from vlaforge.cli import main  # noqa: E402
 
-EXAMPLES = int(os.environ.get("VLAFORGE_PROPERTY_EXAMPLES", "12"))
-"""examples per test (3 tests); raise it for a deeper search: VLAFORGE_PROPERTY_EXAMPLES=200 pytest ..."""
+EXAMPLES = int(os.environ.get("VLAFORGE_PROPERTY_EXAMPLES", "25"))
+"""examples per test (4 tests); raise it for a deeper search: VLAFORGE_PROPERTY_EXAMPLES=200 pytest ..."""
 SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
                                                                      HealthCheck.function_scoped_fixture])
 
@@ -105,6 +105,7 @@ def _finite_json(x) -> bool:
 def _check_contract(argv: list[str], root: Path, ok) -> None:
     before = _tree(root)
     rc, _, err = _run(argv)
+    hypothesis.event(f"{argv[0]} exit {rc}")  # --hypothesis-show-statistics: how many runs passed, were refused
     lines = [x for x in err.splitlines() if x.strip()]
     if rc == 0:
         ok()
@@ -216,3 +217,79 @@ def test_train_with_mutated_flags(flags):
             assert (out / "final" / "model.safetensors").is_file()
 
         _check_contract([*argv, "--out", str(out)], root, ok)
+
+
+# -- mutated flags -> collect / sft / eval ------------------------------------------------------------
+
+SEEDS = ["-1", "0", "3", "1e20", "4294967295", "4294967296", "1.5"]
+COMMAND_FLAGS = {
+    "collect": {
+        "--episodes": ["-1", "0", "1", "2", "x", "1.5"],
+        "--noise": ["-0.1", "nan", "0", "0.5", "inf"],
+        "--seed": SEEDS,
+        "--image-size": ["0", "7", "8", "33", "1025", "nan"],
+        "--num-envs": ["0", "1", "5000"],
+        "--workers": ["-1", "0"],
+        "--tasks": ["red-0", "red-0,red-0", "nosuch", ",", "red-0,"],
+        "--env-kwargs": [["radius", "-1"], ["speed", "nan"], ["bogus", "1"], ["radius", "0.2"], ["privileged", "2"]],
+    },
+    "sft": {
+        "--sft.steps": ["-1", "0", "1", "2", "1e3"],
+        "--sft.lr": ["-1", "0", "nan", "1e-3", "1e20", "10"],
+        "--sft.batch-size": ["0", "1", "4", "-4"],
+        "--sft.seed": SEEDS,
+        "--chunk-size": ["0", "1", "4", "1.5"],
+        "--head": ["gaussian", "tokens", "flow", "mlp"],
+        "--sft.augment-shift": ["-1", "0", "2"],
+        "--sft.grad-clip": ["0", "-1", "nan", "1"],
+        "--sft.weight-decay": ["-1", "nan", "0", "0.1"],
+    },
+    "eval": {
+        "--episodes": ["-1", "0", "1", "2", "x"],
+        "--seed-base": SEEDS,
+        "--tasks": ["red-0", "red-0,red-0", "nosuch", ","],
+        "--num-envs": ["0", "1", "5000"],
+        "--env-kwargs": [["radius", "-1"], ["speed", "inf"], ["bogus", "1"], ["radius", "0.2"]],
+        "--threads": ["0", "1", "-1"],
+    },
+}
+
+
+def _base(command: str, inputs: Path, root: Path) -> tuple[list[str], callable]:
+    if command == "collect":
+        out = root / "d"
+        return (["collect", "--episodes", "1", "--num-envs", "1", "--tasks", "red-0", "--out", str(out)],
+                lambda: json.loads((out / "meta" / "info.json").read_text()))
+    if command == "sft":
+        out = root / "s"
+
+        def ok():
+            from vlaforge.policies import load_policy
+
+            load_policy(out)
+
+        return (["sft", "--demos", str(inputs / "demos"), "--backbone", "state", "--sft.steps", "2",
+                 "--sft.batch-size", "4", "--threads", "1", "--out", str(out)], ok)
+    out = root / "m.json"
+
+    def ok():
+        m = json.loads(out.read_text())
+        assert _finite_json(m) and m["results"], m
+
+    return (["eval", "--checkpoint", str(inputs / "policy"), "--episodes", "1", "--num-envs", "1", "--tasks", "red-0",
+             "--threads", "1", "--out", str(out)], ok)
+
+
+@settings(max_examples=EXAMPLES, **SETTINGS)
+@given(data=st.data())
+def test_commands_with_mutated_flags(inputs, data):
+    command = data.draw(st.sampled_from(sorted(COMMAND_FLAGS)), label="command")
+    pool = COMMAND_FLAGS[command]
+    flags = data.draw(st.lists(st.sampled_from(sorted(pool)), min_size=1, max_size=2, unique=True), label="flags")
+    with tempfile.TemporaryDirectory() as t:
+        root = Path(t)
+        argv, ok = _base(command, inputs, root)
+        for f in flags:
+            v = data.draw(st.sampled_from(pool[f]), label=f)
+            argv += [f, *(v if isinstance(v, list) else [v])]
+        _check_contract(argv, root, ok)
