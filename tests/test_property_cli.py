@@ -43,6 +43,10 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("prop")
     collect_demos(make_vec_env("pointreach", 2), root / "demos", ["red-0"], 2, seed=0)
     save_policy(build_policy(backbone="state", state_dim=2, action_dim=2), root / "policy")
+    assert main([*TRAIN, "--iterations", "2", "--checkpoint-every", "1", "--out", str(root / "run")]) == 0
+    state = json.loads((root / "run" / "checkpoint" / "state.json").read_text())
+    state.update(iteration=1)  # as if killed after the first of its two iterations: a resume has work left
+    (root / "run" / "checkpoint" / "state.json").write_text(json.dumps(state))
     return root
 
 
@@ -293,3 +297,41 @@ def test_commands_with_mutated_flags(inputs, data):
             v = data.draw(st.sampled_from(pool[f]), label=f)
             argv += [f, *(v if isinstance(v, list) else [v])]
         _check_contract(argv, root, ok)
+
+
+# -- mutated checkpoint state -> train --resume ---------------------------------------------------------
+
+SMALL_OR_JUNK = st.one_of(  # a valid value stays cheap (no 2**40 iterations); the rest must be refused
+    st.integers(-3, 3),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.5, 1e-3, 2.5]),
+    st.text(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(-3, 3), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(-2, 2), max_size=2),
+)
+
+
+@settings(max_examples=EXAMPLES, **SETTINGS)
+@given(data=st.data())
+def test_resume_from_mutated_state(inputs, data):
+    """state.json is input too (part 3): its config, iteration, env steps and sampler state, edited at random."""
+    state = json.loads((inputs / "run" / "checkpoint" / "state.json").read_text())
+    paths = [p for p in _leaves(state) if p[:2] not in (("config", "out"), ("config", "resume"))]
+    edits = data.draw(st.lists(st.tuples(st.sampled_from(paths), SMALL_OR_JUNK), min_size=1, max_size=2), label="edits")
+    with tempfile.TemporaryDirectory() as t:
+        root = Path(t)
+        shutil.copytree(inputs / "run", root / "run")
+        for path, value in edits:
+            with contextlib.suppress(KeyError, IndexError, TypeError):
+                _set(state, path, value)
+        (root / "run" / "checkpoint" / "state.json").write_text(json.dumps(state))
+        out = root / "run"
+
+        def ok():
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            assert all(_finite_json(r) for r in rows), [r for r in rows if not _finite_json(r)][:1]
+            assert (out / "final" / "model.safetensors").is_file()
+
+        _check_contract(["train", "--resume", str(root / "run" / "checkpoint"), "--no-progress"], root, ok)
