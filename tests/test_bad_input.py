@@ -113,6 +113,7 @@ def _edit_rng(ck: Path) -> None:
 
 RESUME_EDITS = {
     "lr_nan": lambda ck: _edit_state(ck, lambda st: st["config"].update(lr=float("nan"))),
+    "lr_huge_int": lambda ck: _edit_state(ck, lambda st: st["config"].update(lr=10 ** 400)),  # past float's range
     "ckpt_every_0": lambda ck: _edit_state(ck, lambda st: st["config"].update(checkpoint_every=0)),
     "seed_huge": lambda ck: _edit_state(ck, lambda st: st["config"].update(seed=2 ** 40)),
     "rloo_clip_neg": lambda ck: _edit_state(ck, lambda st: st["config"]["rloo"].update(clip=-1.0)),
@@ -217,6 +218,7 @@ CASES = [
     ("resume-crafted-state", ["train", "--resume", "W/crafted/checkpoint"], ["state.json", "exec"]),
     # the checkpoint is input too: its saved config passes the checks of a fresh one, its files fit the policy
     ("resume-state-lr-nan", ["train", "--resume", "W/lr_nan/checkpoint"], ["state.json", "--lr", "finite"]),
+    ("resume-state-lr-huge-int", ["train", "--resume", "W/lr_huge_int/checkpoint"], ["state.json", "--lr", "finite"]),
     ("resume-state-checkpoint-every-0", ["train", "--resume", "W/ckpt_every_0/checkpoint"],
      ["state.json", "--checkpoint-every"]),
     ("resume-state-seed-huge", ["train", "--resume", "W/seed_huge/checkpoint"], ["state.json", "--seed", "32-bit"]),

@@ -54,7 +54,7 @@ def inputs(tmp_path_factory):
 
 JSON_VALUES = st.one_of(
     st.integers(-3, 300),
-    st.sampled_from([0, -1, 1, 2, 8, 63, 64, 1023, 1025, 2 ** 20, 2 ** 31, 2 ** 40, 2 ** 63, 10 ** 30]),
+    st.sampled_from([0, -1, 1, 2, 8, 63, 64, 1023, 1025, 2 ** 20, 2 ** 31, 2 ** 40, 2 ** 63, 10 ** 30, 10 ** 400]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=6),
     st.none(),

@@ -209,7 +209,9 @@ def _parse_args(cls, args: list[str], prog: str, default):
     buf = io.StringIO()
     try:
         with contextlib.redirect_stderr(buf):
-            return tyro.cli(cls, args=args, prog=prog, default=default)
+            parsed = tyro.cli(cls, args=args, prog=prog, default=default)
+        sys.stderr.write(buf.getvalue())  # warnings tyro printed are kept
+        return parsed
     except SystemExit as e:
         if e.code in (0, None):
             sys.stderr.write(buf.getvalue())

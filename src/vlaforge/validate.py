@@ -92,8 +92,16 @@ def need(ok: bool, msg: str) -> None:
         raise UsageError(msg)
 
 
+def is_finite(v) -> bool:
+    """A real number (not a bool) that is finite as a float (an int past float's range is not: 10**400)."""
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def finite(name: str, v: float) -> None:
-    need(isinstance(v, (int, float)) and math.isfinite(v), f"{name} must be a finite number; got {v}")
+    need(is_finite(v) or isinstance(v, bool), f"{name} must be a finite number; got {str(v)[:40]}")
 
 
 def at_least(name: str, v, lo, what: str = "") -> None:
@@ -449,7 +457,7 @@ def check_demos(path: str, name: str = "--demos", demos_map: str | None = None) 
     chunks, fps = info.get("chunks_size", 1000), info.get("fps", 10)
     need(isinstance(chunks, int) and not isinstance(chunks, bool) and chunks >= 1,
          f"demo metadata '{info_f}': chunks_size {json.dumps(chunks)[:20]} is not a whole number >= 1; re-create it")
-    need(isinstance(fps, (int, float)) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0,
+    need(is_finite(fps) and fps > 0,
          f"demo metadata '{info_f}': fps {json.dumps(fps)[:20]} is not a positive number; re-create it")
     try:
         info["data_path"].format(episode_chunk=0, episode_index=0)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +66,7 @@ def read_info(path: Path) -> dict:
     if version not in VERSIONS:
         raise EnvError(f"'{f}': codebase_version '{version}' is not one of {', '.join(VERSIONS)}")
     fps, chunks = info.get("fps", 10), info.get("chunks_size", 1000)
-    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0):
+    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and -1e300 < fps < 1e300 and fps > 0):
         raise EnvError(f"'{f}': fps {json.dumps(fps)[:20]} is not a positive number; fix the dataset")
     if not (isinstance(chunks, int) and not isinstance(chunks, bool) and chunks >= 1):
         raise EnvError(f"'{f}': chunks_size {json.dumps(chunks)[:20]} is not a whole number >= 1; fix the dataset")

@@ -56,7 +56,10 @@ def _finite_numbers(v) -> bool:
     if isinstance(v, bool) or v is None or isinstance(v, str):
         return True
     if isinstance(v, (int, float)):
-        return math.isfinite(v)
+        try:
+            return math.isfinite(v)
+        except OverflowError:  # an int past float's range
+            return False
     if isinstance(v, (list, tuple)):
         return all(_finite_numbers(x) for x in v)
     if isinstance(v, torch.Tensor):

@@ -57,6 +57,13 @@ _POSITIVE = {"state_dim": 1, "action_dim": 1, "views": 1, "chunk_size": 1, "dim"
 _CHOICES = {"head": tuple(HEADS), "backbone": ("vision", "state"), "critic": ("image", "privileged")}
 
 
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int past float's range
+        return False
+
+
 def tiny_config_problems(d: dict) -> list[str]:
     """The registry's ``check_config``: a tiny checkpoint's config values — positive dimensions, known choices, finite
     numbers, readout indices inside sim_state, and at most ``MAX_PARAM_BYTES`` of parameters (counted on the meta
@@ -68,7 +75,7 @@ def tiny_config_problems(d: dict) -> list[str]:
     out += [f"'{k}' = {json.dumps(c[k])[:40]} is not one of {', '.join(v)}" for k, v in _CHOICES.items()
             if c[k] not in v]
     out += [f"'{k}' = {c[k]} is not finite" for k in ("log_std_init", "flow_noise", "aux_weight", "dsrl_bound")
-            if not math.isfinite(c[k])]
+            if not _finite(c[k])]
     if not out and c["dim"] % c["heads"]:
         out.append(f"'dim' = {c['dim']} is not a multiple of 'heads' = {c['heads']}")
     if not out and any(not 0 <= i < c["sim_state_dim"] for i in c["aux_index"]):
