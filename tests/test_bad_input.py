@@ -473,6 +473,26 @@ def test_policy_config_allow_list_is_per_family():
         CONFIG_SCHEMAS.pop("toy")
 
 
+@pytest.mark.parametrize("family,edit,words", [
+    ("hf", {"n_bins": -1}, "'n_bins' = -1"),
+    ("hf", {"head_hidden": 2 ** 40}, "head_hidden"),
+    ("hf", {"log_std_init": float("nan")}, "not finite"),
+    ("hf", {"lora_dropout": 1.0}, "lora_dropout"),
+    ("smolvla", {"state_dim": -2}, "state_dim"),
+    ("openvla", {"max_text_tokens": 10 ** 9}, "max_text_tokens"),
+    ("openvla-oft", {"center_crop": float("inf")}, "center_crop"),
+])
+def test_vlm_family_configs_bounded(family, edit, words):
+    """The VLM families' config.json values (the heads and switches vlaforge adds) are bounded like the tiny VLA's."""
+    pytest.importorskip("transformers")
+    from vlaforge.errors import CheckpointError
+    from vlaforge.schema import check_policy_config
+
+    with pytest.raises(CheckpointError, match="config.json") as e:
+        check_policy_config({"format_version": 1, "policy": {"family": family, **edit}}, "x")
+    assert words in str(e.value), str(e.value)
+
+
 def _text(**kv):
     return lambda raw: raw["text_config"].update(kv)
 

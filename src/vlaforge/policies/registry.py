@@ -91,13 +91,16 @@ register_family(Family("tiny", _P + "tiny.model:TinyConfig", _P + "tiny:build_ti
 register_family(Family("hf", _P + "hf.model:HFConfig", _P + "hf:build_family", _P + "hf:load_family",
                        _P + "hf:fresh_family", _P + "hf:write_hf_files", ignored=("trust_remote_code",),
                        check_fresh=_P + "hf:check_fresh", check_checkpoint=_P + "hf:check_checkpoint",
+                       check_config=_P + "options:vlm_config_problems",
                        caps=frozenset({"base_reference"})))
 register_family(Family("smolvla", _P + "smolvla.policy:SmolVLAConfig", _P + "smolvla:build_family",
                        _P + "smolvla:load_family", _P + "smolvla:fresh_family", _P + "smolvla:write_smolvla_files",
+                       check_config=_P + "options:vlm_config_problems",
                        native=(_P + "smolvla.lerobot:is_lerobot_dir", _P + "smolvla.lerobot:lerobot_meta",
                                _P + "smolvla:load_native")))
 for _name in ("openvla", "openvla-oft"):
     register_family(Family(_name, _P + "openvla.model:OpenVLAConfig", _P + "openvla:build_openvla_policy",
-                           _P + "openvla:load_family", _P + "openvla:fresh_family", _P + "openvla:write_openvla_files"))
+                           _P + "openvla:load_family", _P + "openvla:fresh_family", _P + "openvla:write_openvla_files",
+                           check_config=_P + "options:vlm_config_problems"))
 
 PolicyName = Literal[tuple(POLICIES)]  # type: ignore[valid-type]  # TrainConfig.policy's choices
