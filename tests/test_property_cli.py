@@ -2,7 +2,7 @@
 policy checkpoint's config.json and in CLI flags, run through ``vlaforge.cli.main`` in-process. Every run either
 exits 0 with a valid result (a loadable policy, a manifest or metrics without NaN), or exits 2 with one line on
 stderr and the file tree unchanged (a diverged run: exit 1, one line, nothing written); an exception escaping
-``main`` (a traceback) fails the test. Bounded: 25 examples per test (100 in all), about 20 s on one core.
+``main`` (a traceback) fails the test. Bounded: 25 examples per test (5 tests, 125 in all), about 20-25 s on one core.
 
 The values are chosen so that every *valid* run is cheap (no flag value that is both accepted and expensive):
 the point is what the checks refuse and how, not long runs.
@@ -28,7 +28,7 @@ from hypothesis import strategies as st  # noqa: E402
 from vlaforge.cli import main  # noqa: E402
 
 EXAMPLES = int(os.environ.get("VLAFORGE_PROPERTY_EXAMPLES", "25"))
-"""examples per test (4 tests); raise it for a deeper search: VLAFORGE_PROPERTY_EXAMPLES=200 pytest ..."""
+"""examples per test (5 tests); raise it for a deeper search: VLAFORGE_PROPERTY_EXAMPLES=200 pytest ..."""
 SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
                                                                      HealthCheck.function_scoped_fixture])
 
