@@ -40,7 +40,13 @@ def world(tmp_path_factory):
     for name, edit in {"v99": lambda m: m.update(format_version=99),
                        "unknown_field": lambda m: m["policy"].update(evil="x"),
                        "bad_type": lambda m: m["policy"].update(chunk_size="4"),
-                       "bad_family": lambda m: m["policy"].update(family="pickle")}.items():
+                       "bad_family": lambda m: m["policy"].update(family="pickle"),
+                       # values of the right type but no usable size: refused before anything is allocated
+                       "neg_dim": lambda m: m["policy"].update(dim=-4),
+                       "huge_dim": lambda m: m["policy"].update(dim=2 ** 20, heads=1),
+                       "huge_image": lambda m: m["policy"].update(image_size=100_000),
+                       "heads_dim": lambda m: m["policy"].update(dim=63, heads=4),
+                       "bad_head": lambda m: m["policy"].update(head="mlp")}.items():
         shutil.copytree(root / "policy", root / name)
         meta = json.loads((root / name / "config.json").read_text())
         edit(meta)
@@ -62,15 +68,62 @@ def world(tmp_path_factory):
     info = json.loads((root / "demos_nosim" / "meta" / "info.json").read_text())
     info["features"].pop("observation.sim_state", None)
     (root / "demos_nosim" / "meta" / "info.json").write_text(json.dumps(info))
+    for name, edit in RESUME_EDITS.items():  # hand-edited checkpoints: refused in one line on --resume
+        shutil.copytree(root / "run", root / name)
+        edit(root / name / "checkpoint")
     _poc(root, root / "poc_marker")  # an HF checkpoint whose backbone asks to run its own code (auto_map)
     (root / "lm_remote").mkdir()  # a "local causal LM" for --grape.lm-path that asks the same
     (root / "lm_remote" / "config.json").write_text(json.dumps({"model_type": "x_remote", "auto_map": {
         "AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XModel"}}))
     (root / "lm_remote" / "configuration_x.py").write_text(f"open({str(root / 'poc_marker')!r}, 'w').write('pwned')\n")
     (root / "afile").write_text("x")
+    (root / "loop").symlink_to("loop")  # environment faults: a symlink loop, a dangling link, a file that is a folder
+    (root / "dangling").symlink_to(root / "nowhere" / "x")
+    (root / "mdir" / "metrics.jsonl").mkdir(parents=True)
     (root / "mine").mkdir()  # a user's folder: never replaced by an output written whole
     (root / "mine" / "thesis.tex").write_text("x")
     return root
+
+
+def _edit_state(ck: Path, fn) -> None:
+    st = json.loads((ck / "state.json").read_text())
+    fn(st)
+    (ck / "state.json").write_text(json.dumps(st))  # NaN is written as the JSON extension Python reads back
+
+
+def _edit_optimizer(ck: Path) -> None:
+    opt = torch.load(ck / "optimizer.pt", weights_only=True)
+    opt["param_groups"][0]["params"] = opt["param_groups"][0]["params"][:-1]
+    torch.save(opt, ck / "optimizer.pt")
+
+
+def _edit_optimizer_shape(ck: Path) -> None:
+    opt = torch.load(ck / "optimizer.pt", weights_only=True)
+    opt["state"][0] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros(3, 1), "exp_avg_sq": torch.zeros(3, 1)}
+    torch.save(opt, ck / "optimizer.pt")
+
+
+def _edit_rng(ck: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    rng = load_file(str(ck / "rng.safetensors"))
+    rng["torch_cpu"] = rng["torch_cpu"][:100].clone()
+    save_file(rng, str(ck / "rng.safetensors"))
+
+
+RESUME_EDITS = {
+    "lr_nan": lambda ck: _edit_state(ck, lambda st: st["config"].update(lr=float("nan"))),
+    "lr_huge_int": lambda ck: _edit_state(ck, lambda st: st["config"].update(lr=10 ** 400)),  # past float's range
+    "ckpt_every_0": lambda ck: _edit_state(ck, lambda st: st["config"].update(checkpoint_every=0)),
+    "seed_huge": lambda ck: _edit_state(ck, lambda st: st["config"].update(seed=2 ** 40)),
+    "rloo_clip_neg": lambda ck: _edit_state(ck, lambda st: st["config"]["rloo"].update(clip=-1.0)),
+    "no_history": lambda ck: _edit_state(ck, lambda st: st["sampler"].pop("history")),
+    "bad_history": lambda ck: _edit_state(ck, lambda st: st["sampler"].update(history={"0": ["x"]})),
+    "bad_sampler_rng": lambda ck: _edit_state(ck, lambda st: st["sampler"].update(rng={"state": 1})),
+    "opt_groups": _edit_optimizer,
+    "opt_shape": _edit_optimizer_shape,
+    "rng_size": _edit_rng,
+}
 
 
 def _tree(*roots) -> set:
@@ -163,6 +216,20 @@ CASES = [
     ("resume-run-dir", ["train", "--resume", "W/run"], ["--resume", "run/checkpoint"]),
     ("resume-missing", ["train", "--resume", "T/none"], ["no training checkpoint"]),
     ("resume-crafted-state", ["train", "--resume", "W/crafted/checkpoint"], ["state.json", "exec"]),
+    # the checkpoint is input too: its saved config passes the checks of a fresh one, its files fit the policy
+    ("resume-state-lr-nan", ["train", "--resume", "W/lr_nan/checkpoint"], ["state.json", "--lr", "finite"]),
+    ("resume-state-lr-huge-int", ["train", "--resume", "W/lr_huge_int/checkpoint"], ["state.json", "--lr", "finite"]),
+    ("resume-state-checkpoint-every-0", ["train", "--resume", "W/ckpt_every_0/checkpoint"],
+     ["state.json", "--checkpoint-every"]),
+    ("resume-state-seed-huge", ["train", "--resume", "W/seed_huge/checkpoint"], ["state.json", "--seed", "32-bit"]),
+    ("resume-state-rloo-clip-neg", ["train", "--resume", "W/rloo_clip_neg/checkpoint"], ["state.json", "--rloo.clip"]),
+    ("resume-sampler-no-history", ["train", "--resume", "W/no_history/checkpoint"], ["state.json", "history"]),
+    ("resume-sampler-bad-history", ["train", "--resume", "W/bad_history/checkpoint"], ["state.json", "history"]),
+    ("resume-sampler-bad-rng", ["train", "--resume", "W/bad_sampler_rng/checkpoint"], ["state.json", "rng"]),
+    ("resume-optimizer-groups", ["train", "--resume", "W/opt_groups/checkpoint"],
+     ["optimizer.pt", "parameter groups"]),
+    ("resume-optimizer-state-shape", ["train", "--resume", "W/opt_shape/checkpoint"], ["optimizer.pt", "shape"]),
+    ("resume-rng-size", ["train", "--resume", "W/rng_size/checkpoint"], ["rng.safetensors", "torch_cpu"]),
     ("eval-episodes-0", ["eval", "--checkpoint", "W/policy", "--episodes", "0", "--env-kwargs", "privileged", "1"],
      ["--episodes"]),
     ("eval-episodes-neg", ["eval", "--checkpoint", "W/policy", "--episodes", "-2"], ["--episodes"]),
@@ -178,6 +245,41 @@ CASES = [
     ("eval-config-unknown-field", ["eval", "--checkpoint", "W/unknown_field"], ["config.json", "evil"]),
     ("eval-config-bad-type", ["eval", "--checkpoint", "W/bad_type"], ["config.json", "chunk_size"]),
     ("eval-config-bad-family", ["eval", "--checkpoint", "W/bad_family"], ["config.json", "pickle"]),
+    ("eval-config-negative-dim", ["eval", "--checkpoint", "W/neg_dim"], ["config.json", "'dim' = -4"]),
+    ("eval-config-huge-dim", ["eval", "--checkpoint", "W/huge_dim"], ["config.json", "GiB", "parameters"]),
+    ("eval-config-huge-image", ["eval", "--checkpoint", "W/huge_image"], ["config.json", "image_size"]),
+    ("eval-config-heads-dim", ["eval", "--checkpoint", "W/heads_dim"], ["config.json", "multiple of 'heads'"]),
+    ("eval-config-bad-head", ["eval", "--checkpoint", "W/bad_head"], ["config.json", "head", "gaussian"]),
+    ("sft-init-huge-dim", ["sft", "--demos", "W/demos", "--init", "W/huge_dim", "--out", "T/s"], ["config.json", "GiB"]),
+    ("train-init-negative-dim", [*TRAIN, "--init", "W/neg_dim", "--out", "T/r"], ["config.json", "'dim'"]),
+    # numeric flags are bounded before any work
+    ("collect-image-size-huge", ["collect", "--image-size", "100000", "--out", "T/d"], ["--image-size", "1024"]),
+    ("collect-image-size-4", ["collect", "--image-size", "4", "--out", "T/d"], ["--image-size", "[8, 1024]"]),
+    ("train-image-size-huge", [*TRAIN, "--image-size", "4096", "--out", "T/r"], ["--image-size", "1024"]),
+    ("collect-seed-huge", ["collect", "--seed", str(2 ** 32), "--out", "T/d"], ["--seed", "32-bit"]),
+    ("collect-seed-demo-range", ["collect", "--seed", "50000", "--out", "T/d"], ["--seed", "demo env seeds"]),
+    ("collect-seed-float", ["collect", "--seed", "1e20", "--out", "T/d"], ["--seed", "1e20"]),
+    ("collect-seed-neg", ["collect", "--seed", "-1", "--out", "T/d"], ["--seed"]),
+    ("train-seed-huge", [*TRAIN, "--seed", str(2 ** 40), "--out", "T/r"], ["--seed", "32-bit"]),
+    ("train-seed-float", [*TRAIN, "--seed", "1.5", "--out", "T/r"], ["--seed", "1.5"]),
+    ("sft-seed-huge", ["sft", "--demos", "W/demos", "--sft.seed", str(2 ** 33), "--out", "T/s"], ["--sft.seed"]),
+    ("eval-seed-base-huge", ["eval", "--checkpoint", "W/policy", "--seed-base", str(2 ** 32 - 3), "--episodes", "5"],
+     ["--seed-base"]),
+    # environment faults: one line before any work, nothing half-written
+    ("collect-out-symlink-loop", ["collect", "--out", "W/loop/d"], ["--out", "symbolic links"]),
+    ("train-out-symlink-loop", [*TRAIN, "--out", "W/loop"], ["--out", "symbolic links"]),
+    ("eval-checkpoint-symlink-loop", ["eval", "--checkpoint", "W/loop"], ["--checkpoint", "symbolic links"]),
+    ("sft-demos-symlink-loop", ["sft", "--demos", "W/loop", "--out", "T/s"], ["--demos", "symbolic links"]),
+    ("resume-symlink-loop", ["train", "--resume", "W/loop/checkpoint"], ["--resume", "symbolic links"]),
+    ("sft-out-dangling-link", ["sft", "--demos", "W/demos", "--out", "W/dangling"], ["--out", "symbolic link", "missing"]),
+    ("train-out-metrics-is-a-folder", [*TRAIN, "--out", "W/mdir"], ["--out", "metrics.jsonl", "folder"]),
+    ("collect-out-name-too-long", ["collect", "--out", "T/" + "a" * 300], ["--out", "300 bytes", "shorter"]),
+    ("sft-out-name-no-room-for-temp", ["sft", "--demos", "W/demos", "--out", "T/" + "b" * 240],
+     ["--out", "temp files"]),
+    ("train-out-name-too-long", [*TRAIN, "--out", "T/x/" + "c" * 256 + "/r"], ["--out", "256 bytes"]),
+    ("eval-checkpoint-name-too-long", ["eval", "--checkpoint", "T/" + "d" * 300], ["--checkpoint", "300 bytes"]),
+    ("train-unknown-flag", [*TRAIN, "--bogus", "1", "--out", "T/r"], ["--bogus"]),
+    ("train-bad-choice", [*TRAIN, "--algo", "nope", "--out", "T/r"], ["--algo", "nope"]),
     ("eval-wrong-dims", ["eval", "--checkpoint", "W/run/final", "--env-kwargs", "privileged", "0"],
      ["state/action dims"]),
     ("eval-duplicate-task", ["eval", "--checkpoint", "W/policy", "--tasks", "red-0,blue-0,red-0"], ["--tasks", "red-0"]),
@@ -265,6 +367,30 @@ def test_out_in_read_only_folder(tmp_path, capsys):
         ro.chmod(0o755)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_train_out_read_only_run_folder(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main([*TRAIN, "--iterations", "1", "--out", str(ro)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot write" in err, err
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_metrics_file_that_became_a_folder_is_one_line(tmp_path):
+    """After the checks (a folder changed meanwhile): RunLogger's open fails as an EnvError, not a traceback."""
+    from vlaforge.envs import EnvError
+    from vlaforge.train.logging import RunLogger
+
+    (tmp_path / "metrics.jsonl").mkdir()
+    with pytest.raises(EnvError, match="metrics.jsonl"):
+        RunLogger(tmp_path, tensorboard=False)
+
+
 def test_internal_bug_keeps_its_traceback(monkeypatch, tmp_path):
     """A plain ValueError from inside a command is a bug: it propagates (traceback), not a one-line message."""
     import vlaforge.pipeline
@@ -345,6 +471,76 @@ def test_policy_config_allow_list_is_per_family():
             check_policy_config({"policy": {"family": "toy", "width": 1.5}}, "x")
     finally:
         CONFIG_SCHEMAS.pop("toy")
+
+
+@pytest.mark.parametrize("family,edit,words", [
+    ("hf", {"n_bins": -1}, "'n_bins' = -1"),
+    ("hf", {"head_hidden": 2 ** 40}, "head_hidden"),
+    ("hf", {"log_std_init": float("nan")}, "not finite"),
+    ("hf", {"lora_dropout": 1.0}, "lora_dropout"),
+    ("smolvla", {"state_dim": -2}, "state_dim"),
+    ("openvla", {"max_text_tokens": 10 ** 9}, "max_text_tokens"),
+    ("openvla-oft", {"center_crop": float("inf")}, "center_crop"),
+])
+def test_vlm_family_configs_bounded(family, edit, words):
+    """The VLM families' config.json values (the heads and switches vlaforge adds) are bounded like the tiny VLA's."""
+    pytest.importorskip("transformers")
+    from vlaforge.errors import CheckpointError
+    from vlaforge.schema import check_policy_config
+
+    with pytest.raises(CheckpointError, match="config.json") as e:
+        check_policy_config({"format_version": 1, "policy": {"family": family, **edit}}, "x")
+    assert words in str(e.value), str(e.value)
+
+
+def _text(**kv):
+    return lambda raw: raw["text_config"].update(kv)
+
+
+@pytest.mark.parametrize("edit,words", [
+    (_text(hidden_size=-32), "hidden_size = -32"),
+    (_text(num_hidden_layers="2"), "num_hidden_layers"),
+    (_text(hidden_size=2 ** 20, intermediate_size=2 ** 22), "GiB"),
+    (_text(vocab_size=10 ** 12), "GiB"),
+    (lambda raw: raw.update(text_config=[1, 2]), "text_config is list"),
+    (lambda raw: raw.update(image_sizes=["224px", 224]), "image_sizes"),
+    (lambda raw: raw.update(image_sizes=[10 ** 9, 224]), "image_sizes"),
+    (lambda raw: raw.update(n_action_bins=10 ** 6), "n_action_bins"),
+    (lambda raw: raw["vlaforge_vit_overrides"][0].update(embed_dim=-16), "embed_dim"),
+    (lambda raw: raw["vlaforge_vit_overrides"][0].update(embed_dim=2 ** 22, mlp_hidden=2 ** 22), "GiB"),
+], ids=["neg-hidden", "str-layers", "huge-hidden", "huge-vocab", "text-list", "image-str", "image-huge", "bins",
+        "vit-neg", "vit-huge"])
+def test_openvla_config_bounded_before_allocation(tmp_path, edit, words):
+    """A released OpenVLA config.json with unusable sizes is refused in one line (LayoutError, a UsageError) before
+    anything is built; the real 7B sizes pass."""
+    from vlaforge.errors import UsageError
+    from vlaforge.policies.openvla.prismatic import read_prismatic_config
+    from vlaforge.policies.openvla.tiny import tiny_config
+
+    raw = tiny_config(2, 2, "pointreach")
+    edit(raw)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(UsageError) as e:
+        read_prismatic_config(tmp_path)
+    assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config(2, 2, "pointreach", real_size=True)))
+    assert read_prismatic_config(tmp_path).text_config["vocab_size"] == 32064
+
+
+def test_openvla_huge_config_one_line_through_the_cli(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from vlaforge.policies.openvla.tiny import tiny_config
+
+    raw = tiny_config(2, 2, "pointreach")
+    raw["text_config"].update(hidden_size=2 ** 20, intermediate_size=2 ** 22)
+    (tmp_path / "ovla").mkdir()
+    (tmp_path / "ovla" / "config.json").write_text(json.dumps(raw))
+    before = _tree(tmp_path)
+    assert main(["train", "--policy", "openvla", "--policy.path", str(tmp_path / "ovla"), *OVLA,
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "GiB" in err and "Traceback" not in err, err
+    assert _tree(tmp_path) == before
 
 
 # -- resume never writes elsewhere; repairs -----------------------------------------------------------

@@ -177,9 +177,49 @@ def _flag_value(args: list[str], flag: str) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+_BOX = "│╭╮╰╯─┃━┏┓┗┛ "
+
+
+def _parse_error_line(text: str) -> str:
+    """One line of tyro's boxed parse error: its title and the first paragraph (a wrapped message joined)."""
+    lines = [ln.strip(_BOX) for ln in text.splitlines()]
+    out: list[str] = []
+    for raw, ln in zip(text.splitlines(), lines):
+        if not ln:
+            if out and "─" in raw:  # the rule under the first paragraph
+                break
+            continue
+        out.append(ln)
+    if not out:
+        return "invalid arguments"
+    if len(out) > 1 and out[1].lower().startswith(out[0].lower()):  # "Unrecognized options: Unrecognized ..."
+        out = out[1:]
+    return out[0] + (": " + " ".join(out[1:]) if len(out) > 1 else "")
+
+
+def _parse_args(cls, args: list[str], prog: str, default):
+    """``tyro.cli``; a parse error (a value of the wrong type, an unknown flag) becomes a one-line ``UsageError``
+    instead of tyro's boxed message and ``SystemExit`` (``--help`` is printed as it is)."""
+    import io
+
     import tyro
 
+    from vlaforge.errors import UsageError
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            parsed = tyro.cli(cls, args=args, prog=prog, default=default)
+        sys.stderr.write(buf.getvalue())  # warnings tyro printed are kept
+        return parsed
+    except SystemExit as e:
+        if e.code in (0, None):
+            sys.stderr.write(buf.getvalue())
+            raise
+        raise UsageError(f"{_parse_error_line(buf.getvalue())} (see {prog} --help)") from None
+
+
+def main(argv: list[str] | None = None) -> int:
     from vlaforge.demo import DemoArgs
     from vlaforge.distributed import RunFailed
     from vlaforge.envs import EnvError, MissingExtra
@@ -220,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             d = recipe_defaults(name)
             default = cls(**{f.name: getattr(d, f.name) for f in dataclasses.fields(TrainConfig)})
         with _sigterm_as_interrupt():
-            args = tyro.cli(cls, args=argv[1:], prog=f"vlaforge {argv[0]}", default=default)
+            args = _parse_args(cls, argv[1:], f"vlaforge {argv[0]}", default)
             args = check(argv[0], args, argv[1:])  # every check before any work or any file written
             with _owned_output(argv[0], args):
                 fn(_train_config(args) if argv[0] == "train" else args)

@@ -36,13 +36,33 @@ CONFIG_SCHEMAS: dict[str, str | type] = {}
 IGNORED_CONFIG_FIELDS: dict[str, set[str]] = {}
 """fields a family's older checkpoints may hold and that are never read from a file"""
 
+CONFIG_CHECKS: dict[str, str | typing.Callable[[dict], list[str]]] = {}
+"""family -> ``(policy fields) -> problems`` (or 'module:function'): the family's value checks after the type checks
+(positive, bounded dimensions; the parameter bytes the config would allocate)"""
 
-def register_config_schema(family: str, cls: str | type, ignored: tuple[str, ...] = ()) -> None:
+MAX_PARAM_BYTES = 64 * 2 ** 30
+"""a checkpoint config whose parameters would take more than this is refused before anything is allocated"""
+
+
+def register_config_schema(family: str, cls: str | type, ignored: tuple[str, ...] = (),
+                           check: str | typing.Callable | None = None) -> None:
     """Allow checkpoints of ``family``: their ``policy`` fields must be fields of the dataclass ``cls``
-    with values of its annotated types. ``ignored`` fields are accepted and dropped (never trusted)."""
+    with values of its annotated types. ``ignored`` fields are accepted and dropped (never trusted);
+    ``check`` (optional) returns the problems of the values (``CONFIG_CHECKS``)."""
     CONFIG_SCHEMAS[family] = cls
     if ignored:
         IGNORED_CONFIG_FIELDS[family] = set(ignored)
+    if check is not None:
+        CONFIG_CHECKS[family] = check
+
+
+def _config_check(family: str):
+    fn = CONFIG_CHECKS.get(family)
+    if isinstance(fn, str):
+        mod, name = fn.split(":")
+        fn = getattr(importlib.import_module(mod), name)
+        CONFIG_CHECKS[family] = fn
+    return fn
 
 
 def _schema(family: str) -> type:
@@ -120,7 +140,7 @@ def check_policy_config(meta: dict, path: str | os.PathLike) -> dict:
                               f"{FORMAT_VERSION}: use the vlaforge that wrote it, or re-create the checkpoint")
     pol = dict(meta["policy"])
     family = pol.pop("family", None)
-    if family not in CONFIG_SCHEMAS:
+    if not isinstance(family, str) or family not in CONFIG_SCHEMAS:
         raise CheckpointError(f"'{f}' names policy family {json.dumps(family)}; known families: "
                               f"{', '.join(CONFIG_SCHEMAS)}")
     ignored = IGNORED_CONFIG_FIELDS.get(family, set())
@@ -129,7 +149,12 @@ def check_policy_config(meta: dict, path: str | os.PathLike) -> dict:
         raise CheckpointError(f"'{f}': {problems[0]} of a {family} policy"
                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
                               + "; re-create the checkpoint")
-    return {"family": family, **{k: v for k, v in pol.items() if k not in ignored}}
+    out = {k: v for k, v in pol.items() if k not in ignored}
+    check = _config_check(family)
+    problems = check(out) if check is not None else []
+    if problems:
+        raise CheckpointError(f"'{f}': {problems[0]} in a {family} policy; re-create the checkpoint")
+    return {"family": family, **out}
 
 
 def check_finite_tensors(state: dict, what: str = "the policy") -> None:

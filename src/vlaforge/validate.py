@@ -30,7 +30,7 @@ from vlaforge.data.lerobot import is_vlaforge, parse_map, read_info
 from vlaforge.device import DeviceOptions
 from vlaforge.envs import SUITES, EnvError, _env_class, env_kwargs, env_tasks, suite_spec
 from vlaforge.envs.options import EnvOptions
-from vlaforge.errors import NonFiniteError, UsageError
+from vlaforge.errors import CheckpointError, NonFiniteError, UsageError
 from vlaforge.fsutil import repair_atomic
 from vlaforge.policies import read_config
 from vlaforge.policies.heads import HEADS
@@ -92,8 +92,16 @@ def need(ok: bool, msg: str) -> None:
         raise UsageError(msg)
 
 
+def is_finite(v) -> bool:
+    """A real number (not a bool) that is finite as a float (an int past float's range is not: 10**400)."""
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def finite(name: str, v: float) -> None:
-    need(isinstance(v, (int, float)) and math.isfinite(v), f"{name} must be a finite number; got {v}")
+    need(is_finite(v) or isinstance(v, bool), f"{name} must be a finite number; got {str(v)[:40]}")
 
 
 def at_least(name: str, v, lo, what: str = "") -> None:
@@ -107,6 +115,30 @@ def positive(name: str, v, what: str = "") -> None:
 
 
 MAX_LR = 10.0
+MIN_IMAGE, MAX_IMAGE = 8, 1024
+MAX_VIEWS = 16
+MAX_DIM = 4096
+"""the largest state / action dimension a demo dataset may declare"""
+SEED_LIMIT = 2 ** 32
+"""seeds are numpy/torch seeds: 0 <= seed < 2**32"""
+DEMO_SEED_BASE, DEMO_SEED_STRIDE = 1_000_000, 100_003
+"""``data.demos.collect_demos``: env seed = seed * stride + base + k"""
+
+
+def whole(name: str, v) -> None:
+    need(isinstance(v, int) and not isinstance(v, bool), f"{name} must be a whole number; got {v}")
+
+
+def check_seed(name: str, v, span: int = 0) -> None:
+    """A seed (or the first of ``span`` consecutive seeds): a whole number with 0 <= v and v + span < 2**32."""
+    whole(name, v)
+    need(0 <= v and v + span < SEED_LIMIT, f"{name} must be in [0, {SEED_LIMIT - 1 - span}] (numpy and torch seeds "
+                                           f"are 32-bit); got {v}")
+
+
+def check_image_size(name: str, v) -> None:
+    whole(name, v)
+    need(MIN_IMAGE <= v <= MAX_IMAGE, f"{name} must be in [{MIN_IMAGE}, {MAX_IMAGE}] pixels; got {v}")
 
 
 def learning_rate(name: str, v) -> None:
@@ -128,6 +160,55 @@ def _probe_writable(d: Path, name: str) -> None:
     except OSError as e:
         raise UsageError(f"{name}: cannot write in '{d}' ({e.strerror or type(e).__name__}); "
                          "choose a writable directory") from None
+
+
+OUT_SUFFIX = 32
+"""bytes an output's name may grow by: its temp and lock siblings (``.NAME.tmp-PID-XXXXXXXX``, ``.NAME.lock``)"""
+PATH_FLAGS = {"out": "--out", "checkpoint": "--checkpoint", "demos": "--demos", "init": "--init", "resume": "--resume",
+              "hf.path": "--policy.path"}
+"""path options every command's checks first pass through ``check_path``"""
+
+
+def _name_max(p: Path) -> int:
+    """The longest file name (bytes) the file system under ``p`` (its nearest existing folder) allows."""
+    q = p.absolute()
+    while True:
+        try:
+            return os.pathconf(q, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            if q == q.parent:
+                return 255
+            q = q.parent
+
+
+def check_path(name: str, path: str | os.PathLike, out: bool = False) -> None:
+    """``path`` is a usable path before anything reads or writes it: no NUL byte, each name within the file system's
+    limit (an output's with room for its temp siblings' suffixes), and every existing part resolves (no symlink
+    loop, no dangling symlink, no folder without permission): one-line ``UsageError`` otherwise."""
+    s = os.fspath(path)
+    need("\0" not in s, f"{name} holds a NUL character; pass a path")
+    p = Path(s).expanduser()
+    limit = _name_max(p)
+    room = OUT_SUFFIX if out else 0
+    for part in p.parts:
+        n = len(os.fsencode(part))
+        need(n + room <= limit, f"{name}: the name '{part[:24]}...' is {n} bytes; the file system allows {limit}"
+                                + (f" (an output's name needs {room} more for its temp files)" if out else "")
+                                + ": choose a shorter name")
+    full = p.absolute()
+    need(len(os.fsencode(str(full))) + room < 4096, f"{name}: the path is longer than the file system allows "
+                                                    "(4096 bytes); choose a shorter one")
+    for q in [*reversed(full.parents), full]:
+        try:
+            os.stat(q)
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(q):
+                raise UsageError(f"{name}: '{q}' is a symbolic link to the missing '{os.readlink(q)}'; fix the link or "
+                                 "choose another path") from None
+            return
+        except OSError as e:
+            raise UsageError(f"{name}: cannot use '{q}' ({e.strerror or type(e).__name__}); choose another path") \
+                from None
 
 
 def check_out_dir(name: str, path: str | os.PathLike) -> None:
@@ -267,14 +348,24 @@ def check(command: str, args, argv: list[str]):
         DeviceOptions.check(args)
     if isinstance(args, LogOptions):  # --log wandb without the wandb package
         LogOptions.check(args)
+    for field, fl in PATH_FLAGS.items():  # symlink loops, names too long: one line before anything else
+        try:
+            v = _get(args, field)
+        except AttributeError:
+            continue
+        if isinstance(v, (str, os.PathLike)) and str(v):
+            check_path(fl, v, out=field == "out")
     return fn(args, argv) if fn is not None else args
 
 
 def check_collect(a, argv):
     check_env_options(a)
-    at_least("--image-size", a.image_size, 8)
-    at_least("--seed", a.seed, 0)
+    check_image_size("--image-size", a.image_size)
     at_least("--episodes", a.episodes, 1, " (episodes per task)")
+    check_seed("--seed", a.seed)
+    top = a.seed * DEMO_SEED_STRIDE + DEMO_SEED_BASE + a.episodes  # collect_demos' env seeds
+    need(top < SEED_LIMIT, f"--seed {a.seed} with --episodes {a.episodes} gives demo env seeds up to {top}, past the "
+                           f"32-bit seeds envs take; pass --seed <= {(SEED_LIMIT - DEMO_SEED_BASE - a.episodes) // DEMO_SEED_STRIDE}")
     at_least("--noise", a.noise, 0)
     check_out_dir("--out", a.out)
     check_target("collect", a.out)
@@ -353,13 +444,26 @@ def check_demos(path: str, name: str = "--demos", demos_map: str | None = None) 
                 "views": len(fm.images), "codebase_version": raw["codebase_version"]}
     try:
         shape = info["features"]["observation.state"]["shape"][0], info["features"]["action"]["shape"][0]
-        ok = (all(isinstance(x, int) and x > 0 for x in shape) and isinstance(info["image_size"], int)
+        ok = (all(isinstance(x, int) and 0 < x <= MAX_DIM for x in shape) and isinstance(info["image_size"], int)
               and isinstance(info["camera"], str) and isinstance(info["data_path"], str)
               and isinstance(info.get("views", 1), int))
     except (KeyError, IndexError, TypeError):
         ok = False
     need(ok, f"demo metadata '{info_f}' lacks the features/state/action shapes, image_size, camera or data_path "
              "of a `vlaforge collect` dataset; re-create it")
+    need(MIN_IMAGE <= info["image_size"] <= MAX_IMAGE and 1 <= info.get("views", 1) <= MAX_VIEWS,
+         f"demo metadata '{info_f}' gives image_size {info['image_size']} and views {info.get('views', 1)}; a "
+         f"`vlaforge collect` dataset has {MIN_IMAGE}..{MAX_IMAGE} px and 1..{MAX_VIEWS} views: re-create it")
+    chunks, fps = info.get("chunks_size", 1000), info.get("fps", 10)
+    need(isinstance(chunks, int) and not isinstance(chunks, bool) and chunks >= 1,
+         f"demo metadata '{info_f}': chunks_size {json.dumps(chunks)[:20]} is not a whole number >= 1; re-create it")
+    need(is_finite(fps) and fps > 0,
+         f"demo metadata '{info_f}': fps {json.dumps(fps)[:20]} is not a positive number; re-create it")
+    try:
+        info["data_path"].format(episode_chunk=0, episode_index=0)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        raise UsageError(f"demo metadata '{info_f}': data_path '{info['data_path'][:60]}' does not name episode "
+                         "files with {episode_chunk} and {episode_index}; re-create it") from None
     tasks = read_jsonl(d / "meta" / "tasks.jsonl", "demo task list") if (d / "meta" / "tasks.jsonl").exists() else None
     need(tasks is not None and all(isinstance(t, dict) and {"task_index", "name", "task"} <= set(t) for t in tasks),
          f"demo task list '{d / 'meta' / 'tasks.jsonl'}' is missing or lacks task_index/name/task; re-create the demos")
@@ -369,12 +473,45 @@ def check_demos(path: str, name: str = "--demos", demos_map: str | None = None) 
                                  for e in eps),
          f"demo episode list '{eps_f}' is missing or lacks episode_index/success/task_name; re-create the demos")
     need(any(e["success"] for e in eps), f"{name} '{path}' holds no successful episode; collect more demos")
+    first = None
     for e in eps:  # the files load_demos reads (their content is checked as it reads them)
         if e["success"] and isinstance(e["episode_index"], int):
             f = d / info["data_path"].format(episode_chunk=e["episode_index"] // info.get("chunks_size", 1000),
                                              episode_index=e["episode_index"])
             need(f.is_file(), f"{name}: demo episode file '{f}' is missing; re-collect the demos with `vlaforge collect`")
+            first = first or f
+    if first is not None:
+        check_demo_episode(first, info, info_f)
     return info
+
+
+def check_demo_episode(f: Path, info: dict, info_f: Path) -> None:
+    """One episode file agrees with info.json: the camera column holds PNG frames of image_size x (views *
+    image_size), the state and action rows have the declared lengths (a hand-edited info.json is refused here,
+    not as a shape error inside training)."""
+    import pyarrow.parquet as pq
+
+    from vlaforge.data.demos import _unpng
+
+    cam = f"observation.images.{info['camera']}"
+    try:
+        t = pq.read_table(f).slice(0, 1).to_pydict()
+    except (OSError, ValueError):
+        return  # an unreadable file: load_demos' own one-line error names it
+    S, A = info["features"]["observation.state"]["shape"][0], info["features"]["action"]["shape"][0]
+    V, H = info.get("views", 1), info["image_size"]
+    need(cam in t, f"demo metadata '{info_f}': camera '{info['camera']}' names no column of '{f}'; re-create it")
+    try:
+        img = _unpng(t[cam][0]["bytes"])
+        shape = tuple(img.shape)
+        dims = len(t["observation.state"][0]), len(t["action"][0])
+    except (KeyError, IndexError, TypeError, ValueError, OSError):
+        raise UsageError(f"demo episode file '{f}' lacks readable frames, state or action; re-collect the demos") \
+            from None
+    need(shape[:2] == (H, H * V), f"demo metadata '{info_f}' says {V} view(s) of {H}px but '{f}' holds "
+                                  f"{shape[0]}x{shape[1]} frames; re-create the dataset")
+    need(dims == (S, A), f"demo metadata '{info_f}' says state/action dims {S}/{A} but '{f}' holds "
+                         f"{dims[0]}/{dims[1]}; re-create the dataset")
 
 
 def check_sft(a, argv):
@@ -387,7 +524,7 @@ def check_sft(a, argv):
     at_least("--sft.weight-decay", s.weight_decay, 0)
     positive("--sft.grad-clip", s.grad_clip)
     at_least("--sft.augment-shift", s.augment_shift, 0)
-    at_least("--sft.seed", s.seed, 0)
+    check_seed("--sft.seed", s.seed)
     for f in ("aux_weight",):
         if hasattr(s, f):
             at_least("--sft." + f.replace("_", "-"), getattr(s, f), 0)
@@ -470,7 +607,7 @@ def check_eval(a, argv):
     check_env_options(a)
     at_least("--episodes", a.episodes, 1, " (episodes per task)")
     at_least("--videos", a.videos, 0)
-    at_least("--seed-base", a.seed_base, 0)
+    check_seed("--seed-base", a.seed_base, a.episodes)
     meta = read_config_checked("--checkpoint", a.checkpoint, a.trust_remote_code, TRUST_FLAG["eval"])
     pol = meta["policy"]
     check_fits_suite("--checkpoint", pol, a.suite, a.tasks, pol.get("image_size"), a.env_kwargs)
@@ -559,10 +696,21 @@ def check_train(cfg, argv):
     return cfg
 
 
+RUN_ENTRY_KINDS = {"metrics.jsonl": "file", "train_config.json": "file", "checkpoint": "folder", "final": "folder",
+                   "tb": "folder"}
+"""what ``vlaforge train`` writes in its run folder, and as what"""
+
+
 def check_train_out(out: str, overwrite: bool, fresh: bool = True) -> None:
     """A run directory: creatable, its checkpoint/ and final/ (replaced whole) are vlaforge policies if present,
     not another command's output, not a live run's, and (``fresh``) not an earlier run unless ``overwrite``."""
     check_out_dir("--out", out)
+    for sub, kind in RUN_ENTRY_KINDS.items():  # what the run writes there must be what it finds there
+        e = Path(out).expanduser() / sub
+        if e.exists() or e.is_symlink():
+            need(e.is_dir() if kind == "folder" else e.is_file(),
+                 f"--out: '{e}' is {'a folder' if e.is_dir() else 'not a folder' if kind == 'folder' else 'not a file'}"
+                 f", where the run writes its {sub} {kind}; remove it or choose another --out")
     for sub in ("checkpoint", "final"):
         check_replaceable("--out", Path(out) / sub, "policy")
     if fresh:
@@ -570,13 +718,15 @@ def check_train_out(out: str, overwrite: bool, fresh: bool = True) -> None:
     refuse_if_live("train", out, "--out")
 
 
-def check_train_fresh(cfg, given: set[str]) -> None:
+def check_train_numbers(cfg) -> None:
+    """The checks of a training config that read no file: numbers, choices, env options (cast in place). Run on a
+    fresh command line and, on ``--resume``, on the checkpoint's saved config (state.json is input too)."""
     if cfg.threads is not None:
         at_least("--threads", cfg.threads, 1)
     task_list("--eval-tasks", cfg.eval_tasks)
     at_least("--iterations", cfg.iterations, 1)
     at_least("--groups", cfg.groups, 1, " (initial states per iteration)")
-    at_least("--image-size", cfg.image_size, 8)
+    check_image_size("--image-size", cfg.image_size)
     if cfg.max_steps is not None:
         at_least("--max-steps", cfg.max_steps, 1)
     check_env_options(cfg, cfg.max_steps)
@@ -590,9 +740,15 @@ def check_train_fresh(cfg, given: set[str]) -> None:
     at_least("--eval-every", cfg.eval_every, 0, " (0 = no evaluation)")
     at_least("--eval-episodes", cfg.eval_episodes, 1)
     at_least("--checkpoint-every", cfg.checkpoint_every, 1, " iterations")
-    at_least("--seed", cfg.seed, 0)
+    check_seed("--seed", cfg.seed)
     check_algo_config(cfg.algo, cfg.algo_cfg)
     check_hf_options(cfg.hf)
+    if not cfg.init:
+        check_shape(cfg)
+
+
+def check_train_fresh(cfg, given: set[str]) -> None:
+    check_train_numbers(cfg)
     check_privileged_options(cfg)
     if cfg.algo == "tpo" and getattr(cfg.algo_cfg, "reference", "rollout") == "base":
         lora = (read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)["policy"].get("lora_rank", 0)
@@ -613,7 +769,6 @@ def check_train_fresh(cfg, given: set[str]) -> None:
              f"--init policy reads {pol.get('image_size')}px images; pass --image-size {pol.get('image_size')}")
         check_fits_suite("--init", pol, cfg.suite, cfg.tasks, cfg.image_size, env_kwargs(cfg.env_kwargs, cfg.max_steps))
     else:
-        check_shape(cfg)
         fam = family(cfg.policy)
         if fam.check_fresh:  # the family's own checks (the tiny VLA's image size, an HF model folder ...)
             fam.fn("check_fresh")(cfg)
@@ -725,6 +880,11 @@ def check_resume(cfg, given: set[str]):
     repair_atomic(ck)
     state = read_train_state(ck)
     saved = state["config_obj"]
+    try:  # the saved config is input like a command line: a hand-edited lr NaN never trains
+        check_train_numbers(saved)
+    except UsageError as e:
+        raise CheckpointError(f"'{ck / 'state.json'}': its training config is invalid ({e}); resume from another "
+                              "checkpoint or start a new run") from None
     for f in sorted(given):
         if f.split(".")[0] in RESUME_MAY_CHANGE or f in RESUME_MAY_CHANGE:
             continue

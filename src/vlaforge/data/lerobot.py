@@ -65,6 +65,16 @@ def read_info(path: Path) -> dict:
     version = info.get("codebase_version")
     if version not in VERSIONS:
         raise EnvError(f"'{f}': codebase_version '{version}' is not one of {', '.join(VERSIONS)}")
+    fps, chunks = info.get("fps", 10), info.get("chunks_size", 1000)
+    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and -1e300 < fps < 1e300 and fps > 0):
+        raise EnvError(f"'{f}': fps {json.dumps(fps)[:20]} is not a positive number; fix the dataset")
+    if not (isinstance(chunks, int) and not isinstance(chunks, bool) and chunks >= 1):
+        raise EnvError(f"'{f}': chunks_size {json.dumps(chunks)[:20]} is not a whole number >= 1; fix the dataset")
+    for k in ("data_path", "video_path"):
+        if info.get(k) is not None and not isinstance(info[k], str):
+            raise EnvError(f"'{f}': {k} is not a path pattern; fix the dataset")
+    if not isinstance(info.get("data_path"), str):
+        raise EnvError(f"'{f}' has no data_path pattern; fix the dataset")
     return info
 
 
@@ -114,9 +124,13 @@ def parse_map(spec: str | None, info: dict, where: str = "--demos-map") -> Featu
 
 def hwc(feature: dict) -> tuple[int, int, int]:
     """(H, W, C) of a camera feature whose shape is (H, W, C) or (C, H, W)."""
-    shape, names = list(feature.get("shape", [])), feature.get("names") or []
-    if len(shape) != 3:
-        raise EnvError(f"camera feature shape {shape} is not (H, W, C) or (C, H, W)")
+    shape = feature.get("shape") if isinstance(feature, dict) else None
+    names = feature.get("names") if isinstance(feature, dict) else None
+    names = names if isinstance(names, list) else []
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in shape)):
+        raise EnvError(f"camera feature shape {json.dumps(shape)[:40]} is not (H, W, C) or (C, H, W) of positive whole "
+                       "numbers")
     if names and list(names)[:1] == ["channels"] or shape[0] == 3 and shape[2] != 3:
         return shape[1], shape[2], shape[0]
     return shape[0], shape[1], shape[2]

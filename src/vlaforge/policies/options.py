@@ -102,3 +102,35 @@ def lora_target_modules(targets: str) -> str | list[str]:
 def autocast_context(on: bool, device: torch.device):
     """bf16 autocast on ``device`` when the ``autocast`` switch is on, else a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+_VLM_BOUNDS = {"state_dim": 4096, "action_dim": 4096, "views": 16, "image_size": 4096, "chunk_size": 1024,
+               "n_bins": 65536, "head_hidden": 16384, "max_text_tokens": 65536, "lora_rank": 4096, "lora_alpha": 65536,
+               "micro_batch": 65536, "num_images": 16, "flow_steps": 1024}
+"""upper bounds of the whole-number fields of the VLM families' configs (the backbone's own sizes come from its
+folder); each must also be >= 0 (0: "from the released config" / off)"""
+
+
+def vlm_config_problems(d: dict) -> list[str]:
+    """The registry's ``check_config`` of the VLM families (hf, smolvla, openvla): whole-number fields in
+    [0, bound], every number finite, ``lora_dropout`` in [0, 1). Their parameter bytes are the backbone's (the
+    released folder's config; OpenVLA's is bounded by ``openvla.prismatic.prismatic_problem``)."""
+    import math
+
+    out = []
+    for k, v in d.items():
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int) and k in _VLM_BOUNDS and not 0 <= v <= _VLM_BOUNDS[k]:
+            out.append(f"'{k}' = {str(v)[:24]} is outside [0, {_VLM_BOUNDS[k]}]")
+        elif isinstance(v, float) or (isinstance(v, int) and k not in _VLM_BOUNDS):
+            try:
+                ok = math.isfinite(v)
+            except OverflowError:
+                ok = False
+            if not ok:
+                out.append(f"'{k}' = {str(v)[:24]} is not finite")
+    dropout = d.get("lora_dropout", 0.0)
+    if not out and isinstance(dropout, (int, float)) and not 0 <= dropout < 1:
+        out.append(f"'lora_dropout' = {dropout} is outside [0, 1)")
+    return out

@@ -49,6 +49,9 @@ class Family:
     check_checkpoint: str | None = None
     """``(policy_cfg, path, trust, flag_name, trust_flag) -> None``: checks of a checkpoint of this family before it is
     loaded (a model folder that asks to run code)"""
+    check_config: str | None = None
+    """``(policy_cfg) -> list[str]``: problems of a checkpoint config's values (bounds, parameter bytes), checked by
+    ``schema.check_policy_config`` on every config.json read"""
     caps: frozenset[str] = frozenset()
     """what the family offers that some options need: ``privileged_critic`` (--critic privileged, readouts),
     ``base_reference`` (TPO's --tpo.reference base through its LoRA adapters)"""
@@ -62,7 +65,7 @@ POLICIES: dict[str, Family] = {}
 
 def register_family(f: Family) -> Family:
     POLICIES[f.name] = f
-    register_config_schema(f.name, f.config, f.ignored)
+    register_config_schema(f.name, f.config, f.ignored, f.check_config)
     return f
 
 
@@ -83,17 +86,21 @@ def native_family(path: str | Path) -> Family | None:
 _P = "vlaforge.policies."
 register_family(Family("tiny", _P + "tiny.model:TinyConfig", _P + "tiny:build_tiny", _P + "tiny:load_tiny",
                        _P + "tiny:fresh_tiny", check_fresh=_P + "tiny:check_fresh_tiny",
+                       check_config=_P + "tiny:tiny_config_problems",
                        caps=frozenset({"privileged_critic"})))
 register_family(Family("hf", _P + "hf.model:HFConfig", _P + "hf:build_family", _P + "hf:load_family",
                        _P + "hf:fresh_family", _P + "hf:write_hf_files", ignored=("trust_remote_code",),
                        check_fresh=_P + "hf:check_fresh", check_checkpoint=_P + "hf:check_checkpoint",
+                       check_config=_P + "options:vlm_config_problems",
                        caps=frozenset({"base_reference"})))
 register_family(Family("smolvla", _P + "smolvla.policy:SmolVLAConfig", _P + "smolvla:build_family",
                        _P + "smolvla:load_family", _P + "smolvla:fresh_family", _P + "smolvla:write_smolvla_files",
+                       check_config=_P + "options:vlm_config_problems",
                        native=(_P + "smolvla.lerobot:is_lerobot_dir", _P + "smolvla.lerobot:lerobot_meta",
                                _P + "smolvla:load_native")))
 for _name in ("openvla", "openvla-oft"):
     register_family(Family(_name, _P + "openvla.model:OpenVLAConfig", _P + "openvla:build_openvla_policy",
-                           _P + "openvla:load_family", _P + "openvla:fresh_family", _P + "openvla:write_openvla_files"))
+                           _P + "openvla:load_family", _P + "openvla:fresh_family", _P + "openvla:write_openvla_files",
+                           check_config=_P + "options:vlm_config_problems"))
 
 PolicyName = Literal[tuple(POLICIES)]  # type: ignore[valid-type]  # TrainConfig.policy's choices

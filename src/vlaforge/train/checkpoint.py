@@ -71,6 +71,38 @@ def save_checkpoint(path: str | Path, policy, optimizer, state: dict, gen: torch
     return path
 
 
+def sampler_problem(sampler: dict) -> str | None:
+    """What is wrong with a saved ``TaskSampler.state_dict()`` (None: it loads): ``history`` maps task ids to
+    success rates in [0, 1], ``rng`` is a numpy bit generator state."""
+    import numpy as np
+
+    hist = sampler.get("history")
+    if not isinstance(hist, dict):
+        return "has no 'history' object"
+    for k, v in hist.items():
+        if not (isinstance(k, str) and k.isdigit() and isinstance(v, list)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v)):
+            return f"has history entry {json.dumps(k)[:40]} that is not a task id with success rates in [0, 1]"
+    try:
+        np.random.default_rng().bit_generator.state = sampler.get("rng")
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return "has no valid numpy 'rng' state"
+    return None
+
+
+def rng_problem(rng: dict) -> str | None:
+    """What is wrong with a checkpoint's RNG tensors (None: they load): the CPU and update generators' states are
+    uint8 tensors of the sizes this torch writes."""
+    want = {"torch_cpu": torch.get_rng_state(), "update_gen": torch.Generator().get_state()}
+    for k, ref in want.items():
+        t = rng.get(k)
+        if t is None:
+            return f"lacks '{k}'"
+        if t.dtype != ref.dtype or t.shape != ref.shape:
+            return f"has '{k}' of {t.dtype} {tuple(t.shape)}, not {ref.dtype} {tuple(ref.shape)}"
+    return None
+
+
 def read_train_state(path: str | Path) -> dict:
     """``state.json`` of a training checkpoint, checked: iteration, env_steps, sampler and a config that
     fits ``TrainConfig`` (returned as ``config_obj``). Raises CheckpointError naming the file."""
@@ -88,6 +120,9 @@ def read_train_state(path: str | Path) -> dict:
           and isinstance(state.get("config"), dict))
     if not ok:
         raise CheckpointError(f"'{f}' lacks iteration/env_steps/sampler/config; resume from another checkpoint")
+    problem = sampler_problem(state["sampler"])
+    if problem:
+        raise CheckpointError(f"'{f}': the task sampler's state {problem}; resume from another checkpoint")
     problems = dataclass_problems(TrainConfig, state["config"])
     if problems:
         raise CheckpointError(f"'{f}': the training config has {problems[0]}; resume from another checkpoint")
@@ -119,6 +154,14 @@ def load_checkpoint(path: str | Path, trust_remote_code: bool = False) -> tuple:
     except (RuntimeError, OSError, ValueError, SafetensorError, EOFError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"checkpoint '{path}' is corrupt ({type(e).__name__}); "
                               "resume from an earlier checkpoint or start again") from None
+    problem = rng_problem(rng)
+    if problem:
+        raise CheckpointError(f"'{path / 'rng.safetensors'}' {problem}; resume from an earlier checkpoint or "
+                              "start again")
+    if not (isinstance(opt_state, dict) and isinstance(opt_state.get("param_groups"), list)
+            and isinstance(opt_state.get("state"), dict)):
+        raise CheckpointError(f"'{path / 'optimizer.pt'}' is not an optimizer state (param_groups, state); resume "
+                              "from an earlier checkpoint or start again")
     return policy, opt_state, state, rng
 
 

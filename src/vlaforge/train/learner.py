@@ -12,11 +12,14 @@ its in-process collector; each Ray ``Learner`` actor (distributed/actors.py) hol
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vlaforge.algos import get_algo
 from vlaforge.algos.common import LOCAL
 from vlaforge.device import precision_context, to_device
+from vlaforge.errors import CheckpointError
 
 
 def policy_lr(cfg, iteration: int) -> float:
@@ -49,6 +52,52 @@ def make_optimizer(policy, cfg) -> torch.optim.Optimizer:
     return opt_cls(groups, weight_decay=cfg.weight_decay)
 
 
+def _finite_numbers(v) -> bool:
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return True
+    if isinstance(v, (int, float)):
+        try:
+            return math.isfinite(v)
+        except OverflowError:  # an int past float's range
+            return False
+    if isinstance(v, (list, tuple)):
+        return all(_finite_numbers(x) for x in v)
+    if isinstance(v, torch.Tensor):
+        return not torch.is_floating_point(v) or bool(torch.isfinite(v).all())
+    return True
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, opt_state: dict, where: str = "the checkpoint") -> None:
+    """Restore a saved optimizer state, checked against ``optimizer`` (built for the policy): the same parameter
+    groups of the same sizes, finite hyperparameters, state tensors shaped like their parameters. A hand-edited
+    or mismatched ``optimizer.pt`` raises ``CheckpointError`` (one line), never a traceback mid-run."""
+    f = f"{where}/optimizer.pt"
+    saved = opt_state.get("param_groups") if isinstance(opt_state, dict) else None
+    if not isinstance(saved, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved):
+        raise CheckpointError(f"'{f}' holds no parameter groups; resume from another checkpoint")
+    have = [len(g["params"]) for g in saved]
+    want = [len(g["params"]) for g in optimizer.param_groups]
+    if have != want:
+        raise CheckpointError(f"'{f}' has parameter groups of sizes {have} but the policy's optimizer has {want}; "
+                              "the file does not belong to this policy: resume from another checkpoint")
+    for g in saved:
+        bad = sorted(k for k, v in g.items() if k != "params" and not _finite_numbers(v))
+        if bad:
+            raise CheckpointError(f"'{f}': optimizer setting '{bad[0]}' is not finite; resume from another checkpoint")
+    try:
+        optimizer.load_state_dict(opt_state)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"'{f}' does not load ({type(e).__name__}); resume from another checkpoint") from None
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != p.shape:
+                    raise CheckpointError(f"'{f}': optimizer state '{k}' has shape {tuple(v.shape)} for a parameter "
+                                          f"of shape {tuple(p.shape)}; resume from another checkpoint")
+                if not _finite_numbers(v):
+                    raise CheckpointError(f"'{f}': optimizer state '{k}' holds NaN/inf; resume from another checkpoint")
+
+
 class PolicyLearner:
     """The policy, its optimizer and the algorithm's state on ``device``; ``update`` runs the algorithm there.
 
@@ -63,9 +112,13 @@ class PolicyLearner:
         self.optimizer = make_optimizer(self.policy, cfg)
         self.state = self.algo.new_state(self.policy, self.acfg)
         if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)
+            load_optimizer_state(self.optimizer, opt_state, str(cfg.resume) if cfg.resume else "the checkpoint")
         if self.state is not None and algo_state is not None:
-            self.state.load_state_dict(*algo_state)
+            try:
+                self.state.load_state_dict(*algo_state)
+            except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+                raise CheckpointError(f"the algorithm state of '{cfg.resume}' does not fit this run "
+                                      f"({type(e).__name__}); resume from another checkpoint") from None
 
     def update(self, batch, iteration: int, acfg=None) -> dict:
         """The algorithm's ``update`` on ``batch`` (moved to the device once; a no-op when it is there already) at

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from vlaforge.envs import require
+from vlaforge.envs import EnvError, require
 
 
 def _num(v) -> float:
@@ -56,8 +56,12 @@ class RunLogger:
         self._jsonl = None
         self.wandb = None
         if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.dir / "metrics.jsonl", "a")
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self._jsonl = open(self.dir / "metrics.jsonl", "a")
+            except OSError as e:  # the input checks refuse these first; a folder changed since is still one line
+                raise EnvError(f"cannot write '{self.dir / 'metrics.jsonl'}' ({e.strerror or type(e).__name__}); "
+                               "choose another run folder") from None
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 

@@ -78,6 +78,61 @@ class PrismaticConfig:
         return int(self.text_config.get("vocab_size", 32000)) - int(self.pad_to_multiple_of)
 
 
+MAX_PARAM_BYTES = 64 * 2 ** 30
+"""a config whose bf16 parameters would take more than this is refused before anything is allocated"""
+_TEXT_DIMS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+_VIT_DIMS = ("embed_dim", "depth", "num_heads", "mlp_hidden", "patch_size")
+
+
+def _whole(v, lo: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def prismatic_problem(raw: dict) -> str | None:
+    """What makes a released config.json unusable before anything is built (None: fine): its Llama ``text_config``
+    an object of positive whole dimensions, image sizes whole numbers in [14, 4096], action bins and padding that fit
+    the vocabulary, ViT overrides of positive dimensions, and at most ``MAX_PARAM_BYTES`` of bf16 parameters."""
+    text = raw.get("text_config")
+    if not isinstance(text, dict):
+        return f"text_config is {type(text).__name__}, not an object"
+    for k in _TEXT_DIMS:
+        if k in text and not _whole(text[k]):
+            return f"text_config.{k} = {json.dumps(text[k])[:40]} is not a positive whole number"
+    if "num_key_value_heads" in text and not _whole(text["num_key_value_heads"]):
+        return "text_config.num_key_value_heads is not a positive whole number"
+    sizes = raw.get("image_sizes")
+    if sizes is not None and not (isinstance(sizes, list) and sizes and all(_whole(x, 14) and x <= 4096 for x in sizes)):
+        return f"image_sizes = {json.dumps(sizes)[:40]} is not a list of whole numbers in [14, 4096]"
+    ids = raw.get("timm_model_ids")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(x, str) for x in ids)):
+        return "timm_model_ids is not a list of names"
+    if ids is not None and sizes is not None and len(ids) != len(sizes):
+        return f"timm_model_ids names {len(ids)} towers but image_sizes gives {len(sizes)} sizes"
+    vocab, pad = text.get("vocab_size", 32000), raw.get("pad_to_multiple_of", 64)
+    bins = raw.get("n_action_bins", 256)
+    if not _whole(pad, 0) or not _whole(bins, 2) or bins > vocab - pad:
+        return (f"n_action_bins = {json.dumps(bins)[:20]} and pad_to_multiple_of = {json.dumps(pad)[:20]} do not fit "
+                f"the vocabulary of {vocab}")
+    ov = raw.get("vlaforge_vit_overrides")
+    if ov is not None:
+        if not (isinstance(ov, list) and all(isinstance(o, dict) for o in ov)):
+            return "vlaforge_vit_overrides is not a list of objects"
+        for o in ov:
+            bad = [k for k in _VIT_DIMS if k in o and not _whole(o[k])]
+            if bad:
+                return f"vlaforge_vit_overrides' {bad[0]} = {json.dumps(o[bad[0]])[:20]} is not a positive whole number"
+    D, inter = text.get("hidden_size", 4096), text.get("intermediate_size", 11008)
+    n = 2 * vocab * D + text.get("num_hidden_layers", 32) * (4 * D * D + 3 * D * inter)
+    for i, t in enumerate(ids or []):
+        spec = {**TIMM_VARIANTS.get(t, {}), **((ov[i] if ov is not None and i < len(ov) else None) or {})}
+        e = spec.get("embed_dim", 0)
+        n += spec.get("depth", 0) * (4 * e * e + 2 * e * spec.get("mlp_hidden", 0))
+    if n * 2 > MAX_PARAM_BYTES:
+        return (f"its dimensions give about {n:,} parameters ({n * 2 / 2 ** 30:,.0f} GiB in bf16), more than "
+                f"{MAX_PARAM_BYTES // 2 ** 30} GiB")
+    return None
+
+
 def read_prismatic_config(path: str | Path) -> PrismaticConfig:
     p = Path(path).expanduser()
     f = p / "config.json"
@@ -88,9 +143,16 @@ def read_prismatic_config(path: str | Path) -> PrismaticConfig:
         raw = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise LayoutError(f"'{f}' is not valid JSON ({e.msg}); re-download the checkpoint") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LayoutError(f"cannot read '{f}' ({type(e).__name__}); re-download the checkpoint") from None
     if raw.get("model_type") not in ("openvla", "prismatic"):
         raise LayoutError(f"'{f}' has model_type '{raw.get('model_type')}', not 'openvla'; for other Hugging Face "
                           "models use --policy hf")
+    if not isinstance(raw, dict):
+        raise LayoutError(f"'{f}' is not a JSON object; re-download the checkpoint")
+    problem = prismatic_problem(raw)
+    if problem:
+        raise LayoutError(f"'{f}': {problem}; re-download the checkpoint")
     vid = raw.get("vision_backbone_id")
     ids, sizes = raw.get("timm_model_ids"), raw.get("image_sizes")
     if ids is None or sizes is None:
