@@ -74,6 +74,7 @@ def main() -> None:
     for task in tasks:
         for seed in [int(s) for s in a.seeds.split(",")]:
             run = Path(a.work) / f"{task}_s{seed}_d{a.demos}{'_' + a.tag if a.tag else ''}"
+            (run / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run appends: keep only this run's curve
             c0 = cpu_seconds()
             privileged_teacher("metaworld", task, run, a.iterations, seed, a.threads, a.max_steps, a.num_envs,
                                demos=a.demos)
