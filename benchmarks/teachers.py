@@ -53,6 +53,21 @@ def curve(run: Path) -> list[dict]:
             for i, r in enumerate(rows) if "rollout/success" in r]
 
 
+def table(data: dict, tag: str) -> str:
+    """docs/benchmarks.md's table of the rows with ``tag``."""
+    lines = ["| task | SFT (of 50) | after 64 PPO iterations (of 50) | rollout success: first 4 iterations | lowest from iteration 4 "
+             "| mean of the last 10 | steps halved / undone | env steps | CPU-s |", "| --- |" + " --- |" * 8]
+    for r in [r for r in data["rows"] if r.get("tag", "") == tag]:
+        c = r["curve"]
+        s = [x["success"] for x in c]
+        ok = "**" if r["success"]["successes"] >= 0.9 * r["success"]["episodes"] else ""
+        lines.append(f"| {r['task']} | {r['sft']['successes'] if r['sft'] else '–'} | {ok}{r['success']['successes']}{ok} | "
+                     f"{', '.join(f'{100 * x:.0f}' for x in s[:4])}% | {100 * min(s[3:]):.0f}% | "
+                     f"{100 * sum(s[-10:]) / len(s[-10:]):.0f}% | {sum(x['backtracks'] for x in c)} / "
+                     f"{sum(x['kl_skips'] for x in c)} | {r['env_steps']:,} | {r['cpu_s']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", default="mt10", help="comma-separated Meta-World tasks, or mt10")
@@ -66,7 +81,11 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="a label kept in each row (e.g. the code version)")
     ap.add_argument("--work", default="runs/teachers")
     ap.add_argument("--out", default="docs/bench/teachers_mt10.json")
+    ap.add_argument("--table", action="store_true", help="print the Markdown table of --out's rows with --tag and exit")
     a = ap.parse_args()
+    if a.table:
+        print(table(json.loads(Path(a.out).read_text()), a.tag))
+        return
     torch.set_num_threads(a.threads)
     tasks = MT10 if a.tasks == "mt10" else [t for t in a.tasks.split(",") if t]
     out = Path(a.out)
