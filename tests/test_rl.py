@@ -238,8 +238,10 @@ def _small_cfg(out, **kw):
 
 @pytest.mark.slow
 def test_ppo_learning_raises_success(tmp_path):
-    """A state-only policy on PointReach with the goal offset in its state (vision excluded)."""
-    cfg = _small_cfg(tmp_path / "run", iterations=12)
+    """A state-only policy on PointReach with the goal offset in its state (vision excluded). 20 iterations: at lr 1e-3
+    the KL guard (checked before a step is kept) shrinks or ends early updates, so 12 no longer clear the margin
+    (success 0.04 -> 0.10 at 12; 0.04 -> 0.29 at 20; the old guard passed 12 by 0.015)."""
+    cfg = _small_cfg(tmp_path / "run", iterations=20)
     train(cfg)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     succ = [r["rollout/success"] for r in rows if "rollout/success" in r]
