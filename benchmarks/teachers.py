@@ -113,7 +113,6 @@ def main() -> None:
                             "metric": "success_once on 50 fixed evaluation seeds from 10,000,000; privileged state, "
                                       "no rendering, episodes of <= max_steps"}
             atomic_write_text(out, json.dumps(data, indent=1))
-            s = row["success"]
             print(json.dumps({k: row[k] for k in ("task", "seed", "sft", "success", "cpu_s", "env_steps")}),
                   f"min rollout success after it 4: {min((c['success'] for c in cv[3:]), default=None)}", flush=True)
 
