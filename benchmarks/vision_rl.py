@@ -44,7 +44,9 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.algos.distill import check_teacher
 from vlaforge.algos.sft import SFTConfig
+from vlaforge.errors import UsageError
 from vlaforge.fsutil import atomic_write_text
 from vlaforge.pipeline import (
     CollectArgs,
@@ -198,6 +200,11 @@ def main() -> None:
                         cfg.distill.teacher, cfg.distill.teacher_state = str(tpath), index
                         key = f"{task}/{seed}" + (f"/demos{teacher_demos}" if teacher_demos else "")
                         data.setdefault("teachers", {})[key] = tsucc
+                        try:  # the same 50 evaluation seeds as the student's "before"
+                            check_teacher(tsucc, before[sft_name], f"the teacher of {key}")
+                        except UsageError as e:
+                            print(f"{task}/{m}/seed {seed}: {e}", flush=True)
+                            continue
                     c0 = cpu_seconds()
                     train(cfg)
                     row["cpu_s"] = cpu_seconds() - c0 + teacher_cpu  # the teacher's training counts

@@ -131,3 +131,27 @@ def test_privileged_teacher_can_start_from_the_demos(tmp_path):
     assert [e["seed"] for e in eps] == [3 * 100_003 + 1_000_000 + k for k in range(2)]
     privileged_teacher("metaworld", "push-v3", tmp_path / "t", **kw)
     assert {e["task_name"] for e in episodes()[1]} == {"push-v3"}
+
+
+def test_check_teacher_refuses_a_teacher_worse_than_its_student():
+    from vlaforge.algos.distill import check_teacher
+    from vlaforge.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"0/50 .* \(8/50 on the same seeds\)") as e:
+        check_teacher({"successes": 0, "episodes": 50}, {"successes": 8, "episodes": 50})
+    assert "\n" not in str(e.value)
+    check_teacher({"successes": 8, "episodes": 50}, {"successes": 8, "episodes": 50})  # as good: distilled
+    check_teacher({"successes": 50, "episodes": 50}, {"successes": 8, "episodes": 50})
+
+
+def test_privileged_teacher_is_refused_when_worse_than_the_student(tmp_path):
+    """pipeline.privileged_teacher(student=...) evaluates the teacher on the student's evaluation seeds and refuses
+    one that does worse (a 1-iteration teacher from 2 demos and 5 SFT steps against a student at 4/4)."""
+    pytest.importorskip("metaworld")
+    from vlaforge.errors import UsageError
+    from vlaforge.pipeline import privileged_teacher
+
+    kw = dict(iterations=1, seed=3, max_steps=20, num_envs=2, demos=2, sft_steps=5)
+    with pytest.raises(UsageError, match="fewer than the student"):
+        privileged_teacher("metaworld", "reach-v3", tmp_path / "t", **kw, student={"successes": 4, "episodes": 4})
+    privileged_teacher("metaworld", "reach-v3", tmp_path / "t", **kw, student={"successes": 0, "episodes": 4})

@@ -87,14 +87,88 @@ def test_nonfinite_loss_skips_optimizer_step():
 
 
 def test_kl_guard_stops_update():
+    """A guard no step can satisfy: the first step is shrunk, then undone (parameters and AdamW's state), and the
+    update ends there."""
     torch.manual_seed(0)
     p = build_policy()
     r, _ = _rollout(p)
     a = get_algo("ppo")
     cfg = a.config(critic_warmup=0, kl_guard=1e-9, epochs=3, minibatch_size=8)
     batch, _ = a.prepare(r, cfg)
-    m = a.update(p, torch.optim.AdamW(p.parameters(), lr=1e-2), batch, cfg, 0)
-    assert m["train/skipped_kl_guard"] == 1 and m["train/optimizer_steps"] >= 1
+    before = [x.detach().clone() for x in p.parameters()]
+    opt = torch.optim.AdamW(p.parameters(), lr=1e-2)
+    m = a.update(p, opt, batch, cfg, 0)
+    assert m["train/skipped_kl_guard"] == 1 and m["train/optimizer_steps"] == 0
+    assert m["train/kl_backtracks"] == cfg.kl_backtracks
+    assert all(torch.equal(b, x) for b, x in zip(before, p.parameters()))
+    assert not opt.state
+
+
+class _Quadratic(torch.nn.Module):
+    """One parameter θ (starts at 0); the loss's gradient is −1 whatever θ, and its ``approx_kl`` metric is θ²: the
+    KL after a step is known in advance."""
+
+    def __init__(self):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.zeros(()))
+
+    def loss(self, part):
+        return -self.theta * 1.0, {"approx_kl": self.theta.detach() ** 2}
+
+
+class _Items:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def index(self, idx):
+        return _Items(len(idx))
+
+
+def _guarded_step(kl_guard, backtracks, opt_cls=torch.optim.SGD, warm=False):
+    from vlaforge.algos.common import StepSettings, optimize
+
+    q = _Quadratic()
+    opt = opt_cls(q.parameters(), lr=1.0)
+    if warm:  # an optimizer that has stepped before: its state must survive an undone step unchanged
+        q.theta.grad = torch.tensor(0.5)
+        opt.step()
+        with torch.no_grad():
+            q.theta.zero_()
+    state = {k: v.clone() for k, v in opt.state[q.theta].items()} if warm else None
+    s = StepSettings(epochs=1, minibatch_size=4, grad_clip=10.0, kl_guard=kl_guard, kl_backtracks=backtracks)
+    m = optimize(q, opt, _Items(4), q.loss, s)
+    return q, opt, m, state
+
+
+def test_kl_guard_undoes_a_step_that_would_exceed_it():
+    """The guard is checked before a step is kept: SGD at lr 1 would move θ from 0 to 1 (KL 1 > 0.1). With no
+    backtracking the step is undone (θ stays 0) and the update ends; the pre-step KL (0) never saw it coming, so
+    checking only the next minibatch's KL would have kept the step."""
+    q, opt, m, _ = _guarded_step(0.1, 0)
+    assert float(q.theta) == 0.0
+    assert m["train/optimizer_steps"] == 0 and m["train/skipped_kl_guard"] == 1
+    q, _, m, _ = _guarded_step(None, 0)  # no guard: the step is kept
+    assert float(q.theta) == 1.0 and m["train/optimizer_steps"] == 1
+
+
+def test_kl_guard_undoes_the_optimizer_state_too():
+    q, opt, m, state = _guarded_step(0.1, 0, torch.optim.Adam, warm=True)
+    assert float(q.theta) == 0.0 and m["train/skipped_kl_guard"] == 1
+    assert set(opt.state[q.theta]) == set(state)
+    assert all(torch.equal(opt.state[q.theta][k], v) for k, v in state.items())
+    q, opt, m, _ = _guarded_step(0.1, 0, torch.optim.Adam)  # a first step undone leaves no state behind
+    assert float(q.theta) == 0.0 and not opt.state
+
+
+def test_kl_guard_shrinks_a_step_to_fit():
+    """With backtracking the step is halved until its KL fits: θ = 0.25 (KL 0.0625 ≤ 0.1; 0.5 gives 0.25 > 0.1)."""
+    q, _, m, _ = _guarded_step(0.1, 4)
+    assert float(q.theta) == 0.25
+    assert m["train/optimizer_steps"] == 1 and m["train/kl_backtracks"] == 2 and m["train/skipped_kl_guard"] == 0
+    assert m["train/step_scale"] == 0.25 and m["train/kl_after_step"] == 0.0625
 
 
 @pytest.mark.parametrize("vf_coef", [0.5, 0.0])
@@ -164,8 +238,10 @@ def _small_cfg(out, **kw):
 
 @pytest.mark.slow
 def test_ppo_learning_raises_success(tmp_path):
-    """A state-only policy on PointReach with the goal offset in its state (vision excluded)."""
-    cfg = _small_cfg(tmp_path / "run", iterations=12)
+    """A state-only policy on PointReach with the goal offset in its state (vision excluded). 20 iterations: at lr 1e-3
+    the KL guard (checked before a step is kept) shrinks or ends early updates, so 12 no longer clear the margin
+    (success 0.04 -> 0.10 at 12; 0.04 -> 0.29 at 20; the old guard passed 12 by 0.015)."""
+    cfg = _small_cfg(tmp_path / "run", iterations=20)
     train(cfg)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     succ = [r["rollout/success"] for r in rows if "rollout/success" in r]

@@ -102,7 +102,9 @@ def run_demo(a: DemoArgs) -> dict:
             print(f"      privileged teacher: {start}PPO on the state, {a.teacher_iterations} iterations without rendering")
             teacher, index = privileged_teacher(a.suite, a.tasks, out / "teacher", a.teacher_iterations,
                                                 max_steps=a.max_steps or 150, num_envs=16, env_kwargs=a.env_kwargs,
-                                                demos=a.teacher_demos, progress=True)
+                                                demos=a.teacher_demos, progress=True, student={  # refused if it does worse
+                                                    "successes": sum(r.successes for r in before),
+                                                    "episodes": sum(r.episodes for r in before)})
             cfg.groups, cfg.lr = a.groups * a.group_size, 3e-4
             cfg.distill.group_size, cfg.distill.teacher, cfg.distill.teacher_state = 1, str(teacher), index
         train(cfg)

@@ -215,7 +215,8 @@ def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
 def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int = 64, seed: int = 0, threads: int = 1,
                        max_steps: int = 150, num_envs: int = 16, workers: int = 0, demos: int = 0,
                        sft_steps: int = 1000, demo_noise: float = 0.1,
-                       env_kwargs: dict | None = None, progress: bool = False) -> tuple[Path, str]:
+                       env_kwargs: dict | None = None, progress: bool = False,
+                       student: dict | None = None) -> tuple[Path, str]:
     """Train the teacher of ``--algo distill``: a state-backbone tiny policy trained by PPO on the suite's
     privileged state (Meta-World: hand, gripper, object and goal positions) without rendering, with shaping 1
     and 32 episodes per iteration at lr 3e-4 (docs/benchmarks.md: 44/50 held-out on reach-v3 after 64
@@ -229,6 +230,10 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
 
     ``env_kwargs``: the suite's env options of the student's run (``--env-kwargs``), under the teacher's own
     (privileged state, no rendering, shaping 1). ``progress``: show the teacher's PPO iterations (``vlaforge demo``).
+
+    ``student``: the student's ``{"successes", "episodes"}`` on the evaluation seeds from ``EVAL_SEED_BASE``; the
+    teacher is then evaluated on the same seeds and refused (``UsageError``, ``algos.distill.check_teacher``) when it
+    does worse than the student it would teach.
 
     Returns (the teacher's policy directory, the ``--distill.teacher-state`` indices of its state in sim_state)."""
     if suite != "metaworld":
@@ -249,4 +254,12 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
                       env_kwargs={**priv, "shaping": 1.0}, eval_every=0, progress=progress,
                       tensorboard=False, seed=seed, lr=3e-4, threads=threads)
     train(cfg)
+    if student is not None:
+        from vlaforge.algos.distill import check_teacher
+
+        res, _ = run_eval(EvalArgs(checkpoint=str(out / "final"), suite=suite, tasks=task, episodes=student["episodes"],
+                                   num_envs=num_envs, workers=workers, threads=threads, out=str(out / "eval_teacher.json"),
+                                   env_kwargs={**priv, "max_steps": max_steps}), quiet=True)
+        check_teacher({"successes": sum(r.successes for r in res), "episodes": sum(r.episodes for r in res)}, student,
+                      f"the teacher '{out / 'final'}'")
     return Path(out) / "final", ",".join(str(SIM_STATE_NAMES.index(n)) for n in PRIVILEGED_STATE_NAMES)

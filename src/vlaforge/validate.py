@@ -651,7 +651,7 @@ def check_algo_config(name: str, c) -> None:
             positive(fl, v)
         elif f.name in ("clip", "clip_low", "clip_high", "grad_clip", "beta"):
             positive(fl, v)
-        elif f.name in ("vf_coef", "ent_coef", "critic_warmup", "min_abs_adv"):
+        elif f.name in ("vf_coef", "ent_coef", "critic_warmup", "min_abs_adv", "kl_backtracks"):
             at_least(fl, v, 0)
         elif f.name in ("kl_guard", "value_clip") and v is not None:
             positive(fl, v, " (or None = off)")

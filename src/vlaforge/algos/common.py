@@ -188,7 +188,11 @@ class StepSettings:
     micro_batch: int = 0
     """items per backward pass inside a minibatch (0 = the whole minibatch at once)"""
     kl_guard: float | None = None
-    """stop the update once a minibatch's ``approx_kl`` metric (mean over learners) exceeds this"""
+    """trust region on ``approx_kl`` (the minibatch's KL to the rollout policy, mean over learners): a step is kept
+    only if the KL measured *after* it, on its own minibatch, is at most this; a step over it is shrunk (halved, at
+    most ``kl_backtracks`` times) and, if still over, undone (parameters and optimizer state), which ends the update"""
+    kl_backtracks: int = 4
+    """halvings of a step whose KL after it exceeds ``kl_guard`` before it is undone (0: undo at once)"""
 
 
 @dataclass
@@ -209,12 +213,61 @@ class PGConfig:
     temperature: float = 1.0
     """sampling temperature (scoring uses the same)"""
     kl_guard: float | None = None
-    """skip the rest of an update once a minibatch's approx KL exceeds this (None = off)"""
+    """trust region: keep a step only if the minibatch's approx KL to the rollout policy after it is at most this
+    (else shrink it, then undo it and end the update; ``optimize``); None = off"""
+    kl_backtracks: int = 4
+    """halvings of a step over ``kl_guard`` before it is undone"""
 
     def settings(self, policy, kl_guard: bool = True) -> StepSettings:
         """``optimize``'s knobs for ``policy`` (its micro-batch); ``kl_guard=False`` drops the guard."""
         return StepSettings(epochs=self.epochs, minibatch_size=self.minibatch_size, grad_clip=self.grad_clip,
-                            micro_batch=micro_size(policy), kl_guard=self.kl_guard if kl_guard else None)
+                            micro_batch=micro_size(policy), kl_guard=self.kl_guard if kl_guard else None,
+                            kl_backtracks=self.kl_backtracks)
+
+
+def measure(loss_fn, n: int, micro: int, select) -> dict:
+    """The loss's metrics on ``n`` samples without gradients (micro-batched like ``accumulate``; metrics weighted by
+    each part's share of the samples)."""
+    with torch.no_grad():
+        if micro <= 0 or micro >= n:
+            return loss_fn(select(torch.arange(n)))[1]
+        metrics: dict = {}
+        for start in range(0, n, micro):
+            idx = torch.arange(start, min(start + micro, n))
+            for k, v in loss_fn(select(idx))[1].items():
+                metrics[k] = metrics.get(k, 0.0) + len(idx) / n * torch.as_tensor(v, dtype=torch.float32).detach()
+        return metrics
+
+
+def snapshot(optimizer, params: list) -> tuple[list, dict]:
+    """Copies of ``params`` and of their optimizer state (None where the optimizer holds none yet)."""
+    state = {}
+    for p in params:
+        st = optimizer.state.get(p)
+        state[p] = None if st is None else {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+    return [p.detach().clone() for p in params], state
+
+
+def restore(optimizer, params: list, saved: tuple[list, dict]) -> None:
+    """Undo an optimizer step: put back the parameters and optimizer state ``snapshot`` took."""
+    values, state = saved
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
+    for p in params:
+        if state[p] is None:
+            optimizer.state.pop(p, None)
+        else:
+            optimizer.state[p] = state[p]
+
+
+def kl_after_step(policy, loss_fn, mb, s: StepSettings, sync: LocalSync) -> float:
+    """``approx_kl`` of minibatch ``mb`` under the current parameters (eval mode: what will act; mean over learners)."""
+    policy.eval()
+    try:
+        return sync.mean(float(measure(loss_fn, len(mb), s.micro_batch, mb.index)["approx_kl"]))
+    finally:
+        policy.train()
 
 
 def optimize(policy, optimizer, batch, loss_fn, s: StepSettings, gen: torch.Generator | None = None,
@@ -222,17 +275,23 @@ def optimize(policy, optimizer, batch, loss_fn, s: StepSettings, gen: torch.Gene
     """Epochs of shuffled minibatch steps over ``batch`` (anything with ``len()`` and ``index(idx)``).
 
     ``loss_fn(part) -> (loss, metrics)`` is the algorithm's loss of a (micro-)batch. A step is skipped
-    (and counted) on a non-finite loss or gradient norm; the rest of the update is skipped once
-    ``metrics["approx_kl"]`` exceeds ``s.kl_guard``. ``trainable`` (a collection of parameters, None = all)
-    limits which parameters step: the others' gradients are dropped before the sync (PPO's critic warm-up).
-    ``sync`` makes data-parallel learners agree (``LocalSync``: one process).
-    Returns ``train/*`` metrics: per-step means of the loss's metrics, ``grad_norm``, ``loss``, and counts.
+    (and counted) on a non-finite loss or gradient norm. With ``s.kl_guard`` (``metrics["approx_kl"]``: the KL to
+    the rollout policy) the guard is checked *before a step is kept*: after each optimizer step the minibatch's KL
+    is measured again (one forward pass without gradients); over the guard, the step is shrunk toward the old
+    parameters (halved up to ``s.kl_backtracks`` times) and, if still over, undone — parameters and optimizer
+    state — and the rest of the update is skipped. (Checking only the next minibatch's KL, as before, let one
+    Adam step from an SFT start take the policy past the guard: docs/benchmarks.md, "PPO from an SFT start".)
+    A minibatch already over the guard before its step also ends the update.
+    ``trainable`` (a collection of parameters, None = all) limits which parameters step: the others' gradients
+    are dropped before the sync (PPO's critic warm-up). ``sync`` makes data-parallel learners agree
+    (``LocalSync``: one process). Returns ``train/*`` metrics: per-step means of the loss's metrics,
+    ``grad_norm``, ``loss``, ``kl_after_step`` and ``step_scale`` (with the guard), and counts.
     """
     policy.train()
     keep = None if trainable is None else {id(p) for p in trainable}
     sums: dict[str, float] = {}
     count = 0
-    skipped = {"nonfinite": 0, "kl_guard": 0}
+    skipped = {"nonfinite": 0, "kl_guard": 0, "backtracks": 0}
     stop = False
     B = len(batch)
     for _ in range(s.epochs):
@@ -257,12 +316,36 @@ def optimize(policy, optimizer, batch, loss_fn, s: StepSettings, gen: torch.Gene
                     if id(p) not in keep:
                         p.grad = None
             sync.grads(list(policy.parameters()))
-            gn = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.grad is not None], s.grad_clip)
+            stepping = [p for p in policy.parameters() if p.grad is not None]
+            gn = torch.nn.utils.clip_grad_norm_(stepping, s.grad_clip)
             if not torch.isfinite(gn):
                 skipped["nonfinite"] += 1
                 optimizer.zero_grad(set_to_none=True)
                 continue
+            saved = snapshot(optimizer, stepping) if s.kl_guard is not None else None
             optimizer.step()
+            if saved is not None:
+                kl, scale = kl_after_step(policy, loss_fn, mb, s, sync), 1.0
+                if kl > s.kl_guard:
+                    with torch.no_grad():
+                        delta = [p.detach() - v for p, v in zip(stepping, saved[0])]
+                    for _ in range(max(s.kl_backtracks, 0)):
+                        scale *= 0.5
+                        skipped["backtracks"] += 1
+                        with torch.no_grad():
+                            for p, v, d in zip(stepping, saved[0], delta):
+                                p.copy_(v + scale * d)
+                        kl = kl_after_step(policy, loss_fn, mb, s, sync)
+                        if kl <= s.kl_guard:
+                            break
+                if kl > s.kl_guard:
+                    restore(optimizer, stepping, saved)
+                    skipped["kl_guard"] += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    stop = True  # even the smallest step leaves the trust region: keep none, end the update
+                    break
+                m["kl_after_step"] = kl
+                m["step_scale"] = scale
             m["grad_norm"] = gn.detach()
             m["loss"] = loss.detach()
             for k, val in m.items():
@@ -272,7 +355,8 @@ def optimize(policy, optimizer, batch, loss_fn, s: StepSettings, gen: torch.Gene
             break
     out = {f"train/{k}": val / max(count, 1) for k, val in sums.items()}
     out.update({"train/optimizer_steps": count, "train/skipped_nonfinite": skipped["nonfinite"],
-                "train/skipped_kl_guard": skipped["kl_guard"], "train/batch_steps": B})
+                "train/skipped_kl_guard": skipped["kl_guard"], "train/kl_backtracks": skipped["backtracks"],
+                "train/batch_steps": B})
     return out
 
 

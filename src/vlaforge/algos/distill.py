@@ -34,6 +34,7 @@ from vlaforge.algos.common import LOCAL, StepBatch, flatten_steps, gradient_step
 from vlaforge.algos.state import AlgoState, flatten, unflatten
 from vlaforge.data.replay import ReplayBuffer
 from vlaforge.device import module_device, to_device
+from vlaforge.errors import UsageError
 from vlaforge.hooks import Hooks
 from vlaforge.types import Observation, Rollout
 
@@ -67,6 +68,17 @@ class DistillConfig:
         if not idx:
             raise ValueError("--distill.teacher-state is required: the sim_state indices the teacher reads")
         return idx
+
+
+def check_teacher(teacher: dict, student: dict, name: str = "the teacher") -> None:
+    """Refuse (``UsageError``, one line) to distil a teacher whose success rate is below the student's, both
+    ``{"successes", "episodes"}`` on the same evaluation seeds: DAgger would pull the student toward a policy that
+    does worse than it already does (a PPO teacher that collapsed from its SFT start, e.g.)."""
+    rate = lambda c: c["successes"] / max(c["episodes"], 1)  # noqa: E731
+    if rate(teacher) < rate(student):
+        raise UsageError(f"{name} succeeds in {teacher['successes']}/{teacher['episodes']} evaluation episodes, fewer "
+                         f"than the student it would teach ({student['successes']}/{student['episodes']} on the same "
+                         "seeds): not distilling a worse teacher; train it longer or start it from demos")
 
 
 class DistillState(AlgoState):

@@ -4,7 +4,10 @@ Advantages: GAE over decision steps (masked after termination, bootstrapped on t
 normalised over the batch. Loss: clipped surrogate at the chosen ratio level + clipped value
 loss (+ optional entropy bonus, + optional perception-readout loss). Critic warm-up: the first ``critic_warmup`` iterations step
 only the value head, since early advantages from an untrained critic are noise. π_old is the
-rollout policy, frozen in the rollout's log-probs (VLA-RL's release overwrote them).
+rollout policy, frozen in the rollout's log-probs (VLA-RL's release overwrote them). The KL guard
+(``common.optimize``) measures each step's KL on its minibatch before keeping it: from an SFT start one Adam step
+at lr 3e-4 could otherwise leave the trust region at once and wreck the policy (docs/benchmarks.md, "PPO from an
+SFT start").
 
     vlaforge train --algo ppo --suite pointreach --init runs/sft
 """
@@ -27,7 +30,8 @@ class PPOConfig(PGConfig):
     group_size: int = 1
     """rollouts per initial state (1: every episode its own seed)"""
     kl_guard: float | None = 0.2
-    """skip the rest of an update once a minibatch's approx KL exceeds this (None = off)"""
+    """trust region on the approx KL to the rollout policy, checked before a step is kept: a step that takes its
+    minibatch over it is halved (``kl_backtracks`` times) and then undone, ending the update (None = off)"""
     gamma: float = 0.99
     """discount per decision step"""
     lam: float = 0.95

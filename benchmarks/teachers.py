@@ -1,0 +1,121 @@
+"""The privileged state teachers of ``--algo distill`` (``pipeline.privileged_teacher``) on Meta-World MT10: PPO on the
+privileged state without rendering, started from SFT on ``--demos`` scripted-expert episodes (what
+``benchmarks/vision_rl.py --methods distill300+tdemos`` trains), per (task, seed): held-out success on 50 evaluation
+seeds and the per-iteration curve of what decides whether PPO keeps or wrecks the SFT start (rollout success, the
+critic's explained variance, the update's approx KL, optimizer steps kept, steps shrunk or undone by the KL guard).
+
+    OMP_NUM_THREADS=1 python benchmarks/teachers.py --tasks mt10 --seeds 0 --out docs/bench/teachers_mt10.json
+
+JSON: ``{"meta": …, "rows": [{"task", "seed", "demos", "sft": {"successes", "episodes"}, "success": {…}, "cpu_s",
+"env_steps", "curve": [{"it", "success", "ev", "kl", "steps", "kl_skips", "backtracks"}, …]}]}`` (rows merged
+with those already in ``--out``, keyed by task/seed/demos/tag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from vlaforge.fsutil import atomic_write_text
+from vlaforge.pipeline import EvalArgs, privileged_teacher, run_eval
+
+MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
+PRIV = {"privileged": 1.0, "render": 0.0}
+
+
+def cpu_seconds() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def held_out(checkpoint: Path, task: str, a, out: Path) -> dict:
+    res, _ = run_eval(EvalArgs(checkpoint=str(checkpoint), suite="metaworld", tasks=task, episodes=a.eval_episodes,
+                               num_envs=a.num_envs, threads=a.threads, out=str(out),
+                               env_kwargs={**PRIV, "max_steps": a.max_steps}), quiet=True)
+    return {"successes": sum(r.successes for r in res), "episodes": sum(r.episodes for r in res)}
+
+
+def curve(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    return [{"it": i + 1, "success": round(r["rollout/success"], 4),
+             "ev": round(r.get("rollout/value_explained_variance", 0.0), 3),
+             "kl": round(r.get("train/approx_kl", 0.0), 4), "steps": int(r.get("train/optimizer_steps", 0)),
+             "kl_skips": int(r.get("train/skipped_kl_guard", 0)), "backtracks": int(r.get("train/kl_backtracks", 0)),
+             "env_steps": int(r.get("rollout/env_steps", 0))}
+            for i, r in enumerate(rows) if "rollout/success" in r]
+
+
+def table(data: dict, tag: str) -> str:
+    """docs/benchmarks.md's table of the rows with ``tag``."""
+    lines = ["| task | SFT (of 50) | after 64 PPO iterations (of 50) | rollout success: first 4 iterations | lowest from iteration 4 "
+             "| mean of the last 10 | steps halved / undone | env steps | CPU-s |", "| --- |" + " --- |" * 8]
+    for r in [r for r in data["rows"] if r.get("tag", "") == tag]:
+        c = r["curve"]
+        s = [x["success"] for x in c]
+        ok = "**" if r["success"]["successes"] >= 0.9 * r["success"]["episodes"] else ""
+        lines.append(f"| {r['task']} | {r['sft']['successes'] if r['sft'] else '–'} | {ok}{r['success']['successes']}{ok} | "
+                     f"{', '.join(f'{100 * x:.0f}' for x in s[:4])}% | {100 * min(s[3:]):.0f}% | "
+                     f"{100 * sum(s[-10:]) / len(s[-10:]):.0f}% | {sum(x['backtracks'] for x in c)} / "
+                     f"{sum(x['kl_skips'] for x in c)} | {r['env_steps']:,} | {r['cpu_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", default="mt10", help="comma-separated Meta-World tasks, or mt10")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--demos", type=int, default=10, help="SFT start on this many expert episodes (0: from scratch)")
+    ap.add_argument("--iterations", type=int, default=64)
+    ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--num-envs", type=int, default=16)
+    ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="a label kept in each row (e.g. the code version)")
+    ap.add_argument("--work", default="runs/teachers")
+    ap.add_argument("--out", default="docs/bench/teachers_mt10.json")
+    ap.add_argument("--table", action="store_true", help="print the Markdown table of --out's rows with --tag and exit")
+    a = ap.parse_args()
+    if a.table:
+        print(table(json.loads(Path(a.out).read_text()), a.tag))
+        return
+    torch.set_num_threads(a.threads)
+    tasks = MT10 if a.tasks == "mt10" else [t for t in a.tasks.split(",") if t]
+    out = Path(a.out)
+    data = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    for task in tasks:
+        for seed in [int(s) for s in a.seeds.split(",")]:
+            run = Path(a.work) / f"{task}_s{seed}_d{a.demos}{'_' + a.tag if a.tag else ''}"
+            (run / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run appends: keep only this run's curve
+            c0 = cpu_seconds()
+            privileged_teacher("metaworld", task, run, a.iterations, seed, a.threads, a.max_steps, a.num_envs,
+                               demos=a.demos)
+            cpu = cpu_seconds() - c0
+            cv = curve(run)
+            row = {"task": task, "seed": seed, "demos": a.demos, "tag": a.tag,
+                   "sft": held_out(run / "sft", task, a, run / "eval_sft.json") if a.demos else None,
+                   "success": held_out(run / "final", task, a, run / "eval.json"), "cpu_s": round(cpu, 1),
+                   "env_steps": cv[-1]["env_steps"] if cv else 0, "curve": cv}
+            key = (task, seed, a.demos, a.tag)
+            data["rows"] = [r for r in data["rows"] if (r["task"], r["seed"], r["demos"], r.get("tag", "")) != key]
+            data["rows"].append(row)
+            data["meta"] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {a.threads} torch threads",
+                            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                            "command": "python benchmarks/teachers.py " + " ".join(
+                                f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()),
+                            "metric": "success_once on 50 fixed evaluation seeds from 10,000,000; privileged state, "
+                                      "no rendering, episodes of <= max_steps"}
+            atomic_write_text(out, json.dumps(data, indent=1))
+            print(json.dumps({k: row[k] for k in ("task", "seed", "sft", "success", "cpu_s", "env_steps")}),
+                  f"min rollout success after it 4: {min((c['success'] for c in cv[3:]), default=None)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
