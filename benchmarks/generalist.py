@@ -18,7 +18,7 @@ sha256 prefix.
         --threads 1 --out docs/bench/generalist_base.json
 
 writes ``{"meta", "configs": [{"config", "demos_per_task", "image_size", "dim", "sft_steps", "seed",
-"policy_dir", "policy_sha", "demo_episodes", "demo_successes", "frames", "collect_cpu_s", "sft_cpu_s", "eval_cpu_s",
+"command", "policy_dir", "policy_sha", "demo_episodes", "demo_successes", "frames", "collect_cpu_s", "sft_cpu_s", "eval_cpu_s",
 "mean_success"}], "rows": [{"config", "suite", "task", "demos_per_task", "image_size", "dim", "sft_steps", "seed",
 "successes", "episodes", "rate", "ci95", "collect_cpu_s", "sft_cpu_s", "eval_cpu_s"}]}`` (one row per (config,
 task); the CPU seconds are the config's, process + children). Configs already in the JSON are skipped (rerun
@@ -156,11 +156,11 @@ def build_base(a, c: Config, work: Path) -> dict:
                                  num_envs=a.num_envs, workers=a.workers, threads=a.threads, env_kwargs=dict(env_kw),
                                  out=str(base / "eval.json")), quiet=True)
     c3 = cpu_seconds()
-    cfg = {"config": c.name, "demos_per_task": c.demos, "image_size": a.image_size, "dim": c.dim,
-           "sft_steps": c.steps, "seed": a.seed, "policy_dir": str(sft), "policy_sha": policy_hash(sft),
-           "demos_dir": str(demos), "demo_episodes": info["episodes"], "demo_successes": info["successes"],
-           "frames": info["frames"], "collect_cpu_s": info["cpu_s"], "sft_cpu_s": round(c2 - c1, 1), "eval_cpu_s": round(c3 - c2, 1),
-           "eval_env_steps": man.get("env_steps")}
+    cfg = {"config": c.name, "command": "python " + " ".join(sys.argv), "demos_per_task": c.demos,
+           "image_size": a.image_size, "dim": c.dim, "sft_steps": c.steps, "seed": a.seed, "policy_dir": str(sft),
+           "policy_sha": policy_hash(sft), "demos_dir": str(demos), "demo_episodes": info["episodes"],
+           "demo_successes": info["successes"], "frames": info["frames"], "collect_cpu_s": info["cpu_s"],
+           "sft_cpu_s": round(c2 - c1, 1), "eval_cpu_s": round(c3 - c2, 1), "eval_env_steps": man.get("env_steps")}
     rows = []
     for r in res:
         lo, hi = wilson(r.successes, r.episodes)
