@@ -24,9 +24,12 @@ writes ``{"meta", "configs": [{"config", "demos_per_task", "image_size", "dim", 
 task); the CPU seconds are the config's, process + children). Configs already in the JSON are skipped (rerun
 with a new ``--out`` to measure again); the JSON is rewritten after each config.
 
-A later stage ``methods`` (issue 23 part 2) post-trains the base per task and method and writes rows
+Stage ``methods`` (issue 23 part 2) post-trains a built base per task and method and writes rows
 ``{"suite", "task", "method", "seed", "before": {"successes", "episodes"}, "after": {...}, "env_steps", "cpu_s"}``
-to docs/bench/generalist.json; ``STAGES`` is where it goes.
+to ``--methods-out`` (docs/bench/generalist.json). Only the zero-budget method ``none`` (the base itself) exists
+yet; a method is a function in ``METHODS``:
+
+    python benchmarks/generalist.py methods --base-config N25_S4000 --methods none
 """
 
 from __future__ import annotations
@@ -205,12 +208,60 @@ def stage_base(a) -> dict:
     return data
 
 
-STAGES = {"base": stage_base}  # issue 23 part 2 adds "methods" (rows in docs/bench/generalist.json)
+# Post-training methods of stage ``methods`` (issue 23 part 2). Each takes (args, the base's config entry, task,
+# seed, work dir, the base's own result on that task) and returns the "after" counts, env steps and CPU seconds.
+# ``none`` is the zero-budget row: the base itself (its evaluation on the same seeds), so every later method's
+# "before" is exactly this row's "after".
+def method_none(a, cfg: dict, task: str, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
+    return dict(before), 0, 0.0
+
+
+METHODS = {"none": method_none}
+
+
+def stage_methods(a) -> dict:
+    """Rows ``{"suite", "task", "method", "seed", "before", "after", "env_steps", "cpu_s"}`` per (task, method,
+    seed) into ``--methods-out``, post-training the base config ``--base-config`` of ``--out`` (built by stage
+    ``base`` first). "before" is the base on the same evaluation seeds, from the base JSON."""
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise BadInput(f"--methods: unknown {unknown or 'empty list'}; known: {', '.join(METHODS)}")
+    base_file = Path(a.out)
+    if not base_file.exists():
+        raise BadInput(f"--out '{base_file}' does not exist: build the base first (stage base)")
+    base = json.loads(base_file.read_text())
+    cfgs = {c["config"]: c for c in base.get("configs", [])}
+    if a.base_config not in cfgs:
+        raise BadInput(f"--base-config '{a.base_config}' is not in '{base_file}'; it has: {', '.join(cfgs) or 'none'}")
+    cfg = cfgs[a.base_config]
+    out = Path(a.methods_out)
+    data = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    done = {(r["task"], r["method"], r["seed"]) for r in data["rows"]}
+    for r in [r for r in base["rows"] if r["config"] == a.base_config]:
+        before = {"successes": r["successes"], "episodes": r["episodes"]}
+        for m in methods:
+            if (r["task"], m, cfg["seed"]) in done:
+                continue
+            after, steps, cpu = METHODS[m](a, cfg, r["task"], cfg["seed"], Path(a.work) / a.base_config / m, before)
+            data["rows"].append({"suite": r["suite"], "task": r["task"], "method": m, "seed": cfg["seed"],
+                                 "before": before, "after": after, "env_steps": steps, "cpu_s": round(cpu, 1)})
+    data["meta"] = {"benchmark": "generalist", "issue": "23 part 2", "date": time.strftime("%Y-%m-%d"),
+                    "base": {k: cfg[k] for k in ("config", "policy_dir", "policy_sha", "demos_per_task", "sft_steps",
+                                                 "dim", "image_size", "seed")},
+                    "base_json": str(base_file), "metric": base["meta"]["metric"],
+                    "command": "python " + " ".join(sys.argv)}
+    atomic_write_text(out, json.dumps(data, indent=2))
+    return data
+
+
+STAGES = {"base": stage_base, "methods": stage_methods}
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("stage", choices=sorted(STAGES), help="base: demos -> one SFT'd tiny VLA -> per-task success")
+    ap.add_argument("stage", choices=sorted(STAGES), help="base: demos -> one SFT'd tiny VLA -> per-task success; "
+                                                          "methods: post-training rows of a built base")
     ap.add_argument("--suite", default="metaworld")
     ap.add_argument("--tasks", default="MT10", help="task names or a benchmark name the suite knows (MT10)")
     ap.add_argument("--configs", default="25:4000", help="N:STEPS[:DIM], comma-separated: demos per task, SFT steps, "
@@ -224,7 +275,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="runs/generalist")
-    ap.add_argument("--out", default="docs/bench/generalist_base.json")
+    ap.add_argument("--out", default="docs/bench/generalist_base.json", help="the base stage's JSON")
+    ap.add_argument("--base-config", default="N25_S4000", help="methods: the base config to post-train")
+    ap.add_argument("--methods", default="none", help=f"methods: comma-separated, of {', '.join(METHODS)}")
+    ap.add_argument("--methods-out", default="docs/bench/generalist.json", help="methods: the rows' JSON")
     return ap
 
 

@@ -46,6 +46,16 @@ def test_same_seed_same_checkpoint_and_rows(tmp_path):
     # a config already in the JSON is skipped; a new one is appended
     again = g.main(TOY + ["--seed", "3", "--work", str(tmp_path / "w0"), "--out", str(tmp_path / "base0.json")])
     assert again["rows"] == rows
+    # stage methods: rows in issue 23 part 2's layout; "none" is the base itself (before == after, no budget)
+    m_out = tmp_path / "generalist.json"
+    got = g.main(["methods", "--out", str(tmp_path / "base0.json"), "--base-config", "N3_S15", "--methods", "none",
+                  "--methods-out", str(m_out), "--work", str(tmp_path / "w0")])
+    assert json.loads(m_out.read_text()) == got
+    assert [(r["task"], r["method"], r["seed"]) for r in got["rows"]] == [(r["task"], "none", 3) for r in rows]
+    for m, r in zip(got["rows"], rows):
+        assert set(m) == {"suite", "task", "method", "seed", "before", "after", "env_steps", "cpu_s"}
+        assert m["before"] == m["after"] == {"successes": r["successes"], "episodes": r["episodes"]}
+        assert m["env_steps"] == 0 and m["suite"] == "pointreach"
 
 
 @pytest.mark.slow
@@ -97,3 +107,25 @@ def test_collect_and_eval_take_a_benchmark_name(tmp_path):
     finally:
         venv.close()
     assert len(names) == 10 and "reach-v3" in names and "peg-insert-side-v3" in names
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--methods", "nosuch"], "--methods"),
+    (["--base-config", "N9_S9"], "--base-config"),
+])
+def test_methods_bad_input_one_line(args, needle, tmp_path, capsys):
+    g = _script()
+    base = tmp_path / "b.json"
+    base.write_text(json.dumps({"configs": [{"config": "N3_S15"}], "rows": [], "meta": {"metric": "m"}}))
+    with pytest.raises(SystemExit) as e:
+        g.main(["methods", "--out", str(base), "--methods-out", str(tmp_path / "m.json"), *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and needle in err and not (tmp_path / "m.json").exists()
+
+
+def test_methods_needs_a_base(tmp_path, capsys):
+    g = _script()
+    with pytest.raises(SystemExit):
+        g.main(["methods", "--out", str(tmp_path / "none.json"), "--methods-out", str(tmp_path / "m.json")])
+    assert "build the base first" in capsys.readouterr().err
