@@ -14,8 +14,8 @@ word tokens in the fusion transformer; policies/tiny/model.py). A fixed ``--seed
 (tests/test_generalist.py builds twice and compares the weights); ``policy_sha`` in the JSON is the weights'
 sha256 prefix.
 
-    python benchmarks/generalist.py base --suite metaworld --tasks MT10 --configs 10:2000,25:4000 --seed 0 \\
-        --threads 1 --out docs/bench/generalist_base.json
+    python benchmarks/generalist.py base --suite metaworld --tasks MT10 --configs 25:2000 --seed 0 --threads 1 \\
+        --out docs/bench/generalist_base.json      # the base of docs/benchmarks.md (issue 23)
 
 writes ``{"meta", "configs": [{"config", "demos_per_task", "image_size", "dim", "sft_steps", "seed",
 "command", "policy_dir", "policy_sha", "demo_episodes", "demo_successes", "frames", "collect_cpu_s", "sft_cpu_s", "eval_cpu_s",
@@ -29,7 +29,7 @@ Stage ``methods`` (issue 23 part 2) post-trains a built base per task and method
 to ``--methods-out`` (docs/bench/generalist.json). Only the zero-budget method ``none`` (the base itself) exists
 yet; a method is a function in ``METHODS``:
 
-    python benchmarks/generalist.py methods --base-config N25_S4000 --methods none
+    python benchmarks/generalist.py methods --base-config N25_S2000 --methods none
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def parser() -> argparse.ArgumentParser:
                                                           "methods: post-training rows of a built base")
     ap.add_argument("--suite", default="metaworld")
     ap.add_argument("--tasks", default="MT10", help="task names or a benchmark name the suite knows (MT10)")
-    ap.add_argument("--configs", default="25:4000", help="N:STEPS[:DIM], comma-separated: demos per task, SFT steps, "
+    ap.add_argument("--configs", default="25:2000", help="N:STEPS[:DIM], comma-separated: demos per task, SFT steps, "
                                                          f"token width (default {DEFAULT_DIM})")
     ap.add_argument("--seed", type=int, default=0, help="demo layouts, expert noise, policy init and SFT sampling")
     ap.add_argument("--noise", type=float, default=0.1, help="std of the expert's executed-action noise")
@@ -276,7 +276,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="runs/generalist")
     ap.add_argument("--out", default="docs/bench/generalist_base.json", help="the base stage's JSON")
-    ap.add_argument("--base-config", default="N25_S4000", help="methods: the base config to post-train")
+    ap.add_argument("--base-config", default="N25_S2000", help="methods: the base config to post-train")
     ap.add_argument("--methods", default="none", help=f"methods: comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--methods-out", default="docs/bench/generalist.json", help="methods: the rows' JSON")
     return ap
