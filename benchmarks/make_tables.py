@@ -101,7 +101,34 @@ def recipes(d: dict) -> str:
     return "\n".join(lines)
 
 
-KINDS = {"recipes": recipes, "scaling": scaling, "rollout_throughput": throughput, "sft_": sft, "rl_": rl, "rprm": rprm}
+def generalist_base(d: dict) -> str:
+    """One tiny VLA per config SFT'd on every task's demos (benchmarks/generalist.py base): per-task success, one
+    column per config, then the config's mean of per-task success and its CPU-minutes."""
+    cfgs = d["configs"]
+    tasks = list(dict.fromkeys(r["task"] for r in d["rows"]))
+    cell = {(r["config"], r["task"]): r for r in d["rows"]}
+    head = [f"N = {c['demos_per_task']}, {c['sft_steps']} steps" + (f", width {c['dim']}" if c["dim"] != 64 else "")
+            for c in cfgs]
+    lines = [f"Machine: {d['meta']['machine']}; date {d['meta']['date']}; {d['meta']['metric']}", "",
+             "| task | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(cfgs)]
+    for t in tasks:
+        cells = []
+        for c in cfgs:
+            r = cell.get((c["config"], t))
+            cells.append("–" if r is None else f"{r['successes']}/{r['episodes']} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines.append("| **mean of per-task success** | " + " | ".join(f"**{pct(c['mean_success'])}**" for c in cfgs) + " |")
+    lines.append("| demos kept (expert successes / episodes) | "
+                 + " | ".join(f"{c['demo_successes']}/{c['demo_episodes']} ({c['frames']:,} frames recorded)" for c in cfgs) + " |")
+    lines.append("| CPU-min collect / SFT / eval (total) | " + " | ".join(
+        f"{c['collect_cpu_s'] / 60:.1f} / {c['sft_cpu_s'] / 60:.1f} / {c['eval_cpu_s'] / 60:.1f} "
+        f"({(c['collect_cpu_s'] + c['sft_cpu_s'] + c['eval_cpu_s']) / 60:.1f})" for c in cfgs) + " |")
+    lines.append("| policy sha256 (prefix) | " + " | ".join(f"`{c['policy_sha']}`" for c in cfgs) + " |")
+    return "\n".join(lines)
+
+
+KINDS = {"recipes": recipes, "scaling": scaling, "rollout_throughput": throughput, "sft_": sft, "rl_": rl, "rprm": rprm,
+         "generalist_base": generalist_base}
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from vlaforge.algos.sft import SFTConfig, train_sft
 from vlaforge.data.demos import collect_demos, load_demos
 from vlaforge.data.lerobot import write_v3
 from vlaforge.device import DeviceOptions, precision_context, resolve_device, set_deterministic
-from vlaforge.envs import env_tasks, make_vec_env, suite_task_names
+from vlaforge.envs import env_tasks, make_vec_env, suite_info, suite_task_names
 from vlaforge.envs.options import EnvOptions
 from vlaforge.errors import NonFiniteError, UsageError
 from vlaforge.fsutil import atomic_dir
@@ -31,6 +31,13 @@ from vlaforge.policies.privileged import perception_targets
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, evaluate_policy, format_table, manifest, write_manifest
 from vlaforge.train.logging import LogOptions, RunLogger, progress_bar
 from vlaforge.train.loop import TrainConfig, train
+
+
+def selected_tasks(spec, suite: str, tasks: str | None) -> list[str]:
+    """The task names a command runs on. A suite whose envs are built with the selection (Meta-World, ...) has
+    resolved it already, benchmark names included ("MT10", "ML10-test"): its env's tasks are the selection.
+    A suite whose env holds every task (PointReach) selects among them by name or split."""
+    return suite_task_names(spec, tasks if suite_info(suite).holds_all_tasks else None)
 
 
 @dataclass
@@ -56,7 +63,7 @@ def run_collect(a: CollectArgs, quiet: bool = False):
     venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks(a.suite, a.tasks), image_size=a.image_size,
                         workers=a.workers, **a.env_kwargs)
     try:
-        names = suite_task_names(venv.spec, a.tasks)
+        names = selected_tasks(venv.spec, a.suite, a.tasks)
         prog, task = progress_bar("collect", a.episodes * len(names), not quiet)
         v3 = tempfile.TemporaryDirectory(prefix="vlaforge-collect-") if a.format == "v3" else contextlib.nullcontext()
         with prog, v3 as tmp:  # v3: the PNG dataset first (in a temp folder), then encoded into --out
@@ -179,7 +186,7 @@ def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
                         image_size=policy.cfg.image_size, workers=a.workers, **a.env_kwargs)
     try:
         check_fits(policy, venv.spec, a.suite)
-        names = suite_task_names(venv.spec, a.tasks)
+        names = selected_tasks(venv.spec, a.suite, a.tasks)
         out = Path(a.out) if a.out else Path(a.checkpoint) / f"eval_{a.suite}.json"
         t0 = time.perf_counter()
         with precision_context(a.precision, device):

@@ -1,0 +1,295 @@
+"""A generalist base (issue 23): one tiny VLA SFT'd on scripted-expert demos of every task of a benchmark (Meta-World
+MT10), the task given only by its instruction; per-task success on the fixed held-out evaluation seeds.
+
+Stage ``base`` (part 1), per config ``N:STEPS[:DIM]`` (N demos per task, STEPS SFT steps, DIM the token width,
+default 64), all seeded by ``--seed``:
+
+1. ``vlaforge collect --suite SUITE --tasks TASKS --episodes N --seed SEED`` (N layouts per task: demo seeds
+   ``SEED * 100003 + 1,000,000 + k``, never evaluation seeds);
+2. ``vlaforge sft`` of one fresh tiny VLA (vision backbone, Gaussian head) on all of them, ``--sft.seed SEED``;
+3. ``vlaforge eval`` on ``--eval-episodes`` seeds per task from 10,000,000 (the project's evaluation seeds).
+
+The tiny VLA never reads a task id: the task reaches it only as the instruction's words (FiLM on the CNN and
+word tokens in the fusion transformer; policies/tiny/model.py). A fixed ``--seed`` gives the same checkpoint
+(tests/test_generalist.py builds twice and compares the weights); ``policy_sha`` in the JSON is the weights'
+sha256 prefix.
+
+    python benchmarks/generalist.py base --suite metaworld --tasks MT10 --configs 25:2000 --seed 0 --threads 1 \\
+        --out docs/bench/generalist_base.json      # the base of docs/benchmarks.md (issue 23)
+
+writes ``{"meta", "configs": [{"config", "demos_per_task", "image_size", "dim", "sft_steps", "seed",
+"command", "policy_dir", "policy_sha", "demo_episodes", "demo_successes", "frames", "collect_cpu_s", "sft_cpu_s", "eval_cpu_s",
+"mean_success"}], "rows": [{"config", "suite", "task", "demos_per_task", "image_size", "dim", "sft_steps", "seed",
+"successes", "episodes", "rate", "ci95", "collect_cpu_s", "sft_cpu_s", "eval_cpu_s"}]}`` (one row per (config,
+task); the CPU seconds are the config's, process + children). Configs already in the JSON are skipped (rerun
+with a new ``--out`` to measure again); the JSON is rewritten after each config.
+
+Stage ``methods`` (issue 23 part 2) post-trains a built base per task and method and writes rows
+``{"suite", "task", "method", "seed", "before": {"successes", "episodes"}, "after": {...}, "env_steps", "cpu_s"}``
+to ``--methods-out`` (docs/bench/generalist.json). Only the zero-budget method ``none`` (the base itself) exists
+yet; a method is a function in ``METHODS``:
+
+    python benchmarks/generalist.py methods --base-config N25_S2000 --methods none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vlaforge.algos.sft import SFTConfig
+from vlaforge.fsutil import atomic_write_text
+from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft
+from vlaforge.policies import build_policy, policy_hash, save_policy
+from vlaforge.rollout.evaluate import EVAL_SEED_BASE, wilson
+
+DEFAULT_DIM = 64  # TinyConfig.dim
+
+
+class BadInput(ValueError):
+    """A bad command line: reported in one line before any work."""
+
+
+@dataclass(frozen=True)
+class Config:
+    demos: int
+    steps: int
+    dim: int = DEFAULT_DIM
+
+    @property
+    def name(self) -> str:
+        return f"N{self.demos}_S{self.steps}" + (f"_D{self.dim}" if self.dim != DEFAULT_DIM else "")
+
+
+def parse_configs(text: str) -> list[Config]:
+    """``"10:2000,25:4000:128"`` -> configs; anything else is a BadInput naming the part."""
+    out = []
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        bits = part.split(":")
+        if len(bits) not in (2, 3) or not all(b.isdigit() and int(b) > 0 for b in bits):
+            raise BadInput(f"--configs: '{part}' is not N:STEPS[:DIM] with positive integers (e.g. 10:2000,25:4000)")
+        out.append(Config(*(int(b) for b in bits)))
+    if not out:
+        raise BadInput("--configs: give at least one N:STEPS[:DIM] (e.g. 10:2000)")
+    if len({c.name for c in out}) != len(out):
+        raise BadInput(f"--configs: '{text}' names a config twice")
+    return out
+
+
+def check_args(a) -> list[Config]:
+    """Every check before any env is built or file written (a one-line BadInput)."""
+    configs = parse_configs(a.configs)
+    for name in ("eval_episodes", "image_size", "num_envs", "threads", "max_steps"):
+        if getattr(a, name) <= 0:
+            raise BadInput(f"--{name.replace('_', '-')} must be positive; got {getattr(a, name)}")
+    if a.workers < 0:
+        raise BadInput(f"--workers must be >= 0; got {a.workers}")
+    if a.seed < 0:
+        raise BadInput(f"--seed must be >= 0; got {a.seed}")
+    if not 0.0 <= a.noise <= 1.0:
+        raise BadInput(f"--noise must be in [0, 1]; got {a.noise}")
+    from vlaforge.envs import SUITES, EnvError, MissingExtra, env_tasks, suite_spec
+    from vlaforge.pipeline import selected_tasks
+
+    if a.suite not in SUITES:
+        raise BadInput(f"--suite: unknown suite '{a.suite}'; choose one of: {', '.join(SUITES)}")
+    try:  # the task selection resolves (builds no simulator for Meta-World: its sims are made on first reset)
+        selected_tasks(suite_spec(a.suite, env_tasks(a.suite, a.tasks), image_size=a.image_size), a.suite, a.tasks)
+    except (EnvError, MissingExtra, ValueError) as e:
+        raise BadInput(f"--tasks: {e}") from None
+    out = Path(a.out)
+    if out.exists() and out.is_dir():
+        raise BadInput(f"--out '{out}' is a directory; name a .json file")
+    if out.exists():
+        try:
+            data = json.loads(out.read_text())
+        except ValueError:
+            raise BadInput(f"--out '{out}' exists and is not JSON; move it away or name another file") from None
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise BadInput(f"--out '{out}' exists but is not a generalist JSON (no 'rows' list)")
+    return configs
+
+
+def cpu_seconds() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def build_base(a, c: Config, work: Path) -> dict:
+    """Collect N demos per task, SFT one tiny VLA on all of them, evaluate it per task. Returns the config's entry
+    and its per-task results."""
+    base = work / c.name
+    sft = base / "sft"
+    env_kw = {"max_steps": a.max_steps}
+    # demos depend on (N, seed) only: configs with the same N share them (the collect CPU is the first collect's)
+    demos = work / f"demos_N{c.demos}_seed{a.seed}"
+    record = demos.with_name(demos.name + ".json")
+    if record.exists() and (demos / "meta" / "info.json").exists():
+        info = json.loads(record.read_text())
+    else:
+        c0 = cpu_seconds()
+        got = run_collect(CollectArgs(suite=a.suite, tasks=a.tasks, episodes=c.demos, out=str(demos), noise=a.noise,
+                                      image_size=a.image_size, num_envs=a.num_envs, workers=a.workers, seed=a.seed,
+                                      env_kwargs=dict(env_kw)), quiet=True)
+        info = {"episodes": got.episodes, "successes": got.successes, "frames": got.frames,
+                "cpu_s": round(cpu_seconds() - c0, 1)}
+        atomic_write_text(record, json.dumps(info))
+    c1 = cpu_seconds()
+    init = None
+    if c.dim != DEFAULT_DIM:  # a fresh policy of another width, built with the same seed as run_sft builds its own
+        torch.manual_seed(a.seed)
+        meta = json.loads((demos / "meta" / "info.json").read_text())
+        init = base / "init"
+        save_policy(build_policy("tiny", state_dim=meta["features"]["observation.state"]["shape"][0],
+                                 action_dim=meta["features"]["action"]["shape"][0], views=meta.get("views", 1),
+                                 image_size=meta["image_size"], dim=c.dim), init)
+    run_sft(SFTArgs(demos=str(demos), out=str(sft), init=init and str(init), threads=a.threads,
+                    sft=SFTConfig(steps=c.steps, seed=a.seed)), quiet=True)
+    c2 = cpu_seconds()
+    res, man = run_eval(EvalArgs(checkpoint=str(sft), suite=a.suite, tasks=a.tasks, episodes=a.eval_episodes,
+                                 num_envs=a.num_envs, workers=a.workers, threads=a.threads, env_kwargs=dict(env_kw),
+                                 out=str(base / "eval.json")), quiet=True)
+    c3 = cpu_seconds()
+    cfg = {"config": c.name, "command": "python " + " ".join(sys.argv), "demos_per_task": c.demos,
+           "image_size": a.image_size, "dim": c.dim, "sft_steps": c.steps, "seed": a.seed, "policy_dir": str(sft),
+           "policy_sha": policy_hash(sft), "demos_dir": str(demos), "demo_episodes": info["episodes"],
+           "demo_successes": info["successes"], "frames": info["frames"], "collect_cpu_s": info["cpu_s"],
+           "sft_cpu_s": round(c2 - c1, 1), "eval_cpu_s": round(c3 - c2, 1), "eval_env_steps": man.get("env_steps")}
+    rows = []
+    for r in res:
+        lo, hi = wilson(r.successes, r.episodes)
+        rows.append({"config": c.name, "suite": a.suite, "task": r.task, "demos_per_task": c.demos,
+                     "image_size": a.image_size, "dim": c.dim, "sft_steps": c.steps, "seed": a.seed,
+                     "successes": r.successes, "episodes": r.episodes, "rate": r.rate, "ci95": [lo, hi],
+                     "collect_cpu_s": cfg["collect_cpu_s"], "sft_cpu_s": cfg["sft_cpu_s"],
+                     "eval_cpu_s": cfg["eval_cpu_s"]})
+    cfg["mean_success"] = sum(r["rate"] for r in rows) / max(len(rows), 1)
+    return {"config": cfg, "rows": rows}
+
+
+def stage_base(a) -> dict:
+    configs = check_args(a)
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    data = json.loads(out.read_text()) if out.exists() else {"configs": [], "rows": []}
+    data.setdefault("configs", [])
+    done = {c["config"] for c in data["configs"]}
+    for c in configs:
+        if c.name in done:
+            print(f"{c.name}: already in {out}; skipped", flush=True)
+            continue
+        got = build_base(a, c, Path(a.work))
+        data["configs"].append(got["config"])
+        data["rows"] += got["rows"]
+        data["meta"] = {
+            "benchmark": "generalist_base", "issue": "23 part 1", "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), {a.threads} torch thread(s)",
+            "torch": torch.__version__, "command": "python " + " ".join(sys.argv),
+            "args": {k: v for k, v in vars(a).items() if k != "func"},
+            "metric": f"success_once on {a.eval_episodes} fixed evaluation seeds per task from {EVAL_SEED_BASE:,} "
+                      "(episodes end at first success); demos use seeds SEED*100003 + 1,000,000 + k",
+            "cpu": "process + children CPU seconds (getrusage) of each step of the config",
+        }
+        atomic_write_text(out, json.dumps(data, indent=2))
+        cfg = got["config"]
+        print(f"{c.name}: mean per-task success {cfg['mean_success']:.3f}; CPU s collect {cfg['collect_cpu_s']}, "
+              f"SFT {cfg['sft_cpu_s']}, eval {cfg['eval_cpu_s']}; policy {cfg['policy_sha']}", flush=True)
+        for r in got["rows"]:
+            print(f"  {r['task']:<28} {r['successes']:>3}/{r['episodes']}", flush=True)
+    return data
+
+
+# Post-training methods of stage ``methods`` (issue 23 part 2). Each takes (args, the base's config entry, task,
+# seed, work dir, the base's own result on that task) and returns the "after" counts, env steps and CPU seconds.
+# ``none`` is the zero-budget row: the base itself (its evaluation on the same seeds), so every later method's
+# "before" is exactly this row's "after".
+def method_none(a, cfg: dict, task: str, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
+    return dict(before), 0, 0.0
+
+
+METHODS = {"none": method_none}
+
+
+def stage_methods(a) -> dict:
+    """Rows ``{"suite", "task", "method", "seed", "before", "after", "env_steps", "cpu_s"}`` per (task, method,
+    seed) into ``--methods-out``, post-training the base config ``--base-config`` of ``--out`` (built by stage
+    ``base`` first). "before" is the base on the same evaluation seeds, from the base JSON."""
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise BadInput(f"--methods: unknown {unknown or 'empty list'}; known: {', '.join(METHODS)}")
+    base_file = Path(a.out)
+    if not base_file.exists():
+        raise BadInput(f"--out '{base_file}' does not exist: build the base first (stage base)")
+    base = json.loads(base_file.read_text())
+    cfgs = {c["config"]: c for c in base.get("configs", [])}
+    if a.base_config not in cfgs:
+        raise BadInput(f"--base-config '{a.base_config}' is not in '{base_file}'; it has: {', '.join(cfgs) or 'none'}")
+    cfg = cfgs[a.base_config]
+    out = Path(a.methods_out)
+    data = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    done = {(r["task"], r["method"], r["seed"]) for r in data["rows"]}
+    for r in [r for r in base["rows"] if r["config"] == a.base_config]:
+        before = {"successes": r["successes"], "episodes": r["episodes"]}
+        for m in methods:
+            if (r["task"], m, cfg["seed"]) in done:
+                continue
+            after, steps, cpu = METHODS[m](a, cfg, r["task"], cfg["seed"], Path(a.work) / a.base_config / m, before)
+            data["rows"].append({"suite": r["suite"], "task": r["task"], "method": m, "seed": cfg["seed"],
+                                 "before": before, "after": after, "env_steps": steps, "cpu_s": round(cpu, 1)})
+    data["meta"] = {"benchmark": "generalist", "issue": "23 part 2", "date": time.strftime("%Y-%m-%d"),
+                    "base": {k: cfg[k] for k in ("config", "policy_dir", "policy_sha", "demos_per_task", "sft_steps",
+                                                 "dim", "image_size", "seed")},
+                    "base_json": str(base_file), "metric": base["meta"]["metric"],
+                    "command": "python " + " ".join(sys.argv)}
+    atomic_write_text(out, json.dumps(data, indent=2))
+    return data
+
+
+STAGES = {"base": stage_base, "methods": stage_methods}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("stage", choices=sorted(STAGES), help="base: demos -> one SFT'd tiny VLA -> per-task success; "
+                                                          "methods: post-training rows of a built base")
+    ap.add_argument("--suite", default="metaworld")
+    ap.add_argument("--tasks", default="MT10", help="task names or a benchmark name the suite knows (MT10)")
+    ap.add_argument("--configs", default="25:2000", help="N:STEPS[:DIM], comma-separated: demos per task, SFT steps, "
+                                                         f"token width (default {DEFAULT_DIM})")
+    ap.add_argument("--seed", type=int, default=0, help="demo layouts, expert noise, policy init and SFT sampling")
+    ap.add_argument("--noise", type=float, default=0.1, help="std of the expert's executed-action noise")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--max-steps", type=int, default=150, help="episode limit for demos and evaluation")
+    ap.add_argument("--eval-episodes", type=int, default=50, help="evaluation seeds per task")
+    ap.add_argument("--num-envs", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", default="runs/generalist")
+    ap.add_argument("--out", default="docs/bench/generalist_base.json", help="the base stage's JSON")
+    ap.add_argument("--base-config", default="N25_S2000", help="methods: the base config to post-train")
+    ap.add_argument("--methods", default="none", help=f"methods: comma-separated, of {', '.join(METHODS)}")
+    ap.add_argument("--methods-out", default="docs/bench/generalist.json", help="methods: the rows' JSON")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = parser()
+    a = ap.parse_args(argv)
+    try:
+        return STAGES[a.stage](a)
+    except BadInput as e:
+        ap.exit(2, f"generalist.py: error: {e}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""benchmarks/generalist.py (issue 23 part 1) at toy scale on PointReach: one seed gives one checkpoint, the JSON
+has a row per (config, task), bad input is refused in one line before any work; and `vlaforge collect` /
+`vlaforge eval` take a benchmark name (MT10) as the task selection."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("generalist", ROOT / "benchmarks" / "generalist.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["generalist"] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TOY = ["base", "--suite", "pointreach", "--tasks", "train", "--configs", "3:15", "--eval-episodes", "2",
+       "--num-envs", "4", "--max-steps", "30"]
+
+
+@pytest.mark.slow
+def test_same_seed_same_checkpoint_and_rows(tmp_path):
+    g = _script()
+    runs = []
+    for k in range(2):  # two independent builds from scratch (demos collected again each time)
+        out = tmp_path / f"base{k}.json"
+        data = g.main(TOY + ["--seed", "3", "--work", str(tmp_path / f"w{k}"), "--out", str(out)])
+        runs.append(data)
+        assert json.loads(out.read_text())["rows"] == data["rows"]
+    a, b = (load_file(Path(r["configs"][0]["policy_dir"]) / "model.safetensors") for r in runs)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert runs[0]["configs"][0]["policy_sha"] == runs[1]["configs"][0]["policy_sha"]
+    rows = runs[0]["rows"]
+    assert len(rows) == len({r["task"] for r in rows}) > 1  # one row per (config, task)
+    for r in rows:
+        assert {"config", "suite", "task", "demos_per_task", "image_size", "dim", "sft_steps", "seed", "successes",
+                "episodes", "ci95", "collect_cpu_s", "sft_cpu_s", "eval_cpu_s"} <= set(r)
+        assert r["episodes"] == 2 and r["demos_per_task"] == 3 and r["sft_steps"] == 15
+    # a config already in the JSON is skipped; a new one is appended
+    again = g.main(TOY + ["--seed", "3", "--work", str(tmp_path / "w0"), "--out", str(tmp_path / "base0.json")])
+    assert again["rows"] == rows
+    # stage methods: rows in issue 23 part 2's layout; "none" is the base itself (before == after, no budget)
+    m_out = tmp_path / "generalist.json"
+    got = g.main(["methods", "--out", str(tmp_path / "base0.json"), "--base-config", "N3_S15", "--methods", "none",
+                  "--methods-out", str(m_out), "--work", str(tmp_path / "w0")])
+    assert json.loads(m_out.read_text()) == got
+    assert [(r["task"], r["method"], r["seed"]) for r in got["rows"]] == [(r["task"], "none", 3) for r in rows]
+    for m, r in zip(got["rows"], rows):
+        assert set(m) == {"suite", "task", "method", "seed", "before", "after", "env_steps", "cpu_s"}
+        assert m["before"] == m["after"] == {"successes": r["successes"], "episodes": r["episodes"]}
+        assert m["env_steps"] == 0 and m["suite"] == "pointreach"
+
+
+@pytest.mark.slow
+def test_other_seed_other_checkpoint(tmp_path):
+    g = _script()
+    shas = [g.main(TOY + ["--seed", str(s), "--work", str(tmp_path / f"w{s}"), "--out", str(tmp_path / f"{s}.json")]
+                   )["configs"][0]["policy_sha"] for s in (0, 1)]
+    assert shas[0] != shas[1]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--configs", "10"], "N:STEPS"),
+    (["--configs", "10:0"], "positive"),
+    (["--configs", "10:20,10:20"], "twice"),
+    (["--eval-episodes", "0"], "--eval-episodes"),
+    (["--suite", "nosuch"], "unknown suite"),
+    (["--tasks", "nosuch"], "--tasks"),
+    (["--noise", "2"], "--noise"),
+])
+def test_bad_input_one_line(args, needle, tmp_path, capsys):
+    g = _script()
+    with pytest.raises(SystemExit) as e:
+        g.main(["base", "--suite", "pointreach", "--tasks", "train", "--work", str(tmp_path / "w"),
+                "--out", str(tmp_path / "o.json"), *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and needle in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o.json").exists()  # nothing was done
+
+
+def test_out_not_a_generalist_json(tmp_path, capsys):
+    g = _script()
+    bad = tmp_path / "o.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(SystemExit):
+        g.main(["base", "--suite", "pointreach", "--tasks", "train", "--out", str(bad)])
+    assert "not a generalist JSON" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_collect_and_eval_take_a_benchmark_name(tmp_path):
+    pytest.importorskip("metaworld")
+    from vlaforge.envs import make_vec_env
+    from vlaforge.pipeline import selected_tasks
+
+    venv = make_vec_env("metaworld", 1, tasks="MT10")
+    try:
+        names = selected_tasks(venv.spec, "metaworld", "MT10")
+    finally:
+        venv.close()
+    assert len(names) == 10 and "reach-v3" in names and "peg-insert-side-v3" in names
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--methods", "nosuch"], "--methods"),
+    (["--base-config", "N9_S9"], "--base-config"),
+])
+def test_methods_bad_input_one_line(args, needle, tmp_path, capsys):
+    g = _script()
+    base = tmp_path / "b.json"
+    base.write_text(json.dumps({"configs": [{"config": "N3_S15"}], "rows": [], "meta": {"metric": "m"}}))
+    with pytest.raises(SystemExit) as e:
+        g.main(["methods", "--out", str(base), "--methods-out", str(tmp_path / "m.json"), *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and needle in err and not (tmp_path / "m.json").exists()
+
+
+def test_methods_needs_a_base(tmp_path, capsys):
+    g = _script()
+    with pytest.raises(SystemExit):
+        g.main(["methods", "--out", str(tmp_path / "none.json"), "--methods-out", str(tmp_path / "m.json")])
+    assert "build the base first" in capsys.readouterr().err
