@@ -21,7 +21,7 @@ $(BIN)/.stamp: pyproject.toml
 	  echo "no CPU build torch==$(TORCH_VERSION)+cpu on the configured package index; installing torch==$(TORCH_VERSION)" \
 	       "(point PIP_EXTRA_INDEX_URL at an index with CPU wheels to avoid a CUDA build)"; \
 	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; }
-	$(BIN)/pip install -q -e '.[metaworld,kitchen,libero,maniskill,hf,ray,wandb,dev]'
+	$(BIN)/pip install -q -e '.[metaworld,kitchen,libero,maniskill,hf,ray,wandb,lerobot,dev]'
 	touch $@
 
 setup: $(BIN)/.stamp

@@ -28,7 +28,7 @@ from pathlib import Path
 from vlaforge.data.lerobot import hwc as lerobot_hwc
 from vlaforge.data.lerobot import is_vlaforge, parse_map, read_info
 from vlaforge.device import DeviceOptions
-from vlaforge.envs import SUITES, EnvError, _env_class, env_kwargs, env_tasks, suite_spec
+from vlaforge.envs import SUITES, EnvError, _env_class, env_kwargs, env_tasks, require, suite_spec
 from vlaforge.envs.options import EnvOptions
 from vlaforge.errors import CheckpointError, NonFiniteError, UsageError
 from vlaforge.fsutil import repair_atomic
@@ -367,6 +367,8 @@ def check_collect(a, argv):
     need(top < SEED_LIMIT, f"--seed {a.seed} with --episodes {a.episodes} gives demo env seeds up to {top}, past the "
                            f"32-bit seeds envs take; pass --seed <= {(SEED_LIMIT - DEMO_SEED_BASE - a.episodes) // DEMO_SEED_STRIDE}")
     at_least("--noise", a.noise, 0)
+    if a.format == "v3":  # MP4 video: PyAV, checked before any episode is collected
+        require("av", "lerobot")
     check_out_dir("--out", a.out)
     check_target("collect", a.out)
     check_replaceable("--out", a.out, "demos")

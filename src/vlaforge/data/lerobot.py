@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaforge.envs import require
 from vlaforge.envs.base import EnvError
 from vlaforge.errors import UsageError
 from vlaforge.fsutil import atomic_dir
@@ -147,8 +148,7 @@ class _Videos:
     def frames(self, f: Path) -> tuple[np.ndarray, np.ndarray]:
         """(frames uint8 (F, H, W, 3), presentation times in seconds (F,))."""
         if f not in self.cache:
-            import av
-
+            av = require("av", "lerobot")
             try:
                 with av.open(str(f)) as c:
                     stream = c.streams.video[0]
@@ -341,8 +341,7 @@ def read_episodes(path: str | Path, fm: FeatureMap | None = None, success_only: 
 # -- writing v3.0 ---------------------------------------------------------------------------------------
 
 def _encode(frames: np.ndarray, f: Path, fps: int, codec: str) -> None:
-    import av
-
+    av = require("av", "lerobot")
     f.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(f), "w", format="mp4") as c:
         s = c.add_stream(codec, rate=fps)
