@@ -12,11 +12,7 @@
 # elsewhere (with PYTHONPATH pointing at its src/) runs as it is.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-PY=${PYTHON:-}
-if [ -z "$PY" ]; then
-  PY=python3
-  [ -x .venv/bin/python ] && PY=.venv/bin/python
-fi
+. "$here/python.sh"  # PY
 out=${BENCH_DIR:-docs/bench}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 status=0

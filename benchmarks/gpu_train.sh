@@ -8,10 +8,6 @@
 # Environment: PYTHON (default .venv/bin/python if present, else python3), BENCH_DIR (default docs/bench).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-PY=${PYTHON:-}
-if [ -z "$PY" ]; then
-  PY=python3
-  [ -x .venv/bin/python ] && PY=.venv/bin/python
-fi
+. "$here/python.sh"  # PY
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 exec "$PY" "$here/gpu_train.py" --out "${BENCH_DIR:-docs/bench}/gpu_train.json" "$@"

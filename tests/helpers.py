@@ -41,3 +41,18 @@ def update_once(policy, algo: str, r, **cfg_kw):
     m = a.update(policy, opt, batch, cfg, iteration=0, gen=torch.Generator().manual_seed(0))
     moved = [n for n, p in policy.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
     return m, moved
+
+
+def lora_qwen_policy(path):
+    """A tiny random Qwen2-VL (saved with ``save_pretrained`` at ``path``) as an hf policy with LoRA rank 4 and its
+    adapters' B matrices moved off zero (so that the adapter changes the model); returns (policy, model dir)."""
+    from vlaforge.policies import build_policy
+    from vlaforge.policies.hf.tiny import save_tiny_vlm
+
+    d = save_tiny_vlm(path, "qwen2_vl")
+    p = build_policy("hf", path=str(d), n_bins=32, max_text_tokens=48, chunk_size=2, lora_rank=4, head_hidden=32)
+    with torch.no_grad():
+        for n, x in p.named_parameters():
+            if "lora_B" in n:
+                x.add_(0.05 * torch.randn_like(x))
+    return p, d

@@ -319,6 +319,27 @@ CASES = [
     ("train-distill-teacher-remote-code", [*TRAIN, "--algo", "distill", "--distill.teacher", "W/poc",
                                            "--distill.teacher-state", "0,1", "--out", "T/r"],
      ["--distill.teacher", "auto_map", "never runs it"]),
+    # issue 22/23/26 flags
+    ("train-device-malformed", ["train", "--device", "gpu0", "--out", "T/r"], ["--device", "not a device"]),
+    ("sft-device-malformed", ["sft", "--demos", "W/demos", "--device", "tpu:0", "--out", "T/s"], ["--device"]),
+    ("eval-device-malformed", ["eval", "--checkpoint", "W/policy", "--device", "cuda:x"], ["--device"]),
+    ("train-precision-unknown", ["train", "--precision", "fp16", "--out", "T/r"], ["--precision"]),
+    ("train-log-unknown", ["train", "--log", "mlflow", "--out", "T/r"], ["--log"]),
+    ("train-ray-learner-gpus-2", ["train", "--ray", "--ray.learner-gpus", "2", "--out", "T/r"],
+     ["--ray.learner-gpus", "[0, 1]"]),
+    ("train-ray-worker-gpus-neg", ["train", "--ray", "--ray.env-worker-gpus", "-1", "--out", "T/r"],
+     ["--ray.env-worker-gpus"]),
+    ("train-kl-backtracks-neg", ["train", "--algo", "ppo", "--ppo.kl-backtracks", "-1", "--out", "T/r"],
+     ["--ppo.kl-backtracks"]),
+    ("collect-format-unknown", ["collect", "--format", "v4", "--out", "T/d"], ["--format"]),
+    ("sft-demos-map-role", ["sft", "--demos", "W/demos", "--demos-map", "observation.state=camera", "--out", "T/s"],
+     ["--demos-map", "unknown role"]),
+    ("sft-demos-map-missing", ["sft", "--demos", "W/demos", "--demos-map",
+                               "observation.images.wrist9=image0,observation.state=state,action=action", "--out", "T/s"],
+     ["--demos-map", "no feature"]),
+    ("export-to-unknown", ["export", "W/policy", "--to", "onnx", "--out", "T/x"], ["--to"]),
+    ("export-tiny-to-hf", ["export", "W/policy", "--to", "hf", "--out", "T/x"], ["--to hf", "no loader outside"]),
+    ("export-out-is-policy", ["export", "W/policy", "--to", "peft", "--out", "W/policy"], ["--to peft"]),
 ]
 
 

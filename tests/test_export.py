@@ -62,17 +62,11 @@ def test_openvla_oft_exports_the_released_layout(tmp_path):
 
 
 def test_hf_exports_merged_model_and_peft_adapter(tmp_path):
+    from helpers import lora_qwen_policy
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from vlaforge.policies.hf.tiny import save_tiny_vlm
-
-    d = save_tiny_vlm(tmp_path / "tiny-qwen", "qwen2_vl")
-    p = build_policy("hf", path=str(d), n_bins=32, max_text_tokens=48, chunk_size=2, lora_rank=4, head_hidden=32)
-    with torch.no_grad():
-        for n, x in p.named_parameters():
-            if "lora_B" in n:
-                x.add_(0.05 * torch.randn_like(x))
+    p, d = lora_qwen_policy(tmp_path / "tiny-qwen")
     save_policy(p, tmp_path / "run" / "final")
     assert main(["export", str(tmp_path / "run"), "--to", "peft", "--out", str(tmp_path / "adapter")]) == 0
     assert main(["export", str(tmp_path / "run"), "--to", "hf", "--out", str(tmp_path / "merged")]) == 0

@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from helpers import one_group_rollout, update_once  # noqa: E402
+from helpers import lora_qwen_policy, one_group_rollout, update_once  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from vlaforge.algos import get_algo  # noqa: E402
@@ -132,12 +132,7 @@ def test_save_load_through_policy_path_and_peft_adapter(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    d = save_tiny_vlm(tmp_path / "tiny-qwen", "qwen2_vl")
-    p = build_policy("hf", path=str(d), n_bins=32, max_text_tokens=48, chunk_size=2, lora_rank=4, head_hidden=32)
-    with torch.no_grad():
-        for n, x in p.named_parameters():
-            if "lora_B" in n:
-                x.add_(0.05 * torch.randn_like(x))
+    p, d = lora_qwen_policy(tmp_path / "tiny-qwen")
     p.set_action_stats([-0.5, -0.5], [0.5, 0.5])
     obs = _obs()
     out = p.act(obs, deterministic=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import os
 import types
 import typing
@@ -42,6 +43,15 @@ CONFIG_CHECKS: dict[str, str | typing.Callable[[dict], list[str]]] = {}
 
 MAX_PARAM_BYTES = 64 * 2 ** 30
 """a checkpoint config whose parameters would take more than this is refused before anything is allocated"""
+
+
+def is_finite_number(v) -> bool:
+    """A real number (not a bool) that is finite as a float (an int past float's range, 10**400, is not): the one
+    finiteness test of every JSON value and flag vlaforge reads."""
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def register_config_schema(family: str, cls: str | type, ignored: tuple[str, ...] = (),

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -40,7 +39,13 @@ from vlaforge.policies.registry import family
 from vlaforge.recipes import RECIPES
 from vlaforge.recipes.grape import parse_weights
 from vlaforge.runlock import check_target, refuse_if_live
-from vlaforge.schema import CONFIG_SCHEMAS, FORMAT_VERSION, check_policy_config, register_config_schema
+from vlaforge.schema import (
+    CONFIG_SCHEMAS,
+    FORMAT_VERSION,
+    check_policy_config,
+    is_finite_number,
+    register_config_schema,
+)
 from vlaforge.train.checkpoint import read_train_state
 from vlaforge.train.logging import LogOptions
 
@@ -92,12 +97,7 @@ def need(ok: bool, msg: str) -> None:
         raise UsageError(msg)
 
 
-def is_finite(v) -> bool:
-    """A real number (not a bool) that is finite as a float (an int past float's range is not: 10**400)."""
-    try:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    except OverflowError:
-        return False
+is_finite = is_finite_number
 
 
 def finite(name: str, v: float) -> None:

@@ -145,6 +145,21 @@ def micro_size(policy) -> int:
     return int(policy.micro_batch or 0)
 
 
+def micro_parts(n: int, micro: int) -> list[torch.Tensor]:
+    """Index tensors of consecutive slices of at most ``micro`` of ``n`` samples (one slice when ``micro <= 0`` or
+    ``>= n``). They stay on the host on purpose: a host index tensor may index device tensors (CUDA allows it), and
+    ``StepBatch.index`` reads the instructions' indices with ``int()`` without a device sync."""
+    if micro <= 0 or micro >= n:
+        return [torch.arange(n)]
+    return [torch.arange(start, min(start + micro, n)) for start in range(0, n, micro)]
+
+
+def _add_weighted(metrics: dict, m: dict, w: float) -> None:
+    """``metrics[k] += w * m[k]`` (a part's metrics weighted by its share of the samples)."""
+    for k, v in m.items():
+        metrics[k] = metrics.get(k, 0.0) + w * torch.as_tensor(v, dtype=torch.float32).detach()
+
+
 def accumulate(loss_fn, n: int, micro: int, select):
     """Gradient accumulation over micro-batches of ``n`` samples.
 
@@ -159,19 +174,18 @@ def accumulate(loss_fn, n: int, micro: int, select):
     ``pending`` is True (the caller checks the loss, then calls ``loss.backward()``); with
     several, ``loss`` is the detached weighted sum and the gradients are accumulated.
     """
-    if micro <= 0 or micro >= n:
-        loss, m = loss_fn(select(torch.arange(n)))
+    parts = micro_parts(n, micro)
+    if len(parts) == 1:
+        loss, m = loss_fn(select(parts[0]))
         return loss, m, True
-    total, metrics = torch.zeros(()), {}
-    for start in range(0, n, micro):
-        idx = torch.arange(start, min(start + micro, n))
+    total, metrics = 0.0, {}
+    for idx in parts:
         w = len(idx) / n
         loss, m = loss_fn(select(idx))
         if torch.isfinite(loss):
             (w * loss).backward()
         total = total + w * loss.detach()
-        for k, v in m.items():
-            metrics[k] = metrics.get(k, 0.0) + w * torch.as_tensor(v, dtype=torch.float32).detach()
+        _add_weighted(metrics, m, w)
     return total, metrics, False
 
 
@@ -229,13 +243,12 @@ def measure(loss_fn, n: int, micro: int, select) -> dict:
     """The loss's metrics on ``n`` samples without gradients (micro-batched like ``accumulate``; metrics weighted by
     each part's share of the samples)."""
     with torch.no_grad():
-        if micro <= 0 or micro >= n:
-            return loss_fn(select(torch.arange(n)))[1]
+        parts = micro_parts(n, micro)
+        if len(parts) == 1:
+            return loss_fn(select(parts[0]))[1]
         metrics: dict = {}
-        for start in range(0, n, micro):
-            idx = torch.arange(start, min(start + micro, n))
-            for k, v in loss_fn(select(idx))[1].items():
-                metrics[k] = metrics.get(k, 0.0) + len(idx) / n * torch.as_tensor(v, dtype=torch.float32).detach()
+        for idx in parts:
+            _add_weighted(metrics, loss_fn(select(idx))[1], len(idx) / n)
         return metrics
 
 

@@ -27,6 +27,8 @@ from typing import Annotated, Literal
 import torch
 import tyro
 
+from vlaforge.schema import is_finite_number
+
 
 @dataclass
 class PolicyShape:
@@ -115,8 +117,6 @@ def vlm_config_problems(d: dict) -> list[str]:
     """The registry's ``check_config`` of the VLM families (hf, smolvla, openvla): whole-number fields in
     [0, bound], every number finite, ``lora_dropout`` in [0, 1). Their parameter bytes are the backbone's (the
     released folder's config; OpenVLA's is bounded by ``openvla.prismatic.prismatic_problem``)."""
-    import math
-
     out = []
     for k, v in d.items():
         if isinstance(v, bool):
@@ -124,11 +124,7 @@ def vlm_config_problems(d: dict) -> list[str]:
         if isinstance(v, int) and k in _VLM_BOUNDS and not 0 <= v <= _VLM_BOUNDS[k]:
             out.append(f"'{k}' = {str(v)[:24]} is outside [0, {_VLM_BOUNDS[k]}]")
         elif isinstance(v, float) or (isinstance(v, int) and k not in _VLM_BOUNDS):
-            try:
-                ok = math.isfinite(v)
-            except OverflowError:
-                ok = False
-            if not ok:
+            if not is_finite_number(v):
                 out.append(f"'{k}' = {str(v)[:24]} is not finite")
     dropout = d.get("lora_dropout", 0.0)
     if not out and isinstance(dropout, (int, float)) and not 0 <= dropout < 1:

@@ -12,14 +12,13 @@ its in-process collector; each Ray ``Learner`` actor (distributed/actors.py) hol
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from vlaforge.algos import get_algo
 from vlaforge.algos.common import LOCAL
 from vlaforge.device import precision_context, to_device
 from vlaforge.errors import CheckpointError
+from vlaforge.schema import is_finite_number
 
 
 def policy_lr(cfg, iteration: int) -> float:
@@ -56,10 +55,7 @@ def _finite_numbers(v) -> bool:
     if isinstance(v, bool) or v is None or isinstance(v, str):
         return True
     if isinstance(v, (int, float)):
-        try:
-            return math.isfinite(v)
-        except OverflowError:  # an int past float's range
-            return False
+        return is_finite_number(v)
     if isinstance(v, (list, tuple)):
         return all(_finite_numbers(x) for x in v)
     if isinstance(v, torch.Tensor):

@@ -1,7 +1,6 @@
 """The embedded default VLA that trains on a CPU (see ``model.py``)."""
 
 import json
-import math
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from vlaforge.errors import CheckpointError, UsageError
 from vlaforge.policies.base import load_weights
 from vlaforge.policies.heads import HEADS
 from vlaforge.policies.tiny.model import TinyConfig, TinyVLA
-from vlaforge.schema import MAX_PARAM_BYTES
+from vlaforge.schema import MAX_PARAM_BYTES, is_finite_number
 
 __all__ = ["TinyConfig", "TinyVLA", "build_tiny", "fresh_tiny", "load_tiny"]
 
@@ -57,13 +56,6 @@ _POSITIVE = {"state_dim": 1, "action_dim": 1, "views": 1, "chunk_size": 1, "dim"
 _CHOICES = {"head": tuple(HEADS), "backbone": ("vision", "state"), "critic": ("image", "privileged")}
 
 
-def _finite(v) -> bool:
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an int past float's range
-        return False
-
-
 def tiny_config_problems(d: dict) -> list[str]:
     """The registry's ``check_config``: a tiny checkpoint's config values — positive dimensions, known choices, finite
     numbers, readout indices inside sim_state, and at most ``MAX_PARAM_BYTES`` of parameters (counted on the meta
@@ -75,7 +67,7 @@ def tiny_config_problems(d: dict) -> list[str]:
     out += [f"'{k}' = {json.dumps(c[k])[:40]} is not one of {', '.join(v)}" for k, v in _CHOICES.items()
             if c[k] not in v]
     out += [f"'{k}' = {c[k]} is not finite" for k in ("log_std_init", "flow_noise", "aux_weight", "dsrl_bound")
-            if not _finite(c[k])]
+            if not is_finite_number(c[k])]
     if not out and c["dim"] % c["heads"]:
         out.append(f"'dim' = {c['dim']} is not a multiple of 'heads' = {c['heads']}")
     if not out and any(not 0 <= i < c["sim_state_dim"] for i in c["aux_index"]):
