@@ -135,3 +135,19 @@ def test_maniskill_batch_on_manikills_api_one_scene():
     finally:
         venv.close()
         one.close()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--env-kwargs", "sim_backend", "torch", "--workers", "2"], ["drop --workers"]),
+    (["--env-kwargs", "sim_backend", "jax"], ["sim_backend must be numpy"]),
+    (["--env-kwargs", "radius", "big"], ["radius must be a number"]),
+    (["--env-kwargs", "sim_backend", "1"], ["sim_backend is a text option"]),
+])
+def test_the_cli_refuses_bad_batched_options_before_work(tmp_path, capsys, args, words):
+    from vlaforge.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--suite", "pointreach", "--iterations", "1", "--out", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert not out.exists()
