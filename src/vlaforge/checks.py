@@ -4,6 +4,7 @@ Each config checks its own fields where it is defined — an algorithm's ``--<al
 (``algos.Algo.check``), a recipe's in its module, ``EnvOptions.check``, ``PolicyShape.check``, ``HFConfig.check``,
 ``RayConfig.check``, ``TrainConfig.check`` for the run's own — and raises ``UsageError`` naming the flag and what
 to pass. This module is what they share: it imports only ``errors`` and ``schema``, so any layer may use it.
+``given_fields(argv)`` / ``flag(path)`` translate between command-line flags and dotted config fields.
 
     python -c "from vlaforge.checks import at_least; at_least('--groups', 0, 1)"   # UsageError
 """
@@ -26,8 +27,29 @@ SEED_LIMIT = 2 ** 32
 MAX_ENVS = 4096
 
 
+def given_fields(argv: list[str], aliases: dict[str, str] | None = None) -> set[str]:
+    """Dotted config field paths named by ``--flags`` in ``argv`` (``--ppo.clip`` -> ``ppo.clip``,
+    ``--no-progress`` -> ``progress``); ``aliases`` maps a flag prefix to a field prefix
+    (train's ``--policy.X`` is ``hf.X``)."""
+    out = set()
+    for a in argv:
+        if not a.startswith("--") or a == "--":
+            continue
+        name = a[2:].split("=", 1)[0]
+        parts = name.split(".")
+        if parts[-1].startswith("no-"):
+            parts[-1] = parts[-1][3:]
+        path = ".".join(p.replace("-", "_") for p in parts)
+        for src, dst in (aliases or {}).items():
+            if path == src or path.startswith(src + "."):
+                path = dst + path[len(src):]
+                break
+        out.add(path)
+    return out
+
+
 def flag(path: str, aliases: dict[str, str] | None = None) -> str:
-    """The command-line spelling of a dotted field path (``ppo.clip`` -> ``--ppo.clip``; ``aliases`` maps a flag
+    """The command-line spelling of a dotted field path, the inverse of ``given_fields`` (``ppo.clip`` -> ``--ppo.clip``; ``aliases`` maps a flag
     prefix to a field prefix: train's ``{"policy": "hf"}`` spells ``hf.path`` as ``--policy.path``)."""
     for dst, src in (aliases or {}).items():
         if path == src or path.startswith(src + "."):

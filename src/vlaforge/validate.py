@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 from vlaforge.algos import get_algo
-from vlaforge.checks import flag, need
+from vlaforge.checks import flag, given_fields, need
 from vlaforge.data.demo_files import check_demos
 from vlaforge.device import DeviceOptions
 from vlaforge.envs import env_kwargs, env_tasks, suite_spec
@@ -55,27 +55,6 @@ TRUST_FLAG = {"eval": "--trust-remote-code", "sft": "--trust-remote-code", "trai
 """each command's flag that lets a checkpoint run its own code"""
 SHAPE_FLAGS = tuple(f.name for f in dataclasses.fields(PolicyShape))
 """the fields of a fresh policy's shape (``--head``, ``--chunk-size``, ``--backbone``): refused with ``--init``"""
-
-
-def given_fields(argv: list[str], aliases: dict[str, str] | None = None) -> set[str]:
-    """Dotted config field paths named by ``--flags`` in ``argv`` (``--ppo.clip`` -> ``ppo.clip``,
-    ``--no-progress`` -> ``progress``); ``aliases`` maps a flag prefix to a field prefix
-    (train's ``--policy.X`` is ``hf.X``)."""
-    out = set()
-    for a in argv:
-        if not a.startswith("--") or a == "--":
-            continue
-        name = a[2:].split("=", 1)[0]
-        parts = name.split(".")
-        if parts[-1].startswith("no-"):
-            parts[-1] = parts[-1][3:]
-        path = ".".join(p.replace("-", "_") for p in parts)
-        for src, dst in (aliases or {}).items():
-            if path == src or path.startswith(src + "."):
-                path = dst + path[len(src):]
-                break
-        out.add(path)
-    return out
 
 
 def check(command: str, args, argv: list[str]):

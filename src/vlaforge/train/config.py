@@ -4,8 +4,10 @@ The run's fields, one ``--<algo>.*`` sub-config per registered algorithm (``vlaf
 algorithm adds no line here), the policy-family options (``--policy.*`` = ``HFConfig``, ``--openvla.*``), Ray
 (``--ray.*``) and the recipes' options. ``config_to_dict`` / ``config_from_dict`` are what a checkpoint's
 ``state.json`` stores and what ``--resume`` rebuilds (``train.checkpoint.read_train_state`` checks the JSON
-against these dataclasses first). Kept apart from ``train.loop`` so that checkpoints can read a config
-without importing the loop.
+against these dataclasses first). ``TrainConfig.check()`` checks a fresh run's config (each part through its own
+``check``: ``EnvOptions``, the algorithm's registry entry, ``HFConfig``, ``PolicyShape``, ``RayConfig``, the family's
+``check_fresh``); ``check_numbers()`` is the part a resumed checkpoint's saved config must pass too. Kept apart from
+``train.loop`` so that checkpoints can read a config without importing the loop.
 
     python -c "from vlaforge.train.config import TrainConfig; print(TrainConfig().algo)"
 """
