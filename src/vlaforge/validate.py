@@ -5,7 +5,8 @@ resolved (``train --resume``: the run's config, its folder the checkpoint's pare
 options cast to the types their constructor declares). Each config checks its own fields where it is defined
 (``TrainConfig.check``, the algorithm's registry entry, the recipe's module, ``EnvOptions.check``, the policy
 family's ``check_fresh``, ``SFTArgs`` / ``EvalArgs`` / ``CollectArgs`` / ``DemoArgs.check``), and ``train()``,
-``run_sft`` and ``run_eval`` call the same checks, so Python callers get the same one-line errors. What stays
+``run_recipe``, ``run_sft``, ``run_eval``, ``run_collect`` and ``run_demo`` call the same checks, so Python callers
+get the same one-line errors. What stays
 here is what crosses files and commands: paths and output folders, the --init / --checkpoint / demos a command
 reads against its options, ``--resume`` (decided in ``train.resume.resume_point``), a recipe's checks with the
 flags named on the command line. Every failure raises ``UsageError`` (or ``EnvError`` / ``CheckpointError`` /
