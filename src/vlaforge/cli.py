@@ -47,22 +47,17 @@ def _eval(args):
 
 
 def _train(cfg):
+    """``cfg``: the checked config; on ``--resume`` already the run's own (``validate`` resolved it with
+    ``train.resume.resume_point``), so a recipe's hooks are rebuilt from the checkpoint's settings."""
     from vlaforge.recipes import run_recipe
     from vlaforge.rollout.evaluate import protocol_line
-    from vlaforge.train.checkpoint import read_train_state
-    from vlaforge.train.config import resume_config
     from vlaforge.train.loop import train
 
-    if cfg.resume:  # a recipe's hooks are rebuilt from the checkpoint's own config
-        saved = read_train_state(cfg.resume)["config_obj"]
-        if saved.recipe:  # where to run, write and show: this command line's (validate resolved out)
-            cfg = resume_config(saved, cfg)
     final = run_recipe(cfg) if cfg.recipe else train(cfg)
     keys = sorted(k for k in final if k.startswith("eval/"))
     if keys:
-        ran = read_train_state(cfg.resume)["config_obj"] if cfg.resume else cfg  # eval settings are the run's
         print("final: " + ", ".join(f"{k}={final[k]:.3f}" for k in keys))
-        print("  " + protocol_line(ran.eval_episodes))
+        print("  " + protocol_line(cfg.eval_episodes))
     lost = _lost_episodes(Path(cfg.out) / "metrics.jsonl")
     if lost:
         print(f"warning: {lost} training episodes were lost to crashed env workers (restarted; the episodes were "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlaforge.algos.sft import SFTConfig
+from vlaforge.checks import at_least, flag, need
 from vlaforge.device import DeviceOptions
 from vlaforge.envs import env_kwargs
 from vlaforge.envs.options import EnvOptions
@@ -74,8 +75,23 @@ class DemoArgs(EnvOptions, DeviceOptions):
     skip_rl: bool = False
     """stop after SFT (collect → SFT → eval)"""
 
+    def check(self) -> None:
+        """The options (the CLI runs it before any work; the output folder is ``vlaforge.validate``'s)."""
+        for f in ("demo_episodes", "sft_steps", "rl_iterations", "groups", "group_size", "eval_episodes"):
+            at_least(flag(f), getattr(self, f), 1)
+        at_least("--max-steps", self.max_steps, 0)
+        EnvOptions.check(self, self.max_steps)
+        need(self.algo in ("ppo", "grpo", "rloo", "tpo", "distill"),
+             f"--algo '{self.algo}' is unknown; choose ppo, grpo, rloo, tpo or distill")
+        need(self.algo != "distill" or (self.suite == "metaworld" and "," not in self.tasks),
+             "--algo distill runs on one metaworld task (its teacher reads that task's privileged state); pass one "
+             "--tasks name")
+        at_least("--teacher-iterations", self.teacher_iterations, 1)
+        at_least("--teacher-demos", self.teacher_demos, 0)
+
 
 def run_demo(a: DemoArgs) -> dict:
+    a.check()
     t0 = time.perf_counter()
     out = Path(a.out)
     env_kw = env_kwargs(a.env_kwargs, a.max_steps)

@@ -17,10 +17,11 @@ from typing import Literal
 import torch
 
 from vlaforge.algos.sft import SFTConfig, train_sft
-from vlaforge.data.demos import collect_demos, load_demos
+from vlaforge.checks import SEED_LIMIT, at_least, check_image_size, check_seed, need
+from vlaforge.data.demos import DEMO_SEED_BASE, DEMO_SEED_STRIDE, collect_demos, load_demos
 from vlaforge.data.lerobot import write_v3
 from vlaforge.device import DeviceOptions, precision_context, resolve_device, set_deterministic
-from vlaforge.envs import env_tasks, make_vec_env, suite_info, suite_task_names
+from vlaforge.envs import env_tasks, make_vec_env, require, suite_info, suite_task_names
 from vlaforge.envs.options import EnvOptions
 from vlaforge.errors import NonFiniteError, UsageError
 from vlaforge.fsutil import atomic_dir
@@ -58,8 +59,24 @@ class CollectArgs(EnvOptions):
     """v2: vlaforge's LeRobot v2.0 layout with lossless PNG frames (the default); v3: LeRobot v3.0 (many episodes per
     parquet file, AV1 MP4 video, parquet episode/task tables; frames lose a little to the codec)"""
 
+    def check(self) -> None:
+        """The options (``run_collect`` and the CLI run it before any env is built): envs, episodes, seeds, noise;
+        ``v3`` needs PyAV."""
+        EnvOptions.check(self)
+        check_image_size("--image-size", self.image_size)
+        at_least("--episodes", self.episodes, 1, " (episodes per task)")
+        check_seed("--seed", self.seed)
+        top = self.seed * DEMO_SEED_STRIDE + DEMO_SEED_BASE + self.episodes  # collect_demos' env seeds
+        need(top < SEED_LIMIT, f"--seed {self.seed} with --episodes {self.episodes} gives demo env seeds up to {top}, "
+                               "past the 32-bit seeds envs take; pass --seed <= "
+                               f"{(SEED_LIMIT - DEMO_SEED_BASE - self.episodes) // DEMO_SEED_STRIDE}")
+        at_least("--noise", self.noise, 0)
+        if self.format == "v3":  # MP4 video: PyAV, checked before any episode is collected
+            require("av", "lerobot")
+
 
 def run_collect(a: CollectArgs, quiet: bool = False):
+    a.check()
     venv = make_vec_env(a.suite, a.num_envs, tasks=env_tasks(a.suite, a.tasks), image_size=a.image_size,
                         workers=a.workers, **a.env_kwargs)
     try:
@@ -104,8 +121,17 @@ class SFTArgs(PolicyShape, DeviceOptions, LogOptions):
     """torch CPU threads"""
     sft: SFTConfig = field(default_factory=SFTConfig)
 
+    def check(self) -> None:
+        """The options (``run_sft`` and the CLI run it before any work): threads, ``--sft.*``, a fresh policy's
+        shape. The demos and the --init checkpoint are checked by ``vlaforge.validate`` (files)."""
+        at_least("--threads", self.threads, 1)
+        self.sft.check()
+        if not self.init:
+            PolicyShape.check(self)
+
 
 def run_sft(a: SFTArgs, quiet: bool = False):
+    a.check()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.sft.seed)
     demos = load_demos(a.demos, demos_map=a.demos_map)
@@ -176,8 +202,18 @@ class EvalArgs(EnvOptions, DeviceOptions, LogOptions):
     trust_remote_code: bool = False
     """let a Hugging Face checkpoint run its own Python code (auto_map); only if you trust its files"""
 
+    def check(self) -> None:
+        """The options (``run_eval`` and the CLI run it before any env is built): threads, envs, episodes, videos,
+        seeds. The checkpoint and the manifest's path are checked by ``vlaforge.validate`` (files)."""
+        at_least("--threads", self.threads, 1)
+        EnvOptions.check(self)
+        at_least("--episodes", self.episodes, 1, " (episodes per task)")
+        at_least("--videos", self.videos, 0)
+        check_seed("--seed-base", self.seed_base, self.episodes)
+
 
 def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
+    a.check()
     torch.set_num_threads(a.threads)
     policy = policy if policy is not None else load_policy(a.checkpoint, trust_remote_code=a.trust_remote_code)
     device = resolve_device(a.device)

@@ -14,10 +14,14 @@ An algorithm is one file (``ppo.py`` is the model) that reads top to bottom:
 - optionally ``init_state(policy, cfg) -> algos.state.AlgoState`` (replay buffer, own optimizers, target
   networks): created once per run next to the optimizer, saved in and restored from every full-state
   checkpoint.
+- its checks: ``Algo.check`` runs the generic ones (``common.check_fields``: by field name, ``group_size`` >=
+  ``min_group_size``) and the entry's ``check_fn(cfg)`` for the config's own; ``check_run(train_cfg, init)`` checks
+  the algorithm against the rest of the run (a teacher checkpoint, an --init policy with LoRA). ``train()`` and
+  the CLI call them before any work, with the same one-line ``UsageError``.
 
-Adding an algorithm = its file + one ``ALGOS`` line below; ``TrainConfig`` (``algo`` choices and the
-``--x.*`` sub-config) and the Ray backend follow from the registry. docs/architecture.md has an
-off-policy example.
+Adding an algorithm = its file + one ``register_algo`` line below; ``TrainConfig`` (``algo`` choices and the
+``--x.*`` sub-config), its checks and the Ray backend follow from the registry. docs/architecture.md has an
+off-policy example; tests/test_registry.py registers a toy algorithm and trains with it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from vlaforge.algos import distill, dsrl, grpo, ppo, rloo, sac, tpo
-from vlaforge.algos.common import LOCAL
+from vlaforge.algos.common import LOCAL, check_fields
 from vlaforge.hooks import NO_HOOKS
 
 
@@ -46,6 +50,13 @@ class Algo:
     """``init_state(policy, cfg) -> AlgoState`` for algorithms with state (None: on-policy, stateless)"""
     batch_fields: tuple[str, ...] = ("minibatch_size",)
     """config fields counting batch items per optimizer step (divided over data-parallel learners)"""
+    min_group_size: int = 1
+    """2 for a group method (its advantages compare rollouts of one initial state)"""
+    check_fn: Callable | None = None
+    """``(cfg) -> None``: the config's own checks beyond ``common.check_fields`` (one-line ``UsageError``)"""
+    check_run: Callable | None = None
+    """``(train_cfg, init) -> None``: checks of the algorithm against the run (``init``: the --init policy's
+    config dict, None for a fresh policy); may read the files it names"""
 
     def prepare(self, rollout, cfg, hooks=NO_HOOKS):
         return self.prepare_fn(rollout, cfg, hooks)
@@ -53,23 +64,39 @@ class Algo:
     def update(self, policy, optimizer, batch, cfg, iteration: int, gen=None, sync=LOCAL, state=None) -> dict:
         return self.update_fn(policy, optimizer, batch, cfg, iteration, gen, sync, state)
 
+    def check(self, cfg) -> None:
+        """The algorithm's config (``--<name>.*``): the generic field checks, then its own."""
+        check_fields(self.name, cfg, self.min_group_size)
+        if self.check_fn is not None:
+            self.check_fn(cfg)
+
     def new_state(self, policy, cfg):
         """A fresh ``AlgoState`` for this run, or None."""
         return None if self.init_state is None else self.init_state(policy, cfg)
 
 
-ALGOS: dict[str, Algo] = {
-    "ppo": Algo("ppo", ppo.PPOConfig, ppo.prepare, ppo.update),
-    "grpo": Algo("grpo", grpo.GRPOConfig, grpo.prepare, grpo.update),
-    "rloo": Algo("rloo", rloo.RLOOConfig, rloo.prepare, rloo.update),
-    "tpo": Algo("tpo", tpo.TPOConfig, tpo.prepare, tpo.update, batch_fields=("pairs_per_batch",)),
-    # off-policy (replay in their AlgoState; local runs): SAC/RLPD with demos, DSRL's noise-space SAC
-    "sac": Algo("sac", sac.SACConfig, sac.prepare, sac.update, init_state=sac.init_state, batch_fields=()),
-    "dsrl": Algo("dsrl", dsrl.DSRLConfig, dsrl.prepare, dsrl.update, init_state=dsrl.init_state, batch_fields=()),
-    # privileged-teacher distillation (DAgger): a state teacher labels the frames the pixel policy visits
-    "distill": Algo("distill", distill.DistillConfig, distill.prepare, distill.update, init_state=distill.init_state,
-                    batch_fields=()),
-}
+ALGOS: dict[str, Algo] = {}
+
+
+def register_algo(a: Algo) -> Algo:
+    """Add an algorithm to ``ALGOS``. ``TrainConfig`` gains its ``--<name>.*`` sub-config when it is built (at import,
+    from the algorithms registered by then); a later one runs with a ``TrainConfig`` subclass that holds its config
+    under its name (tests/test_registry.py)."""
+    ALGOS[a.name] = a
+    return a
+
+
+register_algo(Algo("ppo", ppo.PPOConfig, ppo.prepare, ppo.update))
+register_algo(Algo("grpo", grpo.GRPOConfig, grpo.prepare, grpo.update, min_group_size=2))
+register_algo(Algo("rloo", rloo.RLOOConfig, rloo.prepare, rloo.update, min_group_size=2))
+register_algo(Algo("tpo", tpo.TPOConfig, tpo.prepare, tpo.update, batch_fields=("pairs_per_batch",), min_group_size=2,
+                   check_run=tpo.check_run))
+# off-policy (replay in their AlgoState; local runs): SAC/RLPD with demos, DSRL's noise-space SAC
+register_algo(Algo("sac", sac.SACConfig, sac.prepare, sac.update, init_state=sac.init_state, batch_fields=()))
+register_algo(Algo("dsrl", dsrl.DSRLConfig, dsrl.prepare, dsrl.update, init_state=dsrl.init_state, batch_fields=()))
+# privileged-teacher distillation (DAgger): a state teacher labels the frames the pixel policy visits
+register_algo(Algo("distill", distill.DistillConfig, distill.prepare, distill.update, init_state=distill.init_state,
+                   batch_fields=(), check_run=distill.check_run))
 
 AlgoName = Literal[tuple(ALGOS)]  # type: ignore[valid-type]  # TrainConfig.algo's choices
 

@@ -9,10 +9,12 @@ An algorithm file (``ppo.py``, ``grpo.py``, ``rloo.py``, ``tpo.py``) writes its 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
+from vlaforge.checks import at_least, finite, need, positive
 from vlaforge.core.advantages import broadcast_to_steps, reduce_log_prob
 from vlaforge.core.losses import ppo_clip_loss
 from vlaforge.types import Observation, Rollout
@@ -413,3 +415,34 @@ def replay_updates(steps: int, sample, step) -> dict:
     out = {f"train/{k}": v / counts[k] for k, v in sums.items()}
     out.update({"train/optimizer_steps": steps - skipped, "train/skipped_nonfinite": skipped})
     return out
+
+
+def check_fields(name: str, c, min_group_size: int = 1) -> None:
+    """The generic checks of an algorithm's config (``--<name>.*``) by field name: every float finite, counts >= 1,
+    rates in [0, 1], coefficients >= 0, clips > 0; ``group_size`` >= ``min_group_size`` (2 for a group method).
+    ``algos.Algo.check`` runs it for every registered algorithm."""
+    p = f"--{name}."
+    for f in dataclasses.fields(c):
+        v = getattr(c, f.name)
+        fl = p + f.name.replace("_", "-")
+        if isinstance(v, float):
+            finite(fl, v)
+        if f.name in ("epochs", "minibatch_size", "pairs_per_group", "pairs_per_batch"):
+            at_least(fl, v, 1)
+        elif f.name == "group_size":
+            at_least(fl, v, min_group_size,
+                     " (a group method compares rollouts of one initial state)" if min_group_size > 1 else "")
+        elif f.name in ("gamma", "lam"):
+            need(0 <= v <= 1, f"{fl} must be in [0, 1]; got {v}")
+        elif f.name == "temperature":
+            positive(fl, v)
+        elif f.name in ("clip", "clip_low", "clip_high", "grad_clip", "beta"):
+            positive(fl, v)
+        elif f.name in ("vf_coef", "ent_coef", "critic_warmup", "min_abs_adv", "kl_backtracks"):
+            at_least(fl, v, 0)
+        elif f.name in ("kl_guard", "value_clip") and v is not None:
+            positive(fl, v, " (or None = off)")
+        elif f.name == "level":
+            need(v in ("token", "action", "chunk"), f"{fl} '{v}' is unknown; choose token, action or chunk")
+        elif f.name == "keep_band" and v is not None:
+            need(len(v) == 2 and 0 <= v[0] <= v[1] <= 1, f"{fl} must be two rates lo <= hi in [0, 1]; got {v}")

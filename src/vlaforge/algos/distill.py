@@ -32,6 +32,7 @@ import torch
 
 from vlaforge.algos.common import LOCAL, StepBatch, flatten_steps, gradient_step, replay_updates
 from vlaforge.algos.state import AlgoState, flatten, unflatten
+from vlaforge.checks import need
 from vlaforge.data.replay import ReplayBuffer
 from vlaforge.device import module_device, to_device
 from vlaforge.errors import UsageError
@@ -79,6 +80,25 @@ def check_teacher(teacher: dict, student: dict, name: str = "the teacher") -> No
         raise UsageError(f"{name} succeeds in {teacher['successes']}/{teacher['episodes']} evaluation episodes, fewer "
                          f"than the student it would teach ({student['successes']}/{student['episodes']} on the same "
                          "seeds): not distilling a worse teacher; train it longer or start it from demos")
+
+
+def check_run(cfg, init: dict | None) -> None:
+    """The registry's ``check_run`` (``vlaforge train --algo distill``, before any work): a teacher checkpoint whose
+    state is as long as the ``--distill.teacher-state`` indices. ``cfg``: the TrainConfig; ``init``: unused."""
+    from vlaforge.policies import read_checked_config
+
+    d = cfg.algo_cfg
+    need(bool(d.teacher), "--distill.teacher is required: a policy checkpoint that reads the privileged state")
+    try:
+        index = [int(x) for x in d.teacher_state.split(",") if x.strip()]
+    except ValueError:
+        index = []
+    need(bool(index) and min(index) >= 0, f"--distill.teacher-state must be comma-separated sim_state indices >= 0; "
+                                          f"got '{d.teacher_state}'")
+    teacher = read_checked_config(d.teacher, False, "--distill.teacher", None)["policy"]
+    need(teacher.get("state_dim") == len(index),
+         f"--distill.teacher-state names {len(index)} entries but the teacher '{d.teacher}' reads "
+         f"{teacher.get('state_dim')} state dims")
 
 
 class DistillState(AlgoState):

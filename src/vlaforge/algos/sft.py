@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vlaforge.algos.common import accumulate, micro_size
+from vlaforge.checks import at_least, check_seed, learning_rate, positive
 from vlaforge.data.demos import DemoData
 from vlaforge.device import module_device, precision_context, to_device
 from vlaforge.policies.base import action_stats
@@ -42,6 +43,17 @@ class SFTConfig:
     """weight of the perception readout's loss (fresh policies built with `--aux`)"""
     seed: int = 0
     """sampling seed"""
+
+    def check(self) -> None:
+        """``--sft.*`` (``vlaforge sft``; iRe-VLA's SL stages reuse the steps)."""
+        at_least("--sft.steps", self.steps, 1)
+        at_least("--sft.batch-size", self.batch_size, 1)
+        learning_rate("--sft.lr", self.lr)
+        at_least("--sft.weight-decay", self.weight_decay, 0)
+        positive("--sft.grad-clip", self.grad_clip)
+        at_least("--sft.augment-shift", self.augment_shift, 0)
+        check_seed("--sft.seed", self.seed)
+        at_least("--sft.aux-weight", self.aux_weight, 0)
 
 
 def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:

@@ -20,8 +20,10 @@ from typing import Literal
 import torch
 
 from vlaforge.algos.common import LOCAL, StepSettings, chunk_mask, micro_size, optimize, trajectory_reward
+from vlaforge.checks import need
 from vlaforge.core.losses import tpo_loss
 from vlaforge.hooks import Hooks
+from vlaforge.policies.registry import family
 from vlaforge.types import Observation, Rollout
 
 
@@ -44,6 +46,17 @@ class TPOConfig:
     reference: Literal["rollout", "base"] = "rollout"
     """pi_ref: the rollout policy (its stored log-probs, GRAPE), or the base model = the same model with its
     LoRA adapters disabled (a fixed reference without a second copy; needs an hf policy with LoRA)"""
+
+
+def check_run(cfg, init: dict | None) -> None:
+    """The registry's ``check_run``: ``--tpo.reference base`` needs LoRA adapters to switch off (``init``: the --init
+    policy's config, None for a fresh policy)."""
+    if cfg.algo_cfg.reference != "base":
+        return
+    lora = init.get("lora_rank", 0) if init is not None else (
+        cfg.hf.lora_rank if "base_reference" in family(cfg.policy).caps else 0)
+    need(lora > 0, "--tpo.reference base needs a policy with LoRA adapters (--policy hf --policy.lora-rank N, "
+                   "or an --init checkpoint trained so)")
 
 
 @dataclass

@@ -77,13 +77,17 @@ class DemoInfo:
     successes: int
 
 
+DEMO_SEED_BASE, DEMO_SEED_STRIDE = 1_000_000, 100_003
+"""``collect_demos``: env seed = seed * stride + base + k (the CLI refuses a --seed whose seeds pass 2**32)"""
+
+
 def collect_demos(venv: VecEnv, out: str | Path, task_names: list[str], episodes_per_task: int, seed: int = 0,
                   noise: float = 0.0, progress=None) -> DemoInfo:
     """Run the scripted expert ``episodes_per_task`` times on each task and write a demo directory."""
     spec = venv.spec
     task_ids = [spec.task_index(t) for t in task_names]
     rng = np.random.default_rng(seed)
-    jobs = [(tid, seed * 100_003 + 1_000_000 + k) for tid in task_ids for k in range(episodes_per_task)]
+    jobs = [(tid, seed * DEMO_SEED_STRIDE + DEMO_SEED_BASE + k) for tid in task_ids for k in range(episodes_per_task)]
     n = venv.num_envs
     cam = spec.cameras[0]
     ep_meta, total, succ = [], 0, 0

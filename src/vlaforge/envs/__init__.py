@@ -16,7 +16,7 @@ from typing import NamedTuple
 from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskEnv, TaskSpec, VecEnv, VecStep, check_env
 
 __all__ = ["SUITES", "ChunkResult", "EnvError", "EnvSpec", "MissingExtra", "Suite", "TaskEnv", "TaskSpec", "VecEnv",
-           "VecStep", "check_env", "env_factory", "env_kwargs", "env_tasks", "make_vec_env", "suite_info", "suite_spec"]
+           "VecStep", "check_env", "env_class", "env_factory", "env_kwargs", "env_tasks", "make_vec_env", "suite_info", "suite_spec"]
 
 
 class Suite(NamedTuple):
@@ -69,7 +69,8 @@ def suite_info(name: str) -> Suite:
     return SUITES[name]
 
 
-def _env_class(name: str) -> type:
+def env_class(name: str) -> type:
+    """The suite's ``TaskEnv`` class (imports its simulator: ``MissingExtra`` without it)."""
     s = suite_info(name)
     return getattr(importlib.import_module(s.module), s.cls)
 
@@ -96,12 +97,12 @@ def env_kwargs(extra: dict, max_steps: int | None) -> dict:
 
 
 def _build(suite: str, tasks, image_size: int, kwargs: dict) -> TaskEnv:
-    return _env_class(suite)(tasks=tasks, image_size=image_size, **kwargs)
+    return env_class(suite)(tasks=tasks, image_size=image_size, **kwargs)
 
 
 def env_factory(suite: str, tasks: str | list[str] | None = None, image_size: int = 64, **kwargs) -> Callable[[], TaskEnv]:
     """A picklable zero-argument constructor of one env (for subprocess workers)."""
-    _env_class(suite)  # fail early on unknown suite / missing extra
+    env_class(suite)  # fail early on unknown suite / missing extra
     return functools.partial(_build, suite, tasks, image_size, kwargs)
 
 

@@ -19,7 +19,7 @@ from vlaforge.policies.base import Policy
 from vlaforge.policies.tiny import TinyVLA
 from vlaforge.schema import FORMAT_VERSION, check_finite_tensors, check_policy_config
 
-__all__ = ["CheckpointError", "Policy", "build_policy", "load_policy", "policy_hash", "read_config", "save_policy",
+__all__ = ["CheckpointError", "Policy", "build_policy", "load_policy", "policy_hash", "read_checked_config", "read_config", "save_policy",
            "write_policy_files"]
 
 
@@ -64,6 +64,18 @@ def read_config(path: str | Path) -> dict:
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(f"corrupt config.json in '{path}'; re-create the checkpoint") from None
     meta["policy"] = check_policy_config(meta, path)  # allow-list of fields and types per family
+    return meta
+
+
+def read_checked_config(path: str | Path, trust: bool, name: str = "--checkpoint",
+                        trust_flag: str | None = "--trust-remote-code") -> dict:
+    """``read_config`` and then the family's own checks of a checkpoint before it is loaded (the registry's
+    ``check_checkpoint``: an HF model folder that asks to run its own code is refused unless ``trust``, the
+    command's flag ``trust_flag``; None: the command never runs such code). One-line errors naming ``name``."""
+    meta = read_config(path)
+    fam = registry.family(meta["policy"].get("family", "tiny"))
+    if fam.check_checkpoint:
+        fam.fn("check_checkpoint")(meta["policy"], str(path), trust, name, trust_flag)
     return meta
 
 

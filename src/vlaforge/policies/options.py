@@ -27,6 +27,8 @@ from typing import Annotated, Literal
 import torch
 import tyro
 
+from vlaforge.checks import at_least, need
+from vlaforge.policies.heads import HEADS
 from vlaforge.schema import is_finite_number
 
 
@@ -44,6 +46,12 @@ class PolicyShape:
     def shape(self) -> dict:
         """The three fields as ``build_policy`` keywords (also on a subclass such as ``TrainConfig``)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(PolicyShape)}
+
+    def check(self) -> None:
+        """``--head``, ``--backbone`` and ``--chunk-size`` of a fresh policy (sft and train)."""
+        need(self.head in HEADS, f"--head '{self.head}' is unknown; choose one of {', '.join(HEADS)}")
+        need(self.backbone in ("vision", "state"), f"--backbone '{self.backbone}' is unknown; choose vision or state")
+        at_least("--chunk-size", self.chunk_size, 1)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vlaforge.errors import UsageError
 from vlaforge.train.loop import TrainConfig
 
 
@@ -25,6 +26,7 @@ class Recipe:
     summary: str
     preset: Callable  # (TrainConfig) -> None, sets the recipe's defaults in place
     run: Callable  # (TrainConfig) -> final metrics dict
+    check: Callable  # (TrainConfig, given fields) -> None: the recipe's options and needs, one-line UsageError
 
 
 # name -> module; modules are imported on use (their options live in ``train.recipe_configs``, held by TrainConfig)
@@ -34,9 +36,9 @@ RECIPES: dict[str, str] = {"ire-vla": "ire_vla", "grape": "grape", "ript-vla": "
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe '{name}'; choose one of: {', '.join(RECIPES)}")
+        raise UsageError(f"--recipe: unknown recipe '{name}'; choose one of: {', '.join(RECIPES)}")
     m = importlib.import_module(f"vlaforge.recipes.{RECIPES[name]}")
-    return Recipe(m.NAME, m.SUMMARY, m.preset, m.run)
+    return Recipe(m.NAME, m.SUMMARY, m.preset, m.run, m.check)
 
 
 def recipe_defaults(name: str, base=None):
@@ -47,5 +49,13 @@ def recipe_defaults(name: str, base=None):
     return cfg
 
 
+def check_recipe(cfg, given: frozenset[str] = frozenset()) -> None:
+    """The recipe's own checks (``given``: the fields named on the command line); the CLI runs them before it takes
+    the run folder's lock, ``run_recipe`` again before any work."""
+    get_recipe(cfg.recipe).check(cfg, frozenset(given))
+
+
 def run_recipe(cfg) -> dict:
+    """Run ``cfg.recipe`` (its checks first; ``train()`` checks the rest of ``cfg``)."""
+    check_recipe(cfg)
     return get_recipe(cfg.recipe).run(cfg)

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import math
 
+from vlaforge.checks import check_in_dir, need
 from vlaforge.envs import env_kwargs, env_tasks, suite_spec
+from vlaforge.errors import UsageError
 from vlaforge.hooks import Hooks
+from vlaforge.policies.hf.model import remote_code_files
 from vlaforge.rewards.grape import GrapeScorer, RuleDecomposer
 from vlaforge.rewards.lm_decomposer import LMDecomposer
 from vlaforge.train.loop import train
@@ -92,6 +95,30 @@ def hooks_for(cfg):
     scorer = GrapeScorer.for_spec(make_decomposer(cfg, spec), spec,
                                   lambdas=(g.lambda_self, g.lambda_ext, g.lambda_success))
     return GrapeHooks(scorer)
+
+
+def check(cfg, given: frozenset[str] = frozenset()) -> None:
+    """``--grape.*``, TPO, and a suite with the simulator state the staged costs read; before any work."""
+    need(cfg.algo == "tpo", f"the grape recipe trains with TPO; drop --algo {cfg.algo}")
+    need(cfg.grape.decomposer in ("rule", "lm"), f"--grape.decomposer '{cfg.grape.decomposer}' is unknown; "
+                                                 "choose rule or lm")
+    need(cfg.grape.decomposer != "lm" or bool(cfg.grape.lm_path),
+         "--grape.decomposer lm needs --grape.lm-path DIR (a local transformers text model)")
+    try:
+        parse_weights(cfg.grape.cost_weights)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if cfg.grape.lm_path:
+        d = check_in_dir("--grape.lm-path", cfg.grape.lm_path, "a local transformers text model directory")
+        need((d / "config.json").is_file(), f"--grape.lm-path '{cfg.grape.lm_path}' holds no config.json; pass a "
+                                            "directory written by save_pretrained (model and tokenizer)")
+        files = remote_code_files(d)
+        need(not files, f"--grape.lm-path: '{files[0] if files else ''}' asks to run the model's own Python code "
+                        "(auto_map); vlaforge never runs it for --grape.lm-path: pass a model transformers knows")
+    spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), image_size=cfg.image_size,
+                      **env_kwargs(cfg.env_kwargs, cfg.max_steps))
+    need(bool(spec.sim_state_names), f"--suite {cfg.suite} exposes no simulator state, which GRAPE's staged "
+                                     "costs need; use a suite with sim_state (pointreach, metaworld, kitchen, ...)")
 
 
 def run(cfg) -> dict:

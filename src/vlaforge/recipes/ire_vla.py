@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 from vlaforge.algos.sft import DemoSampler, sft_step
+from vlaforge.checks import at_least, learning_rate, need
+from vlaforge.data.demo_files import check_demos
 from vlaforge.data.demos import load_demos
 from vlaforge.data.replay import SuccessBuffer
 from vlaforge.envs import env_kwargs, env_tasks, suite_spec, suite_task_names
@@ -159,6 +161,22 @@ def evaluate_groups(policy, cfg, groups: dict[str, list[str]]) -> dict:
             out[g] = {"successes": s, "episodes": n, "rate": s / n, "ci95": list(wilson(s, n)),
                       "per_task": {t: by[t].rate for t in ns}}
     return out
+
+
+def check(cfg, given: frozenset[str] = frozenset()) -> None:
+    """``--ire-vla.*`` and what the recipe needs (an SFT start), before any work. ``given``: the fields named on
+    the command line (``--iterations`` is not read here)."""
+    need("iterations" not in given, "--iterations is not read by the ire-vla recipe; set the RL stage's length "
+                                    "with --ire-vla.rl-iterations and the number of rounds with --ire-vla.rounds")
+    need(bool(cfg.init), "the ire-vla recipe starts from an SFT checkpoint: pass --init DIR (from `vlaforge sft`)")
+    ic = cfg.ire_vla
+    at_least("--ire-vla.rounds", ic.rounds, 1)
+    at_least("--ire-vla.rl-iterations", ic.rl_iterations, 1)
+    at_least("--ire-vla.sl-steps", ic.sl_steps, 0)
+    learning_rate("--ire-vla.sl-lr", ic.sl_lr)
+    need(0 <= ic.demo_fraction <= 1, f"--ire-vla.demo-fraction must be in [0, 1]; got {ic.demo_fraction}")
+    if ic.demos:
+        check_demos(ic.demos, "--ire-vla.demos")
 
 
 def run(cfg) -> dict:

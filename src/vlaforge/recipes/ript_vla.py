@@ -30,6 +30,10 @@ def preset(cfg) -> None:
     cfg.curriculum = "uniform"
 
 
+def check(cfg, given: frozenset[str] = frozenset()) -> None:
+    """Nothing beyond ``TrainConfig.check``: the recipe only presets the loop's switches."""
+
+
 def run(cfg) -> dict:
 
     return train(cfg)

@@ -29,6 +29,10 @@ def preset(cfg) -> None:
     cfg.fill_fraction = 1.0
 
 
+def check(cfg, given: frozenset[str] = frozenset()) -> None:
+    """Nothing beyond ``TrainConfig.check``: the recipe only presets the loop's switches."""
+
+
 def run(cfg) -> dict:
 
     return train(cfg)

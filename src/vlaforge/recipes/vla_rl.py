@@ -24,10 +24,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlaforge.checks import at_least, check_in_dir, finite, need
+from vlaforge.data.demo_files import check_demos
 from vlaforge.data.demos import load_demos
 from vlaforge.envs import env_kwargs, env_tasks, suite_spec
 from vlaforge.hooks import NO_HOOKS, Hooks
-from vlaforge.policies import read_config
+from vlaforge.policies import read_checked_config, read_config
 from vlaforge.rewards.rprm import RPRM, RPRMShaper, load_rprm, progress_data_from_demos, save_rprm, train_rprm
 from vlaforge.train.loop import train
 
@@ -68,6 +70,27 @@ class ProcessReward(Hooks):
 
     def shape_rewards(self, rollout) -> dict:
         return self.shaper.shape_rewards(rollout)
+
+
+def check(cfg, given: frozenset[str] = frozenset()) -> None:
+    """``--vla-rl.*``, an --init with an action-token head, and the process reward model's source (a trained model
+    or demos); before any work."""
+    v = cfg.vla_rl
+    finite("--vla-rl.rprm-weight", v.rprm_weight)
+    at_least("--vla-rl.rprm-steps", v.rprm_steps, 1)
+    if cfg.init:
+        pol = read_checked_config(cfg.init, cfg.hf.trust_remote_code, "--init", "--policy.trust-remote-code")["policy"]
+        need(pol.get("head") == "tokens", "VLA-RL trains a binned action-token head; SFT one with "
+                                          "`vlaforge sft --head tokens` and pass it as --init")
+    if v.rprm:
+        check_in_dir("--vla-rl.rprm", v.rprm, "a process reward model directory written by a vla-rl run (<out>/rprm)")
+    elif v.rprm_weight != 0:
+        demos = v.demos or (read_checked_config(cfg.init, cfg.hf.trust_remote_code, "--init", "--policy.trust-remote-code").get(
+            "trained_on", {}).get("demos") if cfg.init else None)
+        need(bool(demos) and Path(demos).exists(),
+             "vla-rl needs demos to train its process reward model: pass --vla-rl.demos DIR (from `vlaforge "
+             "collect`) or a trained model with --vla-rl.rprm DIR")
+        check_demos(demos, "--vla-rl.demos")
 
 
 def run(cfg) -> dict:

@@ -26,6 +26,7 @@ from typing import Literal
 
 import torch
 
+from vlaforge.checks import at_least, finite, need, positive
 from vlaforge.rollout.collect import CollectStats
 from vlaforge.types import Rollout
 
@@ -61,6 +62,24 @@ class RayConfig:
     """seconds to wait for the cluster to grant the actors' resources"""
     collective_timeout_s: float = 300.0
     """seconds a learner waits in an all-reduce before giving up (a dead peer)"""
+
+    def check(self) -> None:
+        """``--ray.*`` (taken from the command line on resume too)."""
+        if not self.enabled:
+            return
+        at_least("--ray.env-workers", self.env_workers, 1)
+        at_least("--ray.learners", self.learners, 1)
+        positive("--ray.env-worker-cpus", self.env_worker_cpus)
+        positive("--ray.learner-cpus", self.learner_cpus)
+        for name, g in (("--ray.learner-gpus", self.learner_gpus), ("--ray.env-worker-gpus", self.env_worker_gpus)):
+            finite(name, g)
+            need(0 <= g <= 1, f"{name} must be in [0, 1] (a fraction shares one GPU; a learner or worker uses one "
+                              f"device: for more GPUs add learners with --ray.learners N); got {g}")
+        if self.num_cpus is not None:
+            at_least("--ray.num-cpus", self.num_cpus, 1)
+        at_least("--ray.max-env-worker-restarts", self.max_env_worker_restarts, 0)
+        positive("--ray.startup-timeout-s", self.startup_timeout_s)
+        positive("--ray.collective-timeout-s", self.collective_timeout_s)
 
 
 class Backend:

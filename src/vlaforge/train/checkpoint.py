@@ -134,9 +134,10 @@ def read_train_state(path: str | Path) -> dict:
     return state
 
 
-def load_checkpoint(path: str | Path, trust_remote_code: bool = False) -> tuple:
+def load_checkpoint(path: str | Path, trust_remote_code: bool = False, state: dict | None = None) -> tuple:
     """Returns (policy, optimizer_state, state, rng) or raises CheckpointError with what to do.
-    ``state["config_obj"]`` is the checked ``TrainConfig``."""
+    ``state["config_obj"]`` is the checked ``TrainConfig``; ``state``: state.json as ``read_train_state`` returned it
+    already (``train.resume.ResumePoint.state``; None: read here)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -146,7 +147,7 @@ def load_checkpoint(path: str | Path, trust_remote_code: bool = False) -> tuple:
     if missing:
         raise CheckpointError(f"checkpoint '{path}' is partial (missing {', '.join(missing)}); "
                               "resume from an earlier complete checkpoint or start again")
-    state = read_train_state(path)
+    state = read_train_state(path) if state is None else state
     policy = load_policy(path, trust_remote_code=trust_remote_code)
     try:
         opt_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
@@ -165,14 +166,15 @@ def load_checkpoint(path: str | Path, trust_remote_code: bool = False) -> tuple:
     return policy, opt_state, state, rng
 
 
-def load_algo_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, JSON part) of the algorithm state saved by ``save_checkpoint(..., algo_state=)``."""
+def load_algo_state(path: str | Path, state: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, JSON part) of the algorithm state saved by ``save_checkpoint(..., algo_state=)``; ``state``: the
+    checkpoint's state.json already read (None: read here)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     f = path / "algo_state.safetensors"
-    state = read_train_state(path)
+    state = read_train_state(path) if state is None else state
     if not f.exists() or "algo_state" not in state:
         raise CheckpointError(f"checkpoint '{path}' holds no algorithm state (algo_state.safetensors); it was written "
                               "by an algorithm without state: resume it with that algorithm")

@@ -4,8 +4,10 @@ The run's fields, one ``--<algo>.*`` sub-config per registered algorithm (``vlaf
 algorithm adds no line here), the policy-family options (``--policy.*`` = ``HFConfig``, ``--openvla.*``), Ray
 (``--ray.*``) and the recipes' options. ``config_to_dict`` / ``config_from_dict`` are what a checkpoint's
 ``state.json`` stores and what ``--resume`` rebuilds (``train.checkpoint.read_train_state`` checks the JSON
-against these dataclasses first). Kept apart from ``train.loop`` so that checkpoints can read a config
-without importing the loop.
+against these dataclasses first). ``TrainConfig.check()`` checks a fresh run's config (each part through its own
+``check``: ``EnvOptions``, the algorithm's registry entry, ``HFConfig``, ``PolicyShape``, ``RayConfig``, the family's
+``check_fresh``); ``check_numbers()`` is the part a resumed checkpoint's saved config must pass too. Kept apart from
+``train.loop`` so that checkpoints can read a config without importing the loop.
 
     python -c "from vlaforge.train.config import TrainConfig; print(TrainConfig().algo)"
 """
@@ -13,20 +15,19 @@ without importing the loop.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
 
-from vlaforge.algos import ALGOS, AlgoName
+from vlaforge.algos import ALGOS, AlgoName, get_algo
+from vlaforge.checks import at_least, check_image_size, check_seed, learning_rate, need, positive, task_list
 from vlaforge.device import DeviceOptions
 from vlaforge.envs.options import EnvOptions
 from vlaforge.policies.hf.model import HFConfig
 from vlaforge.policies.openvla.model import OpenVLAOptions
 from vlaforge.policies.options import PolicyShape
-from vlaforge.policies.registry import PolicyName
+from vlaforge.policies.registry import PolicyName, family
 from vlaforge.train.backend import RayConfig
 from vlaforge.train.logging import LogOptions
 from vlaforge.train.recipe_configs import GrapeConfig, IReVLAConfig, VLARLConfig
@@ -116,6 +117,46 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
     grape: GrapeConfig = field(default_factory=GrapeConfig)
     vla_rl: VLARLConfig = field(default_factory=VLARLConfig)
 
+    def check_numbers(self) -> None:
+        """The checks that read no file: numbers, choices, env options (cast in place), the algorithm's config
+        (its registry entry's ``check``), ``--policy.*`` and a fresh policy's shape. Run on a fresh config and, on
+        ``--resume``, on the checkpoint's saved one (state.json is input too)."""
+        if self.threads is not None:
+            at_least("--threads", self.threads, 1)
+        task_list("--eval-tasks", self.eval_tasks)
+        at_least("--iterations", self.iterations, 1)
+        at_least("--groups", self.groups, 1, " (initial states per iteration)")
+        check_image_size("--image-size", self.image_size)
+        if self.max_steps is not None:
+            at_least("--max-steps", self.max_steps, 1)
+        EnvOptions.check(self, self.max_steps)
+        learning_rate("--lr", self.lr)
+        at_least("--lr-warmup", self.lr_warmup, 0, " iterations")
+        learning_rate("--value-lr", self.value_lr)
+        at_least("--weight-decay", self.weight_decay, 0)
+        positive("--curriculum-tau", self.curriculum_tau)
+        need(0 < self.fill_fraction <= 1, f"--fill-fraction must be in (0, 1]; got {self.fill_fraction}")
+        at_least("--max-collect-rounds", self.max_collect_rounds, 1)
+        at_least("--eval-every", self.eval_every, 0, " (0 = no evaluation)")
+        at_least("--eval-episodes", self.eval_episodes, 1)
+        at_least("--checkpoint-every", self.checkpoint_every, 1, " iterations")
+        check_seed("--seed", self.seed)
+        get_algo(self.algo).check(self.algo_cfg)
+        self.hf.check()
+        if not self.init:
+            PolicyShape.check(self)
+
+    def check(self) -> None:
+        """Every check of a fresh run's config that needs no checkpoint: ``check_numbers``, ``--ray.*`` and, without
+        ``--init``, the policy family's own (``check_fresh``: the tiny VLA's image size, an HF model folder).
+        ``train()`` runs it before any work; the CLI before it takes the run folder's lock (then also the checks
+        that read --init, the recipe's and the run folder's: ``vlaforge.validate``)."""
+        self.check_numbers()
+        self.ray.check()
+        fam = family(self.policy)
+        if not self.init and fam.check_fresh:
+            fam.fn("check_fresh")(self)
+
 
 def _algo_cfg(self):
     """The chosen algorithm's sub-config (``cfg.ppo`` for ``algo == "ppo"``)."""
@@ -161,11 +202,3 @@ def config_from_dict(d: dict) -> TrainConfig:
                 v["keep_band"] = tuple(v["keep_band"])
             kw[k] = cls(**v)
     return TrainConfig(**kw)
-
-
-def resumed_config(path: str | Path) -> TrainConfig:
-    """The training config stored in a full-state checkpoint (to resume a recipe with its hooks)."""
-    f = Path(path) / "state.json"
-    if not f.exists():
-        raise FileNotFoundError(f"no training checkpoint at '{path}' (state.json missing); pass the run's checkpoint/ directory")
-    return config_from_dict(json.loads(f.read_text())["config"])

@@ -37,13 +37,14 @@ from vlaforge.rollout.evaluate import evaluate_policy
 from vlaforge.rollout.sampling import TaskSampler
 from vlaforge.train.backend import Backend, backend_for, register_backend
 from vlaforge.train.checkpoint import load_algo_state, load_checkpoint, repair_metrics, save_checkpoint
-from vlaforge.train.config import TrainConfig, config_from_dict, config_to_dict, resume_config, resumed_config
+from vlaforge.train.config import TrainConfig, config_from_dict, config_to_dict
 from vlaforge.train.learner import PolicyLearner, make_optimizer, policy_lr, set_policy_lr
 from vlaforge.train.logging import RunLogger, StageTimer, progress_bar
+from vlaforge.train.resume import resume_point
 from vlaforge.types import Rollout
 
 __all__ = ["LocalBackend", "TrainConfig", "config_from_dict", "config_to_dict", "make_optimizer", "policy_lr",
-           "resumed_config", "set_policy_lr", "train"]
+           "set_policy_lr", "train"]
 
 
 def _split_rates(results) -> dict:
@@ -146,20 +147,22 @@ def run_threads(cfg: TrainConfig) -> int:
 
 
 def start_state(cfg: TrainConfig):
-    """Where a run starts: from ``cfg.resume`` (its saved config, with the caller's ``ray`` settings) or
-    fresh (seeded; policy from ``cfg.init`` or None). Returns (cfg, policy, optimizer state, RNG states,
-    iteration, env steps, sampler state); the local loop and the Ray driver share it."""
+    """Where a run starts, after its checks: from ``cfg.resume`` (``train.resume.resume_point``: the saved config
+    with the caller's ``CALLER_FIELDS``, state.json read once) or fresh (``cfg.check()``, seeded; policy from
+    ``cfg.init`` or None). Returns (cfg, policy, optimizer state, RNG states, iteration, env steps, state.json or
+    None); the local loop and the Ray driver share it."""
     trust = cfg.hf.trust_remote_code  # only ever from the caller (the command line), never from a file
     if cfg.resume is None:
+        cfg.check()  # the same one-line errors as the CLI's, before any env or file
         cfg = dataclasses.replace(cfg, threads=run_threads(cfg))
         torch.manual_seed(cfg.seed)
         return cfg, (load_policy(cfg.init, trust_remote_code=trust) if cfg.init else None), None, None, 0, 0, None
-    policy, opt_state, state, rng = load_checkpoint(cfg.resume, trust_remote_code=trust)
     # the run's settings come from the checkpoint; where to run, where to write and what to show, from the
     # caller (the CLI sets out to the checkpoint's parent unless --out is given): a crafted state.json
     # never chooses which directory is rewritten
-    cfg = resume_config(state["config_obj"], cfg)
-    return cfg, policy, opt_state, rng, state["iteration"], state["env_steps"], state["sampler"]
+    point = resume_point(cfg)
+    policy, opt_state, state, rng = load_checkpoint(point.path, trust_remote_code=trust, state=point.state)
+    return point.cfg, policy, opt_state, rng, state["iteration"], state["env_steps"], state
 
 
 class LocalBackend(Backend):
@@ -212,7 +215,7 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None, policy=None) -> dict:
     resuming = cfg.resume is not None
     if policy is not None and (resuming or cfg.init):
         raise UsageError("train(policy=...) starts a fresh run: drop cfg.resume and cfg.init")
-    cfg, loaded, opt_state, rng, start_it, env_steps_total, sampler_state = start_state(cfg)
+    cfg, loaded, opt_state, rng, start_it, env_steps_total, saved_state = start_state(cfg)
     policy = loaded if policy is None else policy
     set_deterministic(cfg.deterministic)
     out = Path(cfg.out)
@@ -222,14 +225,14 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None, policy=None) -> dict:
     backend = make_backend(cfg, hooks)  # writes nothing: bad input and a missing extra fail before any file
     try:
         final = _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_steps_total,
-                     sampler_state, resuming, out)
+                     saved_state, out)
     finally:
         backend.close()
     return final
 
 
-def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_steps_total, sampler_state,
-         resuming, out) -> dict:
+def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_steps_total, saved_state,
+         out) -> dict:
     """The loop of ``train`` once its backend stands."""
     spec = backend.spec
     if policy is None:
@@ -242,11 +245,12 @@ def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     sampler = TaskSampler(train_ids, cfg.curriculum, cfg.curriculum_tau, seed=cfg.seed)
     saved_algo_state = None
+    resuming = saved_state is not None
     if resuming:
-        sampler.load_state_dict(sampler_state)
+        sampler.load_state_dict(saved_state["sampler"])
         gen.set_state(rng["update_gen"])
         if algo.init_state is not None:
-            saved_algo_state = load_algo_state(cfg.resume)
+            saved_algo_state = load_algo_state(cfg.resume, saved_state)
     backend.start(policy, opt_state, gen, saved_algo_state)
     if resuming:  # after start(): building the optimizer and the algorithm's state may draw random numbers
         torch.set_rng_state(rng["torch_cpu"])

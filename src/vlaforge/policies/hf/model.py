@@ -44,6 +44,7 @@ import torch.nn.functional as F
 import tyro
 from torch import nn
 
+from vlaforge.checks import at_least, finite, need, positive
 from vlaforge.core.losses import token_cross_entropy
 from vlaforge.envs import require
 from vlaforge.errors import UsageError
@@ -83,6 +84,19 @@ class HFConfig(SuiteDims, VLMOptions):
     """noise level of the flow head's SDE sampler"""
     critic: Literal["shared", "separate"] = "shared"
     """value head on the policy's backbone (shared), or on a separate frozen copy of the base model"""
+
+    def check(self) -> None:
+        """``--policy.*`` numbers of an HF policy (read by ``--policy hf`` and the other VLM families)."""
+        at_least("--policy.n-bins", self.n_bins, 2)
+        at_least("--policy.max-text-tokens", self.max_text_tokens, 1)
+        at_least("--policy.head-hidden", self.head_hidden, 1)
+        finite("--policy.log-std-init", self.log_std_init)
+        at_least("--policy.flow-steps", self.flow_steps, 2, " (one step leaves the flow head's noise scale undefined)")
+        at_least("--policy.flow-noise", self.flow_noise, 0)
+        at_least("--policy.lora-rank", self.lora_rank, 0, " (0 = no LoRA)")
+        positive("--policy.lora-alpha", self.lora_alpha)
+        need(0 <= self.lora_dropout < 1, f"--policy.lora-dropout must be in [0, 1); got {self.lora_dropout}")
+        at_least("--policy.micro-batch", self.micro_batch, 0, " (0 = off)")
 
 
 REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")
