@@ -147,8 +147,11 @@ class Pi0(FlowChunkPolicy):
                     p.data = p.data.to(torch.bfloat16)
         if cfg.gradient_checkpointing:
             pw.gradient_checkpointing = True
-            pw.paligemma.model.vision_tower.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            tower = pw.paligemma.model.vision_tower
+            if hasattr(tower, "activation_checkpointing_enable"):  # transformers >= 5.2x (as smolvla)
+                tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         mask = torch.zeros(arch.chunk_size, arch.max_action_dim, dtype=torch.bool)
         mask[:cfg.chunk_size, :cfg.action_dim] = True
         self.register_buffer("block", mask, persistent=False)  # the exposed, stochastic entries
