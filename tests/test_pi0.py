@@ -2,7 +2,7 @@
 
 Layout (hub key names, statistics, tokenizer) and where each weight lands; the prefix-cache decomposition against
 LeRobot's joint-sequence training forward restated (pinned commit 7427f31) and against transformers' own PI0 port;
-act/evaluate consistency of the SDE chain and DSRL-style noise input; one update of SFT/PPO/GRPO/RLOO/TPO;
+act/evaluate consistency of the SDE chain and DSRL-style noise input; one update of SFT/PPO/GRPO/RLOO/TPO/DSRL;
 LoRA + bf16 + checkpointing + micro-batches; vlaforge checkpoints and LeRobot export; one-line errors; the CLI.
 """
 
@@ -22,9 +22,11 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers.models.gemma import modeling_gemma  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from vlaforge.envs import make_vec_env  # noqa: E402
 from vlaforge.policies import CheckpointError, load_policy, read_config, save_policy  # noqa: E402
 from vlaforge.policies.pi0 import Pi0, export_lerobot, load_lerobot, tiny_lerobot_dir  # noqa: E402
 from vlaforge.policies.pi0.lerobot import to_ours  # noqa: E402
+from vlaforge.rollout.collect import collect  # noqa: E402
 from vlaforge.types import Observation  # noqa: E402
 
 hf_logging.set_verbosity_error()
@@ -270,6 +272,39 @@ def test_every_algorithm_updates(tmp_path):
     loss.backward()
     opt.step()
     assert metrics["sft/flow_mse"] > 0 and not torch.equal(before, p.model.action_time_mlp_in.weight)
+
+
+def test_dsrl_steers_the_frozen_pi0(ckpt, tmp_path):
+    """DSRL: a noise policy over the exposed block's initial noise; w = 0 at the start (the base policy's deterministic
+    action), one update trains only the noise policy, the saved policy acts through it again."""
+    from vlaforge.algos import get_algo
+    from vlaforge.errors import UsageError
+
+    torch.manual_seed(0)
+    p = load_lerobot(ckpt)
+    obs = _obs()
+    base = p.act(obs, deterministic=True).actions
+    algo = get_algo("dsrl")
+    cfg = algo.config(batch_size=4, utd=0.5)
+    st = algo.new_state(p, cfg)
+    assert torch.allclose(p.act(obs, deterministic=True).actions, base, atol=1e-6)
+    vla = {k: v.clone() for k, v in p.state_dict().items() if not k.startswith("noise_policy.")}
+    noise = [x.detach().clone() for x in p.noise_policy.parameters()]
+    venv = make_vec_env("pointreach", 4, image_size=32, max_steps=12)  # 3 decisions: transitions with an s'
+    r, _ = collect(p, venv, np.zeros(4, np.int64), np.arange(4))
+    venv.close()
+    batch, _ = algo.prepare(r, cfg)
+    assert len(batch) >= 8 and batch.fields["w"].shape[1:] == (4, 2) and batch.fields["w"].abs().max() < cfg.bound
+    m = algo.update(p, torch.optim.Adam(p.parameters()), batch, cfg, 0, torch.Generator().manual_seed(0), state=st)
+    assert m["train/optimizer_steps"] > 0 and all(np.isfinite(v) for v in m.values())
+    assert all(torch.equal(v, p.state_dict()[k]) for k, v in vla.items())  # π0 is frozen
+    assert any(not torch.equal(a, b) for a, b in zip(noise, p.noise_policy.parameters()))
+    with pytest.raises(UsageError, match="noise policy"):
+        p.evaluate(obs, {})
+    save_policy(p, tmp_path / "dsrl")
+    q = load_policy(tmp_path / "dsrl")
+    assert q.noise_policy is not None and q.cfg.dsrl_bound == cfg.bound
+    torch.testing.assert_close(q.act(obs, deterministic=True).actions, p.act(obs, deterministic=True).actions)
 
 
 def test_lora_bf16_checkpointing_micro_batches(ckpt, tmp_path):

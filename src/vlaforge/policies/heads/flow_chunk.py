@@ -21,7 +21,9 @@ grid). Sampling is the marginal-preserving SDE with noise level a = ``flow_noise
 is scored, element-wise (N, C, A) summed over the K steps; padded dims and the unexecuted tail follow the ODE
 (deterministic given the stored chain ``taken["chain"]`` (N, K+1, chunk, max_A)). Deterministic acting is the
 Euler ODE from x1 = 0 (the prior's mode). ``act(obs, deterministic, noise=w)`` starts the chain from ``w``
-(DSRL-style steering). SFT: the flow-matching MSE with t ~ Beta(1.5, 1)·0.999 + 0.001 (openpi/LeRobot), over the
+(DSRL-style steering); with a DSRL noise policy attached (``attach_noise_policy``, ``algos/dsrl.py``) ``act`` draws
+``w`` from it (condition: the pooled prefix hidden states and the normalised state) and integrates the ODE from
+``w``, as the tiny VLA does. SFT: the flow-matching MSE with t ~ Beta(1.5, 1)·0.999 + 0.001 (openpi/LeRobot), over the
 exposed, executed entries.
 """
 
@@ -29,13 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vlaforge.core.losses import mse_loss
+from vlaforge.errors import UsageError
 from vlaforge.policies.base import Policy
 from vlaforge.policies.heads.flow import gaussian_log_prob, sde_step
+from vlaforge.policies.heads.noise import NoisePolicy
 from vlaforge.policies.hf.offload import CPUOffloadAdamW
 from vlaforge.policies.options import autocast_context
 from vlaforge.types import ActionOutput, Observation
@@ -53,10 +58,27 @@ def flow_grid(steps: int, noise: float, device=None):
     return t, 1.0 / steps, noise * (ts / (1 - ts)).sqrt()
 
 
+@dataclass
+class NoiseSteering:
+    """The DSRL noise policy a flow VLA's config records (set by ``--algo dsrl``, never a flag), so that a saved
+    policy acts through it again."""
+
+    dsrl_bound: float = 0.0
+    """DSRL noise bound b of the attached noise policy (``heads/noise.py``); 0 = none"""
+    dsrl_hidden: int = 256
+    """hidden width of the attached noise policy"""
+
+
 class FlowChunkPolicy(nn.Module, Policy):
-    """See the module docstring: the Policy protocol over a family's ``_prefix`` / ``_velocity`` / ``_repeat``."""
+    """See the module docstring: the Policy protocol over a family's ``_prefix`` / ``_velocity`` / ``_repeat``.
+    A subclass also sets ``context_dim`` (the prefix width, the value head's and noise policy's input) and calls
+    ``_attach_saved_noise_policy()`` at the end of ``__init__``."""
 
     family_label = "this flow VLA"
+
+    def __init__(self):
+        super().__init__()
+        self.noise_policy: NoisePolicy | None = None
 
     # -- the family's seams ----------------------------------------------------------------------
     def _prefix(self, obs: Observation):
@@ -109,6 +131,32 @@ class FlowChunkPolicy(nn.Module, Policy):
         if self.cfg.optimizer_on_cpu:
             return CPUOffloadAdamW
         return torch.optim.AdamW
+
+    # -- DSRL ---------------------------------------------------------------------------------------
+    def _attach_saved_noise_policy(self) -> None:
+        if self.cfg.dsrl_bound > 0:
+            self.attach_noise_policy(self.cfg.dsrl_bound, self.cfg.dsrl_hidden)
+
+    def attach_noise_policy(self, bound: float, hidden: int = 256) -> None:
+        """Add a fresh DSRL noise policy over the exposed block's initial noise (``act`` then steers through it);
+        its parameters start frozen: only DSRL's own optimizer trains them."""
+        self.cfg.dsrl_bound, self.cfg.dsrl_hidden = float(bound), int(hidden)
+        self.noise_policy = NoisePolicy(self.context_dim + self.cfg.state_dim, self.chunk_size, self.action_dim,
+                                        bound, hidden)
+        self.noise_policy.to(self.state_shift.device).requires_grad_(False)
+
+    def _condition(self, obs: Observation, h: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        m = pad.unsqueeze(-1).float()
+        pooled = (h.float() * m).sum(1) / m.sum(1).clamp_min(1)
+        state = torch.as_tensor(obs.state, dtype=torch.float32, device=self.state_shift.device)
+        return torch.cat([pooled, (state - self.state_shift) / self.state_scale], -1)
+
+    @torch.no_grad()
+    def noise_condition(self, obs: Observation) -> torch.Tensor:
+        """DSRL's noise-policy input (N, context_dim + S): the masked mean of the final prefix hidden states and the
+        normalised state."""
+        h, _, pad = self._prefix(obs)
+        return self._condition(obs, h, pad)
 
     # -- shared pieces ----------------------------------------------------------------------------
     def _autocast(self):
@@ -164,6 +212,13 @@ class FlowChunkPolicy(nn.Module, Policy):
             temperature: float = 1.0) -> ActionOutput:
         n = len(obs)
         h, cache, pad = self._prefix(obs)
+        if self.noise_policy is not None:  # DSRL: the noise policy picks w, the ODE maps it to the action
+            w, log_prob = self.noise_policy.rsample(self._condition(obs, h, pad), deterministic)
+            x = self._start(n, w, True)
+            t, delta, _ = flow_grid(self.cfg.num_steps, 0.0, pad.device)
+            for k in range(self.cfg.num_steps):
+                x = x - delta * self._velocity(cache, pad, x, t[k].expand(n))
+            return ActionOutput(self._env_actions(x), log_prob, self._value(h, pad), {"w": w})
         a = self.cfg.flow_noise * float(temperature)
         K = self.cfg.num_steps
         t, delta, sigma = flow_grid(K, a, pad.device)
@@ -186,6 +241,9 @@ class FlowChunkPolicy(nn.Module, Policy):
         return ActionOutput(self._env_actions(chain[:, -1]), log_prob, self._value(h, pad), {"chain": chain})
 
     def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor], temperature: float = 1.0):
+        if self.noise_policy is not None:  # act() sampled w, not the SDE chain: these log-probs would not match
+            raise UsageError("this policy acts through a DSRL noise policy (dsrl_bound > 0): train it with --algo dsrl, "
+                             "or start the other algorithms from the checkpoint it was trained from")
         a = self.cfg.flow_noise * float(temperature)
         if a <= 0:
             raise ValueError(f"{self.family_label}'s sampler is an ODE at noise level 0 and has no log-prob; set "

@@ -38,7 +38,7 @@ from torch import nn
 
 import vlaforge.policies.pi0.obs as O
 from vlaforge.policies.heads.common import mlp
-from vlaforge.policies.heads.flow_chunk import FlowChunkPolicy
+from vlaforge.policies.heads.flow_chunk import FlowChunkPolicy, NoiseSteering
 from vlaforge.policies.options import MemorySwitches, lora_target_modules
 from vlaforge.policies.pi0.model import Arch, PI0Model
 from vlaforge.policies.smolvla.model import repeat_kv
@@ -50,7 +50,7 @@ PI0_DEFAULT_TARGETS = (r"paligemma_with_expert\.gemma_expert\..*_proj|state_proj
 
 
 @dataclass
-class Pi0Config(MemorySwitches):
+class Pi0Config(MemorySwitches, NoiseSteering):
     """A π0 policy: LeRobot's config (as read from the checkpoint) and vlaforge's switches. ``lora_rank 0`` trains
     what the checkpoint's fine-tuning flags say; ``lora_targets all-linear``: the expert's and the projections'
     linear layers (else comma-separated module-name suffixes); the SDE maths stays fp32 under ``autocast``."""
@@ -132,7 +132,8 @@ class Pi0(FlowChunkPolicy):
         self.register_buffer("state_scale", torch.ones(cfg.state_dim))
         self.register_buffer("action_shift", torch.zeros(cfg.action_dim))
         self.register_buffer("action_scale", torch.ones(cfg.action_dim))
-        self.value_net = mlp(arch.vlm["width"], cfg.head_hidden, 1, layers=3) if cfg.value_head else None
+        self.context_dim = arch.vlm["width"]
+        self.value_net = mlp(self.context_dim, cfg.head_hidden, 1, layers=3) if cfg.value_head else None
         pw = self.model.paligemma_with_expert
         if lr.get("train_expert_only", False):
             pw.paligemma.requires_grad_(False)
@@ -158,6 +159,7 @@ class Pi0(FlowChunkPolicy):
         self._backbone = [p for p in pw.paligemma.parameters() if p.requires_grad]
         bb = {id(p) for p in self._backbone}
         self._head = [p for p in self.model.parameters() if p.requires_grad and id(p) not in bb]
+        self._attach_saved_noise_policy()
 
     def _inject_lora(self) -> None:
         import peft

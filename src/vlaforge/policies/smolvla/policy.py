@@ -57,7 +57,7 @@ from torch import nn
 
 import vlaforge.policies.smolvla.obs as O
 from vlaforge.policies.heads.common import mlp
-from vlaforge.policies.heads.flow_chunk import FlowChunkPolicy, flow_grid
+from vlaforge.policies.heads.flow_chunk import FlowChunkPolicy, NoiseSteering, flow_grid
 from vlaforge.policies.options import MemorySwitches, lora_target_modules
 from vlaforge.policies.smolvla.model import Arch, SmolVLAModel, repeat_kv
 from vlaforge.types import Observation
@@ -68,7 +68,7 @@ LOBOT_DEFAULT_TARGETS = (r"vlm_with_expert\.lm_expert\..*_proj|state_proj|action
 
 
 @dataclass
-class SmolVLAConfig(MemorySwitches):
+class SmolVLAConfig(MemorySwitches, NoiseSteering):
     """A SmolVLA policy: LeRobot's config and the VLM's (as read from the checkpoint) and vlaforge's switches.
     ``lora_rank 0`` trains what the checkpoint's fine-tuning flags say; ``lora_targets all-linear``: the expert's
     and the projections' linear layers (else comma-separated module-name suffixes); the SDE maths stays fp32
@@ -157,7 +157,7 @@ class SmolVLA(FlowChunkPolicy):
         self.register_buffer("state_scale", torch.ones(cfg.state_dim))
         self.register_buffer("action_shift", torch.zeros(cfg.action_dim))
         self.register_buffer("action_scale", torch.ones(cfg.action_dim))
-        D = self.model.vlm_with_expert.config.text_config.hidden_size
+        D = self.context_dim = self.model.vlm_with_expert.config.text_config.hidden_size
         self.value_net = mlp(D, cfg.head_hidden, 1, layers=3) if cfg.value_head else None
         # what trains: LeRobot's flags, then LoRA freezes every base weight
         vw = self.model.vlm_with_expert
@@ -185,7 +185,7 @@ class SmolVLA(FlowChunkPolicy):
         self._backbone = [p for p in vw.vlm.parameters() if p.requires_grad]
         bb = {id(p) for p in self._backbone}
         self._head = [p for p in self.model.parameters() if p.requires_grad and id(p) not in bb]
-        self._use_ref = False
+        self._attach_saved_noise_policy()
 
     def _inject_lora(self) -> None:
         import peft
