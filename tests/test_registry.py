@@ -87,5 +87,5 @@ def test_a_toy_family_trains_saves_loads_and_evaluates(tmp_path, toy_family):
 
 
 def test_unknown_family_names_the_registered_ones():
-    with pytest.raises(ValueError, match="available: tiny, hf, smolvla, openvla, openvla-oft"):
+    with pytest.raises(ValueError, match="available: tiny, hf, smolvla, pi0, openvla, openvla-oft"):
         build_policy("pi-zero")
