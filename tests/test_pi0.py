@@ -274,14 +274,17 @@ def test_every_algorithm_updates(tmp_path):
     assert metrics["sft/flow_mse"] > 0 and not torch.equal(before, p.model.action_time_mlp_in.weight)
 
 
-def test_dsrl_steers_the_frozen_pi0(ckpt, tmp_path):
-    """DSRL: a noise policy over the exposed block's initial noise; w = 0 at the start (the base policy's deterministic
-    action), one update trains only the noise policy, the saved policy acts through it again."""
+@pytest.mark.parametrize("family", ["pi0", "smolvla"])
+def test_dsrl_steers_the_frozen_flow_vla(ckpt, tmp_path, family):
+    """DSRL (shared by π0 and SmolVLA through FlowChunkPolicy): a noise policy over the exposed block's initial noise;
+    w = 0 at the start (the base policy's deterministic action), one update trains only the noise policy, the saved
+    policy acts through it again."""
     from vlaforge.algos import get_algo
     from vlaforge.errors import UsageError
+    from vlaforge.policies.smolvla import tiny_lerobot_dir as smol_dir
 
     torch.manual_seed(0)
-    p = load_lerobot(ckpt)
+    p = load_lerobot(ckpt) if family == "pi0" else load_policy(smol_dir(tmp_path / "s", chunk_size=6, n_action_steps=4))
     obs = _obs()
     base = p.act(obs, deterministic=True).actions
     algo = get_algo("dsrl")
@@ -297,7 +300,7 @@ def test_dsrl_steers_the_frozen_pi0(ckpt, tmp_path):
     assert len(batch) >= 8 and batch.fields["w"].shape[1:] == (4, 2) and batch.fields["w"].abs().max() < cfg.bound
     m = algo.update(p, torch.optim.Adam(p.parameters()), batch, cfg, 0, torch.Generator().manual_seed(0), state=st)
     assert m["train/optimizer_steps"] > 0 and all(np.isfinite(v) for v in m.values())
-    assert all(torch.equal(v, p.state_dict()[k]) for k, v in vla.items())  # π0 is frozen
+    assert all(torch.equal(v, p.state_dict()[k]) for k, v in vla.items())  # the VLA is frozen
     assert any(not torch.equal(a, b) for a, b in zip(noise, p.noise_policy.parameters()))
     with pytest.raises(UsageError, match="noise policy"):
         p.evaluate(obs, {})
