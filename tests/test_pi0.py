@@ -84,6 +84,12 @@ def test_lerobot_layout_loads_key_for_key(ckpt):
     torch.testing.assert_close(p.state_shift, stats["observation.state.mean"])
     torch.testing.assert_close(p.action_scale, stats["action.std"] + 1e-8)
     assert read_config(ckpt)["policy"]["family"] == "pi0" and read_config(ckpt)["policy"]["state_dim"] == 2
+    # empty_cameras: LeRobot adds that many blank, masked camera features at run time
+    d = _break(ckpt, ckpt.parent / "empty_cam", lambda d: _edit_config(d, empty_cameras=1))
+    q = load_policy(d)
+    assert q.cfg.views == 2 and q.cfg.image_keys[-1] == "observation.images.empty_camera_0"
+    out = q.act(_obs(), deterministic=True)  # one view from the suite: the second image is blank and masked
+    torch.testing.assert_close(out.actions, p.act(_obs(), deterministic=True).actions, atol=1e-5, rtol=0)
     # older openpi conversions: time_mlp_* names, the embedding under its own name
     alias = to_ours({"model.time_mlp_in.weight": torch.ones(1), f"{P}paligemma.lm_head.weight": torch.zeros(1),
                      f"{P}paligemma.model.language_model.embed_tokens.weight": torch.ones(2)})
@@ -343,6 +349,12 @@ def test_lora_bf16_checkpointing_micro_batches(ckpt, tmp_path):
     torch.testing.assert_close(e.act(obs, True, noise=w).actions, p.act(obs, True, noise=w).actions, atol=3e-2, rtol=0)
 
 
+def _edit_config(d, **kw):
+    c = json.loads((d / "config.json").read_text())
+    c.update(kw)
+    (d / "config.json").write_text(json.dumps(c))
+
+
 def _break(src, dst, fn):
     shutil.copytree(src, dst)
     fn(dst)
@@ -356,11 +368,7 @@ def test_bad_checkpoints_one_line_errors(ckpt, tmp_path):
         save_file(w, str(d / "model.safetensors"))
 
     def edit(**kw):
-        def fn(d):
-            c = json.loads((d / "config.json").read_text())
-            c.update(kw)
-            (d / "config.json").write_text(json.dumps(c))
-        return fn
+        return lambda d: _edit_config(d, **kw)
 
     def no_stats(d):
         for f in d.glob("*normalizer_processor.safetensors"):

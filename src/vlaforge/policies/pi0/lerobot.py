@@ -6,7 +6,9 @@ writes under ``pretrained_model/``) holds:
 * ``config.json`` -- LeRobot's ``PI0Config`` as JSON: ``"type": "pi0"``, ``input_features`` / ``output_features``,
   ``normalization_mapping``, ``chunk_size``, ``n_action_steps``, ``num_inference_steps``, ``max_state_dim``,
   ``max_action_dim``, ``image_resolution``, ``paligemma_variant`` ("gemma_2b"), ``action_expert_variant``
-  ("gemma_300m"), ``tokenizer_max_length`` (48), ``freeze_vision_encoder``, ``train_expert_only``, ``dtype``.
+  ("gemma_300m"), ``tokenizer_max_length`` (48), ``freeze_vision_encoder``, ``train_expert_only``, ``dtype``,
+  ``empty_cameras`` (that many ``observation.images.empty_camera_<i>`` features are added when absent, as LeRobot's
+  ``validate_features`` does at run time; the suite never fills them: blank images, masked out).
 * ``model.safetensors`` -- the network under ``model.`` with ``model.py``'s names, as LeRobot's pinned transformers
   (>= 5.4, < 5.6) and the hub checkpoints name them: the SigLIP tower under
   ``...paligemma.model.vision_tower.vision_model.*`` (transformers 5.25 dropped the ``vision_model`` level; it is
@@ -85,6 +87,9 @@ def read_config(path: str | Path) -> dict:
     feats = cfg.get("input_features") or {}
     if "observation.state" not in feats or "action" not in (cfg.get("output_features") or {}):
         raise LeRobotFormatError(f"'{f}' lacks input_features['observation.state'] or output_features['action']")
+    res = cfg.get("image_resolution") or [224, 224]
+    for i in range(int(cfg.get("empty_cameras") or 0)):  # LeRobot's validate_features adds these at run time
+        feats.setdefault(f"observation.images.empty_camera_{i}", {"type": "VISUAL", "shape": [3, *res]})
     if not image_keys(cfg):
         raise LeRobotFormatError(f"'{f}' declares no VISUAL input feature")
     if cfg.get("use_relative_actions"):
@@ -95,7 +100,6 @@ def read_config(path: str | Path) -> dict:
         if mode not in NORM_MODES:
             raise LeRobotFormatError(f"'{f}': normalisation '{mode}' for {kind} is not supported "
                                      f"({', '.join(NORM_MODES)})")
-    res = cfg.get("image_resolution") or [224, 224]
     if len(res) != 2 or res[0] != res[1]:
         raise LeRobotFormatError(f"'{f}': image_resolution {res} is not square (PaliGemma reads square images)")
     try:
