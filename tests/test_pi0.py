@@ -397,7 +397,7 @@ def test_bad_checkpoints_one_line_errors(ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["grpo"])
-def test_cli_train_and_eval(algo, ckpt, tmp_path, capsys):
+def test_cli_train_sft_and_eval(algo, ckpt, tmp_path, capsys):
     from vlaforge.cli import main
 
     out = tmp_path / "run"
@@ -406,6 +406,16 @@ def test_cli_train_and_eval(algo, ckpt, tmp_path, capsys):
                "--eval-every", "0", "--threads", "1", "--no-tensorboard", "--no-progress", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     assert isinstance(load_policy(out / "final"), Pi0)
+    from vlaforge.data.demos import collect_demos
+
+    venv = make_vec_env("pointreach", 2, image_size=32)
+    collect_demos(venv, tmp_path / "demos", ["red-0"], 2, seed=0, noise=0.1)
+    venv.close()
+    rc = main(["sft", "--demos", str(tmp_path / "demos"), "--init", str(ckpt), "--out", str(tmp_path / "sft"),
+               "--sft.steps", "2", "--sft.batch-size", "4", "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    q = load_policy(tmp_path / "sft")
+    assert isinstance(q, Pi0) and not torch.equal(q.model.action_out_proj.weight, load_lerobot(ckpt).model.action_out_proj.weight)
     rc = main(["eval", "--checkpoint", str(ckpt), "--episodes", "1", "--num-envs", "1", "--tasks", "red-0",
                "--threads", "1", "--out", str(tmp_path / "eval.json")])
     assert rc == 0, capsys.readouterr().err

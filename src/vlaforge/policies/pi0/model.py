@@ -167,7 +167,7 @@ class PaliGemmaWithExpert(nn.Module):
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) -> embeddings times sqrt(width) (B, L, width), the scale rounded to the weight's dtype"""
         w = self.language_model.embed_tokens.weight
-        return F.embedding(ids, w) * torch.tensor(w.shape[1] ** 0.5, dtype=w.dtype)
+        return F.embedding(ids, w) * torch.tensor(w.shape[1] ** 0.5, dtype=w.dtype, device=w.device)
 
     def _vlm_layer(self, i, h, pos, mask):
         layer = self.language_model.layers[i]
