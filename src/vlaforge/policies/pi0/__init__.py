@@ -172,9 +172,9 @@ def configs(state_dim: int = 2, action_dim: int = 2, views: int = 1, image_size:
             depth: int = 2, real_size: bool = False, **lerobot_fields):
     """(LeRobot config dict, character tokenizer) of a random π0: tiny (Gemmas of ``width``/``expert_width`` with
     ``depth`` layers, 8 heads of 4 dims and 1 kv head as π0's layout, a 1-layer SigLIP at ``image_size``) or
-    ``real_size`` (gemma_2b + gemma_300m + SigLIP So400m/14 at 224 px, max dims 32: the released π0's 3.3B
-    parameters, with the tokenizer's ids inside PaliGemma's 257,152-token vocabulary). Extra keyword arguments
-    override LeRobot fields."""
+    ``real_size`` (gemma_2b + gemma_300m + SigLIP So400m/14 at 224 px, max dims 32: the released π0's
+    architecture, 3.245B parameters as built here without the vocabulary heads; the tokenizer's ids lie inside
+    PaliGemma's 257,152-token vocabulary). Extra keyword arguments override LeRobot fields."""
     from vlaforge.policies.hf.tiny import make_tokenizer
 
     tok = make_tokenizer("idefics3", n_action_tokens=0)
