@@ -15,7 +15,9 @@ writes under ``pretrained_model/``) holds:
   mapped here), and the tied embedding saved once as ``...paligemma.lm_head.weight`` (read as
   ``...language_model.embed_tokens.weight``, which a checkpoint may hold instead). ``...gemma_expert.lm_head.weight``
   (the expert's vocabulary head, never used) is ignored. Older openpi conversions name the time MLP
-  ``time_mlp_in/out``: read as ``action_time_mlp_in/out`` (LeRobot's ``_fix_pytorch_state_dict_keys``).
+  ``time_mlp_in/out``: read as ``action_time_mlp_in/out`` (LeRobot's ``_fix_pytorch_state_dict_keys``). The load logs
+  quoted in LeRobot issues #2291 and #3109 show ``lerobot/pi0_base`` with ``vision_tower.vision_model.*`` keys and
+  without ``language_model.embed_tokens.weight``.
 * statistics in ``policy_preprocessor_step_<i>_normalizer_processor.safetensors`` (and the post-processor's
   unnormaliser file), or, in checkpoints from before the processor pipelines, as ``normalize_*`` buffers in
   ``model.safetensors`` (smolvla/lerobot.py reads both).
