@@ -26,10 +26,13 @@ with a new ``--out`` to measure again); the JSON is rewritten after each config.
 
 Stage ``methods`` (issue 23 part 2) post-trains a built base per task and method and writes rows
 ``{"suite", "task", "method", "seed", "before": {"successes", "episodes"}, "after": {...}, "env_steps", "cpu_s"}``
-to ``--methods-out`` (docs/bench/generalist.json). Only the zero-budget method ``none`` (the base itself) exists
-yet; a method is a function in ``METHODS``:
+to ``--methods-out`` (docs/bench/generalist.json). A method (``METHODS``) post-trains the base once on all tasks
+per training seed: ``none`` (the base itself), the direct methods ``ppo+priv`` (PPO, privileged critic), ``grpo``
+and ``rloo`` (groups of 8):
 
     python benchmarks/generalist.py methods --base-config N25_S2000 --methods none
+    python benchmarks/generalist.py methods --base-config N25_S2000 --methods ppo+priv --seeds 0,1,2 \
+        --iterations 20 --groups 8 --num-envs 8 --threads 1
 """
 
 from __future__ import annotations
@@ -208,25 +211,57 @@ def stage_base(a) -> dict:
     return data
 
 
-# Post-training methods of stage ``methods`` (issue 23 part 2). Each takes (args, the base's config entry, task,
-# seed, work dir, the base's own result on that task) and returns the "after" counts, env steps and CPU seconds.
-# ``none`` is the zero-budget row: the base itself (its evaluation on the same seeds), so every later method's
-# "before" is exactly this row's "after".
-def method_none(a, cfg: dict, task: str, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
-    return dict(before), 0, 0.0
+# Post-training methods of stage ``methods`` (issue 23 part 2). A method post-trains the base ONCE on all the tasks
+# (multi-task: the loop samples a task per group) with the training seed, and returns ``({task: after counts},
+# env steps, CPU seconds)``; every task's "after" comes from one evaluation of the post-trained policy on the same
+# held-out seeds as the base. ``none`` is the zero-budget row: the base itself, so a method's "before" is exactly
+# ``none``'s "after".
+def method_none(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
+    return {t: dict(b) for t, b in before.items()}, 0, 0.0
 
 
-METHODS = {"none": method_none}
+def direct(algo: str, critic: str = "image", **algo_kw):
+    """A direct method (no teacher labels): ``vlaforge train --algo ALGO --init BASE --tasks MT10`` with
+    ``--iterations``, ``--groups`` and ``--lr`` of this script, potential shaping 1 (the suite's dense progress;
+    success still ends the episode with +1), then the per-task evaluation. The actor reads pixels,
+    proprioception and the instruction; ``critic="privileged"`` lets PPO's value read the simulator state."""
+
+    def run(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
+        from vlaforge.train.loop import TrainConfig, train
+
+        c0 = cpu_seconds()
+        tc = TrainConfig(algo=algo, suite=a.suite, tasks=a.tasks, init=cfg["policy_dir"], out=str(work),
+                         iterations=a.iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
+                         max_steps=a.max_steps, image_size=cfg["image_size"], critic=critic, lr=a.lr,
+                         env_kwargs={"shaping": 1.0}, eval_every=0, progress=False, tensorboard=False, seed=seed,
+                         threads=a.threads)
+        for k, v in algo_kw.items():
+            setattr(getattr(tc, algo), k, v)
+        train(tc)
+        state = json.loads((work / "checkpoint" / "state.json").read_text())
+        res, _ = run_eval(EvalArgs(checkpoint=str(work / "final"), suite=a.suite, tasks=a.tasks,
+                                   episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
+                                   env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
+        after = {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res}
+        return after, int(state["env_steps"]), cpu_seconds() - c0
+
+    return run
+
+
+METHODS = {"none": method_none, "ppo+priv": direct("ppo", "privileged"), "grpo": direct("grpo", group_size=8),
+           "rloo": direct("rloo", group_size=8)}
 
 
 def stage_methods(a) -> dict:
     """Rows ``{"suite", "task", "method", "seed", "before", "after", "env_steps", "cpu_s"}`` per (task, method,
-    seed) into ``--methods-out``, post-training the base config ``--base-config`` of ``--out`` (built by stage
-    ``base`` first). "before" is the base on the same evaluation seeds, from the base JSON."""
+    training seed) into ``--methods-out``, post-training the base config ``--base-config`` of ``--out`` (built by
+    stage ``base`` first). "before" is the base on the same evaluation seeds, from the base JSON; ``env_steps`` and
+    ``cpu_s`` are the whole multi-task run's, repeated on each of its task rows."""
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if not methods or unknown:
         raise BadInput(f"--methods: unknown {unknown or 'empty list'}; known: {', '.join(METHODS)}")
+    seeds = [int(x) for x in str(a.seeds).split(",") if x.strip()] if a.seeds else None
     base_file = Path(a.out)
     if not base_file.exists():
         raise BadInput(f"--out '{base_file}' does not exist: build the base first (stage base)")
@@ -235,23 +270,28 @@ def stage_methods(a) -> dict:
     if a.base_config not in cfgs:
         raise BadInput(f"--base-config '{a.base_config}' is not in '{base_file}'; it has: {', '.join(cfgs) or 'none'}")
     cfg = cfgs[a.base_config]
+    seeds = seeds if seeds is not None else [cfg["seed"]]
     out = Path(a.methods_out)
     data = json.loads(out.read_text()) if out.exists() else {"rows": []}
-    done = {(r["task"], r["method"], r["seed"]) for r in data["rows"]}
-    for r in [r for r in base["rows"] if r["config"] == a.base_config]:
-        before = {"successes": r["successes"], "episodes": r["episodes"]}
-        for m in methods:
-            if (r["task"], m, cfg["seed"]) in done:
+    done = {(r["method"], r["seed"]) for r in data["rows"]}
+    base_rows = [r for r in base["rows"] if r["config"] == a.base_config]
+    a.suite, a.tasks = base_rows[0]["suite"], base["meta"]["args"]["tasks"]  # post-train where the base was built
+    before = {r["task"]: {"successes": r["successes"], "episodes": r["episodes"]} for r in base_rows}
+    for m in methods:
+        for seed in seeds:
+            if (m, seed) in done:
                 continue
-            after, steps, cpu = METHODS[m](a, cfg, r["task"], cfg["seed"], Path(a.work) / a.base_config / m, before)
-            data["rows"].append({"suite": r["suite"], "task": r["task"], "method": m, "seed": cfg["seed"],
-                                 "before": before, "after": after, "env_steps": steps, "cpu_s": round(cpu, 1)})
-    data["meta"] = {"benchmark": "generalist", "issue": "23 part 2", "date": time.strftime("%Y-%m-%d"),
-                    "base": {k: cfg[k] for k in ("config", "policy_dir", "policy_sha", "demos_per_task", "sft_steps",
-                                                 "dim", "image_size", "seed")},
-                    "base_json": str(base_file), "metric": base["meta"]["metric"],
-                    "command": "python " + " ".join(sys.argv)}
-    atomic_write_text(out, json.dumps(data, indent=2))
+            after, steps, cpu = METHODS[m](a, cfg, seed, Path(a.work) / a.base_config / f"{m}_seed{seed}", before)
+            for r in base_rows:
+                data["rows"].append({"suite": r["suite"], "task": r["task"], "method": m, "seed": seed,
+                                     "before": before[r["task"]], "after": after[r["task"]], "env_steps": steps,
+                                     "cpu_s": round(cpu, 1)})
+            data["meta"] = {"benchmark": "generalist", "issue": "23 part 2", "date": time.strftime("%Y-%m-%d"),
+                            "base": {k: cfg[k] for k in ("config", "policy_dir", "policy_sha", "demos_per_task",
+                                                         "sft_steps", "dim", "image_size", "seed")},
+                            "base_json": str(base_file), "metric": base["meta"]["metric"],
+                            "command": "python " + " ".join(sys.argv)}
+            atomic_write_text(out, json.dumps(data, indent=2))  # after each (method, seed): a crash loses one run
     return data
 
 
@@ -279,6 +319,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--base-config", default="N25_S2000", help="methods: the base config to post-train")
     ap.add_argument("--methods", default="none", help=f"methods: comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--methods-out", default="docs/bench/generalist.json", help="methods: the rows' JSON")
+    ap.add_argument("--seeds", default=None, help="methods: training seeds, comma-separated (default: the base's)")
+    ap.add_argument("--iterations", type=int, default=20, help="methods: RL iterations")
+    ap.add_argument("--groups", type=int, default=8, help="methods: groups (initial states) per iteration")
+    ap.add_argument("--lr", type=float, default=1e-4, help="methods: the policy learning rate")
     return ap
 
 

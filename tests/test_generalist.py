@@ -56,6 +56,14 @@ def test_same_seed_same_checkpoint_and_rows(tmp_path):
         assert set(m) == {"suite", "task", "method", "seed", "before", "after", "env_steps", "cpu_s"}
         assert m["before"] == m["after"] == {"successes": r["successes"], "episodes": r["episodes"]}
         assert m["env_steps"] == 0 and m["suite"] == "pointreach"
+    # a direct method: one multi-task run per training seed, every task's row from its one evaluation
+    got = g.main(["methods", "--out", str(tmp_path / "base0.json"), "--base-config", "N3_S15", "--methods",
+                  "ppo+priv", "--seeds", "5", "--iterations", "1", "--groups", "2", "--num-envs", "4", "--max-steps",
+                  "30", "--eval-episodes", "2", "--methods-out", str(m_out), "--work", str(tmp_path / "w0")])
+    ppo = [r for r in got["rows"] if r["method"] == "ppo+priv"]
+    assert [(r["task"], r["seed"]) for r in ppo] == [(r["task"], 5) for r in rows]
+    assert all(r["env_steps"] == ppo[0]["env_steps"] > 0 and r["after"]["episodes"] == 2 for r in ppo)
+    assert [r["before"] for r in ppo] == [{"successes": r["successes"], "episodes": r["episodes"]} for r in rows]
 
 
 @pytest.mark.slow

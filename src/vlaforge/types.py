@@ -49,6 +49,15 @@ class Observation:
                                                                             device=device),
         )
 
+    def to_numpy(self) -> Observation:
+        """The batch as host numpy arrays (a batched simulator's device tensors copied; numpy kept as it is): for
+        what leaves the run, demos on disk and videos."""
+        def host(x):
+            return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+        return Observation(images=host(self.images), state=host(self.state), instructions=list(self.instructions),
+                           task_ids=host(self.task_ids), sim_state=host(self.sim_state))
+
     def index(self, idx) -> Observation:
         """Select a subset of the batch (an index array, a mask or a slice)."""
         if isinstance(idx, slice):

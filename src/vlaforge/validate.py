@@ -294,8 +294,13 @@ def check_env_kwargs(suite: str, kwargs: dict, name: str = "--env-kwargs", taken
             known = ", ".join(o for o in options if o not in taken)
             raise UsageError(f"{name}: suite '{suite}' has no option '{k}'; its options: {known}")
         d = options[k].default
-        if isinstance(d, str) or (isinstance(d, tuple) and d and isinstance(d[0], str)):
-            raise UsageError(f"{name} {k}: a text option, which --env-kwargs (numbers only) cannot set")
+        if isinstance(d, tuple) and d and isinstance(d[0], str):
+            raise UsageError(f"{name} {k}: a list option, which --env-kwargs cannot set")
+        if isinstance(d, str):  # a text option (ManiSkill's sim_backend): the env checks its value
+            need(isinstance(v, str), f"{name} {k} is a text option (e.g. '{d}'); got the number {v}")
+            out[k] = v
+            continue
+        need(not isinstance(v, str), f"{name} {k} must be a number; got '{v}'")
         finite(f"{name} {k}", v)
         if isinstance(d, bool):
             need(v in (0, 1), f"{name} {k} is a switch: pass 0 or 1; got {v}")  # kept a number (dict[str, float])

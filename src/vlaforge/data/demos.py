@@ -50,7 +50,7 @@ def _unpng(b: bytes) -> np.ndarray:
 def run_expert_episodes(venv: VecEnv, task_ids: np.ndarray, seeds: np.ndarray, noise: float, rng: np.random.Generator):
     """Roll the scripted expert in a batch of envs; returns per-env lists of frames."""
     n = venv.num_envs
-    obs = venv.reset(task_ids, seeds)
+    obs = venv.reset(task_ids, seeds).to_numpy()  # demos go to disk: a batched simulator's frames come to the host
     frames = [[] for _ in range(n)]
     success = np.zeros(n, bool)
     done = np.zeros(n, bool)
@@ -65,7 +65,7 @@ def run_expert_episodes(venv: VecEnv, task_ids: np.ndarray, seeds: np.ndarray, n
         success |= st.success & ~done
         valid &= st.valid
         done |= st.done
-        obs = st.obs
+        obs = st.obs.to_numpy()
     return frames, success, valid
 
 

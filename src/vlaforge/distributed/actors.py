@@ -65,8 +65,9 @@ class EnvWorker:
         stats = CollectStats()
         with precision_context(self.cfg.precision, self.device):
             rollout, _ = collect(self.policy, self.venv, task_ids, seeds, stats=stats, pipeline=self.cfg.pipeline,
-                                 temperature=self.cfg.algo_cfg.temperature)  # a host Rollout whatever the device
-        return rollout, stats, torch.get_rng_state()
+                                 temperature=self.cfg.algo_cfg.temperature)
+        # a host Rollout crosses to the learners (a batched simulator's is on its GPU: one copy per batch here)
+        return rollout.to("cpu"), stats, torch.get_rng_state()
 
     def evaluate(self, eval_names: list[str], episodes: int, rng):
         set_rng(rng)

@@ -31,14 +31,22 @@ class Suite(NamedTuple):
     holds_all_tasks: bool = False
     """one env holds every task of the suite and a run selects among them (its envs are built with
     ``tasks=None``); otherwise envs are built with the selected tasks only"""
+    batched: tuple[str, str] | None = None
+    """``("module:wants", "module:make")``: ``wants(env_kwargs) -> bool`` says whether the env options ask for one
+    simulator stepping every env at once on a device (``envs/batched.py``), and ``make(num_envs, tasks,
+    image_size, **env_kwargs) -> VecEnv`` builds it"""
 
 
 SUITES: dict[str, Suite] = {
-    "pointreach": Suite("vlaforge.envs.pointreach", "PointReachEnv", None, holds_all_tasks=True),
+    "pointreach": Suite("vlaforge.envs.pointreach", "PointReachEnv", None, holds_all_tasks=True,
+                        batched=("vlaforge.envs.pointreach:wants_batched",
+                                 "vlaforge.envs.pointreach:batched_vec_env")),
     "metaworld": Suite("vlaforge.envs.metaworld", "MetaWorldEnv", "metaworld"),
     "kitchen": Suite("vlaforge.envs.kitchen", "KitchenEnv", "kitchen"),
     "libero": Suite("vlaforge.envs.libero", "LiberoEnv", "libero"),
-    "maniskill": Suite("vlaforge.envs.maniskill", "ManiSkillEnv", "maniskill"),
+    "maniskill": Suite("vlaforge.envs.maniskill", "ManiSkillEnv", "maniskill",
+                       batched=("vlaforge.envs.maniskill:wants_batched",
+                                "vlaforge.envs.maniskill:batched_vec_env")),
 }
 
 
@@ -64,6 +72,17 @@ def suite_info(name: str) -> Suite:
 def _env_class(name: str) -> type:
     s = suite_info(name)
     return getattr(importlib.import_module(s.module), s.cls)
+
+
+def _ref(ref: str):
+    mod, name = ref.split(":")
+    return getattr(importlib.import_module(mod), name)
+
+
+def wants_batched(suite: str, kwargs: dict) -> bool:
+    """Whether ``--env-kwargs`` ask this suite for its batched simulator (``Suite.batched``)."""
+    b = suite_info(suite).batched
+    return b is not None and bool(_ref(b[0])(kwargs))
 
 
 def env_tasks(name: str, tasks: str | list[str] | None) -> str | list[str] | None:
@@ -109,12 +128,19 @@ def suite_spec(suite: str, tasks: str | list[str] | None = None, image_size: int
 
 def make_vec_env(suite: str, num_envs: int, tasks: str | list[str] | None = None, image_size: int = 64,
                  workers: int = 0, **kwargs) -> VecEnv:
-    """Build N envs of a suite; ``workers=0`` steps them in this process, else in that many subprocesses."""
+    """Build N envs of a suite; ``workers=0`` steps them in this process, else in that many subprocesses. A suite
+    whose env options ask for batched simulation (``Suite.batched``: ManiSkill's ``sim_backend gpu``) gets one
+    simulator of N scenes instead (``envs/batched.py``; its observations stay on its device)."""
     from vlaforge.envs.vector import SubprocVecEnv, SyncVecEnv
 
     if num_envs < 1:
         raise EnvError("num_envs must be >= 1")
     fn = env_factory(suite, tasks, image_size, **kwargs)
+    if wants_batched(suite, kwargs):
+        if workers and workers > 0:
+            raise EnvError(f"{suite} with these env options simulates every env in one batched process; "
+                           "drop --workers (or use the per-scene simulator)")
+        return _ref(suite_info(suite).batched[1])(num_envs, tasks, image_size, **kwargs)
     if workers and workers > 0:
         return SubprocVecEnv(fn, num_envs, workers=workers)
     return SyncVecEnv(fn, num_envs)

@@ -117,6 +117,9 @@ class VecStep:
 class VecEnv(Protocol):
     spec: EnvSpec
     num_envs: int
+    device: Any
+    """None: observations are numpy on the host (the per-scene vector envs); a ``torch.device``: a batched
+    simulator's, whose observations are tensors on it (``envs/batched.py``)"""
 
     def reset(self, task_ids, seeds) -> Observation: ...
 
@@ -232,9 +235,22 @@ def check_env(venv: VecEnv, chunk: int = 2, steps: int = 3, seed: int = 0) -> No
 
     Checks observation dtypes and shapes, instructions, grouped resets (same (task, seed)
     gives the identical first observation), reset determinism, action validation, and that
-    an ended episode stays ended.
+    an ended episode stays ended. A batched simulator's observations (``venv.device`` set) must be tensors on
+    that device, with the same dtypes and shapes.
     """
     spec = venv.spec
+    dev = venv.device
+
+    def host(x):  # the checks compare on the host
+        if dev is None:
+            return x
+        import torch
+
+        assert isinstance(x, torch.Tensor) and x.device == dev, \
+            f"a batched simulator's observations must stay on {dev}; got {type(x).__name__} " \
+            f"{getattr(x, 'device', '')}"
+        return x.cpu().numpy()
+
     n = venv.num_envs
     assert n >= 2, "check_env needs at least 2 envs to test grouped resets"
     V, H, W, three = spec.image_shape
@@ -246,6 +262,8 @@ def check_env(venv: VecEnv, chunk: int = 2, steps: int = 3, seed: int = 0) -> No
     obs = venv.reset(task_ids, seeds)
 
     def check_obs(o: Observation) -> None:
+        o = Observation(host(o.images), host(o.state), o.instructions, o.task_ids,
+                        None if o.sim_state is None else host(o.sim_state))
         assert isinstance(o.images, np.ndarray) and o.images.dtype == np.uint8, "images must be uint8 numpy"
         assert o.images.shape == (n, V, H, W, 3), f"images shape {o.images.shape} != {(n, V, H, W, 3)}"
         assert o.state.dtype == np.float32 and o.state.shape == (n, spec.state_dim), "state must be float32 (N, S)"
@@ -261,6 +279,7 @@ def check_env(venv: VecEnv, chunk: int = 2, steps: int = 3, seed: int = 0) -> No
             assert o.sim_state is None, "sim_state given but spec.sim_state_names is empty"
 
     check_obs(obs)
+    obs = Observation(host(obs.images), host(obs.state), obs.instructions, obs.task_ids)
     for i in range(n):
         assert obs.instructions[i] == spec.tasks[task_ids[i]].instruction
     # grouped resets: identical (task, seed) -> identical first observation
@@ -269,7 +288,7 @@ def check_env(venv: VecEnv, chunk: int = 2, steps: int = 3, seed: int = 0) -> No
         assert np.array_equal(obs.images[0], obs.images[i]) and np.array_equal(obs.state[0], obs.state[i]), \
             "grouped reset: envs reset with the same (task, seed) differ"
     again = venv.reset(task_ids, seeds)
-    assert np.array_equal(again.images, obs.images) and np.array_equal(again.state, obs.state), \
+    assert np.array_equal(host(again.images), obs.images) and np.array_equal(host(again.state), obs.state), \
         "reset is not deterministic in (task, seed)"
     # wrong action shapes are refused
     for bad in (np.zeros((n, spec.action_dim), np.float32), np.zeros((n, chunk, spec.action_dim + 1), np.float32)):

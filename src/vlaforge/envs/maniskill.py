@@ -29,10 +29,13 @@ an env raises ``MissingExtra`` with those instructions in one line.
   in some tasks). The simulator runs with ``obs_mode="state_dict"`` and the camera is rendered
   once per action chunk (RGB only, no depth read-back), not at every control step as ManiSkill's
   ``rgb`` mode does. ``shader_pack="minimal"`` (no ray tracing, simple lighting).
-* Backend: ``sim_backend="auto"`` picks ManiSkill's GPU simulation when CUDA is available and
-  the CPU (PhysX) one otherwise. Here each ``ManiSkillEnv`` is one simulated scene
-  (``num_envs=1``); ManiSkill's batched GPU simulation of many scenes in one process is not
-  wired to ``VecEnv`` yet (see docs/maniskill.md).
+* Backend: ``sim_backend="auto"`` (default) or ``"cpu"``: each ``ManiSkillEnv`` is one simulated scene
+  (``num_envs=1``; ``auto`` simulates it on the GPU where CUDA is available), batched by vlaforge's vector
+  envs (in process or in workers). ``sim_backend="gpu"``: ``make_vec_env`` builds one ManiSkill
+  env with ``num_envs=N`` scenes on the GPU (``ManiSkillBatch`` behind ``envs/batched.py``'s
+  ``BatchedVecEnv``): hundreds of scenes in one process, observations kept on the GPU. One task per run
+  (ManiSkill batches the scenes of one task); grouped resets copy one scene's state to its group
+  (docs/maniskill.md).
 * Scripted expert (``expert_action``): a waypoint pick-and-place on the end-effector deltas
   (above the object, down, close, lift, carry to the goal / above the other cube / above the bin,
   open for the put-on tasks); success rates are measured in docs/maniskill.md.
@@ -104,6 +107,23 @@ def resolve_tasks(tasks: str | list[str] | tuple[str, ...] | None = None) -> lis
     return [TaskSpec(name=t, instruction=TASK_INSTRUCTIONS[t], suite=SUITE) for t in out]
 
 
+def _backend(sim_backend: str) -> str:
+    if sim_backend not in ("auto", "cpu", "gpu"):
+        raise EnvError(f"maniskill sim_backend must be auto, cpu or gpu; got '{sim_backend}'")
+    return ("gpu" if torch.cuda.is_available() else "cpu") if sim_backend == "auto" else sim_backend
+
+
+def wants_batched(kwargs: dict) -> bool:
+    """``make_vec_env`` builds ``ManiSkillBatch`` for ``sim_backend gpu`` (``auto`` keeps one scene per env)."""
+    return str(kwargs.get("sim_backend", "auto")) == "gpu"
+
+
+def batched_vec_env(num_envs: int, tasks=None, image_size: int = 64, **kwargs):
+    from vlaforge.envs.batched import BatchedVecEnv
+
+    return BatchedVecEnv(ManiSkillBatch(num_envs, tasks, image_size, **kwargs))
+
+
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
@@ -116,10 +136,7 @@ class ManiSkillEnv(SimEnv):
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, max_steps: int = 50,
                  control_mode: str = "pd_ee_delta_pose", sim_backend: str = "auto", render: bool = True):
         super().__init__(resolve_tasks(tasks), image_size, max_steps)
-        if sim_backend not in ("auto", "cpu", "gpu"):
-            raise EnvError(f"maniskill sim_backend must be auto, cpu or gpu; got '{sim_backend}'")
-        if sim_backend == "auto":
-            sim_backend = "gpu" if torch.cuda.is_available() else "cpu"
+        sim_backend = _backend(sim_backend)
         self.control_mode = control_mode
         self.sim_backend = sim_backend
         self.render_images = bool(render)
@@ -136,16 +153,7 @@ class ManiSkillEnv(SimEnv):
 
     def _make(self, name: str):
         if name not in self._envs:
-            try:
-                env = gym.make(_TASKS[name][0], num_envs=1, obs_mode="state_dict", control_mode=self.control_mode,
-                               sim_backend=self.sim_backend, render_mode=None,
-                               sensor_configs={"width": self.size, "height": self.size, "shader_pack": "minimal"})
-            except RuntimeError as e:
-                msg = str(e)
-                if "physical device" in msg or "Vulkan" in msg or "vk::" in msg:
-                    raise MissingExtra(VULKAN_HELP.format(why=f" ({msg.strip()})")) from None
-                raise
-            self._envs[name] = env
+            self._envs[name] = _make_env(name, 1, self.control_mode, self.sim_backend, self.size)
         return self._envs[name]
 
     # -- simulator calls (SimEnv runs reset / step_chunk / close around them) -----------------------
@@ -165,7 +173,7 @@ class ManiSkillEnv(SimEnv):
             raise EnvError("the ManiSkill scripted expert drives control_mode='pd_ee_delta_pose' only")
         if self.done:
             return np.zeros(self.spec.action_dim, np.float32)
-        return self.expert.act(self._env.unwrapped)
+        return self.expert.act(self._env.unwrapped, 0)
 
     def _close(self) -> None:
         for env in self._envs.values():
@@ -174,16 +182,105 @@ class ManiSkillEnv(SimEnv):
         self._env = None
 
     def _observe(self) -> tuple[np.ndarray, np.ndarray]:
-        u = self._env.unwrapped
-        if self.render_images:
-            rgb = _render_rgb(u, "base_camera")
-            self._image = np.ascontiguousarray(_np(rgb)[..., :3].astype(np.uint8).reshape(1, self.size, self.size, 3))
-        else:
-            self._image = np.zeros((1, self.size, self.size, 3), np.uint8)
-        qpos = _np(u.agent.robot.get_qpos()).reshape(-1)[:9]
-        tcp = _np(u.agent.tcp.pose.raw_pose).reshape(-1)[:7]
-        self._state = np.concatenate([qpos, tcp]).astype(np.float32)
+        image, state = _observe(self._env.unwrapped, self.size, self.render_images)
+        self._image, self._state = np.ascontiguousarray(_np(image)[0]), _np(state)[0]
         return self._image, self._state
+
+
+def _make_env(name: str, num_envs: int, control_mode: str, sim_backend: str, size: int):
+    """One ManiSkill env of ``num_envs`` scenes of a task (state_dict observations; the camera is read by
+    ``_observe``); a missing Vulkan driver is a one-line ``MissingExtra``."""
+    try:
+        return gym.make(_TASKS[name][0], num_envs=num_envs, obs_mode="state_dict", control_mode=control_mode,
+                        sim_backend=sim_backend, render_mode=None,
+                        sensor_configs={"width": size, "height": size, "shader_pack": "minimal"})
+    except RuntimeError as e:
+        msg = str(e)
+        if "physical device" in msg or "Vulkan" in msg or "vk::" in msg:
+            raise MissingExtra(VULKAN_HELP.format(why=f" ({msg.strip()})")) from None
+        raise
+
+
+def _observe(u, size: int, render: bool) -> tuple:
+    """Every scene's (image uint8 (N, 1, H, W, 3), state float32 (N, 16)) as tensors on the simulator's device."""
+    n = u.num_envs
+    if render:
+        image = _render_rgb(u, "base_camera")[..., :3].to(torch.uint8).reshape(n, 1, size, size, 3)
+    else:
+        image = torch.zeros((n, 1, size, size, 3), dtype=torch.uint8, device=u.device)
+    qpos = u.agent.robot.get_qpos().reshape(n, -1)[:, :9]
+    tcp = u.agent.tcp.pose.raw_pose.reshape(n, -1)[:, :7]
+    return image, torch.cat([qpos, tcp], -1).float()
+
+
+class ManiSkillBatch:
+    """N scenes of one ManiSkill task in one env (``num_envs=N``; ``BatchedSim`` of ``envs/batched.py``).
+
+    ``reset_one`` resets one scene with ManiSkill's partial reset (``options={"env_idx": [i]}``) and the seed, so
+    the scene starts where a one-scene env of the same backend starts; ``copy_state`` copies scenes with
+    ``get_state_dict`` / ``set_state_dict(env_idx)`` (grouped resets). ``hold`` keeps the gripper's last command
+    with zero end-effector deltas. ``sim_backend`` is ManiSkill's (``gpu``; ``cpu`` allows one scene only and
+    exists for tests)."""
+
+    def __init__(self, num_envs: int, tasks: str | list[str] | None = None, image_size: int = 64, max_steps: int = 50,
+                 control_mode: str = "pd_ee_delta_pose", sim_backend: str = "gpu", render: bool = True):
+        specs = resolve_tasks(tasks)
+        if len(specs) != 1:
+            raise EnvError(f"maniskill sim_backend gpu simulates the scenes of one task per run; got "
+                           f"{len(specs)} ({', '.join(t.name for t in specs)}): give one --tasks, or sim_backend cpu")
+        if max_steps < 1 or image_size < 8:
+            raise EnvError(f"maniskill needs max_steps >= 1 and image_size >= 8; got {max_steps}, {image_size}")
+        self.task, self.num_envs, self.size, self.render = specs[0].name, int(num_envs), int(image_size), bool(render)
+        self.control_mode, backend = control_mode, _backend(sim_backend)
+        self.env = _make_env(self.task, self.num_envs, control_mode, backend, self.size)
+        u = self.env.unwrapped
+        self.device = torch.device(u.device)
+        self.spec = EnvSpec(suite=SUITE, tasks=tuple(specs), image_shape=(1, self.size, self.size, 3),
+                            state_dim=STATE_DIM, action_dim=int(self.env.action_space.shape[-1]), max_steps=int(max_steps),
+                            cameras=("base_camera",),
+                            renderer=f"sapien ({backend} sim, {self.num_envs} scenes)" if render else "none",
+                            extra={"control_mode": control_mode, "sim_backend": backend, "control_dt": 0.05})
+        self.experts = [_Expert() for _ in range(self.num_envs)]
+
+    def reset_one(self, i: int, task: str, seed: int) -> None:
+        self.env.reset(seed=seed % (2 ** 31), options={"env_idx": torch.tensor([i], device=self.device)})
+        self.experts[i].reset(task)
+
+    def copy_state(self, src, dst) -> None:
+        u = self.env.unwrapped
+        state = _tree_index(u.get_state_dict(), src.to(self.device))
+        u.set_state_dict(state, dst.to(self.device))
+        for s, d in zip(src.tolist(), dst.tolist()):
+            self.experts[d].reset(self.experts[s].task)
+
+    def step(self, actions):
+        _obs, _r, _term, _trunc, info = self.env.step(actions)
+        solved = torch.as_tensor(info["success"], device=self.device).reshape(-1).bool()
+        return solved, torch.zeros(self.num_envs, device=self.device)
+
+    def hold(self, last):
+        out = torch.zeros_like(last)
+        out[:, -1] = last[:, -1]
+        return out
+
+    def observe(self):
+        image, state = _observe(self.env.unwrapped, self.size, self.render)
+        return image, state, None
+
+    def expert_actions(self) -> np.ndarray:
+        if self.control_mode != "pd_ee_delta_pose":
+            raise EnvError("the ManiSkill scripted expert drives control_mode='pd_ee_delta_pose' only")
+        u = self.env.unwrapped
+        return np.stack([e.act(u, i) for i, e in enumerate(self.experts)]).astype(np.float32)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _tree_index(tree, idx):
+    if isinstance(tree, dict):
+        return {k: _tree_index(v, idx) for k, v in tree.items()}
+    return tree[idx]
 
 
 def _render_rgb(u, camera: str):
@@ -210,15 +307,14 @@ class _Expert:
     def reset(self, task: str) -> None:
         self.task, self.phase, self.count, self.lift_from = task, 0, 0, None
 
-    def _points(self, u) -> tuple[np.ndarray, np.ndarray, float]:
-        """(object position, place waypoint, hover height) for the task."""
+    def _points(self, u, i: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """(object position, place waypoint, hover height) for the task, in scene i."""
+        p = lambda x: _np(x.pose.p).reshape(-1, 3)[i]  # noqa: E731
         if self.task == "pick-cube":
-            return _np(u.cube.pose.p).reshape(-1), _np(u.goal_site.pose.p).reshape(-1), 0.06
+            return p(u.cube), p(u.goal_site), 0.06
         if self.task == "stack-cube":
-            a, b = _np(u.cubeA.pose.p).reshape(-1), _np(u.cubeB.pose.p).reshape(-1)
-            return a, b + np.array([0.0, 0.0, 0.045]), 0.06
-        obj = _np(u.obj.pose.p).reshape(-1)
-        return obj, _np(u.bin.pose.p).reshape(-1) + np.array([0.0, 0.0, 0.06]), 0.06
+            return p(u.cubeA), p(u.cubeB) + np.array([0.0, 0.0, 0.045]), 0.06
+        return p(u.obj), p(u.bin) + np.array([0.0, 0.0, 0.06]), 0.06
 
     # (gripper, budget, timed) per phase: hover, descend, close, lift, carry, open
     phases = ((1.0, 20, False), (1.0, 15, False), (-1.0, 6, True), (-1.0, 10, False), (-1.0, 30, False),
@@ -235,9 +331,10 @@ class _Expert:
             return place
         return None
 
-    def act(self, u) -> np.ndarray:
-        tcp = _np(u.agent.tcp.pose.p).reshape(-1)
-        obj, place, hover = self._points(u)
+    def act(self, u, i: int = 0) -> np.ndarray:
+        """The next action of scene i."""
+        tcp = _np(u.agent.tcp.pose.p).reshape(-1, 3)[i]
+        obj, place, hover = self._points(u, i)
         last = len(self.phases) - (1 if self.task == "pick-cube" else 0)  # pick-cube holds at the goal
         while self.phase < last:
             grip, budget, timed = self.phases[self.phase]

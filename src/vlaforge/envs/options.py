@@ -25,5 +25,6 @@ class EnvOptions:
     """envs stepped in parallel"""
     workers: int = 0
     """env subprocesses (0 = in process)"""
-    env_kwargs: dict[str, float] = field(default_factory=dict)
-    """extra numeric options of the suite's env constructor (e.g. PointReach's radius, Meta-World's shaping)"""
+    env_kwargs: dict[str, float | str] = field(default_factory=dict)
+    """extra options of the suite's env constructor, as name value pairs (e.g. PointReach's radius, Meta-World's
+    shaping; text options such as ManiSkill's sim_backend gpu)"""

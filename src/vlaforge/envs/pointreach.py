@@ -16,7 +16,10 @@ target (goal_x, goal_y), then every target's position in drawing order (target0_
 Tasks are (goal colour, instruction template) pairs; a fixed set of combinations is held
 out (``split="heldout"``) and never used for demos or training, so evaluation on them tests
 whether colour and wording compose. Target positions and the start position are a
-deterministic function of (task, seed). ``privileged=True`` adds the goal's offset to the state, so that a state-only policy can solve
+deterministic function of (task, seed). ``sim_backend="torch"`` (``--env-kwargs sim_backend torch sim_device cuda``) steps every env of a run in one
+batched torch simulator on ``sim_device`` (``PointReachBatch`` behind ``envs/batched.py``'s ``BatchedVecEnv``):
+the same layouts, dynamics and frames as the numpy arenas, with observations that stay on the device.
+``privileged=True`` adds the goal's offset to the state, so that a state-only policy can solve
 it: that isolates the RL algorithms from vision when debugging them. Thousands of steps/s on one core: it exists so that
 tests show learning in seconds, not to replace a real simulator.
 
@@ -81,8 +84,12 @@ class PointReachEnv(SimEnv):
     min_image_size = 16
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, max_steps: int = 48,
-                 speed: float = 0.1, radius: float = 0.12, privileged: bool = False, shaping: float = 0.0):
+                 speed: float = 0.1, radius: float = 0.12, privileged: bool = False, shaping: float = 0.0,
+                 sim_backend: str = "numpy", sim_device: str = "cpu"):
         super().__init__(resolve_tasks(tasks), image_size, max_steps, shaping)
+        if sim_backend not in ("numpy", "torch"):
+            raise EnvError(f"pointreach sim_backend must be numpy (one arena per env) or torch (every env in one "
+                           f"batched arena on sim_device); got '{sim_backend}'")
         self.speed, self.radius = speed, radius
         self.privileged = bool(privileged)
         self.spec = EnvSpec(suite="pointreach", tasks=tuple(self.tasks), image_shape=(1, image_size, image_size, 3),
@@ -152,6 +159,96 @@ class PointReachEnv(SimEnv):
         if self.privileged:  # the goal's offset in the state: solvable without vision (algorithm debugging)
             return img[None], np.concatenate([self.pos, self.targets[self.goal] - self.pos]).astype(np.float32)
         return img[None], self.pos.astype(np.float32)
+
+
+class PointReachBatch:
+    """N PointReach arenas as batched torch tensors on ``sim_device`` (a ``BatchedSim``, ``envs/batched.py``).
+
+    Layouts come from the numpy arena's own ``_reset`` (so a (task, seed) starts where ``PointReachEnv`` starts);
+    positions are float64 as in numpy, so steps, rewards and frames equal the numpy arenas' (tests/test_envs.py)."""
+
+    def __init__(self, num_envs: int, tasks: str | list[str] | None = None, image_size: int = 64,
+                 max_steps: int = 48, speed: float = 0.1, radius: float = 0.12, privileged: bool = False,
+                 shaping: float = 0.0, sim_backend: str = "torch", sim_device: str = "cpu"):
+        import torch
+
+        self.torch = torch
+        self.one = PointReachEnv(tasks, image_size, max_steps, speed, radius, privileged, shaping, sim_backend,
+                                 sim_device)  # the layouts and the spec
+        self.spec, self.num_envs = self.one.spec, int(num_envs)
+        try:
+            self.device = torch.device(sim_device)
+            torch.empty(0, device=self.device)
+        except (RuntimeError, AssertionError) as e:
+            raise EnvError(f"pointreach sim_device '{sim_device}' is not usable here ({str(e).splitlines()[0]}); "
+                           "use cpu, or cuda on a machine with a GPU") from None
+        n, dev, f64 = self.num_envs, self.device, torch.float64
+        self.pos = torch.zeros(n, 2, dtype=f64, device=dev)
+        self.targets = torch.zeros(n, NUM_TARGETS, 2, dtype=f64, device=dev)
+        self.goal = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.colours = torch.zeros(n, NUM_TARGETS, 3, dtype=torch.uint8, device=dev)
+        self.gx = torch.as_tensor(self.one._gx, device=dev)
+        self.gy = torch.as_tensor(self.one._gy, device=dev)
+
+    def reset_one(self, i: int, task: str, seed: int) -> None:
+        e, t = self.one, self.torch
+        e._reset(task, seed)
+        self.pos[i] = t.as_tensor(e.pos, device=self.device)
+        self.targets[i] = t.as_tensor(e.targets, device=self.device)
+        self.goal[i] = e.goal
+        self.colours[i] = t.as_tensor(np.array([COLOURS[c] for c in e.target_colours], np.uint8), device=self.device)
+
+    def copy_state(self, src, dst) -> None:
+        for x in (self.pos, self.targets, self.goal, self.colours):
+            x[dst] = x[src]
+
+    def _goal_xy(self):
+        return self.targets[self.torch.arange(self.num_envs, device=self.device), self.goal]
+
+    def step(self, actions):
+        e, t = self.one, self.torch
+        goal = self._goal_xy()
+        before = t.linalg.vector_norm(self.pos - goal, dim=-1)
+        self.pos = (self.pos + e.speed * actions.float()).clamp(-1.0, 1.0)
+        after = t.linalg.vector_norm(self.pos - goal, dim=-1)
+        return after < e.radius, e.shaping * (before - after)
+
+    def hold(self, last):
+        return self.torch.zeros_like(last)  # a still agent
+
+    def _disc(self, centre, r):  # (N, 2) -> (N, H, W)
+        return (self.gx - centre[:, 0, None, None]) ** 2 + (self.gy - centre[:, 1, None, None]) ** 2 < r ** 2
+
+    def observe(self):
+        t, e = self.torch, self.one
+        n, size = self.num_envs, e.size
+        img = t.full((n, size, size, 3), 30, dtype=t.uint8, device=self.device)
+        for k in range(NUM_TARGETS):
+            img = t.where(self._disc(self.targets[:, k], e._disc_r)[..., None], self.colours[:, k, None, None, :], img)
+        img = t.where(self._disc(self.pos, 0.66 * e._disc_r)[..., None], t.full_like(img, 255), img)
+        goal = self._goal_xy()
+        state = t.cat([self.pos, goal - self.pos], -1) if e.privileged else self.pos
+        sim = t.cat([self.pos, goal, self.targets.reshape(n, -1)], -1).float()
+        return img[:, None], state.float(), sim
+
+    def expert_actions(self) -> np.ndarray:
+        d = (self._goal_xy() - self.pos) / self.one.speed
+        norm = d.abs().amax(-1, keepdim=True).clamp(min=1.0)
+        return (d / norm).float().cpu().numpy()
+
+    def close(self) -> None:
+        pass
+
+
+def wants_batched(kwargs: dict) -> bool:
+    return kwargs.get("sim_backend", "numpy") == "torch"
+
+
+def batched_vec_env(num_envs: int, tasks=None, image_size: int = 64, **kwargs):
+    """``make_vec_env``'s hook (``sim_backend="torch"``): every env in one ``PointReachBatch``."""
+    from vlaforge.envs.batched import BatchedVecEnv
+
+    return BatchedVecEnv(PointReachBatch(num_envs, tasks, image_size, **kwargs))
 
 
 def _stable_hash(s: str) -> int:

@@ -77,6 +77,8 @@ def _check_reset_args(spec: EnvSpec, n: int, task_ids, seeds) -> tuple[np.ndarra
 class SyncVecEnv:
     """N envs stepped one after another in this process (no IPC; best for cheap suites)."""
 
+    device = None  # observations are numpy on the host
+
     def __init__(self, env_fn: Callable[[], TaskEnv], num_envs: int):
         self.envs = [env_fn() for _ in range(num_envs)]
         self.spec: EnvSpec = self.envs[0].spec
@@ -208,6 +210,8 @@ class SubprocVecEnv:
     ``groups_per_worker`` splits each worker's envs into that many groups for ``step_async`` /
     ``step_wait``; ``threads`` (default ``thread_plan(workers)``) limits each worker's threads.
     """
+
+    device = None  # observations are numpy on the host
 
     def __init__(self, env_fn: Callable[[], TaskEnv], num_envs: int, workers: int = 2, context: str = "fork",
                  groups_per_worker: int = 1, threads: ThreadPlan | None = None):

@@ -8,7 +8,10 @@ observations, the head's ``taken`` record and the sampling log-probs, computed w
 distribution and temperature that sampled them. With ``keep_obs`` it also keeps the suite's
 privileged ``sim_state`` per decision (``Rollout.sim_state (T, N, P)``, P = 0 for suites without
 one) for reward models; the policy never sees it. The Rollout lives on the host whatever the policy's device
-(its outputs come back once per batch); the learner moves it to its device (``Rollout.to``).
+(its outputs come back once per batch); the learner moves it to its device (``Rollout.to``). With a batched
+simulator on a device (``venv.device`` set, ``envs/batched.py``) nothing crosses to the host but the per-env
+scalars the bookkeeping needs: observations go to the policy and into the Rollout where they are, actions go
+back to the simulator as tensors, and the Rollout lives on ``venv.device``.
 
 Pipelining (``pipeline=True``) overlaps policy inference with simulation: a ``SubprocVecEnv``'s envs
 form groups (one per worker, ``venv.groups``) and the policy acts for one group while the others
@@ -73,6 +76,11 @@ def _cat_obs(parts: list[Observation]) -> Observation:
                        sim_state=None if any(x is None for x in sims) else np.concatenate(sims))
 
 
+def _frame(x) -> np.ndarray:
+    """One env's frame as numpy, for videos (a batched simulator's frames copy to the host only here)."""
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
 @dataclass
 class _Lane:
     """One group of envs of a batch: acted for with one policy call, stepped with one message."""
@@ -93,19 +101,21 @@ class _Lane:
 def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, keep_obs: bool, stats: CollectStats,
                    record: int, pipeline: bool = False, temperature: float = 1.0):
     n = venv.num_envs
+    home = venv.device  # None: a host vector env (numpy observations); else the batched simulator's device
     t0 = time.perf_counter()
     obs = venv.reset(task_ids, seeds)
     stats.sim_time += time.perf_counter() - t0
     groups = act_groups(policy, venv)
     lanes = [_Lane(sl, obs if len(groups) == 1 else obs.index(sl), np.ones(sl.stop - sl.start, bool)) for sl in groups]
-    frames = [[obs.images[i]] for i in range(min(record, n))]
+    frames = [[_frame(obs.images[i])] for i in range(min(record, n))]
 
     def act(lane: _Lane) -> np.ndarray:
         t0 = time.perf_counter()
         lane.out = policy.act(lane.obs, deterministic=deterministic, temperature=temperature)
         stats.policy_time += time.perf_counter() - t0
         stats.decisions += int(lane.alive.sum())
-        a = lane.out.actions.detach().cpu().numpy()
+        a = lane.out.actions.detach()
+        a = a.cpu().numpy() if home is None else a  # a batched simulator takes them where they are
         if len(a) != len(lane.alive):
             raise ValueError(f"policy.act returned {len(a)} actions for {len(lane.alive)} envs; a policy that acts "
                              "for the whole vector env must set `whole_batch = True`")
@@ -121,16 +131,14 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
             "actions": out.actions.detach(), "executed": st.steps * alive,
         }
         if keep_obs:
-            rec["images"], rec["state"] = torch.from_numpy(o.images), torch.from_numpy(o.state)
-            rec["sim_state"] = (torch.from_numpy(np.asarray(o.sim_state, np.float32)) if o.sim_state is not None
-                                else torch.zeros(m, 0))
+            rec["images"], rec["state"], rec["sim_state"] = _obs_tensors(o, m)
         lane.steps.append(rec)
         lane.env_steps += st.steps * alive
         lane.success |= st.success & alive
         lane.valid &= st.valid
         for i in range(lane.sl.start, min(lane.sl.stop, len(frames))):
             if alive[i - lane.sl.start]:
-                frames[i].append(st.obs.images[i - lane.sl.start])
+                frames[i].append(_frame(st.obs.images[i - lane.sl.start]))
         lane.alive = alive & ~st.done
         lane.obs = st.obs
 
@@ -172,7 +180,8 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
     next_value = torch.zeros(n)
     if policy.has_value and keep_obs:
         with torch.no_grad():
-            next_value = policy.value(obs).detach().cpu()
+            next_value = policy.value(obs).detach()
+        next_value = next_value.cpu() if home is None else next_value
     stats.frames.extend(frames)
     T = max(len(lane.steps) for lane in lanes)
 
@@ -192,10 +201,7 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
                if k != "taken"}
         pad["taken"] = {k: torch.zeros_like(v) for k, v in last["taken"].items()}
         if keep_obs:
-            o = lane.obs
-            pad["images"], pad["state"] = torch.from_numpy(o.images), torch.from_numpy(o.state)
-            pad["sim_state"] = (torch.from_numpy(np.asarray(o.sim_state, np.float32)) if o.sim_state is not None
-                                else torch.zeros(len(lane.alive), 0))
+            pad["images"], pad["state"], pad["sim_state"] = _obs_tensors(lane.obs, len(lane.alive))
         return pad
 
     def joined(t: int, key: str, sub: str | None) -> torch.Tensor:
@@ -205,12 +211,13 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def stack(key, sub=None):  # policy outputs come back to the host once per batch (no copy on the CPU)
-        return torch.stack([joined(t, key, sub) for t in range(T)]).cpu()
+        out = torch.stack([joined(t, key, sub) for t in range(T)])
+        return out.cpu() if home is None else out.to(home)
 
     def cat_lanes(attr) -> np.ndarray:
         return np.concatenate([getattr(lane, attr) for lane in lanes])
 
-    return Rollout(
+    rollout = Rollout(
         obs_images=stack("images") if keep_obs else torch.zeros(T, n, 0, dtype=torch.uint8),
         obs_state=stack("state") if keep_obs else torch.zeros(T, n, 0),
         instructions=list(obs.instructions),
@@ -223,6 +230,15 @@ def _collect_batch(policy, venv: VecEnv, task_ids, seeds, deterministic: bool, k
         group_id=torch.zeros(n, dtype=torch.int64), env_steps=torch.from_numpy(cat_lanes("env_steps")),
         sim_state=stack("sim_state") if keep_obs else torch.zeros(T, n, 0),
     )
+    return rollout if home is None else rollout.to(home)
+
+
+def _obs_tensors(o: Observation, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, state, sim_state) of a decision as tensors where they are (numpy: shared, no copy)."""
+    sim = (torch.as_tensor(np.asarray(o.sim_state, np.float32)) if isinstance(o.sim_state, np.ndarray)
+           else o.sim_state.float() if o.sim_state is not None
+           else torch.zeros(m, 0, device=o.state.device if isinstance(o.state, torch.Tensor) else None))
+    return torch.as_tensor(o.images), torch.as_tensor(o.state), sim
 
 
 def collect(policy, venv: VecEnv, task_ids, seeds, deterministic: bool = False, keep_obs: bool = True,
@@ -255,7 +271,7 @@ def collect(policy, venv: VecEnv, task_ids, seeds, deterministic: bool = False, 
         if was_training:
             policy.train()
     rollout = Rollout.cat(parts)
-    rollout.group_id = torch.from_numpy(group_ids_for(task_ids, seeds))
+    rollout.group_id = torch.from_numpy(group_ids_for(task_ids, seeds)).to(rollout.task_id.device)
     stats.env_steps += int(rollout.env_steps.sum())
     stats.episodes += E
     stats.invalid += int((~rollout.valid).sum())
