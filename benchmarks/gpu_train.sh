@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 22 (<= 7 minutes on one H100): train/sft on CUDA through the library's own entry points,
+# The GPU check of issue 22 (<= 10 minutes on one H100): train/sft on CUDA through the library's own entry points,
 # each case in its own process under its own time limit -> $BENCH_DIR/gpu_train.json (docs/benchmarks.md, "GPU").
 #
 #   bash benchmarks/gpu_train.sh             # on a GPU machine, from the repository root

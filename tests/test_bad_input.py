@@ -766,6 +766,18 @@ def _family_case(family: str, root: Path, marker: Path) -> tuple[list[str], bool
         _code(d, "modeling_prismatic", marker)
         chunk = ["--chunk-size", "2"] if family == "openvla-oft" else []
         return ["train", "--policy", family, "--policy.path", str(d), *chunk, *OVLA, "--out", str(root / "run")], True
+    if family in ("pi0", "pi0-saved"):  # LeRobot's pi0 layout / vlaforge's pi0 checkpoint: the tokenizer asks
+        from vlaforge.policies.pi0 import load_lerobot as load_pi0
+        from vlaforge.policies.pi0 import tiny_lerobot_dir as tiny_pi0_dir
+
+        tiny_pi0_dir(d)
+        ck = d if family == "pi0" else save_policy(load_pi0(d), root / "saved")
+        f = ck / "tokenizer" / "tokenizer_config.json"
+        tok = json.loads(f.read_text())
+        tok.pop("tokenizer_class", None)
+        f.write_text(json.dumps({**tok, "auto_map": {"AutoTokenizer": ["tokenization_x.XTok", "tokenization_x.XTok"]}}))
+        _code(ck / "tokenizer", "tokenization_x", marker)
+        return ["eval", "--checkpoint", str(ck), *EVAL1, "--out", str(root / "e.json")], False
     from vlaforge.policies.smolvla import load_lerobot, tiny_lerobot_dir
 
     tiny_lerobot_dir(d)
@@ -783,7 +795,8 @@ def _family_case(family: str, root: Path, marker: Path) -> tuple[list[str], bool
     return ["eval", "--checkpoint", str(ck), *EVAL1, "--out", str(root / "e.json")], False
 
 
-@pytest.mark.parametrize("family", ["tiny", "hf", "openvla", "openvla-oft", "smolvla", "smolvla-saved"])
+@pytest.mark.parametrize("family", ["tiny", "hf", "openvla", "openvla-oft", "smolvla", "smolvla-saved", "pi0",
+                                    "pi0-saved"])
 def test_no_model_file_runs_code_even_when_stdin_says_yes(family, tmp_path):
     """A checkpoint of each family with an ``auto_map`` to a Python file that would write a marker: the CLI (a
     subprocess, "y" on stdin for transformers' "run this code?" prompt) never imports it; it either loads the

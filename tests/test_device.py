@@ -253,17 +253,19 @@ def released_families(tmp_path_factory):
     """Tiny random checkpoints of the released families, in their published layouts (built once)."""
     from vlaforge.policies.hf.tiny import save_tiny_vlm
     from vlaforge.policies.openvla import save_tiny_openvla
+    from vlaforge.policies.pi0 import tiny_lerobot_dir as tiny_pi0_dir
     from vlaforge.policies.smolvla import tiny_lerobot_dir
 
     d = tmp_path_factory.mktemp("families")
-    return {"smolvla": tiny_lerobot_dir(d / "smolvla", image_size=32), "openvla-oft": save_tiny_openvla(d / "oft", oft=True),
+    return {"smolvla": tiny_lerobot_dir(d / "smolvla", image_size=32), "pi0": tiny_pi0_dir(d / "pi0", image_size=32),
+            "openvla-oft": save_tiny_openvla(d / "oft", oft=True),
             "hf": save_tiny_vlm(d / "qwen", "qwen2_vl")}
 
 
 def _family_policy(name, path):
     from vlaforge.policies import load_policy
 
-    if name == "smolvla":
+    if name in ("smolvla", "pi0"):
         return load_policy(path), 32
     if name == "openvla-oft":
         return build_policy("openvla-oft", path=str(path), action_dim=2, state_dim=2, image_size=28, max_text_tokens=76,
@@ -272,10 +274,11 @@ def _family_policy(name, path):
                         image_size=32), 32
 
 
-@pytest.mark.parametrize("family,algo", [("smolvla", "ppo"), ("smolvla", "grpo"), ("openvla-oft", "ppo"),
+@pytest.mark.parametrize("family,algo", [("smolvla", "ppo"), ("smolvla", "grpo"), ("pi0", "ppo"), ("pi0", "grpo"),
+                                         ("openvla-oft", "ppo"),
                                          ("hf", "ppo"), ("hf", "tpo")])
 def test_released_families_keep_their_tensors_on_the_policy_device(released_families, family, algo):
-    """SmolVLA, OpenVLA-OFT and a Hugging Face VLM (LoRA) through collect → prepare → update on the stand-in device."""
+    """SmolVLA, π0, OpenVLA-OFT and a Hugging Face VLM (LoRA) through collect → prepare → update on the stand-in device."""
     torch.manual_seed(0)
     pol, size = _family_policy(family, released_families[family])
     venv = make_vec_env("pointreach", 4, image_size=size, max_steps=4)

@@ -28,9 +28,12 @@ def _same_actions(a, b, obs, atol=1e-5):
     assert torch.allclose(x, y, atol=atol), (x - y).abs().max()
 
 
-def test_smolvla_exports_to_lerobot_and_loads_back(tmp_path):
-    from vlaforge.policies.smolvla import load_lerobot, tiny_lerobot_dir
+@pytest.mark.parametrize("family", ["smolvla", "pi0"])
+def test_lerobot_families_export_to_lerobot_and_load_back(tmp_path, family):
+    import importlib
 
+    mod = importlib.import_module(f"vlaforge.policies.{family}")
+    load_lerobot, tiny_lerobot_dir = mod.load_lerobot, mod.tiny_lerobot_dir
     src = tiny_lerobot_dir(tmp_path / "released", image_size=32)
     p = load_policy(src)
     with torch.no_grad():  # "training" moved the weights
@@ -42,7 +45,7 @@ def test_smolvla_exports_to_lerobot_and_loads_back(tmp_path):
     _same_actions(p, back, _obs(size=32))
     card = (tmp_path / "exp" / "README.md").read_text()
     assert "## Evaluation" in card and "No evaluation manifest" in card
-    assert json.loads((tmp_path / "exp" / "vlaforge_export.json").read_text())["family"] == "smolvla"
+    assert json.loads((tmp_path / "exp" / "vlaforge_export.json").read_text())["family"] == family
 
 
 def test_openvla_oft_exports_the_released_layout(tmp_path):

@@ -65,7 +65,11 @@ def toy_family():
     fam = registry.register_family(registry.Family("toy", f"{mod}:ToyConfig", f"{mod}:build_toy", f"{mod}:load_toy",
                                                    f"{mod}:fresh_toy"))
     yield fam
-    registry.POLICIES.pop("toy")
+    from vlaforge.schema import CONFIG_CHECKS, CONFIG_SCHEMAS, IGNORED_CONFIG_FIELDS
+
+    registry.POLICIES.pop("toy")  # and its checkpoint schema: later tests see the registry as it was
+    for table in (CONFIG_SCHEMAS, IGNORED_CONFIG_FIELDS, CONFIG_CHECKS):
+        table.pop("toy", None)
 
 
 def test_a_toy_family_trains_saves_loads_and_evaluates(tmp_path, toy_family):
@@ -87,7 +91,7 @@ def test_a_toy_family_trains_saves_loads_and_evaluates(tmp_path, toy_family):
 
 
 def test_unknown_family_names_the_registered_ones():
-    with pytest.raises(ValueError, match="available: tiny, hf, smolvla, openvla, openvla-oft"):
+    with pytest.raises(ValueError, match="available: tiny, hf, smolvla, pi0, openvla, openvla-oft"):
         build_policy("pi-zero")
 
 

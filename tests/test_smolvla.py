@@ -240,7 +240,7 @@ def test_bad_checkpoints_one_line_errors(ckpt, tmp_path):
         c = json.loads((d / "config.json").read_text())
         (d / "config.json").write_text(json.dumps({**c, "type": "pi0"}))
 
-    with pytest.raises(CheckpointError, match="LeRobot 'pi0' policy; only smolvla"):  # --policy smolvla --policy.path
+    with pytest.raises(CheckpointError, match="LeRobot 'pi0' policy; load it with --policy pi0"):  # --policy smolvla --policy.path
         load_lerobot(_break(ckpt, tmp_path / "pi0", pi0))
 
 

@@ -79,6 +79,12 @@ def _lerobot(policy, d: Path) -> None:
     _into(d, lambda p: export_lerobot(policy, p))
 
 
+def _lerobot_pi0(policy, d: Path) -> None:
+    from vlaforge.policies.pi0 import export_lerobot
+
+    _into(d, lambda p: export_lerobot(policy, p))
+
+
 def _hf_merged(policy, d: Path) -> None:
     from vlaforge.policies.hf.export import export_merged
 
@@ -128,6 +134,7 @@ def _into(d: Path, write: Callable[[Path], Path]) -> None:
 
 EXPORTERS: dict[tuple[str, str], Callable] = {
     ("smolvla", "lerobot"): _lerobot,
+    ("pi0", "lerobot"): _lerobot_pi0,
     ("hf", "hf"): _hf_merged,
     ("hf", "peft"): _peft,
     ("openvla", "hf"): _prismatic,

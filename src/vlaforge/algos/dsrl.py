@@ -16,7 +16,8 @@ not exist: expert actions have no noise w. Critic input x (``critic``): ``featur
 ``privileged`` = ``sim_state`` + proprioception, ``state`` = proprioception. The critics see ``w / b`` (the
 unit box); log-probs are those of ``w / b``; the target entropy is −C·A.
 
-Saved result: the noise policy is part of the *policy* (``TinyConfig.dsrl_bound``), so ``final/`` and every
+Saved result: the noise policy is part of the *policy* (``TinyConfig.dsrl_bound``; SmolVLA's and π0's
+``dsrl_bound``, ``heads/flow_chunk.py``), so ``final/`` and every
 checkpoint act through it and ``vlaforge eval`` needs no flag; its deterministic action is w = b·tanh(mean).
 Before training (last layer zero) that is w = 0, the base policy's own deterministic action. The critics,
 α, the optimizers and the buffer live in ``DSRLState`` (full-state checkpoint, exact resume). The training
@@ -35,6 +36,7 @@ from vlaforge.algos.sac import SoftACConfig, SoftACState, TransitionBatch, run_u
 from vlaforge.device import module_device
 from vlaforge.errors import UsageError
 from vlaforge.hooks import Hooks
+from vlaforge.policies.heads.flow_chunk import FlowChunkPolicy
 from vlaforge.policies.tiny import TinyVLA
 from vlaforge.types import Observation, Rollout
 
@@ -61,9 +63,10 @@ class DSRLState(SoftACState):
     flag = "dsrl"
 
     def __init__(self, policy, cfg: DSRLConfig):
-        if not isinstance(policy, TinyVLA) or policy.cfg.head != "flow":
-            raise UsageError("--algo dsrl steers the tiny VLA's flow head; use --policy tiny --head flow or --init "
-                             "a flow-head checkpoint")
+        flow_vla = isinstance(policy, FlowChunkPolicy)  # SmolVLA, π0: the released flow VLAs
+        if not flow_vla and (not isinstance(policy, TinyVLA) or policy.cfg.head != "flow"):
+            raise UsageError("--algo dsrl steers a flow head; use --policy tiny --head flow, --init a flow-head "
+                             "checkpoint, or --policy smolvla / pi0")
         if policy.noise_policy is None:
             policy.attach_noise_policy(cfg.bound, cfg.policy_hidden)
         super().__init__(cfg, policy.chunk_size * policy.action_dim, module_device(policy))

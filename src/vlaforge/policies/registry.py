@@ -10,7 +10,7 @@ A family is a folder under ``policies/`` plus one ``register_family`` line below
 | ``load`` | ``(path, name, cfg, device, trust_remote_code) -> policy`` | ``load_policy`` |
 | ``write`` | ``(policy, dir) -> state for model.safetensors`` (None: ``state_dict()``) | ``save_policy`` |
 | ``fresh`` | ``(name, train_cfg, spec) -> policy`` | ``vlaforge train --policy NAME`` without ``--init`` |
-| ``native`` | ``(path) -> bool``, ``(path) -> meta``, ``(path, device) -> policy`` | a folder in the family's released layout (LeRobot SmolVLA) |
+| ``native`` | ``(path) -> bool``, ``(path) -> meta``, ``(path, device) -> policy`` | a folder in the family's released layout (LeRobot SmolVLA, π0) |
 
 Nothing outside this module branches on a family's name (tests/test_registry.py greps for it).
 """
@@ -76,7 +76,7 @@ def family(name: str) -> Family:
 
 
 def native_family(path: str | Path) -> Family | None:
-    """The family whose released layout ``path`` is in (a LeRobot SmolVLA folder), or None."""
+    """The family whose released layout ``path`` is in (a LeRobot SmolVLA or π0 folder), or None."""
     for f in POLICIES.values():
         if f.native is not None and resolve(f.native[0])(Path(path)):
             return f
@@ -98,6 +98,9 @@ register_family(Family("smolvla", _P + "smolvla.policy:SmolVLAConfig", _P + "smo
                        check_config=_P + "options:vlm_config_problems",
                        native=(_P + "smolvla.lerobot:is_lerobot_dir", _P + "smolvla.lerobot:lerobot_meta",
                                _P + "smolvla:load_native")))
+register_family(Family("pi0", _P + "pi0.policy:Pi0Config", _P + "pi0:build_family", _P + "pi0:load_family",
+                       _P + "pi0:fresh_family", _P + "pi0:write_pi0_files", check_config=_P + "options:vlm_config_problems",
+                       native=(_P + "pi0.lerobot:is_pi0_dir", _P + "pi0:lerobot_meta", _P + "pi0:load_native")))
 for _name in ("openvla", "openvla-oft"):
     register_family(Family(_name, _P + "openvla.model:OpenVLAConfig", _P + "openvla:build_openvla_policy",
                            _P + "openvla:load_family", _P + "openvla:fresh_family", _P + "openvla:write_openvla_files",

@@ -52,7 +52,7 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
     tiny policies)"""
     policy: PolicyName = "tiny"
     """fresh policy: the tiny VLA, a local Hugging Face VLM (`--policy hf --policy.path DIR`, docs/hf.md), or a
-    LeRobot SmolVLA checkpoint (`--policy smolvla --policy.path DIR`, docs/vlas.md)"""
+    LeRobot SmolVLA or π0 checkpoint (`--policy smolvla|pi0 --policy.path DIR`, docs/vlas.md)"""
     hf: Annotated[HFConfig, tyro.conf.arg(name="policy")] = field(default_factory=HFConfig)
     """Hugging Face VLM and its memory switches (`--policy.*`, used with `--policy hf`)"""
     openvla: OpenVLAOptions = field(default_factory=OpenVLAOptions)

@@ -16,9 +16,8 @@ released checkpoints directly. A vlaforge checkpoint of a SmolVLA policy holds `
 (every weight under LeRobot's names below ``model.``, LoRA layers as peft names them, the value head
 and the statistics) and ``tokenizer/``; it needs nothing else to load.
 
-π0 is not served here: see docs/vlas.md (its PaliGemma prefix, Gemma expert with joint attention in
-every layer, and state token in the suffix would reuse ``model.py``'s layer maths but need their own
-embedding, norm and checkpoint mapping).
+π0 is its own family (``vlaforge.policies.pi0``); the RL side (SDE sampling, scoring, SFT, DSRL) is shared
+through ``policies/heads/flow_chunk.py``.
 """
 
 from __future__ import annotations

@@ -70,8 +70,9 @@ def read_config(path: str | Path) -> dict:
         raise LeRobotFormatError(f"cannot read '{path / 'config.json'}' ({type(e).__name__}); pass a LeRobot "
                                  "SmolVLA directory (config.json + model.safetensors)") from None
     if cfg.get("type") != "smolvla":
-        raise LeRobotFormatError(f"'{path / 'config.json'}' is a LeRobot '{cfg.get('type')}' policy; only smolvla "
-                                 "is read here")
+        hint = ("load it with --policy pi0 (vlaforge eval --checkpoint DIR recognises it)" if cfg.get("type") == "pi0"
+                else "--policy smolvla reads smolvla only")
+        raise LeRobotFormatError(f"'{path / 'config.json'}' is a LeRobot '{cfg.get('type')}' policy; {hint}")
     feats = cfg.get("input_features") or {}
     if "observation.state" not in feats or "action" not in (cfg.get("output_features") or {}):
         raise LeRobotFormatError(f"'{path / 'config.json'}' lacks input_features['observation.state'] or "

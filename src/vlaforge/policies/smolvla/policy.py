@@ -48,9 +48,7 @@ layers), ``autocast`` (bf16 compute; SDE maths, log-probs and losses fp32), ``we
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,23 +56,19 @@ import torch
 from torch import nn
 
 import vlaforge.policies.smolvla.obs as O
-from vlaforge.core.losses import mse_loss
-from vlaforge.policies.base import Policy
 from vlaforge.policies.heads.common import mlp
-from vlaforge.policies.heads.flow import gaussian_log_prob, sde_step
-from vlaforge.policies.hf.offload import CPUOffloadAdamW
-from vlaforge.policies.options import MemorySwitches, autocast_context, lora_target_modules
+from vlaforge.policies.heads.flow_chunk import FlowChunkPolicy, NoiseSteering, flow_grid
+from vlaforge.policies.options import MemorySwitches, lora_target_modules
 from vlaforge.policies.smolvla.model import Arch, SmolVLAModel, repeat_kv
-from vlaforge.types import ActionOutput, Observation
+from vlaforge.types import Observation
 
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-_EPS = 1e-6
+__all__ = ["SmolVLA", "SmolVLAConfig", "flow_grid"]
 LOBOT_DEFAULT_TARGETS = (r"vlm_with_expert\.lm_expert\..*_proj|state_proj|action_in_proj|action_out_proj|"
                          r"action_time_mlp_in|action_time_mlp_out")
 
 
 @dataclass
-class SmolVLAConfig(MemorySwitches):
+class SmolVLAConfig(MemorySwitches, NoiseSteering):
     """A SmolVLA policy: LeRobot's config and the VLM's (as read from the checkpoint) and vlaforge's switches.
     ``lora_rank 0`` trains what the checkpoint's fine-tuning flags say; ``lora_targets all-linear``: the expert's
     and the projections' linear layers (else comma-separated module-name suffixes); the SDE maths stays fp32
@@ -135,17 +129,10 @@ class SmolVLAConfig(MemorySwitches):
         return Arch(**{k: v for k, v in self.lerobot.items() if k in names})
 
 
-def flow_grid(steps: int, noise: float, device=None):
-    """t (K+1,), δ, σ (K,) of ``heads/flow.py``'s sampler (σ at t=1 taken at the next grid point)."""
-    t = 1 - torch.arange(steps + 1, dtype=torch.float32, device=device) / steps
-    ts = t[:-1].clone()
-    ts[0] = t[1]
-    ts = ts.clamp(0.0, 1 - _EPS)
-    return t, 1.0 / steps, noise * (ts / (1 - ts)).sqrt()
+class SmolVLA(FlowChunkPolicy):
+    """See the module docstring. Implements ``vlaforge.policies.base.Policy`` through ``FlowChunkPolicy``'s seams."""
 
-
-class SmolVLA(nn.Module, Policy):
-    """See the module docstring. Implements ``vlaforge.policies.base.Policy``."""
+    family_label = "SmolVLA"
 
     def __init__(self, cfg: SmolVLAConfig, tokenizer):
         super().__init__()
@@ -170,7 +157,7 @@ class SmolVLA(nn.Module, Policy):
         self.register_buffer("state_scale", torch.ones(cfg.state_dim))
         self.register_buffer("action_shift", torch.zeros(cfg.action_dim))
         self.register_buffer("action_scale", torch.ones(cfg.action_dim))
-        D = self.model.vlm_with_expert.config.text_config.hidden_size
+        D = self.context_dim = self.model.vlm_with_expert.config.text_config.hidden_size
         self.value_net = mlp(D, cfg.head_hidden, 1, layers=3) if cfg.value_head else None
         # what trains: LeRobot's flags, then LoRA freezes every base weight
         vw = self.model.vlm_with_expert
@@ -198,7 +185,7 @@ class SmolVLA(nn.Module, Policy):
         self._backbone = [p for p in vw.vlm.parameters() if p.requires_grad]
         bb = {id(p) for p in self._backbone}
         self._head = [p for p in self.model.parameters() if p.requires_grad and id(p) not in bb]
-        self._use_ref = False
+        self._attach_saved_noise_policy()
 
     def _inject_lora(self) -> None:
         import peft
@@ -227,47 +214,7 @@ class SmolVLA(nn.Module, Policy):
             vw.vlm_model.vision_model.eval()
         return self
 
-    # -- parameter groups & statistics --------------------------------------------------------
-    def backbone_parameters(self):
-        return list(self._backbone)
-
-    def head_parameters(self):
-        return list(self._head)
-
-    def value_parameters(self):
-        return list(self.value_net.parameters()) if self.value_net is not None else []
-
-    def set_action_stats(self, lo, hi) -> None:
-        """Percentile statistics from vlaforge demos: [lo, hi] maps to [-1, 1] (LeRobot's MIN_MAX form)."""
-        lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
-        self.action_shift.copy_((lo + hi) / 2)
-        self.action_scale.copy_((hi - lo).clamp_min(1e-8) / 2)
-
-    def set_stats(self, state: tuple[torch.Tensor, torch.Tensor], action: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """(shift, scale) pairs: normalised = (x - shift) / scale."""
-        for (a, b), (s, c) in ((state, (self.state_shift, self.state_scale)),
-                               (action, (self.action_shift, self.action_scale))):
-            s.copy_(torch.as_tensor(a, dtype=torch.float32))
-            c.copy_(torch.as_tensor(b, dtype=torch.float32))
-
-    @contextlib.contextmanager
-    def reference(self):
-        """The reference policy: the same weights with the LoRA adapters disabled."""
-        if not self._lora_layers:
-            raise ValueError("the reference policy is SmolVLA with LoRA adapters disabled; build it with "
-                             "--policy.lora-rank > 0 (or use the rollout's log-probs as reference)")
-        for m in self._lora_layers:
-            m.enable_adapters(False)
-        try:
-            yield self
-        finally:
-            for m in self._lora_layers:
-                m.enable_adapters(True)
-
     # -- network ------------------------------------------------------------------------------
-    def _autocast(self):
-        return autocast_context(self.cfg.autocast, self.state_shift.device)
-
     def _prefix(self, obs: Observation):
         """-> (prefix hidden (N, Lp, D), kv, pad (N, Lp))"""
         lr, dev = self.cfg.lerobot, self.state_shift.device
@@ -285,111 +232,8 @@ class SmolVLA(nn.Module, Policy):
         with self._autocast():
             return self.model.velocity(kv, pad, x, t)
 
-    def _value(self, h: torch.Tensor, pad: torch.Tensor) -> torch.Tensor | None:
-        if self.value_net is None:
-            return None
-        m = pad.unsqueeze(-1).float()
-        pooled = (h.float() * m).sum(1) / m.sum(1).clamp_min(1)
-        return self.value_net(pooled)[:, 0]
-
-    def _env_actions(self, x: torch.Tensor) -> torch.Tensor:
-        """normalised chunk (N, chunk, max_A) -> env actions (N, C, A) clipped to [-1, 1]"""
-        a = x[:, :self.chunk_size, :self.action_dim]
-        return (a * self.action_scale + self.action_shift).clamp(-1, 1)
-
-    def _score(self, chain: torch.Tensor, vels: torch.Tensor, noise: float):
-        """Log-prob and entropy (N, C, A) of the exposed block's steps of ``chain`` (N, K+1, ch, maxA) given
-        the velocities ``vels`` (N, K, ch, maxA) along it."""
-        K = vels.shape[1]
-        t, delta, sigma = flow_grid(K, noise, chain.device)
-        shape = (1, K, 1, 1)
-        C, A = self.chunk_size, self.action_dim
-        mean, std = sde_step(chain[:, :-1, :C, :A], vels[..., :C, :A], t[:-1].view(shape), delta, sigma.view(shape))
-        lp = gaussian_log_prob(chain[:, 1:, :C, :A], mean, std).sum(1)
-        return lp, (0.5 + _LOG_SQRT_2PI + std.log()).sum(1)
-
-    def _start(self, n: int, noise: torch.Tensor | None, deterministic: bool) -> torch.Tensor:
-        arch, dev = self.model.arch, self.state_shift.device
-        full = (n, arch.chunk_size, arch.max_action_dim)
-        if noise is None:
-            return torch.zeros(full, device=dev) if deterministic else torch.randn(full, device=dev)
-        w = torch.as_tensor(noise, dtype=torch.float32, device=dev)
-        if tuple(w.shape) == full:
-            return w
-        if tuple(w.shape) != (n, self.chunk_size, self.action_dim):
-            raise ValueError(f"initial noise must be (N, C, A)={(n, self.chunk_size, self.action_dim)} or {full}; "
-                             f"got {tuple(w.shape)}")
-        x = torch.zeros(full, device=dev)
-        x[:, :self.chunk_size, :self.action_dim] = w
-        return x
-
-    # -- Policy protocol -----------------------------------------------------------------------
-    @torch.no_grad()
-    def act(self, obs: Observation, deterministic: bool = False, noise: torch.Tensor | None = None,
-            temperature: float = 1.0) -> ActionOutput:
-        n = len(obs)
-        h, kv, pad = self._prefix(obs)
-        a = self.cfg.flow_noise * float(temperature)
-        K = self.cfg.num_steps
-        t, delta, sigma = flow_grid(K, a, pad.device)
-        if deterministic:
-            sigma = torch.zeros_like(sigma)
-        x = self._start(n, noise, deterministic)
-        chain, vels = [x], []
-        block = self.block.float()
-        for k in range(K):
-            v = self._velocity(kv, pad, x, t[k].expand(n))
-            mean, std = sde_step(x, v, t[k], delta, sigma[k] * block)
-            x = mean + std * torch.randn_like(mean) if sigma[k] > 0 else mean
-            chain.append(x)
-            vels.append(v)
-        chain, vels = torch.stack(chain, 1), torch.stack(vels, 1)
-        if a > 0:
-            log_prob, _ = self._score(chain, vels, a)
-        else:
-            log_prob = torch.zeros(n, self.chunk_size, self.action_dim, device=pad.device)
-        return ActionOutput(self._env_actions(chain[:, -1]), log_prob, self._value(h, pad), {"chain": chain})
-
-    def evaluate(self, obs: Observation, taken: dict[str, torch.Tensor], temperature: float = 1.0):
-        a = self.cfg.flow_noise * float(temperature)
-        if a <= 0:
-            raise ValueError("SmolVLA's sampler is an ODE at noise level 0 and has no log-prob; set "
-                             "--policy.flow-noise > 0 (and temperature > 0) for RL")
-        chain = taken["chain"].to(self.state_shift.device, torch.float32)
-        n, k1 = chain.shape[:2]
-        K = self.cfg.num_steps
-        if k1 != K + 1 or tuple(chain.shape[2:]) != tuple(self.block.shape):
-            raise ValueError(f"stored chain {tuple(chain.shape)} does not match this policy "
-                             f"({K} steps, chunk {tuple(self.block.shape)})")
-        h, kv, pad = self._prefix(obs)
-        t, _, _ = flow_grid(K, a, chain.device)
-        kvr, padr = repeat_kv(kv, pad, K)
-        v = self._velocity(kvr, padr, chain[:, :-1].flatten(0, 1), t[:-1].repeat(n))
-        lp, ent = self._score(chain, v.view(n, K, *chain.shape[2:]), a)
-        return lp, ent, self._value(h, pad)
-
-    def value(self, obs: Observation) -> torch.Tensor:
-        if self.value_net is None:
-            raise ValueError("this policy has no value head (built with value_head=False)")
-        h, _, pad = self._prefix(obs)
-        return self._value(h, pad)
-
-    def sft_loss(self, obs: Observation, expert_actions: torch.Tensor, mask: torch.Tensor | None = None):
-        dev, arch = self.state_shift.device, self.model.arch
-        target = (torch.as_tensor(expert_actions, dtype=torch.float32, device=dev) - self.action_shift) / self.action_scale
-        n, C, A = target.shape
-        if (C, A) != (self.chunk_size, self.action_dim):
-            raise ValueError(f"expert actions {(C, A)} do not match the policy's chunk/action dims "
-                             f"{(self.chunk_size, self.action_dim)}")
-        x0 = torch.zeros(n, arch.chunk_size, arch.max_action_dim, device=dev)
-        x0[:, :C, :A] = target
-        t = torch.distributions.Beta(1.5, 1.0).sample((n,)).to(dev) * 0.999 + 0.001
-        x1 = torch.randn_like(x0)
-        tb = t.view(n, 1, 1)
-        h, kv, pad = self._prefix(obs)
-        v = self._velocity(kv, pad, tb * x1 + (1 - tb) * x0, t)
-        loss, m = mse_loss(v[:, :C, :A], (x1 - x0)[:, :C, :A], mask)
-        return loss, {"sft/flow_mse": m["mse"]}
+    def _repeat(self, kv, pad, k):
+        return repeat_kv(kv, pad, k)
 
     # -- persistence ----------------------------------------------------------------------------
     def config_dict(self) -> dict:
@@ -410,8 +254,3 @@ class SmolVLA(nn.Module, Policy):
         else:
             state = model.state_dict()
         return {f"model.{k}": v.float() for k, v in state.items()}
-
-    def optimizer_class(self):
-        if self.cfg.optimizer_on_cpu:
-            return CPUOffloadAdamW
-        return torch.optim.AdamW
