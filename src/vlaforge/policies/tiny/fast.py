@@ -1,0 +1,178 @@
+"""The tiny VLA's inference path: ``TinyVLA.features`` restated for ``act`` on the CPU budget of a rollout.
+
+``act`` runs once per action chunk for every group of envs, a few thousand times per training iteration, with
+no gradient; ``features`` (model.py) stays the reference that training differentiates. Each switch of
+``ActPath`` keeps the fused tokens equal to ``features(obs)`` to float tolerance (tests/test_tiny_fast.py
+compares every cumulative setting with the reference); ``benchmarks/rollout_throughput.py --policy-only``
+measures what each one saves (docs/benchmarks.md, "Tiny VLA CPU cost per env step"):
+
+* ``inference_mode``: ``torch.inference_mode`` instead of ``no_grad`` (no version counters or view tracking).
+* ``layout``: the uint8 frames (N, V, H, W, 3) become the conv input once, in channels-last layout (the camera's
+  own layout: no transposing copy), with the CoordConv channels written beside them; every conv then runs
+  channels-last and conv3's patch tokens are a free view.
+* ``cache_instructions``: the instruction's word tokens, its FiLM scales and the attention key mask depend
+  on the words and the weights only: kept per instruction tuple while those weights are unchanged.
+* ``fused``: what profiling found (torch.profiler, one thread, 4 Meta-World-shaped observations): half the
+  time went to ``nn.TransformerEncoder``'s inference fast path, whose masked softmax over the word padding
+  costs ~0.7 ms per layer on the CPU; the layers are restated with ``scaled_dot_product_attention`` and an
+  additive mask. conv1 applied to ``[x/127.5 - 1, coords]`` is ``conv(x, W_rgb/127.5)`` plus a constant map
+  (the conv of ``[-1, coords]`` with the zero padding, plus the bias), kept with the weights: conv1 reads 3
+  channels instead of 5 and the normalisation disappears. The spatial soft-argmax is one matmul, FiLM one
+  ``addcmul``; the head's query projection is constant (``TokenLearner.forward`` caches it when no grad).
+* ``compile``: ``torch.compile`` of the whole path (measured slower or no faster on this CPU: off by default).
+
+Every cache is checked against the weights it was made from (``torch.equal`` on the parameters involved, a
+few ten thousand floats) on each call, so an optimizer step, ``load_state_dict`` or ``.to(device)`` can never
+serve stale values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vlaforge.device import host_to_device
+
+
+@dataclass
+class ActPath:
+    """Switches of the inference path (module docstring); all on but ``compile`` by default."""
+
+    inference_mode: bool = True
+    layout: bool = True
+    cache_instructions: bool = True
+    fused: bool = True
+    compile: bool = False
+
+    @classmethod
+    def reference(cls) -> ActPath:
+        """``act`` exactly as before this module: ``features()`` under ``no_grad``."""
+        return cls(False, False, False, False, False)
+
+
+class WeightCache:
+    """Values computed from some parameters, valid while those parameters are unchanged.
+
+    ``get(key, params, make, *args)`` returns ``make(*args)`` cached under ``key``. The cache empties when any tensor of
+    ``params`` is another tensor, moved, or modified in place since it was filled: an optimizer step,
+    ``load_state_dict`` (``copy_``) and every in-place op bump a tensor's version counter, which is what is
+    compared (O(1) per tensor). Writes through ``.data`` bypass that counter; nothing in vlaforge writes
+    parameters that way (a test of this module keeps it so for the ways that do).
+    """
+
+    def __init__(self, limit: int = 64):
+        self.limit = limit
+        self._stamp: tuple | None = None
+        self._values: dict = {}
+
+    @staticmethod
+    def stamp(params: list[torch.Tensor]) -> tuple:
+        return tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+
+    def get(self, key, params: list[torch.Tensor], make, *args):
+        stamp = self.stamp(params)
+        if stamp != self._stamp or len(self._values) >= self.limit:
+            self._values, self._stamp = {}, stamp
+        value = self._values.get(key)
+        if value is None:
+            value = self._values[key] = make(*args)
+        return value
+
+
+def _coord_input(m, img: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> conv1's input (B, 5, H, W) in channels-last memory: RGB in [-1, 1], then (x, y)."""
+    b, h, w, _ = img.shape
+    x = torch.empty(b, h, w, 5, device=img.device, dtype=m.coords.dtype)
+    torch.div(img, 127.5, out=x[..., :3]).sub_(1.0)
+    x[..., 3:] = m.coords.permute(1, 2, 0)
+    return x.permute(0, 3, 1, 2)
+
+
+def _constants(m, instructions: tuple[str, ...], views: int, size: int, fused: bool):
+    """What depends on the instructions and the weights only, as ``features`` computes it: word tokens
+    w (N, Wd, D); FiLM's (1 + g, b) per conv, each (N·V, C, 1, 1); the fusion's additive key mask
+    (N, 1, 1, L), −inf on padded words; with ``fused`` conv1 split into its image part and a constant:
+    conv1([x/127.5 − 1, coords]) = conv(x, W_rgb/127.5) + M (M: the conv of [−1, coords] with the same zero
+    padding, plus the bias), and FiLM's shift b1 + (1 + g1)·M (N·V, 32, h, w) taken with it."""
+    dev = m.act_lo.device
+    words = m._words(list(instructions), dev)
+    w = m.word_emb(words) + m.word_pos  # (N, Wd, D)
+    keep = (words != 0).float().unsqueeze(-1)
+    sentence = (w * keep).sum(1) / keep.sum(1).clamp_min(1)
+    g1, b1, g2, b2 = (f[:, :, None, None] for f in m.film(sentence).repeat_interleave(views, 0).split([32, 32, 64, 64], -1))
+    film = (1 + g1, b1, 1 + g2, b2)
+    g = size // 8
+    pad = torch.cat([torch.zeros(len(instructions), views * (g * g + 1), dtype=torch.bool, device=dev), words == 0,
+                     torch.zeros(len(instructions), 1, dtype=torch.bool, device=dev)], 1)
+    mask = torch.zeros(pad.shape, device=dev).masked_fill_(pad, float("-inf"))[:, None, None, :]
+    if not fused:
+        return w, film, mask, None
+    heads, length = m.cfg.heads, mask.shape[-1]
+    mask = mask.expand(-1, heads, length, -1).reshape(-1, length, length).contiguous()  # (N·H, L, L) for baddbmm
+    cl = torch.channels_last  # the conv outputs' layout (a mixed-layout elementwise op is ~15x slower)
+    w1 = m.conv1.weight
+    const = torch.cat([-torch.ones(1, 3, size, size, device=dev), m.coords.unsqueeze(0)], 1)
+    cmap = F.conv2d(const, w1, m.conv1.bias, m.conv1.stride, m.conv1.padding)  # (1, 32, h, w)
+    shift = torch.addcmul(b1, cmap, film[0]).contiguous(memory_format=cl)  # (N·V, 32, h, w)
+    convs = ((w1[:, :3] / 127.5).contiguous(memory_format=cl), shift, m.conv2.weight.contiguous(memory_format=cl),
+             m.conv3.weight.contiguous(memory_format=cl))  # conv2/3 weights in their inputs' layout: no reorder per call
+    return w, film, mask, convs
+
+
+def _fusion(m, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The pre-norm encoder layers of ``m.fusion`` (GELU, no dropout) written out: tokens (N, L, D), additive key
+    mask (N·H, L, L) -> (N, L, D). Attention as ``softmax(mask + q·kᵀ/√d_h)·v`` by two batched matmuls (cheaper
+    on the CPU at L ≈ 80 than SDPA's kernels, and far cheaper than the module's masked-softmax path)."""
+    n, length, d = tokens.shape
+    x = tokens
+    for layer in m.fusion.layers:
+        att = layer.self_attn
+        heads = att.num_heads
+        dh = d // heads
+        qkv = F.linear(layer.norm1(x), att.in_proj_weight, att.in_proj_bias)
+        q, k, v = qkv.view(n, length, 3, heads, dh).permute(2, 0, 3, 1, 4).reshape(3, n * heads, length, dh)
+        p = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=dh ** -0.5).softmax(-1)  # (N·H, L, L)
+        a = torch.bmm(p, v).view(n, heads, length, dh).transpose(1, 2).reshape(n, length, d)
+        x = x + F.linear(a, att.out_proj.weight, att.out_proj.bias)
+        x = x + layer.linear2(F.gelu(layer.linear1(layer.norm2(x))))
+    return x
+
+
+def act_features(m, obs, path: ActPath) -> torch.Tensor:
+    """Fused tokens (N, L, D) of the vision backbone, equal to ``m.features(obs)`` to float tolerance."""
+    if not path.layout or m.cfg.backbone != "vision":
+        return m.features(obs)
+    dev = m.act_lo.device
+    d = m.cfg.dim
+    state = host_to_device(obs.state, dev, torch.float32)
+    img = host_to_device(obs.images, dev)  # (N, V, H, W, 3) uint8
+    n, v, size = img.shape[0], img.shape[1], img.shape[2]
+    frames = img.reshape(n * v, *img.shape[2:])
+    key = (tuple(obs.instructions), v, size, path.fused, torch.is_autocast_enabled(dev.type))  # dtypes follow autocast
+    cache = m._act_cache if path.cache_instructions else None
+    w, film, mask, conv1 = cache.get(key, m._act_weights(), _constants, m, *key[:4]) if cache else _constants(m, *key[:4])
+    s1, b1, s2, b2 = film
+    if path.fused:  # conv1 on the raw frames, its constant part folded into FiLM's shift: one pass, in place
+        w_rgb, c1, w2, w3 = conv1
+        x = frames.permute(0, 3, 1, 2).float()  # (N·V, 3, H, W), channels-last: the camera's own layout
+        x = F.conv2d(x, w_rgb, None, m.conv1.stride, m.conv1.padding)
+        x = F.gelu(torch.addcmul(c1, x, s1, out=x))
+        x = F.conv2d(x, w2, m.conv2.bias, m.conv2.stride, m.conv2.padding)
+        x = F.gelu(torch.addcmul(b2, x, s2, out=x))
+        kp = m._soft_argmax(x).view(n, v, -1)
+        y = F.conv2d(x, w3, m.conv3.bias, m.conv3.stride, m.conv3.padding)
+    else:
+        x = _coord_input(m, frames)
+        x = F.gelu(m.conv1(x) * s1 + b1)
+        x = F.gelu(m.conv2(x) * s2 + b2)
+        kp = m._soft_argmax(x).view(n, v, -1)
+        y = m.conv3(x)
+    patches = y.permute(0, 2, 3, 1).reshape(n, v, -1, d)  # y (N·V, D, g, g) is channels-last: a view
+    patches = torch.cat([patches, m.keypoints(kp).unsqueeze(2)], 2) + m.img_pos
+    tokens = torch.cat([patches.flatten(1, 2), w, m.state_proj(state).unsqueeze(1)], 1)
+    if path.fused:
+        return m.out_norm(_fusion(m, tokens, mask))
+    pad = torch.isinf(mask[:, 0, 0])  # the reference's boolean key padding mask (N, L)
+    return m.out_norm(m.fusion(tokens, src_key_padding_mask=pad))
