@@ -140,39 +140,50 @@ def _fusion(m, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _fused(m, frames: torch.Tensor, state: torch.Tensor, consts) -> torch.Tensor:
+    """The ``fused`` path from the frames (N·V, H, W, 3) uint8, state (N, S) and ``_constants`` to the fused tokens."""
+    w, (s1, _, s2, b2), mask, (w_rgb, c1, w2, w3) = consts
+    n, v, d = state.shape[0], frames.shape[0] // state.shape[0], m.cfg.dim
+    x = frames.permute(0, 3, 1, 2).float()  # (N·V, 3, H, W), channels-last: the camera's own layout
+    x = F.conv2d(x, w_rgb, None, m.conv1.stride, m.conv1.padding)
+    x = F.gelu(torch.addcmul(c1, x, s1, out=x))  # conv1's constant part folded into FiLM's shift: one pass
+    x = F.conv2d(x, w2, m.conv2.bias, m.conv2.stride, m.conv2.padding)
+    x = F.gelu(torch.addcmul(b2, x, s2, out=x))
+    kp = m._soft_argmax(x).view(n, v, -1)
+    y = F.conv2d(x, w3, m.conv3.bias, m.conv3.stride, m.conv3.padding)  # (N·V, D, g, g), channels-last
+    patches = torch.cat([y.permute(0, 2, 3, 1).reshape(n, v, -1, d), m.keypoints(kp).unsqueeze(2)], 2) + m.img_pos
+    tokens = torch.cat([patches.flatten(1, 2), w, m.state_proj(state).unsqueeze(1)], 1)
+    return m.out_norm(_fusion(m, tokens, mask))
+
+
+_compiled = None
+
+
 def act_features(m, obs, path: ActPath) -> torch.Tensor:
     """Fused tokens (N, L, D) of the vision backbone, equal to ``m.features(obs)`` to float tolerance."""
     if not path.layout or m.cfg.backbone != "vision":
         return m.features(obs)
     dev = m.act_lo.device
-    d = m.cfg.dim
     state = host_to_device(obs.state, dev, torch.float32)
     img = host_to_device(obs.images, dev)  # (N, V, H, W, 3) uint8
     n, v, size = img.shape[0], img.shape[1], img.shape[2]
     frames = img.reshape(n * v, *img.shape[2:])
     key = (tuple(obs.instructions), v, size, path.fused, torch.is_autocast_enabled(dev.type))  # dtypes follow autocast
     cache = m._act_cache if path.cache_instructions else None
-    w, film, mask, conv1 = cache.get(key, m._act_weights(), _constants, m, *key[:4]) if cache else _constants(m, *key[:4])
-    s1, b1, s2, b2 = film
-    if path.fused:  # conv1 on the raw frames, its constant part folded into FiLM's shift: one pass, in place
-        w_rgb, c1, w2, w3 = conv1
-        x = frames.permute(0, 3, 1, 2).float()  # (N·V, 3, H, W), channels-last: the camera's own layout
-        x = F.conv2d(x, w_rgb, None, m.conv1.stride, m.conv1.padding)
-        x = F.gelu(torch.addcmul(c1, x, s1, out=x))
-        x = F.conv2d(x, w2, m.conv2.bias, m.conv2.stride, m.conv2.padding)
-        x = F.gelu(torch.addcmul(b2, x, s2, out=x))
-        kp = m._soft_argmax(x).view(n, v, -1)
-        y = F.conv2d(x, w3, m.conv3.bias, m.conv3.stride, m.conv3.padding)
-    else:
-        x = _coord_input(m, frames)
-        x = F.gelu(m.conv1(x) * s1 + b1)
-        x = F.gelu(m.conv2(x) * s2 + b2)
-        kp = m._soft_argmax(x).view(n, v, -1)
-        y = m.conv3(x)
-    patches = y.permute(0, 2, 3, 1).reshape(n, v, -1, d)  # y (N·V, D, g, g) is channels-last: a view
-    patches = torch.cat([patches, m.keypoints(kp).unsqueeze(2)], 2) + m.img_pos
-    tokens = torch.cat([patches.flatten(1, 2), w, m.state_proj(state).unsqueeze(1)], 1)
+    consts = cache.get(key, m._act_weights(), _constants, m, *key[:4]) if cache else _constants(m, *key[:4])
+    if path.fused and path.compile:
+        global _compiled
+        _compiled = _compiled or torch.compile(_fused, dynamic=False)
+        return _compiled(m, frames, state, consts)
     if path.fused:
-        return m.out_norm(_fusion(m, tokens, mask))
+        return _fused(m, frames, state, consts)
+    w, (s1, b1, s2, b2), mask, _ = consts
+    x = _coord_input(m, frames)
+    x = F.gelu(m.conv1(x) * s1 + b1)
+    x = F.gelu(m.conv2(x) * s2 + b2)
+    kp = m._soft_argmax(x).view(n, v, -1)
+    y = m.conv3(x)  # (N·V, D, g, g), channels-last memory: the patch tokens are a view
+    patches = torch.cat([y.permute(0, 2, 3, 1).reshape(n, v, -1, m.cfg.dim), m.keypoints(kp).unsqueeze(2)], 2)
+    tokens = torch.cat([(patches + m.img_pos).flatten(1, 2), w, m.state_proj(state).unsqueeze(1)], 1)
     pad = torch.isinf(mask[:, 0, 0])  # the reference's boolean key padding mask (N, L)
     return m.out_norm(m.fusion(tokens, src_key_padding_mask=pad))
