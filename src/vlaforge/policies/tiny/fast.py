@@ -1,29 +1,30 @@
-"""The tiny VLA's inference path: ``TinyVLA.features`` restated for ``act`` on the CPU budget of a rollout.
+"""The tiny VLA's inference path: ``TinyVLA.features`` restated for ``act``, the driver's CPU cost in a rollout.
 
-``act`` runs once per action chunk for every group of envs, a few thousand times per training iteration, with
-no gradient; ``features`` (model.py) stays the reference that training differentiates. Each switch of
-``ActPath`` keeps the fused tokens equal to ``features(obs)`` to float tolerance (tests/test_tiny_fast.py
-compares every cumulative setting with the reference); ``benchmarks/rollout_throughput.py --policy-only``
-measures what each one saves (docs/benchmarks.md, "Tiny VLA CPU cost per env step"):
+``act`` runs once per action chunk for each group of envs, thousands of times per training iteration, with no
+gradient; ``features`` (model.py) stays the reference that training differentiates, untouched. Each switch of
+``ActPath`` keeps actions, log-probs and values equal to the reference to float tolerance (tests/test_tiny_fast.py
+compares every cumulative setting with ``act`` as it was); ``benchmarks/rollout_throughput.py --policy-only``
+measures what each one saves (docs/benchmarks.md, "Tiny VLA: CPU time per env step"):
 
-* ``inference_mode``: ``torch.inference_mode`` instead of ``no_grad`` (no version counters or view tracking).
-* ``layout``: the uint8 frames (N, V, H, W, 3) become the conv input once, in channels-last layout (the camera's
-  own layout: no transposing copy), with the CoordConv channels written beside them; every conv then runs
-  channels-last and conv3's patch tokens are a free view.
-* ``cache_instructions``: the instruction's word tokens, its FiLM scales and the attention key mask depend
-  on the words and the weights only: kept per instruction tuple while those weights are unchanged.
-* ``fused``: what profiling found (torch.profiler, one thread, 4 Meta-World-shaped observations): half the
-  time went to ``nn.TransformerEncoder``'s inference fast path, whose masked softmax over the word padding
-  costs ~0.7 ms per layer on the CPU; the layers are restated with ``scaled_dot_product_attention`` and an
-  additive mask. conv1 applied to ``[x/127.5 - 1, coords]`` is ``conv(x, W_rgb/127.5)`` plus a constant map
-  (the conv of ``[-1, coords]`` with the zero padding, plus the bias), kept with the weights: conv1 reads 3
-  channels instead of 5 and the normalisation disappears. The spatial soft-argmax is one matmul, FiLM one
-  ``addcmul``; the head's query projection is constant (``TokenLearner.forward`` caches it when no grad).
-* ``compile``: ``torch.compile`` of the whole path (measured slower or no faster on this CPU: off by default).
+* ``inference_mode``: ``torch.inference_mode`` instead of ``no_grad`` (no version counters or view tracking);
+  the outputs are cloned out of it, so learners get ordinary tensors.
+* ``layout``: the uint8 frames (N, V, H, W, 3) become the conv input once, channels-last (the camera's own
+  layout), with the CoordConv channels written beside them; the convs run channels-last and conv3's patch
+  tokens are a view.
+* ``cache_instructions``: word tokens, FiLM's (1 + g, b) and the fusion's key mask depend on the instruction and
+  the weights only: kept per instruction tuple (``WeightCache``) while those weights are unchanged.
+* ``fused``, from profiling (torch.profiler, one thread, 4 Meta-World-shaped observations): half of ``act`` was
+  ``nn.TransformerEncoder``'s inference fast path, whose masked softmax over the padded words costs ~0.7 ms per
+  layer; the layers are written out (``_fusion``: baddbmm with an additive mask, softmax, bmm). conv1 of
+  ``[x/127.5 − 1, coords]`` is ``conv(x, W_rgb/127.5)`` plus a constant map, folded into FiLM's shift: conv1
+  reads 3 channels of raw pixels and FiLM is one in-place ``addcmul``; conv weights are kept channels-last (no
+  reorder per call); the spatial soft-argmax reads the channels-last maps in place (one matmul). Elementwise
+  ops between tensors of different layouts are ~15x slower: every cached map has the conv outputs' layout.
+* ``compile``: ``torch.compile`` of the ``fused`` features (off by default: minutes of compiling on 2 cores,
+  measured in docs/benchmarks.md).
 
-Every cache is checked against the weights it was made from (``torch.equal`` on the parameters involved, a
-few ten thousand floats) on each call, so an optimizer step, ``load_state_dict`` or ``.to(device)`` can never
-serve stale values.
+The head's attention pooling (``TokenLearner``) and the value MLP are shared with training; without grad the
+pooling skips ``nn.MultiheadAttention``'s argument checks, with bit-identical values (heads/common.py).
 """
 
 from __future__ import annotations
@@ -118,7 +119,22 @@ def _constants(m, instructions: tuple[str, ...], views: int, size: int, fused: b
     shift = torch.addcmul(b1, cmap, film[0]).contiguous(memory_format=cl)  # (N·V, 32, h, w)
     convs = ((w1[:, :3] / 127.5).contiguous(memory_format=cl), shift, m.conv2.weight.contiguous(memory_format=cl),
              m.conv3.weight.contiguous(memory_format=cl))  # conv2/3 weights in their inputs' layout: no reorder per call
-    return w, film, mask, convs
+    h = _out_size(_out_size(size, m.conv1), m.conv2)  # conv2's maps are h x h
+    c = torch.linspace(-1, 1, h, device=dev)
+    grid = torch.stack([c.repeat(h), c.repeat_interleave(h)])  # (2, h·h): (x, y) of each row-major position
+    return w, film, mask, (*convs, grid)
+
+
+def _out_size(size: int, conv) -> int:
+    return (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+
+
+def _soft_argmax(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``TinyVLA._soft_argmax`` on channels-last maps without a transposing copy: x (B, K, h, w) stored as
+    (B, h, w, K), grid (2, h·w) -> (B, 2K) = [expected x of each map, expected y of each map]."""
+    b, k, h, w = x.shape
+    p = torch.softmax(x.permute(0, 2, 3, 1).reshape(b, h * w, k), 1)  # (B, h·w, K), a view of the memory
+    return torch.matmul(grid, p).reshape(b, 2 * k)
 
 
 def _fusion(m, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -142,14 +158,14 @@ def _fusion(m, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _fused(m, frames: torch.Tensor, state: torch.Tensor, consts) -> torch.Tensor:
     """The ``fused`` path from the frames (N·V, H, W, 3) uint8, state (N, S) and ``_constants`` to the fused tokens."""
-    w, (s1, _, s2, b2), mask, (w_rgb, c1, w2, w3) = consts
+    w, (s1, _, s2, b2), mask, (w_rgb, c1, w2, w3, grid) = consts
     n, v, d = state.shape[0], frames.shape[0] // state.shape[0], m.cfg.dim
     x = frames.permute(0, 3, 1, 2).float()  # (N·V, 3, H, W), channels-last: the camera's own layout
     x = F.conv2d(x, w_rgb, None, m.conv1.stride, m.conv1.padding)
     x = F.gelu(torch.addcmul(c1, x, s1, out=x))  # conv1's constant part folded into FiLM's shift: one pass
     x = F.conv2d(x, w2, m.conv2.bias, m.conv2.stride, m.conv2.padding)
     x = F.gelu(torch.addcmul(b2, x, s2, out=x))
-    kp = m._soft_argmax(x).view(n, v, -1)
+    kp = _soft_argmax(x, grid).view(n, v, -1)
     y = F.conv2d(x, w3, m.conv3.bias, m.conv3.stride, m.conv3.padding)  # (N·V, D, g, g), channels-last
     patches = torch.cat([y.permute(0, 2, 3, 1).reshape(n, v, -1, d), m.keypoints(kp).unsqueeze(2)], 2) + m.img_pos
     tokens = torch.cat([patches.flatten(1, 2), w, m.state_proj(state).unsqueeze(1)], 1)
