@@ -84,6 +84,19 @@ def test_one_view_64px_and_the_state_backbone():
     _assert_same(s, _obs(n=4), False, atol=0)  # no vision: act is features() exactly
 
 
+def test_value_without_grad_takes_the_fast_path_and_agrees():
+    p, obs = _policy("gaussian"), _obs()
+    with torch.no_grad():
+        ref = p._value(p.features(obs), obs)
+        calls = []
+        fusion = p.fusion.forward
+        p.fusion.forward = lambda *a, **k: calls.append(1) or fusion(*a, **k)  # the reference's encoder
+        torch.testing.assert_close(p.value(obs), ref, atol=1e-5, rtol=0)
+        assert calls == []
+    torch.testing.assert_close(p.value(obs), ref, atol=1e-5, rtol=0)  # with grad: the training path itself
+    assert calls == [1]
+
+
 def test_the_reference_path_is_the_old_act_bit_for_bit():
     p, obs = _policy("gaussian"), _obs()
     p.act_path = ActPath.reference()

@@ -310,7 +310,14 @@ class TinyVLA(nn.Module, Policy):
         return log_prob, entropy, self._value(feats, obs)
 
     def value(self, obs: Observation) -> torch.Tensor:
-        v = self._value(self.features(obs) if self.cfg.critic == "image" else None, obs)
+        """V(obs) (N,). Without grad (collect's bootstrap value) through act's inference path, like ``act``."""
+        if self.cfg.critic != "image":
+            feats = None
+        elif torch.is_grad_enabled():
+            feats = self.features(obs)
+        else:
+            feats = act_features(self, obs, self.act_path)
+        v = self._value(feats, obs)
         if v is None:
             raise ValueError("this policy has no value head (built with value_head=False)")
         return v
