@@ -191,6 +191,10 @@ def _act_stats(policy, obs, rounds: int, acts: int, rows: list) -> dict[str, dic
 
     times: dict[str, list[float]] = {name: [] for name, _ in rows}
     faults: dict[str, int] = {name: 0 for name, _ in rows}
+    for _, path in rows:  # warm up every path first (caches, compilation, the allocator's thresholds)
+        policy.act_path = path
+        for _ in range(10):
+            policy.act(obs)
     for _ in range(rounds):
         for name, path in rows:
             policy.act_path = path
