@@ -178,14 +178,15 @@ def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: flo
 
 POLICY_ROWS = [  # cumulative: each row adds one optimisation to the row above (policies/tiny/fast.py)
     ("baseline (no_grad, nn modules)", ActPath.reference()),
-    ("+ torch.inference_mode", ActPath(inference_mode=True, layout=False, cache_instructions=False, fused=False)),
-    ("+ uint8 frames to a channels-last conv input once", ActPath(layout=True, cache_instructions=False, fused=False)),
-    ("+ instruction constants cached", ActPath(fused=False)),
-    ("+ fused: conv1 folded, fusion by bmm, no masked-softmax path", ActPath()),
+    ("+ torch.inference_mode", ActPath(layout=False, cache_instructions=False, fused=False, jit_after=0)),
+    ("+ uint8 frames to a channels-last conv input once", ActPath(cache_instructions=False, fused=False, jit_after=0)),
+    ("+ instruction constants cached", ActPath(fused=False, jit_after=0)),
+    ("+ fused: conv1 folded, fusion by bmm, no masked-softmax path", ActPath(jit_after=0)),
+    ("+ torch.jit.trace of the fused features (the default after 32 acts)", ActPath(jit_after=1)),
 ]
 
 
-def _act_stats(policy, obs, rounds: int, acts: int, rows: list) -> dict[str, dict]:
+def _act_stats(policy, obs, rounds: int, acts: int, rows: list, warmup: int = 10) -> dict[str, dict]:
     """Thread CPU ms per act of each (name, ActPath) row, interleaved over rounds; page faults per act."""
     import resource
 
@@ -193,7 +194,7 @@ def _act_stats(policy, obs, rounds: int, acts: int, rows: list) -> dict[str, dic
     faults: dict[str, int] = {name: 0 for name, _ in rows}
     for _, path in rows:  # warm up every path first (caches, compilation, the allocator's thresholds)
         policy.act_path = path
-        for _ in range(10):
+        for _ in range(warmup):
             policy.act(obs)
     for _ in range(rounds):
         for name, path in rows:
@@ -210,7 +211,7 @@ def _act_stats(policy, obs, rounds: int, acts: int, rows: list) -> dict[str, dic
 
 
 def policy_only(suite: str, tasks, batches: list[int], chunk: int, head: str, rounds: int, acts: int,
-                with_compile: bool) -> dict:
+                with_compile: bool, warmup: int = 10) -> dict:
     """The tiny VLA's CPU cost per env step, one row per cumulative optimisation (module docstring)."""
     from vlaforge.envs import suite_spec
 
@@ -220,7 +221,7 @@ def policy_only(suite: str, tasks, batches: list[int], chunk: int, head: str, ro
                           views=spec.image_shape[0], image_size=spec.image_shape[1]).eval()
     rows = list(POLICY_ROWS)
     if with_compile:
-        rows.append(("+ torch.compile", ActPath(compile=True)))
+        rows.append(("fused + torch.compile instead of the trace", ActPath(jit_after=0, compile=True)))
     out = {"suite": suite, "tasks": [t.name for t in spec.tasks], "head": head, "chunk": chunk,
            "image": list(spec.image_shape), "state_dim": spec.state_dim, "rounds": rounds, "acts_per_round": acts,
            "load_avg_before": list(os.getloadavg()), "batches": []}
@@ -240,7 +241,7 @@ def policy_only(suite: str, tasks, batches: list[int], chunk: int, head: str, ro
             o = policy.act(obs)
             err[name] = max(float((o.actions - ref.actions).abs().max()), float((o.log_prob - ref.log_prob).abs().max()),
                             float((o.value - ref.value).abs().max()))
-        stats = _act_stats(policy, obs, rounds, acts, rows)
+        stats = _act_stats(policy, obs, rounds, acts, rows, warmup)
         out["batches"].append({"batch": n, "rows": [
             {"step": name, "ms_per_act": stats[name]["median_ms"], "ms_per_act_min": stats[name]["min_ms"],
              "ms_per_env_step": stats[name]["median_ms"] / (n * chunk), "page_faults_per_act": stats[name]["faults"],

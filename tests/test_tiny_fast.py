@@ -21,8 +21,9 @@ from vlaforge.policies.tiny.fast import ActPath, WeightCache
 from vlaforge.types import Observation
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = {"inference_mode": ActPath(True, False, False, False), "layout": ActPath(True, True, False, False),
-         "cache": ActPath(True, True, True, False), "fused": ActPath(), "fused_no_inference_mode": ActPath(False)}
+PATHS = {"inference_mode": ActPath(True, False, False, False, 0), "layout": ActPath(True, True, False, False, 0),
+         "cache": ActPath(True, True, True, False, 0), "fused": ActPath(jit_after=0),
+         "fused_no_inference_mode": ActPath(False, jit_after=0), "jit": ActPath(jit_after=1)}
 
 
 def _obs(n: int = 5, views: int = 2, size: int = 32, seed: int = 0) -> Observation:
@@ -66,8 +67,10 @@ def _assert_same(p, obs, deterministic: bool, temperature: float = 1.0, atol: fl
         torch.testing.assert_close(out.taken[k].float(), taken[k].float(), atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("head", ["gaussian", "tokens", "flow"])
+CASES = [("gaussian", path) for path in PATHS] + [("tokens", "fused"), ("flow", "fused"), ("flow", "jit")]
+
+
+@pytest.mark.parametrize("head,path", CASES)
 def test_every_act_path_equals_the_reference(head, path):
     p, obs = _policy(head), _obs()
     p.act_path = PATHS[path]
@@ -103,10 +106,13 @@ def test_the_reference_path_is_the_old_act_bit_for_bit():
     _assert_same(p, obs, False, atol=0)
 
 
-def test_caches_follow_the_weights():
+@pytest.mark.parametrize("jit_after", [0, 1])
+def test_caches_follow_the_weights(jit_after):
     """An optimizer step, load_state_dict, an in-place edit and a dtype change each change the constants the fast
-    path keeps; every act after them must match the reference again (and the reference must have moved)."""
+    path keeps (and the weights a trace reads); every act after them must match the reference again (and the
+    reference must have moved)."""
     p, obs = _policy("gaussian"), _obs()
+    p.act_path = ActPath(jit_after=jit_after)
     _assert_same(p, obs, True)
     before = _reference(p, obs, True)[0]
 
@@ -138,6 +144,31 @@ def test_autocast_constants_are_kept_apart():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         p.act(obs)
     _assert_same(p, obs, True)
+
+
+def test_trace_after_warmup_only_on_the_cpu_and_never_under_a_function_mode():
+    from torch.overrides import TorchFunctionMode
+
+    class PassThrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    p, obs = _policy("gaussian"), _obs()
+    p.act_path = ActPath(jit_after=3)
+    for k in range(4):
+        p.act(obs)
+        assert len(p._act_traces._values) == (1 if k >= 2 else 0)  # traced at the third act of this shape
+    _assert_same(p, obs, False)
+    q = _policy("gaussian")
+    q.act_path = ActPath(jit_after=1)
+    with PassThrough():
+        q.act(obs)
+    assert q._act_traces._values == {}
+    import copy
+
+    r = copy.deepcopy(p)  # a copy (TPO's reference, a Ray actor) starts with empty caches and its own trace
+    assert r._act_traces._values == {} and r._act_cache._values == {}
+    _assert_same(r, obs, False)
 
 
 def test_weight_cache_stamp():
@@ -199,7 +230,8 @@ def _bench_module():
 
 def test_policy_only_benchmark_rows_and_merge(tmp_path):
     bench = _bench_module()
-    res = bench.policy_only("pointreach", None, [2], 4, "gaussian", rounds=1, acts=1, with_compile=False)
+    res = bench.policy_only("pointreach", None, [2], 4, "gaussian", rounds=1, acts=1, with_compile=False,
+                             warmup=1)
     rows = res["batches"][0]["rows"]
     assert [r["step"] for r in rows] == [name for name, _ in bench.POLICY_ROWS]
     assert rows[0]["max_abs_diff_vs_baseline"] == 0 and all(r["max_abs_diff_vs_baseline"] < 1e-5 for r in rows)

@@ -20,8 +20,12 @@ measures what each one saves (docs/benchmarks.md, "Tiny VLA: CPU time per env st
   reads 3 channels of raw pixels and FiLM is one in-place ``addcmul``; conv weights are kept channels-last (no
   reorder per call); the spatial soft-argmax reads the channels-last maps in place (one matmul). Elementwise
   ops between tensors of different layouts are ~15x slower: every cached map has the conv outputs' layout.
-* ``compile``: ``torch.compile`` of the ``fused`` features (off by default: minutes of compiling on 2 cores,
-  measured in docs/benchmarks.md).
+* ``jit_after``: on the CPU, once a batch shape has been acted on that many times (32), the ``fused`` features
+  run as a ``torch.jit.trace`` of themselves (~1 s to trace; the same kernels without Python's per-op cost,
+  same numbers; parameters are read live, so optimizer steps and ``load_state_dict`` need no new trace). Not
+  under a TorchFunctionMode, so that tests/device_audit.py sees every op.
+* ``compile``: ``torch.compile`` of the ``fused`` features instead (off: ~90 s of compiling on 2 cores, and no
+  faster than the trace there; docs/benchmarks.md).
 
 The head's attention pooling (``TokenLearner``) and the value MLP are shared with training; without grad the
 pooling skips ``nn.MultiheadAttention``'s argument checks, with bit-identical values (heads/common.py).
@@ -39,38 +43,48 @@ from vlaforge.device import host_to_device
 
 @dataclass
 class ActPath:
-    """Switches of the inference path (module docstring); all on but ``compile`` by default."""
+    """Switches of the inference path (module docstring); all on but ``compile`` by default. Cumulative: each
+    switch assumes the ones above it."""
 
     inference_mode: bool = True
     layout: bool = True
     cache_instructions: bool = True
     fused: bool = True
+    jit_after: int = 32
+    """on the CPU, run the ``fused`` features as a ``torch.jit.trace`` of them once a batch shape has been seen this
+    many times (tracing takes ~1 s; parameters stay live); 0 = never"""
     compile: bool = False
 
     @classmethod
     def reference(cls) -> ActPath:
         """``act`` exactly as before this module: ``features()`` under ``no_grad``."""
-        return cls(False, False, False, False, False)
+        return cls(False, False, False, False, 0, False)
 
 
 class WeightCache:
     """Values computed from some parameters, valid while those parameters are unchanged.
 
     ``get(key, params, make, *args)`` returns ``make(*args)`` cached under ``key``. The cache empties when any tensor of
-    ``params`` is another tensor, moved, or modified in place since it was filled: an optimizer step,
-    ``load_state_dict`` (``copy_``) and every in-place op bump a tensor's version counter, which is what is
-    compared (O(1) per tensor). Writes through ``.data`` bypass that counter; nothing in vlaforge writes
-    parameters that way (a test of this module keeps it so for the ways that do).
+    ``params`` is another tensor, moved, or (with ``versions``) modified in place since it was filled: an
+    optimizer step, ``load_state_dict`` (``copy_``) and every in-place op bump a tensor's version counter, which
+    is what is compared (O(1) per tensor). Writes through ``.data`` bypass that counter; nothing in vlaforge
+    writes parameters that way. ``versions=False`` is for values that read the parameters live (a trace).
+    Copies and pickles of a cache are empty.
     """
 
-    def __init__(self, limit: int = 64):
-        self.limit = limit
+    def __init__(self, limit: int = 64, versions: bool = True):
+        self.limit, self.versions = limit, versions
         self._stamp: tuple | None = None
         self._values: dict = {}
 
-    @staticmethod
-    def stamp(params: list[torch.Tensor]) -> tuple:
-        return tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+    def __getstate__(self) -> dict:  # a copy or a pickle (Ray) starts empty: caches are not state
+        return {"limit": self.limit, "versions": self.versions, "_stamp": None, "_values": {}}
+
+    def __deepcopy__(self, memo) -> WeightCache:
+        return WeightCache(self.limit, self.versions)
+
+    def stamp(self, params: list[torch.Tensor]) -> tuple:
+        return tuple((id(p), p.data_ptr(), p._version if self.versions else 0, p.device, p.dtype) for p in params)
 
     def get(self, key, params: list[torch.Tensor], make, *args):
         stamp = self.stamp(params)
@@ -175,6 +189,46 @@ def _fused(m, frames: torch.Tensor, state: torch.Tensor, consts) -> torch.Tensor
 _compiled = None
 
 
+class _Fused(torch.nn.Module):
+    """``_fused`` as a module over the policy, for ``torch.jit.trace`` (which keeps module parameters live)."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, frames, state, w, s1, s2, b2, mask, w_rgb, c1, w2, w3, grid):
+        return _fused(self.m, frames, state, (w, (s1, None, s2, b2), mask, (w_rgb, c1, w2, w3, grid)))
+
+
+def _flat(frames, state, consts) -> tuple:
+    w, (s1, _, s2, b2), mask, convs = consts
+    return (frames, state, w, s1, s2, b2, mask, *convs)
+
+
+def _trace(m, args: tuple):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python ints: the trace is per batch shape anyway
+        return torch.jit.trace(_Fused(m), args, check_trace=False)
+
+
+def _traced(m, frames, state, consts, key, after: int):
+    """The traced ``_fused`` for this batch shape once it has been seen ``after`` times, else None. Traces read
+    the parameters live (in-place updates are seen); a moved or replaced parameter makes a new trace. Never
+    under a TorchFunctionMode (tests/device_audit.py must see every op) or off the CPU."""
+    if after <= 0 or frames.device.type != "cpu" or torch._C._is_torch_function_mode_enabled():
+        return None
+    seen = m._act_seen
+    seen[key] = seen.get(key, 0) + 1
+    if seen[key] < after:
+        return None
+    args = _flat(frames, state, consts)
+    # sentinels of the traced modules: .to(), .double() or load_state_dict(assign=True) replace all of them
+    sentinels = [m.conv3.weight, m.fusion.layers[0].self_attn.in_proj_weight, m.out_norm.weight, m.img_pos]
+    return m._act_traces.get(key, sentinels, _trace, m, args)
+
+
 def act_features(m, obs, path: ActPath) -> torch.Tensor:
     """Fused tokens (N, L, D) of the vision backbone, equal to ``m.features(obs)`` to float tolerance."""
     if not path.layout or m.cfg.backbone != "vision":
@@ -192,7 +246,8 @@ def act_features(m, obs, path: ActPath) -> torch.Tensor:
         _compiled = _compiled or torch.compile(_fused, dynamic=False)
         return _compiled(m, frames, state, consts)
     if path.fused:
-        return _fused(m, frames, state, consts)
+        traced = _traced(m, frames, state, consts, (tuple(frames.shape), *key[1:]), path.jit_after)
+        return _fused(m, frames, state, consts) if traced is None else traced(*_flat(frames, state, consts))
     w, (s1, b1, s2, b2), mask, _ = consts
     x = _coord_input(m, frames)
     x = F.gelu(m.conv1(x) * s1 + b1)

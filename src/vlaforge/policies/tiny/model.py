@@ -137,6 +137,8 @@ class TinyVLA(nn.Module, Policy):
         self._word_cache: dict[str, list[int]] = {}
         self.act_path = ActPath()  # how act() computes (fast.py); not part of the saved config
         self._act_cache = WeightCache()  # act's per-instruction constants (fast.py)
+        self._act_traces = WeightCache(limit=8, versions=False)  # act's traced features per batch shape
+        self._act_seen: dict = {}  # acts per batch shape (fast.py traces after ActPath.jit_after)
         self.noise_policy = None
         if cfg.dsrl_bound > 0:
             self.attach_noise_policy(cfg.dsrl_bound, cfg.dsrl_hidden)
