@@ -159,6 +159,10 @@ def test_trace_after_warmup_only_on_the_cpu_and_never_under_a_function_mode():
         p.act(obs)
         assert len(p._act_traces._values) == (1 if k >= 2 else 0)  # traced at the third act of this shape
     _assert_same(p, obs, False)
+    traced = p.act(obs, deterministic=True)
+    p.act_path = ActPath(jit_after=0)
+    eager = p.act(obs, deterministic=True)  # the trace runs the same kernels: the same numbers, bit for bit
+    assert torch.equal(traced.actions, eager.actions) and torch.equal(traced.value, eager.value)
     q = _policy("gaussian")
     q.act_path = ActPath(jit_after=1)
     with PassThrough():
