@@ -32,7 +32,8 @@ included) per ``act`` call for ``--batch`` envs (the envs of one group: 8 envs o
 batch × chunk = CPU ms per env step (``collect`` acts once per chunk). One row per optimisation of
 ``policies/tiny/fast.py``, applied cumulatively (``ActPath``), each checked against the reference (max |Δ| of
 actions, log-probs and values for one seed). Rows are interleaved over ``--rounds`` rounds of ``--acts`` calls
-(median and min reported) so that a machine load that drifts does not favour one; thread CPU time still grows
+(median and min reported, and the median over rounds of each row's time ÷ the baseline's in the same round) so
+that a machine load that drifts does not favour one; thread CPU time still grows
 when other processes share the cores (caches, frequency), so quote it with the load average it records.
 ``--compile`` adds a ``torch.compile`` row (minutes to compile on 2 cores). The result is merged into ``--out``
 under ``policy_cpu`` (other keys kept); a full run keeps an existing ``policy_cpu`` too.
@@ -127,7 +128,8 @@ def cpu_bound_ceiling(cpu_raw: dict, cpu_pol: dict, workers: int, cores: int, dr
 
 
 def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: float, head: str, runs: int,
-        groups_per_worker: int = 1, backbone: str = "vision", env_kw: dict | None = None) -> list[dict]:
+        groups_per_worker: int = 1, backbone: str = "vision", env_kw: dict | None = None,
+        reference_act: bool = False) -> list[dict]:
     env_kw = {**SUITES[suite].get("env_kwargs", {}), **(env_kw or {})}
     t0 = time.perf_counter()
     if workers > 0:
@@ -149,6 +151,8 @@ def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: flo
         reset_s.append(time.perf_counter() - t0)
     policy = build_policy(head=head, backbone=backbone, state_dim=spec.state_dim, action_dim=spec.action_dim, chunk_size=chunk,
                           views=spec.image_shape[0], image_size=spec.image_shape[1])
+    if reference_act:  # the tiny VLA's act as before policies/tiny/fast.py
+        policy.act_path = ActPath.reference()
     rng = np.random.default_rng(0)
     res: dict[str, list[dict]] = {m: [] for m in MODES}
     loads = []
@@ -157,7 +161,7 @@ def run(suite: str, tasks, num_envs: int, workers: int, chunk: int, seconds: flo
             res[mode].append(measure(mode, venv, policy, spec, num_envs, chunk, seconds, rng, pids))
         loads.append(os.getloadavg()[0])
     venv.close()
-    base = {"suite": suite, "num_envs": num_envs, "workers": workers, "groups_per_worker": groups_per_worker,
+    base = {"suite": suite, "act_path": "reference" if reference_act else "fast", "num_envs": num_envs, "workers": workers, "groups_per_worker": groups_per_worker,
             "chunk": chunk, "head": head, "backbone": backbone, "env_kwargs": env_kw, "image": list(spec.image_shape),
             "renderer": spec.renderer, "create_s": create_s, "first_reset_s": first_reset_s,
             "reset_s": float(np.median(reset_s))}
@@ -206,7 +210,9 @@ def _act_stats(policy, obs, rounds: int, acts: int, rows: list, warmup: int = 10
                 policy.act(obs)
             times[name].append(1000 * (time.thread_time() - t0) / acts)
             faults[name] += resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - f0
-    return {name: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "faults": faults[name] / (rounds * acts)}
+    base = np.array(times[rows[0][0]])
+    return {name: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "faults": faults[name] / (rounds * acts),
+                   "vs_first": float(np.median(np.array(v) / base))}  # same-round ratios: drifting load cancels
             for name, v in times.items()}
 
 
@@ -245,6 +251,7 @@ def policy_only(suite: str, tasks, batches: list[int], chunk: int, head: str, ro
         out["batches"].append({"batch": n, "rows": [
             {"step": name, "ms_per_act": stats[name]["median_ms"], "ms_per_act_min": stats[name]["min_ms"],
              "ms_per_env_step": stats[name]["median_ms"] / (n * chunk), "page_faults_per_act": stats[name]["faults"],
+             "time_vs_baseline": stats[name]["vs_first"],
              "max_abs_diff_vs_baseline": err[name]} for name, _ in rows]})
     out["load_avg_after"] = list(os.getloadavg())
     return out
@@ -292,6 +299,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15, help="--policy-only: interleaved rounds")
     ap.add_argument("--acts", type=int, default=20, help="--policy-only: act calls per row and round")
     ap.add_argument("--compile", action="store_true", help="--policy-only: add a torch.compile row")
+    ap.add_argument("--reference-act", action="store_true",
+                    help="the tiny VLA acts as before policies/tiny/fast.py (ActPath.reference()), for comparison")
     ap.add_argument("--keep-freed-memory", action="store_true",
                     help="glibc mallopt: serve large tensors from the heap and keep freed memory (no page faults per call)")
     a = ap.parse_args()
@@ -321,7 +330,8 @@ def main() -> None:
         for b in res["batches"]:
             for r in b["rows"]:
                 print(f"N={b['batch']} {r['step']:<62} {r['ms_per_act']:6.2f} ms/act (min {r['ms_per_act_min']:5.2f}) "
-                      f"{r['ms_per_env_step']:.3f} ms/env step  faults/act {r['page_faults_per_act']:5.0f}  "
+                      f"{r['ms_per_env_step']:.3f} ms/env step  ×{r['time_vs_baseline']:.2f} of baseline  "
+                      f"faults/act {r['page_faults_per_act']:4.0f}  "
                       f"max|diff| {r['max_abs_diff_vs_baseline']:.1e}", flush=True)
         print(f"load average before {res['load_avg_before'][0]:.1f}, after {res['load_avg_after'][0]:.1f}")
         if a.out:
@@ -334,7 +344,7 @@ def main() -> None:
     rows = []
     for s in suites:
         for r in run(s, SUITES[s]["tasks"], SUITES[s].get("num_envs", a.num_envs), a.workers, a.chunk, a.seconds, a.head,
-                     a.runs, a.groups_per_worker, a.backbone, env_kw):
+                     a.runs, a.groups_per_worker, a.backbone, env_kw, a.reference_act):
             rows.append(r)
             print(f"{s:<11} {'pipelined' if r['pipelined'] else 'plain':<9} raw {r['raw']['steps_per_s']:7.0f} | policy "
                   f"{r['policy']['steps_per_s']:7.0f} steps/s | ratio {r['ratio']:.2f} (runs "
