@@ -29,6 +29,16 @@ def throughput(d: dict) -> str:
         lines.append(f"| {suite} | {r['num_envs']} × {r['workers']} | {r['chunk']} | {r['raw']['steps_per_s']:.0f} | "
                      f"{r['policy']['steps_per_s']:.0f} | {r['ratio']:.2f} | {r['policy']['policy_ms_per_env_step']:.3f} | "
                      f"{r['policy']['sim_ms_per_env_step']:.3f} |")
+    if "policy_cpu" in d:  # --policy-only: the tiny VLA's CPU time per env step, one row per optimisation
+        c = d["policy_cpu"]
+        lines += ["", f"Policy only ({c['suite']}, head {c['head']}, chunk {c['chunk']}; {c['date']}; load average "
+                      f"{c['load_avg_before'][0]:.1f} → {c['load_avg_after'][0]:.1f}): thread CPU ms, median of "
+                      f"{c['rounds']} rounds", "",
+                  "| envs per act | step | ms per act | ms per env step | × baseline (same rounds) | max abs diff vs baseline |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for b in c["batches"]:
+            lines += [f"| {b['batch']} | {r['step']} | {r['ms_per_act']:.2f} | {r['ms_per_env_step']:.3f} | "
+                      f"{r['time_vs_baseline']:.2f} | {r['max_abs_diff_vs_baseline']:.1e} |" for r in b["rows"]]
     return "\n".join(lines)
 
 

@@ -297,3 +297,34 @@ def test_released_families_keep_their_tensors_on_the_policy_device(released_fami
     venv.close()
     assert audit.violations == [], "\n".join(audit.violations)
     assert any(not torch.equal(before[n], p.detach()) for n, p in pol.named_parameters() if n in before)
+
+
+@pytest.mark.parametrize("path", ["reference", "layout", "cache", "fused"])
+def test_tiny_act_paths_stay_on_the_device(path, monkeypatch):
+    """Every ActPath of the tiny VLA's act (policies/tiny/fast.py), on a cache miss and a hit, and value() without
+    grad: no host tensor beside device ones; a host tensor slipped into the fused path is caught."""
+    from vlaforge.policies.tiny import fast
+    from vlaforge.types import Observation
+
+    paths = {"reference": fast.ActPath.reference(), "layout": fast.ActPath(True, True, False, False),
+             "cache": fast.ActPath(fused=False), "fused": fast.ActPath()}
+    torch.manual_seed(0)
+    pol = build_policy("tiny", state_dim=3, action_dim=2, views=2, image_size=32, chunk_size=3).eval().to(FAKE)
+    pol.act_path = paths[path]
+    rng = np.random.default_rng(0)
+    obs = Observation(images=rng.integers(0, 256, (3, 2, 32, 32, 3), dtype=np.uint8),
+                      state=rng.standard_normal((3, 3)).astype(np.float32), instructions=["reach the goal", "", "push"],
+                      task_ids=np.arange(3))
+    with DeviceAudit(pol) as audit:
+        for _ in range(2):
+            out = pol.act(obs)
+        with torch.no_grad():
+            pol.value(obs)
+    assert audit.violations == [], "\n".join(audit.violations)
+    assert tagged(out.actions) and tagged(out.taken["x"])
+    if path == "fused":
+        fusion = fast._fusion
+        monkeypatch.setattr(fast, "_fusion", lambda m, t, mask: fusion(m, t + torch.zeros(t.shape[-1]), mask))
+        with DeviceAudit(pol) as audit:
+            pol.act(obs)
+        assert len(audit.violations) == 1 and "fast.py" in audit.violations[0]

@@ -25,6 +25,7 @@ from vlaforge.policies.heads.common import mlp
 from vlaforge.policies.heads.noise import NoisePolicy
 from vlaforge.policies.options import SuiteDims
 from vlaforge.policies.privileged import PrivilegedCritic, aux_regression_loss
+from vlaforge.policies.tiny.fast import ActPath, WeightCache, act_features
 from vlaforge.types import ActionOutput, Observation
 
 
@@ -134,6 +135,10 @@ class TinyVLA(nn.Module, Policy):
         self.register_buffer("act_lo", -torch.ones(cfg.action_dim))
         self.register_buffer("act_hi", torch.ones(cfg.action_dim))
         self._word_cache: dict[str, list[int]] = {}
+        self.act_path = ActPath()  # how act() computes (fast.py); not part of the saved config
+        self._act_cache = WeightCache()  # act's per-instruction constants (fast.py)
+        self._act_traces = WeightCache(limit=8, versions=False)  # act's traced features per batch shape
+        self._act_seen: dict = {}  # acts per batch shape (fast.py traces after ActPath.jit_after)
         self.noise_policy = None
         if cfg.dsrl_bound > 0:
             self.attach_noise_policy(cfg.dsrl_bound, cfg.dsrl_hidden)
@@ -192,6 +197,11 @@ class TinyVLA(nn.Module, Policy):
     def set_action_stats(self, lo, hi) -> None:
         self.act_lo.copy_(torch.as_tensor(lo, dtype=torch.float32))
         self.act_hi.copy_(torch.as_tensor(hi, dtype=torch.float32))
+
+    def _act_weights(self) -> list[torch.Tensor]:
+        """The parameters act's cached constants are made from (fast.py): the cache empties when they change."""
+        return [self.word_emb.weight, self.word_pos, self.film.weight, self.film.bias, self.conv1.weight,
+                self.conv1.bias, self.conv2.weight, self.conv3.weight]
 
     # -- backbone ------------------------------------------------------------------------------
     def _words(self, instructions: list[str], device) -> torch.Tensor:
@@ -272,9 +282,19 @@ class TinyVLA(nn.Module, Policy):
         return aux_regression_loss(self.aux_head(feats.mean(1)), target, self.aux_mu, self.aux_sd)
 
     # -- Policy protocol -----------------------------------------------------------------------
-    @torch.no_grad()
     def act(self, obs: Observation, deterministic: bool = False, temperature: float = 1.0) -> ActionOutput:
-        feats = self.features(obs)
+        """Sample a chunk per env, no gradient; computed as ``self.act_path`` says (fast.py: equal to the
+        reference ``features()`` path to float tolerance). Returns ordinary tensors (never inference tensors)."""
+        if not self.act_path.inference_mode:
+            with torch.no_grad():
+                return self._act(obs, deterministic, temperature)
+        with torch.inference_mode():
+            out = self._act(obs, deterministic, temperature)
+        return ActionOutput(out.actions.clone(), out.log_prob.clone(),
+                            None if out.value is None else out.value.clone(), {k: v.clone() for k, v in out.taken.items()})
+
+    def _act(self, obs: Observation, deterministic: bool, temperature: float) -> ActionOutput:
+        feats = act_features(self, obs, self.act_path)
         if self.noise_policy is not None:  # DSRL: the noise policy picks w, the flow ODE maps it to the action
             w, log_prob = self.noise_policy.rsample(self.noise_condition(obs, feats), deterministic)
             x, _, taken = self.head.sample(feats, True, 1.0, x1=w)
@@ -292,7 +312,14 @@ class TinyVLA(nn.Module, Policy):
         return log_prob, entropy, self._value(feats, obs)
 
     def value(self, obs: Observation) -> torch.Tensor:
-        v = self._value(self.features(obs) if self.cfg.critic == "image" else None, obs)
+        """V(obs) (N,). Without grad (collect's bootstrap value) through act's inference path, like ``act``."""
+        if self.cfg.critic != "image":
+            feats = None
+        elif torch.is_grad_enabled():
+            feats = self.features(obs)
+        else:
+            feats = act_features(self, obs, self.act_path)
+        v = self._value(feats, obs)
         if v is None:
             raise ValueError("this policy has no value head (built with value_head=False)")
         return v
