@@ -57,6 +57,10 @@ def _train(cfg):
         saved = read_train_state(cfg.resume)["config_obj"]
         if saved.recipe:  # where to run, write and show: this command line's (validate resolved out)
             cfg = resume_config(saved, cfg)
+    if cfg.algo == "distill" and cfg.distill.teachers_cache and not cfg.resume:
+        from vlaforge.pipeline import distill_teachers
+
+        cfg = distill_teachers(cfg)  # each task's teacher built or reused in the cache; worse-than-student ones skipped
     final = run_recipe(cfg) if cfg.recipe else train(cfg)
     keys = sorted(k for k in final if k.startswith("eval/"))
     if keys:

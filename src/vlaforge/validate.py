@@ -665,27 +665,40 @@ def check_algo_config(name: str, c) -> None:
 
 def check_privileged_options(cfg) -> None:
     """--critic privileged and --<algo>.readout-coef need the tiny VLA (with a readout for the latter); --algo distill
-    needs a teacher checkpoint whose state is as long as the --distill.teacher-state indices."""
+    needs teachers whose state is as long as their sim_state fields (``check_distill``)."""
     init = read_config_checked("--init", cfg.init, cfg.hf.trust_remote_code)["policy"] if cfg.init else None
     caps = family(init.get("family", "tiny") if init is not None else cfg.policy).caps
     tiny = "privileged_critic" in caps
     need(cfg.critic != "privileged" or tiny, "--critic privileged is available for the tiny VLA only; drop it")
     need(not getattr(cfg.algo_cfg, "readout_coef", 0.0) or (tiny and init is not None and bool(init.get("aux_index"))),
          f"--{cfg.algo}.readout-coef needs an --init policy with a perception readout (`vlaforge sft --aux`)")
-    if cfg.algo != "distill":
-        return
+    if cfg.algo == "distill":
+        check_distill(cfg)
+
+
+def check_distill(cfg) -> None:
+    """``--distill.*``: the teachers and their sim_state fields (``algos.distill.check_teachers``), or the teacher
+    cache's options; the fields resolved against the suite's names."""
+    from vlaforge.algos import distill
+    from vlaforge.envs import suite_info, suite_task_names
+
     d = cfg.algo_cfg
-    need(bool(d.teacher), "--distill.teacher is required: a policy checkpoint that reads the privileged state")
-    try:
-        index = [int(x) for x in d.teacher_state.split(",") if x.strip()]
-    except ValueError:
-        index = []
-    need(bool(index) and min(index) >= 0, f"--distill.teacher-state must be comma-separated sim_state indices >= 0; "
-                                          f"got '{d.teacher_state}'")
-    teacher = read_config_checked("--distill.teacher", d.teacher, False, None)["policy"]
-    need(teacher.get("state_dim") == len(index),
-         f"--distill.teacher-state names {len(index)} entries but the teacher '{d.teacher}' reads "
-         f"{teacher.get('state_dim')} state dims")
+    spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), image_size=cfg.image_size,
+                      **env_kwargs(cfg.env_kwargs, cfg.max_steps))
+    if d.teacher_state.strip():
+        distill.state_fields(d.teacher_state, spec.sim_state_names, spec.sim_state_groups)
+    if not d.teachers_cache:
+        tasks = suite_task_names(spec, cfg.tasks if suite_info(cfg.suite).holds_all_tasks else None)
+        distill.check_teachers(d, spec, tasks)
+        return
+    need(not d.teacher, "--distill.teacher and --distill.teachers-cache are exclusive: give the teachers or the "
+                        "cache that builds them")
+    need("privileged" in spec.sim_state_groups, f"--distill.teachers-cache builds privileged teachers for suites "
+                                                f"with a named privileged state (metaworld); '{cfg.suite}' has none")
+    check_out_dir("--distill.teachers-cache", d.teachers_cache)
+    at_least("--distill.teacher-demos", d.teacher_demos, 0, " (0: PPO from scratch)")
+    at_least("--distill.teacher-iterations", d.teacher_iterations, 1)
+    check_seed("--distill.teacher-seed", d.teacher_seed)
 
 
 def check_train(cfg, argv):
@@ -737,6 +750,7 @@ def check_train_numbers(cfg) -> None:
     learning_rate("--value-lr", cfg.value_lr)
     at_least("--weight-decay", cfg.weight_decay, 0)
     positive("--curriculum-tau", cfg.curriculum_tau)
+    need(0 < cfg.curriculum_floor <= 1, f"--curriculum-floor must be in (0, 1]; got {cfg.curriculum_floor}")
     need(0 < cfg.fill_fraction <= 1, f"--fill-fraction must be in (0, 1]; got {cfg.fill_fraction}")
     at_least("--max-collect-rounds", cfg.max_collect_rounds, 1)
     at_least("--eval-every", cfg.eval_every, 0, " (0 = no evaluation)")
