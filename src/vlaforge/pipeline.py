@@ -287,10 +287,12 @@ def teacher_dir(cache: str | Path, suite: str, task: str, seed: int, demos: int,
     return Path(cache) / suite / task / f"seed{seed}_demos{demos}_it{iterations}_steps{max_steps}"
 
 
-def cached_teacher(cfg, task: str, max_steps: int, build=privileged_teacher, log=print) -> Path:
+def cached_teacher(cfg, task: str, max_steps: int, build=None, log=print) -> Path:
     """One task's privileged teacher for the distillation run ``cfg`` (a ``TrainConfig``): reused from
     ``--distill.teachers-cache`` when its run finished there before (``teacher.json``, written last, says so), else
-    built there by ``build`` (``privileged_teacher``'s signature) from an emptied folder. Returns its policy dir."""
+    built there by ``build`` (``privileged_teacher``'s signature; None: ``privileged_teacher``) from an emptied
+    folder. Returns its policy dir."""
+    build = build or privileged_teacher
     d = cfg.distill
     run = teacher_dir(d.teachers_cache, cfg.suite, task, d.teacher_seed, d.teacher_demos, d.teacher_iterations,
                       max_steps)
@@ -326,7 +328,7 @@ def teacher_success(cfg, task: str, teacher: Path, episodes: int, max_steps: int
     return {"successes": o["successes"], "episodes": o["episodes"]}
 
 
-def distill_teachers(cfg, student: dict | None = None, build=privileged_teacher, success=teacher_success, log=print):
+def distill_teachers(cfg, student: dict | None = None, build=None, success=None, log=print):
     """``vlaforge train --algo distill --distill.teachers-cache DIR``'s first stage: each training task's teacher
     built or reused (``cached_teacher``), evaluated on the student's evaluation seeds (``success``) and skipped,
     with a logged line, when it does worse than the student there (``algos.distill.check_teacher``). ``student``:
@@ -334,7 +336,9 @@ def distill_teachers(cfg, student: dict | None = None, build=privileged_teacher,
     ``--eval-episodes`` per task; a run without ``--init`` starts from nothing, so any teacher passes).
 
     Returns ``cfg`` with ``--distill.teacher`` = ``task=DIR,...`` (what the checkpoint's config keeps, so a resume
-    rebuilds nothing) and ``--tasks`` narrowed to the tasks kept."""
+    rebuilds nothing) and ``--tasks`` narrowed to the tasks kept. ``build`` / ``success`` (None:
+    ``privileged_teacher`` / ``teacher_success``) are seams for tests."""
+    success = success or teacher_success
     spec = suite_spec(cfg.suite, **env_settings(cfg))
     named = selected_tasks(spec, cfg.suite, cfg.tasks)
     tasks = [n for n in named if spec.tasks[spec.task_index(n)].split == "train"] or named

@@ -689,7 +689,7 @@ def check_distill(cfg) -> None:
         distill.state_fields(d.teacher_state, spec.sim_state_names, spec.sim_state_groups)
     if not d.teachers_cache:
         tasks = suite_task_names(spec, cfg.tasks if suite_info(cfg.suite).holds_all_tasks else None)
-        distill.check_teachers(d, spec, tasks)
+        distill.check_teachers(d, spec, tasks, lambda p: read_config_checked("--distill.teacher", p, False, None))
         return
     need(not d.teacher, "--distill.teacher and --distill.teachers-cache are exclusive: give the teachers or the "
                         "cache that builds them")

@@ -149,28 +149,31 @@ def teacher_paths(text: str) -> dict[str, str]:
 def teacher_fields(cfg: DistillConfig, teacher_meta: dict, path: str, names, groups) -> tuple[str, ...]:
     """The sim_state fields one teacher reads: ``--distill.teacher-state`` if given, else what its checkpoint
     records; a count that differs from the teacher's state input is a one-line ``UsageError``."""
+    source = "--distill.teacher-state"
     if cfg.teacher_state.strip():
         fields = state_fields(cfg.teacher_state, names, groups)
     elif teacher_meta.get("state_fields"):
-        fields = state_fields(",".join(map(str, teacher_meta["state_fields"])), names, groups,
-                              f"the teacher '{path}' records state_fields that")
+        source = f"the teacher's recorded state_fields ({path}/config.json)"
+        fields = state_fields(",".join(map(str, teacher_meta["state_fields"])), names, groups, source)
     else:
         raise UsageError(f"the teacher '{path}' does not record which sim_state fields it reads; pass "
                          "--distill.teacher-state (e.g. privileged, or ee_x,ee_y,...)")
     dim = teacher_meta["policy"].get("state_dim")
     if dim != len(fields):
-        raise UsageError(f"the teacher '{path}' reads {dim} state dims but its sim_state fields are {len(fields)} "
-                         f"({','.join(fields)})")
+        raise UsageError(f"{source} names {len(fields)} sim_state fields ({','.join(fields)}) but the teacher "
+                         f"'{path}' reads {dim} state dims")
     return fields
 
 
-def check_teachers(cfg: DistillConfig, spec, tasks: list[str]) -> None:
+def check_teachers(cfg: DistillConfig, spec, tasks: list[str], read=None) -> None:
     """The input checks of ``--distill.teacher`` / ``--distill.teacher-state`` for a run on ``tasks`` of ``spec``'s
     suite (validate.py calls it before any env is built): every named task is a task of the run, every teacher a
     policy whose state input is as long as its fields. A training task without a teacher is allowed (its frames
-    are skipped, logged)."""
+    are skipped, logged). ``read``: how a teacher's config.json is read (default ``policies.read_config``;
+    validate.py's also refuses one that asks to run code)."""
     from vlaforge.policies import read_config
 
+    read = read or read_config
     paths = teacher_paths(cfg.teacher)
     if not paths:
         raise UsageError("--distill.teacher is required (or --distill.teachers-cache DIR): the privileged teacher(s)")
@@ -179,7 +182,7 @@ def check_teachers(cfg: DistillConfig, spec, tasks: list[str]) -> None:
         raise UsageError(f"--distill.teacher names task '{stray[0]}', which this run does not train on; its tasks: "
                          f"{', '.join(tasks)}")
     for path in paths.values():
-        teacher_fields(cfg, read_config(path), path, spec.sim_state_names, spec.sim_state_groups)
+        teacher_fields(cfg, read(path), path, spec.sim_state_names, spec.sim_state_groups)
 
 
 def check_teacher(teacher: dict, student: dict, name: str = "the teacher") -> None:
