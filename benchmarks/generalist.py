@@ -35,10 +35,12 @@ yet; a method is a function in ``METHODS``:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -216,7 +218,67 @@ def method_none(a, cfg: dict, task: str, seed: int, work: Path, before: dict) ->
     return dict(before), 0, 0.0
 
 
-METHODS = {"none": method_none}
+def mtdistill_run(a, cfg: dict, seed: int, work: Path) -> dict:
+    """Multi-task distillation of the base, once for all of its tasks (the same run serves every task's row):
+    ``vlaforge train --algo distill --tasks <the base's tasks> --init <base> --distill.teachers-cache
+    --teachers-cache --curriculum need`` (pipeline.distill_teachers builds or reuses each task's privileged teacher,
+    seeded like the base, and skips a task whose teacher does worse than the base on the evaluation seeds; the base
+    rows are that comparison's student side), then the final policy evaluated on every task, the same seeds.
+    Kept in ``WORK/seedS/result.json``; a run that did not finish is started again from an empty folder."""
+    from vlaforge.pipeline import distill_teachers
+    from vlaforge.train.loop import TrainConfig, train
+
+    work = work / f"seed{seed}"
+    result = work / "result.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    if (work / "run").exists():
+        shutil.rmtree(work / "run")
+    rows = [r for r in json.loads(Path(a.out).read_text())["rows"] if r["config"] == cfg["config"]]
+    tasks = [r["task"] for r in rows]
+    c0 = cpu_seconds()
+    tc = TrainConfig(algo="distill", suite=a.suite, tasks=",".join(tasks), init=cfg["policy_dir"],
+                     out=str(work / "run"), iterations=a.distill_iterations, groups=a.distill_groups,
+                     num_envs=a.num_envs, workers=a.workers, threads=a.threads, max_steps=a.max_steps,
+                     image_size=cfg["image_size"], eval_every=0, eval_episodes=a.eval_episodes, lr=3e-4,
+                     curriculum="need", seed=seed, progress=False, tensorboard=False)
+    tc.distill.teachers_cache, tc.distill.teacher_seed = a.teachers_cache, cfg["seed"]
+    tc.distill.teacher_demos, tc.distill.teacher_iterations = a.teacher_demos, a.teacher_iterations
+    tc = distill_teachers(tc, {r["task"]: {"successes": r["successes"], "episodes": r["episodes"]} for r in rows})
+    c1 = cpu_seconds()
+    train(tc)
+    c2 = cpu_seconds()
+    lines = (work / "run" / "metrics.jsonl").read_text().splitlines()
+    teachers = {}
+    for pair in tc.distill.teacher.split(","):
+        task, _, path = pair.partition("=")
+        teachers[task] = json.loads((Path(path).parent / "teacher.json").read_text())
+    res, _ = run_eval(EvalArgs(checkpoint=str(work / "run" / "final"), suite=a.suite, tasks=",".join(tasks),
+                               episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
+                               env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
+    student_steps = int(json.loads(lines[-1])["rollout/env_steps"])
+    teacher_steps = sum(t["ppo_env_steps"] for t in teachers.values())
+    out = {"after": {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res},
+           "distilled_tasks": list(teachers), "teachers": teachers,
+           "student_env_steps": student_steps, "teacher_ppo_env_steps": teacher_steps,
+           "env_steps": student_steps + teacher_steps,
+           "teachers_cpu_s": round(c1 - c0, 1), "distill_cpu_s": round(c2 - c1, 1), "cpu_s": round(c2 - c0, 1),
+           "train_config": {k: v for k, v in dataclasses.asdict(tc).items() if k in (
+               "tasks", "iterations", "groups", "lr", "curriculum", "curriculum_floor", "max_steps", "seed")},
+           "distill": dataclasses.asdict(tc.distill)}
+    atomic_write_text(result, json.dumps(out, indent=2))
+    return out
+
+
+def method_mtdistill(a, cfg: dict, task: str, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
+    """One row of the multi-task distillation run (``mtdistill_run``): its env steps (the student's rendered rollouts
+    plus its teachers' unrendered PPO) and CPU seconds (teachers built or reused + the distillation) are the whole
+    run's, shared by every task row of it."""
+    got = mtdistill_run(a, cfg, seed, work)
+    return got["after"][task], got["env_steps"], got["cpu_s"]
+
+
+METHODS = {"none": method_none, "mtdistill": method_mtdistill}
 
 
 def stage_methods(a) -> dict:
@@ -227,6 +289,15 @@ def stage_methods(a) -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if not methods or unknown:
         raise BadInput(f"--methods: unknown {unknown or 'empty list'}; known: {', '.join(METHODS)}")
+    if "mtdistill" in methods:
+        for name, least in (("teacher_demos", 0), ("teacher_iterations", 1), ("distill_iterations", 1),
+                            ("distill_groups", 1)):
+            if getattr(a, name) < least:
+                raise BadInput(f"--{name.replace('_', '-')} must be >= {least}; got {getattr(a, name)}")
+        if a.suite != "metaworld":
+            raise BadInput(f"--methods mtdistill builds privileged teachers for metaworld only; got '{a.suite}'")
+        if Path(a.teachers_cache).exists() and not Path(a.teachers_cache).is_dir():
+            raise BadInput(f"--teachers-cache '{a.teachers_cache}' is a file; name a folder")
     base_file = Path(a.out)
     if not base_file.exists():
         raise BadInput(f"--out '{base_file}' does not exist: build the base first (stage base)")
@@ -279,6 +350,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--base-config", default="N25_S2000", help="methods: the base config to post-train")
     ap.add_argument("--methods", default="none", help=f"methods: comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--methods-out", default="docs/bench/generalist.json", help="methods: the rows' JSON")
+    ap.add_argument("--teachers-cache", default="runs/teachers", help="mtdistill: where each task's privileged "
+                                                                      "teacher is built or reused")
+    ap.add_argument("--teacher-demos", type=int, default=10, help="mtdistill: scripted demos each teacher starts from")
+    ap.add_argument("--teacher-iterations", type=int, default=64, help="mtdistill: each teacher's PPO iterations")
+    ap.add_argument("--distill-iterations", type=int, default=10, help="mtdistill: DAgger iterations")
+    ap.add_argument("--distill-groups", type=int, default=16, help="mtdistill: student episodes per iteration")
     return ap
 
 

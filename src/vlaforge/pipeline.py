@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import resource
 import shutil
 import tempfile
 import time
@@ -280,6 +281,12 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
     return Path(out) / "final", ",".join(str(SIM_STATE_NAMES.index(n)) for n in PRIVILEGED_STATE_NAMES)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (env workers), user + system."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
 def teacher_dir(cache: str | Path, suite: str, task: str, seed: int, demos: int, iterations: int,
                 max_steps: int) -> Path:
     """Where ``--distill.teachers-cache`` keeps one task's teacher run: keyed by (suite, task, seed, demos,
@@ -304,14 +311,17 @@ def cached_teacher(cfg, task: str, max_steps: int, build=None, log=print) -> Pat
         shutil.rmtree(run)
     log(f"distill: {task}: building the teacher in {run} ({d.teacher_demos} demos, {d.teacher_iterations} PPO "
         "iterations on the privileged state)")
-    t0 = time.process_time()
+    t0 = cpu_seconds()
     final, _ = build(cfg.suite, task, run, d.teacher_iterations, d.teacher_seed, cfg.threads or 1,
                      max_steps, cfg.num_envs, cfg.workers, demos=d.teacher_demos,
                      env_kwargs=dict(cfg.env_kwargs))
+    metrics = run / "metrics.jsonl"  # the teacher's PPO run: its last line counts the env steps it took
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    steps = int(json.loads(lines[-1]).get("rollout/env_steps", 0)) if lines else 0
     atomic_write_text(record, json.dumps({"suite": cfg.suite, "task": task, "seed": d.teacher_seed,
                                           "demos": d.teacher_demos, "iterations": d.teacher_iterations,
-                                          "max_steps": max_steps,
-                                          "process_cpu_s": round(time.process_time() - t0, 1)}, indent=2))
+                                          "max_steps": max_steps, "ppo_env_steps": steps,
+                                          "cpu_s": round(cpu_seconds() - t0, 1)}, indent=2))
     return Path(final)
 
 
