@@ -338,3 +338,31 @@ def test_teacher_cache_builds_once_then_reuses_and_skips_worse_teachers(tmp_path
     rates["red-0"] = 0
     with pytest.raises(UsageError, match="no task has a teacher"):
         distill_teachers(cfg, student, build=build, success=success, log=logs.append)
+
+
+def test_one_command_builds_the_teachers_then_reuses_them(tmp_path, capsys):
+    """``vlaforge train --algo distill --distill.teachers-cache DIR`` end to end on Meta-World, toy sizes: the first
+    run builds the task's teacher in the cache (its checkpoint records its sim_state fields) and trains with it; a
+    second run into another folder builds nothing and trains the same way."""
+    pytest.importorskip("metaworld")
+    from vlaforge.cli import main
+
+    torch.manual_seed(0)
+    save_policy(build_policy(state_dim=4, action_dim=4, image_size=16), tmp_path / "student")
+    argv = ["train", "--algo", "distill", "--suite", "metaworld", "--tasks", "reach-v3", "--init",
+            str(tmp_path / "student"), "--distill.teachers-cache", str(tmp_path / "cache"), "--distill.teacher-demos",
+            "0", "--distill.teacher-iterations", "1", "--iterations", "1", "--groups", "2", "--num-envs", "2",
+            "--max-steps", "8", "--eval-episodes", "1", "--eval-every", "0", "--image-size", "16", "--threads", "1",
+            "--distill.steps", "2", "--no-progress", "--no-tensorboard"]
+    main([*argv, "--out", str(tmp_path / "r1")])
+    first = capsys.readouterr().out
+    teacher = tmp_path / "cache" / "metaworld" / "reach-v3" / "seed0_demos0_it1_steps8" / "final"
+    assert "reach-v3: building the teacher" in first and (teacher.parent / "teacher.json").is_file()
+    assert json.loads((teacher / "config.json").read_text())["state_fields"][:4] == ["ee_x", "ee_y", "ee_z", "gripper"]
+    main([*argv, "--out", str(tmp_path / "r2")])
+    second = capsys.readouterr().out
+    assert "building" not in second and f"reach-v3: teacher reused from {teacher}" in second
+    for run in ("r1", "r2"):
+        saved = json.loads((tmp_path / run / "checkpoint" / "state.json").read_text())["config"]["distill"]
+        assert saved["teacher"] == f"reach-v3={teacher}"
+        assert json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1])["train/new_frames"] > 0
