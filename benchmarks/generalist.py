@@ -26,10 +26,11 @@ with a new ``--out`` to measure again); the JSON is rewritten after each config.
 
 Stage ``methods`` (issue 23 part 2) post-trains a built base per task and method and writes rows
 ``{"suite", "task", "method", "seed", "before": {"successes", "episodes"}, "after": {...}, "env_steps", "cpu_s"}``
-to ``--methods-out`` (docs/bench/generalist.json). Only the zero-budget method ``none`` (the base itself) exists
-yet; a method is a function in ``METHODS``:
+to ``--methods-out`` (docs/bench/generalist.json). A method is a function in ``METHODS``: ``none`` (the zero-budget
+row, the base itself) and ``mtdistill`` (issue 23 part 4: one multi-task DAgger run from per-task privileged
+teachers, built in or reused from ``--teachers-cache``; docs/pixels.md):
 
-    python benchmarks/generalist.py methods --base-config N25_S2000 --methods none
+    python benchmarks/generalist.py methods --base-config N25_S2000 --methods none,mtdistill --teachers-cache runs/teachers
 """
 
 from __future__ import annotations
@@ -224,8 +225,13 @@ def mtdistill_run(a, cfg: dict, seed: int, work: Path) -> dict:
     --teachers-cache --curriculum need`` (pipeline.distill_teachers builds or reuses each task's privileged teacher,
     seeded like the base, and skips a task whose teacher does worse than the base on the evaluation seeds; the base
     rows are that comparison's student side), then the final policy evaluated on every task, the same seeds.
-    Kept in ``WORK/seedS/result.json``; a run that did not finish is started again from an empty folder."""
-    from vlaforge.pipeline import distill_teachers
+
+    Costs: the CPU seconds (process + children) of every task's teacher build as its ``teacher.json`` records it,
+    whether built in this call or reused from the cache, plus this call's teacher evaluations and distillation;
+    env steps: the student's rendered rollouts plus every teacher's unrendered PPO steps (the teachers' demos and
+    evaluations not counted). Kept in ``WORK/seedS/result.json``; a run that did not finish is started again from
+    an empty folder."""
+    from vlaforge.pipeline import distill_teachers, teacher_dir
     from vlaforge.train.loop import TrainConfig, train
 
     work = work / f"seed{seed}"
@@ -236,7 +242,6 @@ def mtdistill_run(a, cfg: dict, seed: int, work: Path) -> dict:
         shutil.rmtree(work / "run")
     rows = [r for r in json.loads(Path(a.out).read_text())["rows"] if r["config"] == cfg["config"]]
     tasks = [r["task"] for r in rows]
-    c0 = cpu_seconds()
     tc = TrainConfig(algo="distill", suite=a.suite, tasks=",".join(tasks), init=cfg["policy_dir"],
                      out=str(work / "run"), iterations=a.distill_iterations, groups=a.distill_groups,
                      num_envs=a.num_envs, workers=a.workers, threads=a.threads, max_steps=a.max_steps,
@@ -244,36 +249,48 @@ def mtdistill_run(a, cfg: dict, seed: int, work: Path) -> dict:
                      curriculum="need", seed=seed, progress=False, tensorboard=False)
     tc.distill.teachers_cache, tc.distill.teacher_seed = a.teachers_cache, cfg["seed"]
     tc.distill.teacher_demos, tc.distill.teacher_iterations = a.teacher_demos, a.teacher_iterations
-    tc = distill_teachers(tc, {r["task"]: {"successes": r["successes"], "episodes": r["episodes"]} for r in rows})
+    logs: list[str] = []
+
+    def log(line: str) -> None:
+        logs.append(line)
+        print(line, flush=True)
+
+    c0 = cpu_seconds()
+    tc = distill_teachers(tc, {r["task"]: {"successes": r["successes"], "episodes": r["episodes"]} for r in rows},
+                          log=log)
     c1 = cpu_seconds()
     train(tc)
     c2 = cpu_seconds()
-    lines = (work / "run" / "metrics.jsonl").read_text().splitlines()
-    teachers = {}
-    for pair in tc.distill.teacher.split(","):
-        task, _, path = pair.partition("=")
-        teachers[task] = json.loads((Path(path).parent / "teacher.json").read_text())
+    d = tc.distill
+    teachers = {t: json.loads((teacher_dir(d.teachers_cache, a.suite, t, d.teacher_seed, d.teacher_demos,
+                                           d.teacher_iterations, a.max_steps) / "teacher.json").read_text())
+                for t in tasks}
+    built_now = [t for t in tasks if any(x.startswith(f"distill: {t}: building") for x in logs)]
     res, _ = run_eval(EvalArgs(checkpoint=str(work / "run" / "final"), suite=a.suite, tasks=",".join(tasks),
                                episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
                                env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
+    lines = (work / "run" / "metrics.jsonl").read_text().splitlines()
     student_steps = int(json.loads(lines[-1])["rollout/env_steps"])
     teacher_steps = sum(t["ppo_env_steps"] for t in teachers.values())
+    teacher_cpu = sum(t["cpu_s"] for t in teachers.values())
+    selection_cpu = (c1 - c0) - sum(teachers[t]["cpu_s"] for t in built_now)  # the teachers' evaluations
     out = {"after": {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res},
-           "distilled_tasks": list(teachers), "teachers": teachers,
+           "distilled_tasks": [p.partition("=")[0] for p in d.teacher.split(",")], "log": logs,
+           "teachers": teachers, "teachers_built_in_this_call": built_now,
            "student_env_steps": student_steps, "teacher_ppo_env_steps": teacher_steps,
-           "env_steps": student_steps + teacher_steps,
-           "teachers_cpu_s": round(c1 - c0, 1), "distill_cpu_s": round(c2 - c1, 1), "cpu_s": round(c2 - c0, 1),
+           "env_steps": student_steps + teacher_steps, "teachers_build_cpu_s": round(teacher_cpu, 1),
+           "teachers_eval_cpu_s": round(selection_cpu, 1), "distill_cpu_s": round(c2 - c1, 1),
+           "cpu_s": round(teacher_cpu + selection_cpu + (c2 - c1), 1),
            "train_config": {k: v for k, v in dataclasses.asdict(tc).items() if k in (
                "tasks", "iterations", "groups", "lr", "curriculum", "curriculum_floor", "max_steps", "seed")},
-           "distill": dataclasses.asdict(tc.distill)}
+           "distill": dataclasses.asdict(d)}
     atomic_write_text(result, json.dumps(out, indent=2))
     return out
 
 
 def method_mtdistill(a, cfg: dict, task: str, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
-    """One row of the multi-task distillation run (``mtdistill_run``): its env steps (the student's rendered rollouts
-    plus its teachers' unrendered PPO) and CPU seconds (teachers built or reused + the distillation) are the whole
-    run's, shared by every task row of it."""
+    """One row of the multi-task distillation run (``mtdistill_run``): its env steps and CPU seconds are the whole
+    run's (teachers included, ``mtdistill_run`` says which), the same on every task row of it: not to be summed."""
     got = mtdistill_run(a, cfg, seed, work)
     return got["after"][task], got["env_steps"], got["cpu_s"]
 
@@ -321,7 +338,10 @@ def stage_methods(a) -> dict:
                     "base": {k: cfg[k] for k in ("config", "policy_dir", "policy_sha", "demos_per_task", "sft_steps",
                                                  "dim", "image_size", "seed")},
                     "base_json": str(base_file), "metric": base["meta"]["metric"],
-                    "command": "python " + " ".join(sys.argv)}
+                    "command": "python " + " ".join(sys.argv),
+                    "shared_runs": {"mtdistill": "one multi-task run serves every task row: env_steps and cpu_s are "
+                                                 "that run's totals (teachers included), repeated on each row; "
+                                                 "details in WORK/CONFIG/mtdistill/seedS/result.json"}}
     atomic_write_text(out, json.dumps(data, indent=2))
     return data
 

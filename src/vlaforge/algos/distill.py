@@ -206,7 +206,8 @@ class DistillState(AlgoState):
         paths = teacher_paths(cfg.teacher)
         if not paths:
             raise ValueError("--distill.teacher is required: a policy checkpoint that reads the privileged state")
-        if spec is None and (set(paths) != {ALL_TASKS} or not cfg.teacher_state.strip()):
+        index_form = all(p.strip().isdigit() for p in cfg.teacher_state.split(",") if p.strip())
+        if spec is None and (set(paths) != {ALL_TASKS} or not cfg.teacher_state.strip() or not index_form):
             raise ValueError("per-task teachers and named fields need the suite's EnvSpec: init_state(policy, cfg, spec)")
         self.device = module_device(policy)
         names = spec.sim_state_names if spec is not None else ()
