@@ -28,20 +28,24 @@ Stage ``methods`` (issue 23 part 2) post-trains a built base per task and method
 ``{"suite", "task", "method", "seed", "before": {"successes", "episodes"}, "after": {...}, "env_steps", "cpu_s"}``
 to ``--methods-out`` (docs/bench/generalist.json). A method (``METHODS``) post-trains the base once on all tasks
 per training seed: ``none`` (the base itself), the direct methods ``ppo+priv`` (PPO, privileged critic), ``grpo``
-and ``rloo`` (groups of 8):
+and ``rloo`` (groups of 8), and ``mtdistill`` (issue 23 part 4: one multi-task DAgger run from per-task privileged
+teachers, built in or reused from ``--teachers-cache``; docs/pixels.md):
 
     python benchmarks/generalist.py methods --base-config N25_S2000 --methods none
-    python benchmarks/generalist.py methods --base-config N25_S2000 --methods ppo+priv --seeds 0,1,2 \
+    python benchmarks/generalist.py methods --base-config N25_S2000 --methods ppo+priv --seeds 0,1,2 \\
         --iterations 20 --groups 8 --num-envs 8 --threads 1
+    python benchmarks/generalist.py methods --base-config N25_S2000 --methods mtdistill --teachers-cache runs/teachers
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -248,8 +252,84 @@ def direct(algo: str, critic: str = "image", **algo_kw):
     return run
 
 
+def mtdistill_run(a, cfg: dict, seed: int, work: Path) -> dict:
+    """Multi-task distillation of the base, once for all of its tasks (the same run serves every task's row):
+    ``vlaforge train --algo distill --tasks <the base's tasks> --init <base> --distill.teachers-cache
+    --teachers-cache --curriculum need`` (pipeline.distill_teachers builds or reuses each task's privileged teacher,
+    seeded like the base, and skips a task whose teacher does worse than the base on the evaluation seeds; the base
+    rows are that comparison's student side), then the final policy evaluated on every task, the same seeds.
+
+    Costs: the CPU seconds (process + children) of every task's teacher build as its ``teacher.json`` records it,
+    whether built in this call or reused from the cache, plus this call's teacher evaluations and distillation;
+    env steps: the student's rendered rollouts plus every teacher's unrendered PPO steps (the teachers' demos and
+    evaluations not counted). Kept in ``WORK/seedS/result.json``; a run that did not finish is started again from
+    an empty folder."""
+    from vlaforge.pipeline import distill_teachers, teacher_dir
+    from vlaforge.train.loop import TrainConfig, train
+
+    work = work / f"seed{seed}"
+    result = work / "result.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    if (work / "run").exists():
+        shutil.rmtree(work / "run")
+    rows = [r for r in json.loads(Path(a.out).read_text())["rows"] if r["config"] == cfg["config"]]
+    tasks = [r["task"] for r in rows]
+    tc = TrainConfig(algo="distill", suite=a.suite, tasks=",".join(tasks), init=cfg["policy_dir"],
+                     out=str(work / "run"), iterations=a.distill_iterations, groups=a.distill_groups,
+                     num_envs=a.num_envs, workers=a.workers, threads=a.threads, max_steps=a.max_steps,
+                     image_size=cfg["image_size"], eval_every=0, eval_episodes=a.eval_episodes, lr=3e-4,
+                     curriculum="need", seed=seed, progress=False, tensorboard=False)
+    tc.distill.teachers_cache, tc.distill.teacher_seed = a.teachers_cache, cfg["seed"]
+    tc.distill.teacher_demos, tc.distill.teacher_iterations = a.teacher_demos, a.teacher_iterations
+    logs: list[str] = []
+
+    def log(line: str) -> None:
+        logs.append(line)
+        print(line, flush=True)
+
+    c0 = cpu_seconds()
+    tc = distill_teachers(tc, {r["task"]: {"successes": r["successes"], "episodes": r["episodes"]} for r in rows},
+                          log=log)
+    c1 = cpu_seconds()
+    train(tc)
+    c2 = cpu_seconds()
+    d = tc.distill
+    teachers = {t: json.loads((teacher_dir(d.teachers_cache, a.suite, t, d.teacher_seed, d.teacher_demos,
+                                           d.teacher_iterations, a.max_steps) / "teacher.json").read_text())
+                for t in tasks}
+    built_now = [t for t in tasks if any(x.startswith(f"distill: {t}: building") for x in logs)]
+    res, _ = run_eval(EvalArgs(checkpoint=str(work / "run" / "final"), suite=a.suite, tasks=",".join(tasks),
+                               episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
+                               env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
+    lines = (work / "run" / "metrics.jsonl").read_text().splitlines()
+    student_steps = int(json.loads(lines[-1])["rollout/env_steps"])
+    teacher_steps = sum(t["ppo_env_steps"] for t in teachers.values())
+    teacher_cpu = sum(t["cpu_s"] for t in teachers.values())
+    selection_cpu = (c1 - c0) - sum(teachers[t]["cpu_s"] for t in built_now)  # the teachers' evaluations
+    out = {"after": {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res},
+           "distilled_tasks": [p.partition("=")[0] for p in d.teacher.split(",")], "log": logs,
+           "teachers": teachers, "teachers_built_in_this_call": built_now,
+           "student_env_steps": student_steps, "teacher_ppo_env_steps": teacher_steps,
+           "env_steps": student_steps + teacher_steps, "teachers_build_cpu_s": round(teacher_cpu, 1),
+           "teachers_eval_cpu_s": round(selection_cpu, 1), "distill_cpu_s": round(c2 - c1, 1),
+           "cpu_s": round(teacher_cpu + selection_cpu + (c2 - c1), 1),
+           "train_config": {k: v for k, v in dataclasses.asdict(tc).items() if k in (
+               "tasks", "iterations", "groups", "lr", "curriculum", "curriculum_floor", "max_steps", "seed")},
+           "distill": dataclasses.asdict(d)}
+    atomic_write_text(result, json.dumps(out, indent=2))
+    return out
+
+
+def method_mtdistill(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
+    """The multi-task distillation run (``mtdistill_run``): its env steps and CPU seconds are the whole run's
+    (teachers included, ``mtdistill_run`` says which)."""
+    got = mtdistill_run(a, cfg, seed, work)
+    return got["after"], got["env_steps"], got["cpu_s"]
+
+
 METHODS = {"none": method_none, "ppo+priv": direct("ppo", "privileged"), "grpo": direct("grpo", group_size=8),
-           "rloo": direct("rloo", group_size=8)}
+           "rloo": direct("rloo", group_size=8), "mtdistill": method_mtdistill}
 
 
 def stage_methods(a) -> dict:
@@ -262,6 +342,15 @@ def stage_methods(a) -> dict:
     if not methods or unknown:
         raise BadInput(f"--methods: unknown {unknown or 'empty list'}; known: {', '.join(METHODS)}")
     seeds = [int(x) for x in str(a.seeds).split(",") if x.strip()] if a.seeds else None
+    if "mtdistill" in methods:
+        for name, least in (("teacher_demos", 0), ("teacher_iterations", 1), ("distill_iterations", 1),
+                            ("distill_groups", 1)):
+            if getattr(a, name) < least:
+                raise BadInput(f"--{name.replace('_', '-')} must be >= {least}; got {getattr(a, name)}")
+        if a.suite != "metaworld":
+            raise BadInput(f"--methods mtdistill builds privileged teachers for metaworld only; got '{a.suite}'")
+        if Path(a.teachers_cache).exists() and not Path(a.teachers_cache).is_dir():
+            raise BadInput(f"--teachers-cache '{a.teachers_cache}' is a file; name a folder")
     base_file = Path(a.out)
     if not base_file.exists():
         raise BadInput(f"--out '{base_file}' does not exist: build the base first (stage base)")
@@ -290,7 +379,10 @@ def stage_methods(a) -> dict:
                             "base": {k: cfg[k] for k in ("config", "policy_dir", "policy_sha", "demos_per_task",
                                                          "sft_steps", "dim", "image_size", "seed")},
                             "base_json": str(base_file), "metric": base["meta"]["metric"],
-                            "command": "python " + " ".join(sys.argv)}
+                            "command": "python " + " ".join(sys.argv),
+                            "shared_runs": "one multi-task run per (method, seed) serves every task row: env_steps and "
+                                           "cpu_s are that run's totals (mtdistill: teachers included; details in "
+                                           "WORK/CONFIG/mtdistill_seedS/seedS/result.json), repeated on each row"}
             atomic_write_text(out, json.dumps(data, indent=2))  # after each (method, seed): a crash loses one run
     return data
 
@@ -323,6 +415,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--iterations", type=int, default=20, help="methods: RL iterations")
     ap.add_argument("--groups", type=int, default=8, help="methods: groups (initial states) per iteration")
     ap.add_argument("--lr", type=float, default=1e-4, help="methods: the policy learning rate")
+    ap.add_argument("--teachers-cache", default="runs/teachers", help="mtdistill: where each task's privileged "
+                                                                      "teacher is built or reused")
+    ap.add_argument("--teacher-demos", type=int, default=10, help="mtdistill: scripted demos each teacher starts from")
+    ap.add_argument("--teacher-iterations", type=int, default=64, help="mtdistill: each teacher's PPO iterations")
+    ap.add_argument("--distill-iterations", type=int, default=10, help="mtdistill: DAgger iterations")
+    ap.add_argument("--distill-groups", type=int, default=16, help="mtdistill: student episodes per iteration")
     return ap
 
 

@@ -20,9 +20,11 @@ from vlaforge.policies import build_policy, save_policy
 from vlaforge.rollout.collect import collect
 
 
-def _walk(tmp_path, algo: str, head: str = "gaussian", backbone: str = "vision", critic: str = "image", **cfg_kw):
+def _walk(tmp_path, algo: str, head: str = "gaussian", backbone: str = "vision", critic: str = "image",
+          multitask: bool = False, **cfg_kw):
     """collect → Rollout.to(device) → prepare → update, all under the audit; returns (audit, policy, batch,
-    optimizer, parameters before)."""
+    optimizer, parameters before). ``multitask`` (distill): tasks 0, 1, 2 in one batch, per-task teachers that record
+    their sim_state fields for tasks 0 and 1, none for task 2."""
     torch.manual_seed(0)
     venv = make_vec_env("pointreach", 4, image_size=32, max_steps=8)
     spec = venv.spec
@@ -36,11 +38,19 @@ def _walk(tmp_path, algo: str, head: str = "gaussian", backbone: str = "vision",
         torch.manual_seed(1)
         save_policy(build_policy(backbone="state", state_dim=4, action_dim=spec.action_dim), tmp_path / "teacher")
         cfg.teacher, cfg.teacher_state, cfg.steps, cfg.batch_size = str(tmp_path / "teacher"), "0,1,2,3", 3, 8
+        if multitask:
+            save_policy(build_policy(backbone="state", state_dim=2, action_dim=spec.action_dim), tmp_path / "t2",
+                        extra={"state_fields": ["goal_x", "goal_y"]})
+            cfg.teacher = f"{spec.tasks[0].name}={tmp_path / 'teacher'},{spec.tasks[1].name}={tmp_path / 't2'}"
+            cfg.teacher_state = ""
+            save_policy(build_policy(backbone="state", state_dim=4, action_dim=spec.action_dim), tmp_path / "teacher",
+                        extra={"state_fields": ["ee_x", "ee_y", "goal_x", "goal_y"]})
+    task_ids = np.array([0, 1, 2, 0]) if multitask else np.zeros(4, np.int64)
     pol.to(FAKE)
     with DeviceAudit(pol) as audit:
-        st = a.new_state(pol, cfg)
+        st = a.new_state(pol, cfg, spec)
         before = {n: p.detach().clone() for n, p in pol.named_parameters()}
-        r, _ = collect(pol, venv, np.zeros(4, np.int64), np.full(4, 7), temperature=cfg.temperature)  # one group
+        r, _ = collect(pol, venv, task_ids, np.full(4, 7), temperature=cfg.temperature)  # one group
         assert not tagged(r.log_prob) and not tagged(r.obs_images)  # a Rollout comes back to the host
         r.success[:] = torch.arange(4) % 2 == 0
         r.reward[:] = 0
@@ -73,6 +83,14 @@ def test_every_algorithm_keeps_its_tensors_on_the_policy_device(tmp_path, algo, 
     for k, v in fields.items():
         if isinstance(v, torch.Tensor) and v.dim() > 0:
             assert tagged(v), f"batch field {k} is on the host"
+
+
+def test_multitask_distillation_keeps_its_tensors_on_the_policy_device(tmp_path):
+    """Per-task teachers (one task without): the labels, the labelled mask and the kept frames on the device."""
+    audit, pol, batch, _, before = _walk(tmp_path, "distill", multitask=True, steps=3, batch_size=8)
+    assert audit.violations == [], "\n".join(audit.violations)
+    assert sorted(set(batch.task_ids.tolist())) == [0, 1, 2]
+    assert any(not torch.equal(before[n], p.detach()) for n, p in pol.named_parameters())
 
 
 def test_the_audit_catches_a_tensor_made_on_the_host():

@@ -120,6 +120,9 @@ def test_collect_and_eval_take_a_benchmark_name(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--methods", "nosuch"], "--methods"),
     (["--base-config", "N9_S9"], "--base-config"),
+    (["--methods", "mtdistill", "--teacher-iterations", "0"], "--teacher-iterations"),
+    (["--methods", "none,mtdistill", "--distill-groups", "0"], "--distill-groups"),
+    (["--methods", "mtdistill", "--suite", "pointreach"], "metaworld"),
 ])
 def test_methods_bad_input_one_line(args, needle, tmp_path, capsys):
     g = _script()

@@ -16,7 +16,7 @@ from vlaforge.algos.tpo import make_pairs
 from vlaforge.envs import make_vec_env
 from vlaforge.policies import CheckpointError, build_policy
 from vlaforge.rollout.collect import collect
-from vlaforge.rollout.sampling import TaskSampler, hard_first_weights, near50_weights
+from vlaforge.rollout.sampling import TaskSampler, hard_first_weights, near50_weights, need_weights
 from vlaforge.train.checkpoint import load_checkpoint
 from vlaforge.train.loop import TrainConfig, train
 
@@ -224,6 +224,17 @@ def test_curriculum_weights_hand_values():
     s = TaskSampler([3, 7], curriculum="near50", tau=0.1, seed=0)
     s.update([3] * 10 + [7] * 10, [0] * 10 + [0, 1] * 5)
     assert s.weights()[1] > 0.99  # the task at 50% dominates
+
+
+def test_need_curriculum_is_one_minus_success_with_a_floor():
+    """``--curriculum need``: P(i) = max(1 - s_i, floor) / sum; an untried task counts as s = 0 (full need)."""
+    w = need_weights(np.array([0.0, 0.5, 1.0, 0.95]), floor=0.1)
+    np.testing.assert_allclose(w, np.array([1.0, 0.5, 0.1, 0.1]) / 1.7)
+    s = TaskSampler([3, 7, 9], curriculum="need", seed=0, floor=0.2)
+    s.update([3] * 4 + [7] * 4, [1, 1, 1, 1, 1, 0, 1, 0])  # task 3 solved, task 7 at 1/2, task 9 untried
+    np.testing.assert_allclose(s.weights(), np.array([0.2, 0.5, 1.0]) / 1.7)
+    ids, _ = s.sample(3000)
+    np.testing.assert_allclose([np.mean(ids == t) for t in (3, 7, 9)], np.array([0.2, 0.5, 1.0]) / 1.7, atol=0.03)
 
 
 def _small_cfg(out, **kw):

@@ -53,6 +53,10 @@ def _train(cfg):
     from vlaforge.rollout.evaluate import protocol_line
     from vlaforge.train.loop import train
 
+    if cfg.algo == "distill" and cfg.distill.teachers_cache and not cfg.resume:
+        from vlaforge.pipeline import distill_teachers
+
+        cfg = distill_teachers(cfg)  # each task's teacher built or reused in the cache; worse-than-student ones skipped
     final = run_recipe(cfg) if cfg.recipe else train(cfg)
     keys = sorted(k for k in final if k.startswith("eval/"))
     if keys:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import resource
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -16,22 +19,23 @@ from typing import Literal
 
 import torch
 
+from vlaforge.algos.distill import check_teacher
 from vlaforge.algos.sft import SFTConfig, train_sft
 from vlaforge.checks import SEED_LIMIT, at_least, check_image_size, check_seed, need
 from vlaforge.data.demos import DEMO_SEED_BASE, DEMO_SEED_STRIDE, collect_demos, load_demos
 from vlaforge.data.lerobot import write_v3
 from vlaforge.device import DeviceOptions, precision_context, resolve_device, set_deterministic
-from vlaforge.envs import env_tasks, make_vec_env, require, suite_info, suite_task_names
+from vlaforge.envs import env_tasks, make_vec_env, require, suite_info, suite_spec, suite_task_names
 from vlaforge.envs.options import EnvOptions
 from vlaforge.errors import NonFiniteError, UsageError
-from vlaforge.fsutil import atomic_dir
+from vlaforge.fsutil import atomic_dir, atomic_write_text
 from vlaforge.policies import build_policy, load_policy, policy_hash, write_policy_files
 from vlaforge.policies.base import check_fits, reads_images
 from vlaforge.policies.options import PolicyShape
 from vlaforge.policies.privileged import perception_targets
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, evaluate_policy, format_table, manifest, write_manifest
 from vlaforge.train.logging import LogOptions, RunLogger, progress_bar
-from vlaforge.train.loop import TrainConfig, train
+from vlaforge.train.loop import TrainConfig, env_settings, train
 
 
 def selected_tasks(spec, suite: str, tasks: str | None) -> list[str]:
@@ -278,7 +282,11 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
     teacher is then evaluated on the same seeds and refused (``UsageError``, ``algos.distill.check_teacher``) when it
     does worse than the student it would teach.
 
-    Returns (the teacher's policy directory, the ``--distill.teacher-state`` indices of its state in sim_state)."""
+    The teacher's ``config.json`` records the sim_state fields its state is (``state_fields``: Meta-World's
+    ``privileged`` group), so a distillation run needs no ``--distill.teacher-state``.
+
+    Returns (the teacher's policy directory, the ``--distill.teacher-state`` indices of its state in sim_state: the
+    older form, still read)."""
     if suite != "metaworld":
         raise UsageError(f"a privileged teacher is built for metaworld only (its state layout is named); got '{suite}'")
     from vlaforge.envs.metaworld import PRIVILEGED_STATE_NAMES, SIM_STATE_NAMES  # the metaworld extra
@@ -297,12 +305,111 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
                       env_kwargs={**priv, "shaping": 1.0}, eval_every=0, progress=progress,
                       tensorboard=False, seed=seed, lr=3e-4, threads=threads)
     train(cfg)
+    meta_file = out / "final" / "config.json"  # the teacher says which sim_state fields its state is
+    atomic_write_text(meta_file, json.dumps({**json.loads(meta_file.read_text()),
+                                             "state_fields": list(PRIVILEGED_STATE_NAMES)}, indent=2))
     if student is not None:
-        from vlaforge.algos.distill import check_teacher
-
         res, _ = run_eval(EvalArgs(checkpoint=str(out / "final"), suite=suite, tasks=task, episodes=student["episodes"],
                                    num_envs=num_envs, workers=workers, threads=threads, out=str(out / "eval_teacher.json"),
                                    env_kwargs={**priv, "max_steps": max_steps}), quiet=True)
         check_teacher({"successes": sum(r.successes for r in res), "episodes": sum(r.episodes for r in res)}, student,
                       f"the teacher '{out / 'final'}'")
     return Path(out) / "final", ",".join(str(SIM_STATE_NAMES.index(n)) for n in PRIVILEGED_STATE_NAMES)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (env workers), user + system."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def teacher_dir(cache: str | Path, suite: str, task: str, seed: int, demos: int, iterations: int,
+                max_steps: int) -> Path:
+    """Where ``--distill.teachers-cache`` keeps one task's teacher run: keyed by (suite, task, seed, demos,
+    iterations, episode length)."""
+    return Path(cache) / suite / task / f"seed{seed}_demos{demos}_it{iterations}_steps{max_steps}"
+
+
+def cached_teacher(cfg, task: str, max_steps: int, build=None, log=print) -> Path:
+    """One task's privileged teacher for the distillation run ``cfg`` (a ``TrainConfig``): reused from
+    ``--distill.teachers-cache`` when its run finished there before (``teacher.json``, written last, says so), else
+    built there by ``build`` (``privileged_teacher``'s signature; None: ``privileged_teacher``) from an emptied
+    folder. Returns its policy dir."""
+    build = build or privileged_teacher
+    d = cfg.distill
+    run = teacher_dir(d.teachers_cache, cfg.suite, task, d.teacher_seed, d.teacher_demos, d.teacher_iterations,
+                      max_steps)
+    record = run / "teacher.json"
+    if record.is_file() and (run / "final" / "config.json").is_file():
+        log(f"distill: {task}: teacher reused from {run / 'final'}")
+        return run / "final"
+    if run.exists():  # an interrupted build: its run folder holds a partial metrics.jsonl / checkpoint
+        shutil.rmtree(run)
+    log(f"distill: {task}: building the teacher in {run} ({d.teacher_demos} demos, {d.teacher_iterations} PPO "
+        "iterations on the privileged state)")
+    t0 = cpu_seconds()
+    final, _ = build(cfg.suite, task, run, d.teacher_iterations, d.teacher_seed, cfg.threads or 1,
+                     max_steps, cfg.num_envs, cfg.workers, demos=d.teacher_demos,
+                     env_kwargs=dict(cfg.env_kwargs))
+    metrics = run / "metrics.jsonl"  # the teacher's PPO run: its last line counts the env steps it took
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    steps = int(json.loads(lines[-1]).get("rollout/env_steps", 0)) if lines else 0
+    atomic_write_text(record, json.dumps({"suite": cfg.suite, "task": task, "seed": d.teacher_seed,
+                                          "demos": d.teacher_demos, "iterations": d.teacher_iterations,
+                                          "max_steps": max_steps, "ppo_env_steps": steps,
+                                          "cpu_s": round(cpu_seconds() - t0, 1)}, indent=2))
+    return Path(final)
+
+
+def teacher_success(cfg, task: str, teacher: Path, episodes: int, max_steps: int) -> dict:
+    """``{"successes", "episodes"}`` of a privileged teacher on ``task``'s evaluation seeds (from EVAL_SEED_BASE),
+    with the privileged state and no rendering; kept beside the teacher and reused."""
+    f = teacher.parent / f"eval_e{episodes}.json"
+    if not f.is_file():
+        run_eval(EvalArgs(checkpoint=str(teacher), suite=cfg.suite, tasks=task, episodes=episodes,
+                          num_envs=cfg.num_envs, workers=cfg.workers, threads=cfg.threads or 1, out=str(f),
+                          env_kwargs={**cfg.env_kwargs, "privileged": 1.0, "render": 0.0,
+                                      "max_steps": max_steps}), quiet=True)
+    o = json.loads(f.read_text())["overall"]
+    return {"successes": o["successes"], "episodes": o["episodes"]}
+
+
+def distill_teachers(cfg, student: dict | None = None, build=None, success=None, log=print):
+    """``vlaforge train --algo distill --distill.teachers-cache DIR``'s first stage: each training task's teacher
+    built or reused (``cached_teacher``), evaluated on the student's evaluation seeds (``success``) and skipped,
+    with a logged line, when it does worse than the student there (``algos.distill.check_teacher``). ``student``:
+    {task: {"successes", "episodes"}} of the ``--init`` policy on those seeds (None: evaluated here,
+    ``--eval-episodes`` per task; a run without ``--init`` starts from nothing, so any teacher passes).
+
+    Returns ``cfg`` with ``--distill.teacher`` = ``task=DIR,...`` (what the checkpoint's config keeps, so a resume
+    rebuilds nothing) and ``--tasks`` narrowed to the tasks kept. ``build`` / ``success`` (None:
+    ``privileged_teacher`` / ``teacher_success``) are seams for tests."""
+    success = success or teacher_success
+    spec = suite_spec(cfg.suite, **env_settings(cfg))
+    named = selected_tasks(spec, cfg.suite, cfg.tasks)
+    tasks = [n for n in named if spec.tasks[spec.task_index(n)].split == "train"] or named
+    if student is None and cfg.init:
+        res, _ = run_eval(EvalArgs(checkpoint=cfg.init, suite=cfg.suite, tasks=",".join(tasks),
+                                   episodes=cfg.eval_episodes, num_envs=cfg.num_envs, workers=cfg.workers,
+                                   threads=cfg.threads or 1, out=str(Path(cfg.out) / "eval_student.json"),
+                                   env_kwargs={**cfg.env_kwargs, "max_steps": spec.max_steps}), quiet=True)
+        student = {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res}
+    kept: dict[str, Path] = {}
+    for task in tasks:
+        teacher = cached_teacher(cfg, task, spec.max_steps, build, log)
+        mine = (student or {}).get(task, {"successes": 0, "episodes": cfg.eval_episodes})
+        got = success(cfg, task, teacher, mine["episodes"] or cfg.eval_episodes, spec.max_steps)
+        try:
+            check_teacher(got, mine, f"the teacher of {task}")
+        except UsageError as e:
+            log(f"distill: {task}: skipped: {e}")
+            continue
+        log(f"distill: {task}: teacher {got['successes']}/{got['episodes']}, student {mine['successes']}/"
+            f"{mine['episodes']} on the same seeds: distilled")
+        kept[task] = teacher
+    if not kept:
+        raise UsageError("no task has a teacher at least as good as the student; train the teachers longer "
+                         "(--distill.teacher-iterations) or give them demos (--distill.teacher-demos)")
+    mapping = ",".join(f"{t}={p}" for t, p in kept.items())
+    narrowed = cfg.tasks if len(kept) == len(tasks) else ",".join(kept)
+    return dataclasses.replace(cfg, tasks=narrowed, distill=dataclasses.replace(cfg.distill, teacher=mapping))

@@ -11,9 +11,9 @@ An algorithm is one file (``ppo.py`` is the model) that reads top to bottom:
 - ``update(policy, optimizer, batch, cfg, iteration, gen, sync, state) -> metrics``: the optimizer steps,
   usually ``common.optimize`` over the algorithm's own ``loss``; ``gen`` shuffles (checkpointed),
   ``sync`` makes data-parallel learners agree, ``state`` is the algorithm's own state (or None).
-- optionally ``init_state(policy, cfg) -> algos.state.AlgoState`` (replay buffer, own optimizers, target
-  networks): created once per run next to the optimizer, saved in and restored from every full-state
-  checkpoint.
+- optionally ``init_state(policy, cfg, spec) -> algos.state.AlgoState`` (replay buffer, own optimizers, target
+  networks, a distillation's teachers): created once per run next to the optimizer, saved in and restored from
+  every full-state checkpoint; ``spec`` is the run's ``EnvSpec`` (task names, sim_state names) or None.
 - its checks: ``Algo.check`` runs the generic ones (``common.check_fields``: by field name, ``group_size`` >=
   ``min_group_size``) and the entry's ``check_fn(cfg)`` for the config's own; ``check_run(train_cfg, init)`` checks
   the algorithm against the rest of the run (a teacher checkpoint, an --init policy with LoRA). ``train()`` and
@@ -47,7 +47,7 @@ class Algo:
     update_fn: Callable
     """``update(policy, optimizer, batch, cfg, iteration, gen, sync, state) -> metrics``"""
     init_state: Callable | None = None
-    """``init_state(policy, cfg) -> AlgoState`` for algorithms with state (None: on-policy, stateless)"""
+    """``init_state(policy, cfg, spec) -> AlgoState`` for algorithms with state (None: on-policy, stateless)"""
     batch_fields: tuple[str, ...] = ("minibatch_size",)
     """config fields counting batch items per optimizer step (divided over data-parallel learners)"""
     min_group_size: int = 1
@@ -70,9 +70,9 @@ class Algo:
         if self.check_fn is not None:
             self.check_fn(cfg)
 
-    def new_state(self, policy, cfg):
-        """A fresh ``AlgoState`` for this run, or None."""
-        return None if self.init_state is None else self.init_state(policy, cfg)
+    def new_state(self, policy, cfg, spec=None):
+        """A fresh ``AlgoState`` for this run (``spec``: the run's ``EnvSpec``), or None."""
+        return None if self.init_state is None else self.init_state(policy, cfg, spec)
 
 
 ALGOS: dict[str, Algo] = {}

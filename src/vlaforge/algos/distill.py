@@ -10,8 +10,10 @@ the privileged-teacher step of RMA and of many sim-to-real pipelines). The stude
 privileged state: only the labels come from it, at training time, as with the asymmetric critic.
 
 Per iteration: the loop rolls the student out (its own actions, at the sampling temperature); ``prepare``
-keeps every executed decision frame; ``update`` asks the teacher for its deterministic action chunk at each
-frame (from ``sim_state[:, teacher_state]``), adds (frame, label) to a bounded aggregate buffer (the
+keeps every executed decision frame; ``update`` asks each frame's own task's teacher (frames carry their task
+id; one teacher may serve every task) for its deterministic action chunk (from the sim_state fields the teacher
+reads, named by ``--distill.teacher-state`` or recorded in its checkpoint), drops the frames of tasks without a
+teacher (logged once per task), adds (frame, label) to a bounded aggregate buffer (the
 algorithm's state, checkpointed), and takes ``steps`` behaviour-cloning steps on batches drawn from the
 whole aggregate with the policy's own ``sft_loss`` (for a student SFT'd with ``--aux``, that loss includes its
 perception readout's, fitted to the frames' recorded object/goal positions: labels for localisation on every
@@ -20,13 +22,21 @@ actions into the rollouts (the loop's collector runs the student only; β = 0 fr
 which works when the student starts from SFT on demos); the loop's learning rate applies (DAgger's
 supervised steps want an SFT-like rate, e.g. ``--lr 3e-4``, not RL's 1e-4).
 
+Multi-task distillation (RLDG / MT-DAgger style) is the same update with one teacher per task; with
+``--distill.teachers-cache DIR`` the CLI (``pipeline.distill_teachers``) builds each missing teacher there first,
+reuses the ones built before, skips tasks whose teacher does worse than the student, and ``--curriculum need``
+rolls tasks out in proportion to (1 - the student's recent success), with a floor:
+
     vlaforge train --algo distill --suite metaworld --tasks reach-v3 --init runs/sft --lr 3e-4 \
-        --distill.teacher runs/teacher/final --distill.teacher-state 0,1,2,3,4,5,6,11,12,13,36,37,38
+        --distill.teacher runs/teacher/final --distill.teacher-state privileged
+    vlaforge train --algo distill --suite metaworld --tasks MT10 --init runs/generalist/N25_S2000/sft --lr 3e-4 \
+        --distill.teachers-cache runs/teachers --curriculum need
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -43,10 +53,26 @@ from vlaforge.types import Observation, Rollout
 @dataclass
 class DistillConfig:
     teacher: str = ""
-    """the teacher's policy checkpoint: a policy whose state input is the ``teacher_state`` entries of sim_state"""
+    """the teacher(s): one policy checkpoint for every task (``DIR``), one per task (``reach-v3=DIR,push-v3=DIR``),
+    or a folder holding one teacher per task name (``DIR/reach-v3/config.json`` ...); each frame is labelled by its
+    own task's teacher, frames of a task without one are not kept (a logged line). With ``--distill.teachers-cache``
+    the teachers are built or reused there and this stays empty"""
     teacher_state: str = ""
-    """comma-separated indices into the suite's sim_state that form the teacher's state, in its order (Meta-World's
-    privileged state: 0,1,2,3,4,5,6,11,12,13,36,37,38 = ee xyz, gripper, object 0, object 1, goal)"""
+    """the sim_state fields the teacher reads, in its order: names (``ee_x,ee_y,ee_z,gripper,obj_x,...``) or a named
+    group of the suite (Meta-World: ``privileged`` = ee xyz, gripper, object 0, object 1, goal); empty: the fields the
+    teacher's checkpoint records (``state_fields``, written by ``pipeline.privileged_teacher``). Comma-separated
+    sim_state indices (``0,1,2,3,4,5,6,11,12,13,36,37,38``) are still read, for older configs and checkpoints"""
+    teachers_cache: str = ""
+    """build each training task's privileged teacher here (``pipeline.privileged_teacher``: demos -> SFT -> PPO on
+    the privileged state, no rendering) or reuse the one built before, keyed by (suite, task, teacher seed, demos,
+    iterations); a teacher that does worse than the student on the evaluation seeds is skipped (a logged line)"""
+    teacher_demos: int = 10
+    """with --distill.teachers-cache: scripted-expert episodes each teacher is SFT'd on before PPO (0: PPO from
+    scratch)"""
+    teacher_iterations: int = 64
+    """with --distill.teachers-cache: each teacher's PPO iterations"""
+    teacher_seed: int = 0
+    """with --distill.teachers-cache: each teacher's seed (its demo layouts are the pixel demos' with the same seed)"""
     steps: int = 300
     """behaviour-cloning steps per iteration on the aggregate (reach-v3 from pixels, docs/benchmarks.md: 100 gained at one
     training seed of three, 300 at two of three; 300 is the setting measured on five tasks)"""
@@ -61,14 +87,103 @@ class DistillConfig:
     temperature: float = 1.0
     """student sampling temperature during rollouts"""
 
-    def state_index(self) -> list[int]:
-        try:
-            idx = [int(x) for x in self.teacher_state.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--distill.teacher-state must be comma-separated integers; got '{self.teacher_state}'") from None
-        if not idx:
-            raise ValueError("--distill.teacher-state is required: the sim_state indices the teacher reads")
-        return idx
+
+ALL_TASKS = "*"
+"""the key of a teacher that labels every task (``--distill.teacher DIR``)"""
+
+
+def state_fields(text: str, names: tuple[str, ...], groups: dict[str, tuple[str, ...]] | None = None,
+                 flag: str = "--distill.teacher-state") -> tuple[str, ...]:
+    """The sim_state field names ``text`` gives, in order: comma-separated names, named groups (expanded in place)
+    or, the older form, sim_state indices; ``names`` = ``EnvSpec.sim_state_names``, ``groups`` =
+    ``EnvSpec.sim_state_groups``. A name the suite lacks is a one-line ``UsageError`` listing the valid ones."""
+    groups = groups or {}
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise UsageError(f"{flag} is empty: name the sim_state fields the teacher reads")
+    if not names:
+        raise UsageError(f"{flag}: this suite has no sim_state channel, so no teacher can read one")
+    out: list[str] = []
+    if all(p.lstrip("-").isdigit() for p in parts):  # the index form of older configs
+        bad = [p for p in parts if not 0 <= int(p) < len(names)]
+        if bad:
+            raise UsageError(f"{flag}: index {bad[0]} is outside the suite's {len(names)} sim_state entries (0.."
+                             f"{len(names) - 1}); name the fields instead ({', '.join(names)})")
+        return tuple(names[int(p)] for p in parts)
+    for p in parts:
+        if p in groups:
+            out += groups[p]
+        elif p in names:
+            out.append(p)
+        else:
+            known = ", ".join([*(f"{g} (group)" for g in groups), *names])
+            raise UsageError(f"{flag}: unknown sim_state field '{p}'; valid: {known}")
+    return tuple(out)
+
+
+def teacher_paths(text: str) -> dict[str, str]:
+    """``--distill.teacher`` as {task name or ``ALL_TASKS``: policy directory}: ``DIR`` (a policy: every task; a
+    folder of policies: one per task, named by its subfolders), or ``task=DIR,task=DIR``."""
+    text = text.strip()
+    if not text:
+        return {}
+    if "=" not in text:
+        d = Path(text)
+        if (d / "config.json").is_file() or not d.is_dir():
+            return {ALL_TASKS: text}
+        found = {c.name: str(c) for c in sorted(d.iterdir()) if (c / "config.json").is_file()}
+        if not found:
+            raise UsageError(f"--distill.teacher '{text}' is neither a policy (no config.json) nor a folder of "
+                             "per-task teachers (no subfolder holds one)")
+        return found
+    out: dict[str, str] = {}
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        task, sep, path = part.partition("=")
+        if not sep or not task.strip() or not path.strip():
+            raise UsageError(f"--distill.teacher: '{part}' is not TASK=DIR (e.g. reach-v3=runs/t/reach/final)")
+        if task.strip() in out:
+            raise UsageError(f"--distill.teacher names task '{task.strip()}' twice")
+        out[task.strip()] = path.strip()
+    return out
+
+
+def teacher_fields(cfg: DistillConfig, teacher_meta: dict, path: str, names, groups) -> tuple[str, ...]:
+    """The sim_state fields one teacher reads: ``--distill.teacher-state`` if given, else what its checkpoint
+    records; a count that differs from the teacher's state input is a one-line ``UsageError``."""
+    source = "--distill.teacher-state"
+    if cfg.teacher_state.strip():
+        fields = state_fields(cfg.teacher_state, names, groups)
+    elif teacher_meta.get("state_fields"):
+        source = f"the teacher's recorded state_fields ({path}/config.json)"
+        fields = state_fields(",".join(map(str, teacher_meta["state_fields"])), names, groups, source)
+    else:
+        raise UsageError(f"the teacher '{path}' does not record which sim_state fields it reads; pass "
+                         "--distill.teacher-state (e.g. privileged, or ee_x,ee_y,...)")
+    dim = teacher_meta["policy"].get("state_dim")
+    if dim != len(fields):
+        raise UsageError(f"{source} names {len(fields)} sim_state fields ({','.join(fields)}) but the teacher "
+                         f"'{path}' reads {dim} state dims")
+    return fields
+
+
+def check_teachers(cfg: DistillConfig, spec, tasks: list[str], read=None) -> None:
+    """The input checks of ``--distill.teacher`` / ``--distill.teacher-state`` for a run on ``tasks`` of ``spec``'s
+    suite (validate.py calls it before any env is built): every named task is a task of the run, every teacher a
+    policy whose state input is as long as its fields. A training task without a teacher is allowed (its frames
+    are skipped, logged). ``read``: how a teacher's config.json is read (default ``policies.read_config``;
+    validate.py's also refuses one that asks to run code)."""
+    from vlaforge.policies import read_config
+
+    read = read or read_config
+    paths = teacher_paths(cfg.teacher)
+    if not paths:
+        raise UsageError("--distill.teacher is required (or --distill.teachers-cache DIR): the privileged teacher(s)")
+    stray = [t for t in paths if t != ALL_TASKS and t not in tasks]
+    if stray:
+        raise UsageError(f"--distill.teacher names task '{stray[0]}', which this run does not train on; its tasks: "
+                         f"{', '.join(tasks)}")
+    for path in paths.values():
+        teacher_fields(cfg, read(path), path, spec.sim_state_names, spec.sim_state_groups)
 
 
 def check_teacher(teacher: dict, student: dict, name: str = "the teacher") -> None:
@@ -83,53 +198,105 @@ def check_teacher(teacher: dict, student: dict, name: str = "the teacher") -> No
 
 
 def check_run(cfg, init: dict | None) -> None:
-    """The registry's ``check_run`` (``vlaforge train --algo distill``, before any work): a teacher checkpoint whose
-    state is as long as the ``--distill.teacher-state`` indices. ``cfg``: the TrainConfig; ``init``: unused."""
+    """The registry's ``check_run`` (``vlaforge train --algo distill``, before any work): the teachers and their
+    sim_state fields (``check_teachers``), or the teacher cache's options; the fields resolved against the suite's
+    names. ``cfg``: the TrainConfig; ``init``: unused."""
+    from vlaforge.checks import at_least, check_seed
+    from vlaforge.envs import env_kwargs, env_tasks, suite_info, suite_spec, suite_task_names
+    from vlaforge.paths import check_out_dir
     from vlaforge.policies import read_checked_config
 
     d = cfg.algo_cfg
-    need(bool(d.teacher), "--distill.teacher is required: a policy checkpoint that reads the privileged state")
-    try:
-        index = [int(x) for x in d.teacher_state.split(",") if x.strip()]
-    except ValueError:
-        index = []
-    need(bool(index) and min(index) >= 0, f"--distill.teacher-state must be comma-separated sim_state indices >= 0; "
-                                          f"got '{d.teacher_state}'")
-    teacher = read_checked_config(d.teacher, False, "--distill.teacher", None)["policy"]
-    need(teacher.get("state_dim") == len(index),
-         f"--distill.teacher-state names {len(index)} entries but the teacher '{d.teacher}' reads "
-         f"{teacher.get('state_dim')} state dims")
+    spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), image_size=cfg.image_size,
+                      **env_kwargs(cfg.env_kwargs, cfg.max_steps))
+    if d.teacher_state.strip():
+        state_fields(d.teacher_state, spec.sim_state_names, spec.sim_state_groups)
+    if not d.teachers_cache:
+        tasks = suite_task_names(spec, cfg.tasks if suite_info(cfg.suite).holds_all_tasks else None)
+        check_teachers(d, spec, tasks, lambda p: read_checked_config(p, False, "--distill.teacher", None))
+        return
+    need(not d.teacher, "--distill.teacher and --distill.teachers-cache are exclusive: give the teachers or the "
+                        "cache that builds them")
+    need("privileged" in spec.sim_state_groups, f"--distill.teachers-cache builds privileged teachers for suites "
+                                                f"with a named privileged state (metaworld); '{cfg.suite}' has none")
+    check_out_dir("--distill.teachers-cache", d.teachers_cache)
+    at_least("--distill.teacher-demos", d.teacher_demos, 0, " (0: PPO from scratch)")
+    at_least("--distill.teacher-iterations", d.teacher_iterations, 1)
+    check_seed("--distill.teacher-seed", d.teacher_seed)
 
 
 class DistillState(AlgoState):
-    """The teacher (reloaded from its checkpoint, never saved here) and the aggregate of labelled frames."""
+    """The teachers (reloaded from their checkpoints, never saved here), each with the sim_state indices it reads,
+    by task id; and the aggregate of labelled frames."""
 
-    def __init__(self, policy, cfg: DistillConfig):
-        from vlaforge.policies import load_policy
+    def __init__(self, policy, cfg: DistillConfig, spec=None):
+        from vlaforge.policies import load_policy, read_config
 
-        if not cfg.teacher:
+        paths = teacher_paths(cfg.teacher)
+        if not paths:
             raise ValueError("--distill.teacher is required: a policy checkpoint that reads the privileged state")
-        self.index = cfg.state_index()
+        index_form = all(p.strip().isdigit() for p in cfg.teacher_state.split(",") if p.strip())
+        if spec is None and (set(paths) != {ALL_TASKS} or not cfg.teacher_state.strip() or not index_form):
+            raise ValueError("per-task teachers and named fields need the suite's EnvSpec: init_state(policy, cfg, spec)")
         self.device = module_device(policy)
-        self.teacher = load_policy(cfg.teacher).to(self.device).eval()
-        if self.teacher.cfg.state_dim != len(self.index):
-            raise ValueError(f"the teacher '{cfg.teacher}' reads {self.teacher.cfg.state_dim} state dims but "
-                             f"--distill.teacher-state names {len(self.index)}")
-        if self.teacher.chunk_size < policy.chunk_size or self.teacher.cfg.action_dim != policy.action_dim:
-            raise ValueError(f"the teacher acts in chunks of {self.teacher.chunk_size}x{self.teacher.cfg.action_dim}; "
-                             f"the student needs at least {policy.chunk_size}x{policy.action_dim}")
+        names = spec.sim_state_names if spec is not None else ()
+        loaded: dict[str, tuple] = {}  # path -> (teacher, index): a teacher shared by tasks is loaded once
+        for path in dict.fromkeys(paths.values()):
+            if spec is None:  # the index form without a suite: indices taken as they are
+                index = [int(x) for x in cfg.teacher_state.split(",") if x.strip()]
+            else:
+                fields = teacher_fields(cfg, read_config(path), path, names, spec.sim_state_groups)
+                index = [names.index(f) for f in fields]
+            teacher = load_policy(path).to(self.device).eval()
+            if teacher.cfg.state_dim != len(index):
+                raise ValueError(f"the teacher '{path}' reads {teacher.cfg.state_dim} state dims but "
+                                 f"--distill.teacher-state names {len(index)}")
+            if teacher.chunk_size < policy.chunk_size or teacher.cfg.action_dim != policy.action_dim:
+                raise ValueError(f"the teacher '{path}' acts in chunks of {teacher.chunk_size}x"
+                                 f"{teacher.cfg.action_dim}; the student needs at least {policy.chunk_size}x"
+                                 f"{policy.action_dim}")
+            loaded[path] = (teacher, torch.tensor(index, dtype=torch.long, device=self.device))
+        task_names = [t.name for t in spec.tasks] if spec is not None else []
+        self.shared = loaded[paths[ALL_TASKS]] if ALL_TASKS in paths else None
+        unknown = [t for t in paths if t != ALL_TASKS and t not in task_names]
+        if unknown:
+            raise UsageError(f"--distill.teacher names task '{unknown[0]}', which this run's suite does not hold; its "
+                             f"tasks: {', '.join(task_names)}")
+        self.by_task = {task_names.index(t): loaded[p] for t, p in paths.items() if t != ALL_TASKS}
+        self.task_names = task_names
+        self.unlabelled: set[int] = set()  # tasks whose frames were skipped (logged once each)
         self.frames = ReplayBuffer(cfg.capacity)
         self.instructions: dict[int, str] = {}  # task id -> instruction (strings stay out of the tensors)
 
+    def teacher_for(self, task_id: int):
+        """(teacher, sim_state index) of a task, or None when it has no teacher."""
+        return self.by_task.get(task_id, self.shared)
+
     @torch.no_grad()
-    def label(self, batch: StepBatch, chunk: int) -> torch.Tensor:
-        """The teacher's deterministic env-space action chunks (B, C, A) at the batch's frames."""
+    def label(self, batch: StepBatch, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each frame's own task's teacher's deterministic env-space action chunk: (labels (B, C, A), labelled (B,)
+        bool); frames of a task without a teacher are not labelled (zeros, ``labelled`` False)."""
         if batch.sim_state is None:
             raise ValueError("distillation needs the suite's sim_state in the rollouts (this suite has none)")
-        s = batch.sim_state[:, self.index]
-        blank = torch.zeros((len(s), 1, 1, 1, 3), dtype=torch.uint8, device=s.device)  # the teacher's state backbone ignores images
-        obs = Observation(blank, s, batch.instructions, batch.task_ids)
-        return self.teacher.act(obs, deterministic=True).actions[:, :chunk]
+        B, A = len(batch.task_ids), batch.actions.shape[-1]
+        labels = torch.zeros((B, chunk, A), dtype=batch.actions.dtype, device=batch.actions.device)
+        labelled = torch.zeros(B, dtype=torch.bool, device=batch.task_ids.device)
+        for t in torch.unique(batch.task_ids).tolist():
+            got = self.teacher_for(int(t))
+            if got is None:
+                if t not in self.unlabelled:
+                    self.unlabelled.add(t)
+                    name = self.task_names[t] if t < len(self.task_names) else t
+                    print(f"distill: task {name} has no teacher; its frames are not labelled", flush=True)
+                continue
+            teacher, index = got
+            rows = torch.nonzero(batch.task_ids == t).flatten()
+            s = batch.sim_state[rows][:, index]
+            blank = torch.zeros((len(s), 1, 1, 1, 3), dtype=torch.uint8, device=s.device)  # a state backbone ignores images
+            obs = Observation(blank, s, [batch.instructions[int(i)] for i in rows], batch.task_ids[rows])
+            labels[rows] = teacher.act(obs, deterministic=True).actions[:, :chunk].to(labels.dtype)
+            labelled[rows] = True
+        return labels, labelled
 
     def state_dict(self):
         return flatten({"frames": self.frames.state_dict(),
@@ -141,8 +308,8 @@ class DistillState(AlgoState):
         self.instructions = {int(k): v for k, v in d["instructions"].items()}
 
 
-def init_state(policy, cfg: DistillConfig) -> DistillState:
-    return DistillState(policy, cfg)
+def init_state(policy, cfg: DistillConfig, spec=None) -> DistillState:
+    return DistillState(policy, cfg, spec)
 
 
 def prepare(rollout: Rollout, cfg: DistillConfig, hooks: Hooks) -> tuple[StepBatch, dict]:
@@ -153,13 +320,18 @@ def prepare(rollout: Rollout, cfg: DistillConfig, hooks: Hooks) -> tuple[StepBat
 
 def update(policy, optimizer, batch: StepBatch, cfg: DistillConfig, iteration: int, gen=None, sync=LOCAL,
            state: DistillState | None = None) -> dict:
-    labels = state.label(batch, policy.chunk_size)
-    # how far the student's own (sampled) chunks were from the teacher's at the frames it visited
-    gap = (batch.actions - labels).abs().mean()
+    labels, labelled = state.label(batch, policy.chunk_size)
+    keep = torch.nonzero(labelled).flatten()  # frames of a task without a teacher are not kept
+    batch, labels = batch.index(keep), labels[keep]
+    # how far the student's own (sampled) chunks were from the teachers' at the frames it visited
+    gap = (batch.actions - labels).abs().mean() if len(keep) else batch.actions.new_zeros(())
     for t, instr in zip(batch.task_ids.tolist(), batch.instructions):
         state.instructions.setdefault(int(t), instr)
-    state.frames.add({"images": batch.images, "state": batch.state, "task_ids": batch.task_ids, "labels": labels,
-                      "sim_state": batch.sim_state})
+    if len(keep):
+        state.frames.add({"images": batch.images, "state": batch.state, "task_ids": batch.task_ids, "labels": labels,
+                          "sim_state": batch.sim_state})
+    if not len(state.frames):
+        return {"train/aggregate_frames": 0, "train/new_frames": 0, "train/unlabelled_frames": len(labelled)}
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
 
@@ -174,5 +346,5 @@ def update(policy, optimizer, batch: StepBatch, cfg: DistillConfig, iteration: i
 
     out = replay_updates(cfg.steps, lambda: to_device(state.frames.sample(cfg.batch_size, gen), state.device), step)
     out.update({"train/teacher_gap": float(gap), "train/aggregate_frames": len(state.frames),
-                "train/new_frames": len(batch)})
+                "train/new_frames": len(batch), "train/unlabelled_frames": int(len(labelled) - len(keep))})
     return out

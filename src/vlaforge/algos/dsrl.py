@@ -82,7 +82,7 @@ class DSRLState(SoftACState):
         self.actor_opt.load_state_dict(d["actor_opt"])
 
 
-def init_state(policy, cfg: DSRLConfig) -> DSRLState:
+def init_state(policy, cfg: DSRLConfig, spec=None) -> DSRLState:
     return DSRLState(policy, cfg)
 
 

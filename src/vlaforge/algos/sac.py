@@ -410,7 +410,7 @@ def critic_input(policy, mb: dict, state: SoftACState, prefix: str = "") -> torc
         return policy.features(obs_of(mb, state, prefix)).mean(1)
 
 
-def init_state(policy, cfg: SACConfig) -> SACState:
+def init_state(policy, cfg: SACConfig, spec=None) -> SACState:
     return SACState(policy, cfg)
 
 

@@ -134,7 +134,7 @@ class Learner:
     """One role: run the algorithm's ``update()`` on a shard of each batch (rank ``rank`` of ``world``)."""
 
     def __init__(self, cfg, policy, weights: dict, rank: int, world: int, opt_state: dict | None,
-                 gen_state: torch.Tensor, algo_state: tuple | None = None):
+                 gen_state: torch.Tensor, algo_state: tuple | None = None, spec=None):
         torch.set_num_threads(cfg.threads)
         self.cfg, self.rank, self.world = cfg, rank, world
         self.device = actor_device(cfg.ray.learner_gpus)
@@ -142,7 +142,7 @@ class Learner:
         gen = torch.Generator()
         gen.set_state(gen_state)  # every rank shuffles its own shard with the same permutations
         # the same learning half as LocalBackend's (train/learner.py); init_group gives it the all-reduce sync
-        self.learner = PolicyLearner(cfg, policy, opt_state, gen, algo_state, self.device, LOCAL)
+        self.learner = PolicyLearner(cfg, policy, opt_state, gen, algo_state, self.device, LOCAL, spec)
         self.policy = self.learner.policy
 
     def ready(self) -> int:

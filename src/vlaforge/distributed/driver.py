@@ -96,7 +96,7 @@ class RunFailed(RuntimeError):
 class Cluster:
     """The actors of one run in one placement group: ``env_workers`` EnvWorkers and ``learners`` Learners."""
 
-    def __init__(self, ray, cfg, policy, opt_state, gen_state, hooks: Hooks, algo_state=None):
+    def __init__(self, ray, cfg, policy, opt_state, gen_state, hooks: Hooks, algo_state=None, spec=None):
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -131,7 +131,7 @@ class Cluster:
         self.learners = [
             self._Learner.options(num_cpus=rc.learner_cpus, num_gpus=rc.learner_gpus,
                                   scheduling_strategy=self._strategy(rc.env_workers + r))
-            .remote(cfg, self.policy_ref, self.weights, r, rc.learners, opt_state, gen_state, algo_state)
+            .remote(cfg, self.policy_ref, self.weights, r, rc.learners, opt_state, gen_state, algo_state, spec)
             for r in range(rc.learners)]
         try:
             ray.get([w.ready.remote() for w in self.workers])
@@ -310,7 +310,8 @@ class RayBackend(Backend):
     def start(self, policy, opt_state, gen, algo_state) -> None:
         self.policy, self.gen = policy, gen
         self.started = _connect(self.ray, self.cfg.ray)
-        self.cluster = Cluster(self.ray, self.cfg, policy, opt_state, gen.get_state(), self.hooks, algo_state)
+        self.cluster = Cluster(self.ray, self.cfg, policy, opt_state, gen.get_state(), self.hooks, algo_state,
+                               self.spec)
 
     def collect(self, task_ids, seeds, stats: CollectStats) -> Rollout:
         self.cluster.iteration = self.iteration

@@ -53,6 +53,9 @@ class EnvSpec:
     sim_state_names: tuple[str, ...] = ()
     """names of the privileged ``sim_state`` vector's entries (empty: the suite has no such channel);
     shared names across suites: ee_x/ee_y/ee_z (end effector), gripper, obj_x.. , goal_x.."""
+    sim_state_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """named lists of ``sim_state_names`` a flag may give by one word (Meta-World's ``privileged``: what the
+    privileged teacher of ``--algo distill`` reads)"""
 
     def task_index(self, name: str) -> int:
         for i, t in enumerate(self.tasks):

@@ -252,7 +252,7 @@ class MetaWorldEnv(SimEnv):
                             state_dim=len(_PRIV_IDX) if self.privileged else 4, action_dim=4,
                             max_steps=self.max_steps, cameras=self.cameras,
                             renderer=os.environ.get("MUJOCO_GL", "egl") if self.render else "none", extra={"benchmark": bench},
-                            sim_state_names=SIM_STATE_NAMES)
+                            sim_state_names=SIM_STATE_NAMES, sim_state_groups={"privileged": PRIVILEGED_STATE_NAMES})
         self._sims: dict[str, _Sim] = {}
         self._sim: _Sim | None = None
         self._obs: np.ndarray | None = None  # last full Meta-World observation (for the expert)

@@ -83,10 +83,13 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
     """AdamW weight decay"""
     freeze_backbone: bool = False
     """train only the action and value heads (iRe-VLA's RL stage)"""
-    curriculum: Literal["uniform", "near50", "hard_first"] = "uniform"
-    """task sampling: uniform, or by recent success rate (VLA-RL)"""
+    curriculum: Literal["uniform", "near50", "hard_first", "need"] = "uniform"
+    """task sampling: uniform, or by recent success rate (near50, hard_first: VLA-RL; need: in proportion to
+    1 - success with a floor, multi-task distillation's "tasks scheduled by need")"""
     curriculum_tau: float = 0.2
     """curriculum temperature"""
+    curriculum_floor: float = 0.1
+    """--curriculum need: the least weight of a task before normalising (a solved task is still rolled out)"""
     dynamic_rejection: bool = False
     """discard groups whose rewards are all equal and resample until the batch is full (RIPT-VLA)"""
     fill_fraction: float = 0.8
@@ -135,6 +138,7 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
         learning_rate("--value-lr", self.value_lr)
         at_least("--weight-decay", self.weight_decay, 0)
         positive("--curriculum-tau", self.curriculum_tau)
+        need(0 < self.curriculum_floor <= 1, f"--curriculum-floor must be in (0, 1]; got {self.curriculum_floor}")
         need(0 < self.fill_fraction <= 1, f"--fill-fraction must be in (0, 1]; got {self.fill_fraction}")
         at_least("--max-collect-rounds", self.max_collect_rounds, 1)
         at_least("--eval-every", self.eval_every, 0, " (0 = no evaluation)")

@@ -101,12 +101,12 @@ class PolicyLearner:
     the saved optimizer and algorithm states restored), so a resumed run repeats the uninterrupted one."""
 
     def __init__(self, cfg, policy, opt_state: dict | None, gen: torch.Generator, algo_state: tuple | None,
-                 device: torch.device, sync=LOCAL):
+                 device: torch.device, sync=LOCAL, spec=None):
         self.cfg, self.algo, self.acfg, self.device, self.gen, self.sync = (cfg, get_algo(cfg.algo), cfg.algo_cfg,
                                                                              device, gen, sync)
         self.policy = policy.to(device)  # before the optimizer: its state follows the parameters
         self.optimizer = make_optimizer(self.policy, cfg)
-        self.state = self.algo.new_state(self.policy, self.acfg)
+        self.state = self.algo.new_state(self.policy, self.acfg, spec)  # spec: the run's EnvSpec
         if opt_state is not None:
             load_optimizer_state(self.optimizer, opt_state, str(cfg.resume) if cfg.resume else "the checkpoint")
         if self.state is not None and algo_state is not None:

@@ -99,6 +99,14 @@ def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int,
     return (Rollout.cat(kept) if kept else None), info
 
 
+def task_rates(sampler: TaskSampler, spec) -> dict:
+    """A multi-task run's per-task rollout success over the sampler's window (what ``--curriculum`` weighs):
+    ``rollout_task/<name>``; untried tasks are left out. Nothing for one task (``rollout/success`` says it)."""
+    if len(sampler.task_ids) < 2:
+        return {}
+    return {f"rollout_task/{spec.tasks[t].name}": float(np.mean(h)) for t, h in sampler.history.items() if h}
+
+
 def env_settings(cfg: TrainConfig) -> dict:
     """Keyword arguments of ``make_vec_env`` / ``suite_spec`` for a run's envs (Ray env workers use them
     too). A suite whose envs hold every task is built with all of them and `tasks` selects among them."""
@@ -177,7 +185,7 @@ class LocalBackend(Backend):
         self.spec = self.venv.spec
 
     def start(self, policy, opt_state, gen, algo_state) -> None:
-        self.learner = PolicyLearner(self.cfg, policy, opt_state, gen, algo_state, self.device)
+        self.learner = PolicyLearner(self.cfg, policy, opt_state, gen, algo_state, self.device, spec=self.spec)
         self.policy = self.learner.policy  # the collector acts with the learner's policy: no weight sync
 
     def collect(self, task_ids, seeds, stats: CollectStats) -> Rollout:
@@ -243,7 +251,7 @@ def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_
         raise UsageError(f"--{cfg.algo}.readout-coef needs a policy with a perception readout (`vlaforge sft --aux`)")
     train_ids, eval_names = run_tasks(cfg, spec, policy)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    sampler = TaskSampler(train_ids, cfg.curriculum, cfg.curriculum_tau, seed=cfg.seed)
+    sampler = TaskSampler(train_ids, cfg.curriculum, cfg.curriculum_tau, seed=cfg.seed, floor=cfg.curriculum_floor)
     saved_algo_state = None
     resuming = saved_state is not None
     if resuming:
@@ -273,7 +281,7 @@ def _run(cfg, hooks, backend, algo, acfg, policy, opt_state, rng, start_it, env_
                 with timer("collect"):
                     rollout, info = collect_groups(None, None, sampler, cfg, acfg.group_size, stats,
                                                    collect_fn=backend.collect)
-                metrics = dict(info)
+                metrics = {**info, **task_rates(sampler, spec)}
                 if rollout is not None:
                     with timer("reward"):
                         metrics.update(hooks.shape_rewards(rollout))
