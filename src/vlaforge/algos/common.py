@@ -314,7 +314,10 @@ def optimize(policy, optimizer, batch, loss_fn, s: StepSettings, gen: torch.Gene
         for start in range(0, B, s.minibatch_size):
             mb = batch.index(perm[start:start + s.minibatch_size])
             optimizer.zero_grad(set_to_none=True)
-            loss, m, pending = accumulate(loss_fn, len(mb), s.micro_batch, mb.index)
+            if 0 < s.micro_batch < len(mb):  # gradient accumulation over micro-batches
+                loss, m, pending = accumulate(loss_fn, len(mb), s.micro_batch, mb.index)
+            else:  # one part: the loss of the minibatch itself, back-propagated once it is checked
+                (loss, m), pending = loss_fn(mb), True
             if sync.any(not torch.isfinite(loss)):
                 skipped["nonfinite"] += 1
                 optimizer.zero_grad(set_to_none=True)

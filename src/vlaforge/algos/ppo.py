@@ -15,6 +15,7 @@ SFT start").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -94,7 +95,7 @@ def loss(policy, mb: StepBatch, cfg: PPOConfig, warmup: bool = False):
 def update(policy, optimizer, batch: StepBatch, cfg: PPOConfig, iteration: int, gen=None, sync=LOCAL,
            state=None) -> dict:
     warmup = iteration < cfg.critic_warmup
-    out = optimize(policy, optimizer, batch, lambda part: loss(policy, part, cfg, warmup),
+    out = optimize(policy, optimizer, batch, partial(loss, policy, cfg=cfg, warmup=warmup),
                    cfg.settings(policy, kl_guard=not warmup), gen, sync,
                    trainable=policy.value_parameters() if warmup else None)
     out["train/critic_warmup"] = float(warmup)

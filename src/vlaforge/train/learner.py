@@ -122,8 +122,8 @@ class PolicyLearner:
         set_policy_lr(self.optimizer, self.cfg, iteration)
         batch = to_device(batch, self.device)
         with precision_context(self.cfg.precision, self.device):
-            return self.algo.update(self.policy, self.optimizer, batch, acfg or self.acfg, iteration, self.gen,
-                                    self.sync, self.state)
+            return self.algo.update_fn(self.policy, self.optimizer, batch, acfg or self.acfg, iteration, self.gen,
+                                       self.sync, self.state)
 
     def train_state(self) -> tuple:
         """(optimizer, algorithm state or None) for ``save_checkpoint``."""
