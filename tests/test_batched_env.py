@@ -54,7 +54,7 @@ def test_batched_episodes_equal_the_per_scene_envs(kw):
         assert np.allclose(x.obs.state, y.obs.state.numpy(), atol=1e-6)
         for k in ("success", "done", "truncated", "steps"):
             assert np.array_equal(getattr(x, k), getattr(y, k)), k
-        assert np.allclose(x.reward, y.reward, atol=1e-6)
+        assert np.array_equal(x.reward, y.reward)  # summed in float64 and cast once, as SimEnv does
         ended += int(x.done.sum())
     assert ended > 0
     assert np.allclose(host.expert_actions(), batched.expert_actions(), atol=1e-6)
@@ -151,3 +151,15 @@ def test_the_cli_refuses_bad_batched_options_before_work(tmp_path, capsys, args,
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and all(w in err for w in words), err
     assert not out.exists()
+
+
+def test_a_cli_resume_may_name_where_it_runs(tmp_path, capsys):
+    """--device, --deterministic and --log are the resuming command line's (docs/gpu.md), not refused as changes."""
+    from vlaforge.cli import main
+
+    out = tmp_path / "run"
+    base = ["--suite", "pointreach", "--iterations", "1", "--groups", "2", "--num-envs", "2", "--max-steps", "6",
+            "--image-size", "32", "--eval-every", "0", "--no-progress", "--no-tensorboard", "--threads", "1"]
+    assert main(["train", *base, "--out", str(out)]) == 0
+    assert main(["train", "--resume", str(out / "checkpoint"), "--device", "cpu", "--deterministic",
+                 "--log", "none"]) == 0, capsys.readouterr().err

@@ -17,7 +17,9 @@ An algorithm is one file (``ppo.py`` is the model) that reads top to bottom:
 - its checks: ``Algo.check`` runs the generic ones (``common.check_fields``: by field name, ``group_size`` >=
   ``min_group_size``) and the entry's ``check_fn(cfg)`` for the config's own; ``check_run(train_cfg, init)`` checks
   the algorithm against the rest of the run (a teacher checkpoint, an --init policy with LoRA). ``train()`` and
-  the CLI call them before any work, with the same one-line ``UsageError``.
+  the CLI run ``Algo.check`` before any work, with the same one-line ``UsageError``; ``check_run`` reads files and
+  runs in the CLI's checks (``validate.check_with_init``), so a Python ``train()`` meets a bad teacher when its
+  state is built (the distillation's ``--distill.teachers-cache`` is also the CLI's: ``cli._train``).
 
 Adding an algorithm = its file + one ``register_algo`` line below; ``TrainConfig`` (``algo`` choices and the
 ``--x.*`` sub-config), its checks and the Ray backend follow from the registry. docs/architecture.md has an

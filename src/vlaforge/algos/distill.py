@@ -293,7 +293,7 @@ class DistillState(AlgoState):
             rows = torch.nonzero(batch.task_ids == t).flatten()
             s = batch.sim_state[rows][:, index]
             blank = torch.zeros((len(s), 1, 1, 1, 3), dtype=torch.uint8, device=s.device)  # a state backbone ignores images
-            obs = Observation(blank, s, [batch.instructions[int(i)] for i in rows], batch.task_ids[rows])
+            obs = Observation(blank, s, [batch.instructions[i] for i in rows.tolist()], batch.task_ids[rows])  # one sync
             labels[rows] = teacher.act(obs, deterministic=True).actions[:, :chunk].to(labels.dtype)
             labelled[rows] = True
         return labels, labelled

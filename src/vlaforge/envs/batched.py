@@ -11,7 +11,7 @@ differences a caller can see, both announced by ``venv.device`` (``None`` for th
   (numpy is accepted and moved).
 - the per-env scalars of a ``VecStep`` (reward, success, done, truncated, steps, valid) come back to the host as
   numpy once per chunk: ``collect()``'s bookkeeping (which envs are alive) needs them there, and they are 5 x N
-  numbers, not frames.
+  numbers, not frames (with one more sync per chunk: the actions' finiteness check).
 
 What a simulator provides (``BatchedSim``; ``envs/pointreach.py``'s ``PointReachBatch`` is a small one in torch,
 ``envs/maniskill.py``'s ``ManiSkillBatch`` wraps ManiSkill's batched env):
@@ -118,7 +118,7 @@ class BatchedVecEnv:
         ended_before = self._done.clone()
         live = ~self._done
         limit = self.spec.max_steps
-        reward = torch.zeros(n, dtype=torch.float32, device=dev)
+        reward = torch.zeros(n, dtype=torch.float64, device=dev)  # summed in float64 as SimEnv does, cast once
         success = torch.zeros(n, dtype=torch.bool, device=dev)
         steps = torch.zeros(n, dtype=torch.int64, device=dev)
         for t in range(a.shape[1]):  # every scene steps; ended ones hold (no host sync inside the chunk)
@@ -127,14 +127,14 @@ class BatchedVecEnv:
             solved, dense = self.sim.step(act)
             steps += live
             self._t += live
-            reward += torch.where(live, dense.float() + solved.float(), torch.zeros_like(reward))
+            reward += torch.where(live, dense.double() + solved.double(), torch.zeros_like(reward))
             success |= solved & live
             live = live & ~solved & (self._t < limit)
         self._done = self._done | success | (self._t >= limit)
         new = self._observation(*self.sim.observe())
         self._last = _where(ended_before, self._last, new)
         fresh = self._done & ~ended_before  # ended inside this chunk
-        host = torch.stack([reward.double(), success.double(), fresh.double(), ended_before.double(), steps.double()])
+        host = torch.stack([reward, success.double(), fresh.double(), ended_before.double(), steps.double()])
         r, s, d, e, k = host.cpu().numpy()  # the per-env scalars, once per chunk
         succ, fresh_h = s.astype(bool), d.astype(bool)
         return VecStep(obs=self._last, reward=r.astype(np.float32), success=succ, done=fresh_h | e.astype(bool),

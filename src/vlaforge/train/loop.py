@@ -74,7 +74,7 @@ def collect_groups(policy, venv, sampler: TaskSampler, cfg: TrainConfig, K: int,
         else:
             r, _ = collect(policy, venv, np.repeat(tids, K), np.repeat(seeds, K), stats=stats, pipeline=cfg.pipeline,
                            temperature=cfg.algo_cfg.temperature)
-        sampler.update(r.task_id[r.valid].numpy(), r.success[r.valid].numpy())
+        sampler.update(r.task_id[r.valid].cpu().numpy(), r.success[r.valid].cpu().numpy())  # a batched sim's are on its device
         all_success.append(r.success[r.valid].float())
         r.group_id = r.group_id + n_seen  # unique across rounds
         n_groups = int(r.group_id.max()) + 1 - n_seen
@@ -248,7 +248,7 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None, policy=None) -> dict:
             sampler.load_state_dict(saved_state["sampler"])
             gen.set_state(rng["update_gen"])
             if algo.init_state is not None:
-                saved_algo_state = load_algo_state(cfg.resume, saved_state)
+                saved_algo_state = load_algo_state(Path(cfg.resume).expanduser(), saved_state)
         backend.start(policy, opt_state, gen, saved_algo_state)
         if resuming:  # after start(): building the optimizer and the algorithm's state may draw random numbers
             torch.set_rng_state(rng["torch_cpu"])
