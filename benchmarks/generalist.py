@@ -341,7 +341,15 @@ def stage_methods(a) -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if not methods or unknown:
         raise BadInput(f"--methods: unknown {unknown or 'empty list'}; known: {', '.join(METHODS)}")
-    seeds = [int(x) for x in str(a.seeds).split(",") if x.strip()] if a.seeds else None
+    parts = [x.strip() for x in str(a.seeds).split(",") if x.strip()] if a.seeds else None
+    if parts is not None and not (parts and all(x.isdigit() for x in parts)):
+        raise BadInput(f"--seeds: '{a.seeds}' is not comma-separated training seeds >= 0 (e.g. 0,1,2)")
+    seeds = [int(x) for x in parts] if parts is not None else None
+    for name in ("iterations", "groups"):
+        if getattr(a, name) < 1:
+            raise BadInput(f"--{name} must be >= 1; got {getattr(a, name)}")
+    if not (a.lr > 0 and a.lr < float("inf")):
+        raise BadInput(f"--lr must be a finite number > 0; got {a.lr}")
     if "mtdistill" in methods:
         for name, least in (("teacher_demos", 0), ("teacher_iterations", 1), ("distill_iterations", 1),
                             ("distill_groups", 1)):

@@ -119,6 +119,10 @@ def test_collect_and_eval_take_a_benchmark_name(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["--methods", "nosuch"], "--methods"),
+    (["--methods", "grpo", "--seeds", "0,x"], "--seeds"),
+    (["--methods", "grpo", "--iterations", "0"], "--iterations"),
+    (["--methods", "grpo", "--groups", "0"], "--groups"),
+    (["--methods", "grpo", "--lr", "nan"], "--lr"),
     (["--base-config", "N9_S9"], "--base-config"),
     (["--methods", "mtdistill", "--teacher-iterations", "0"], "--teacher-iterations"),
     (["--methods", "none,mtdistill", "--distill-groups", "0"], "--distill-groups"),
