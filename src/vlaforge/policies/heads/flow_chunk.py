@@ -75,10 +75,33 @@ class FlowChunkPolicy(nn.Module, Policy):
     ``_attach_saved_noise_policy()`` at the end of ``__init__``."""
 
     family_label = "this flow VLA"
+    lora_default_targets = ""
+    """the family's module regex for ``--policy.lora-targets all-linear`` (its expert's and projections' linears)"""
 
     def __init__(self):
         super().__init__()
         self.noise_policy: NoisePolicy | None = None
+
+    def _inject_lora(self) -> None:
+        """LoRA adapters (``--policy.lora-rank``) on the family's targets; every base weight frozen."""
+        import peft
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        from vlaforge.policies.options import lora_target_modules
+
+        c = self.cfg
+        targets = self.lora_default_targets if c.lora_targets == "all-linear" else lora_target_modules(c.lora_targets)
+        lcfg = peft.LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                               target_modules=targets)
+        self.model.requires_grad_(False)
+        try:
+            peft.inject_adapter_in_model(lcfg, self.model)
+        except ValueError as e:
+            raise ValueError(f"--policy.lora-targets '{c.lora_targets}' match no module of {self.family_label}: "
+                             f"{str(e).splitlines()[0]}") from None
+        self._lora_layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        for n, p in self.model.named_parameters():
+            p.requires_grad_("lora_" in n)
 
     # -- the family's seams ----------------------------------------------------------------------
     def _prefix(self, obs: Observation):

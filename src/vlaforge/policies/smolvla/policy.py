@@ -58,7 +58,7 @@ from torch import nn
 import vlaforge.policies.smolvla.obs as O
 from vlaforge.policies.heads.common import mlp
 from vlaforge.policies.heads.flow_chunk import FlowChunkPolicy, NoiseSteering, flow_grid
-from vlaforge.policies.options import MemorySwitches, lora_target_modules
+from vlaforge.policies.options import MemorySwitches
 from vlaforge.policies.smolvla.model import Arch, SmolVLAModel, repeat_kv
 from vlaforge.types import Observation
 
@@ -133,6 +133,7 @@ class SmolVLA(FlowChunkPolicy):
     """See the module docstring. Implements ``vlaforge.policies.base.Policy`` through ``FlowChunkPolicy``'s seams."""
 
     family_label = "SmolVLA"
+    lora_default_targets = LOBOT_DEFAULT_TARGETS
 
     def __init__(self, cfg: SmolVLAConfig, tokenizer):
         super().__init__()
@@ -186,24 +187,6 @@ class SmolVLA(FlowChunkPolicy):
         bb = {id(p) for p in self._backbone}
         self._head = [p for p in self.model.parameters() if p.requires_grad and id(p) not in bb]
         self._attach_saved_noise_policy()
-
-    def _inject_lora(self) -> None:
-        import peft
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        c = self.cfg
-        targets = LOBOT_DEFAULT_TARGETS if c.lora_targets == "all-linear" else lora_target_modules(c.lora_targets)
-        lcfg = peft.LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                               target_modules=targets)
-        self.model.requires_grad_(False)
-        try:
-            peft.inject_adapter_in_model(lcfg, self.model)
-        except ValueError as e:
-            raise ValueError(f"--policy.lora-targets '{c.lora_targets}' match no module of SmolVLA: "
-                             f"{str(e).splitlines()[0]}") from None
-        self._lora_layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
-        for n, p in self.model.named_parameters():
-            p.requires_grad_("lora_" in n)
 
     def train(self, mode: bool = True):
         super().train(mode)
