@@ -125,7 +125,8 @@ class FlowChunkPolicy(nn.Module, Policy):
 
     def set_action_stats(self, lo, hi) -> None:
         """Percentile statistics from vlaforge demos: [lo, hi] maps to [-1, 1] (LeRobot's MIN_MAX form)."""
-        lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+        dev = self.action_shift.device  # statistics made where the buffers live
+        lo, hi = (torch.as_tensor(x, dtype=torch.float32, device=dev) for x in (lo, hi))
         self.action_shift.copy_((lo + hi) / 2)
         self.action_scale.copy_((hi - lo).clamp_min(1e-8) / 2)
 
@@ -133,8 +134,8 @@ class FlowChunkPolicy(nn.Module, Policy):
         """(shift, scale) pairs: normalised = (x - shift) / scale."""
         for (a, b), (s, c) in ((state, (self.state_shift, self.state_scale)),
                                (action, (self.action_shift, self.action_scale))):
-            s.copy_(torch.as_tensor(a, dtype=torch.float32))
-            c.copy_(torch.as_tensor(b, dtype=torch.float32))
+            s.copy_(torch.as_tensor(a, dtype=torch.float32, device=s.device))
+            c.copy_(torch.as_tensor(b, dtype=torch.float32, device=c.device))
 
     @contextlib.contextmanager
     def reference(self):
