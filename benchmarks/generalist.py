@@ -350,6 +350,8 @@ def stage_methods(a) -> dict:
             raise BadInput(f"--{name} must be >= 1; got {getattr(a, name)}")
     if not (a.lr > 0 and a.lr < float("inf")):
         raise BadInput(f"--lr must be a finite number > 0; got {a.lr}")
+    if a.label and not all(c.isalnum() or c in "-_." for c in a.label):
+        raise BadInput(f"--label '{a.label}' may hold letters, digits, '-', '_' and '.' only (it names folders)")
     if "mtdistill" in methods:
         for name, least in (("teacher_demos", 0), ("teacher_iterations", 1), ("distill_iterations", 1),
                             ("distill_groups", 1)):
@@ -371,16 +373,18 @@ def stage_methods(a) -> dict:
     out = Path(a.methods_out)
     data = json.loads(out.read_text()) if out.exists() else {"rows": []}
     done = {(r["method"], r["seed"]) for r in data["rows"]}
+    label = (lambda m: f"{m}:{a.label}") if a.label else (lambda m: m)
     base_rows = [r for r in base["rows"] if r["config"] == a.base_config]
     a.suite, a.tasks = base_rows[0]["suite"], base["meta"]["args"]["tasks"]  # post-train where the base was built
     before = {r["task"]: {"successes": r["successes"], "episodes": r["episodes"]} for r in base_rows}
     for m in methods:
         for seed in seeds:
-            if (m, seed) in done:
+            if (label(m), seed) in done:
                 continue
-            after, steps, cpu = METHODS[m](a, cfg, seed, Path(a.work) / a.base_config / f"{m}_seed{seed}", before)
+            after, steps, cpu = METHODS[m](a, cfg, seed, Path(a.work) / a.base_config / f"{label(m)}_seed{seed}",
+                                           before)
             for r in base_rows:
-                data["rows"].append({"suite": r["suite"], "task": r["task"], "method": m, "seed": seed,
+                data["rows"].append({"suite": r["suite"], "task": r["task"], "method": label(m), "seed": seed,
                                      "before": before[r["task"]], "after": after[r["task"]], "env_steps": steps,
                                      "cpu_s": round(cpu, 1)})
             data["meta"] = {"benchmark": "generalist", "issue": "23 part 2", "date": time.strftime("%Y-%m-%d"),
@@ -420,6 +424,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--methods", default="none", help=f"methods: comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--methods-out", default="docs/bench/generalist.json", help="methods: the rows' JSON")
     ap.add_argument("--seeds", default=None, help="methods: training seeds, comma-separated (default: the base's)")
+    ap.add_argument("--label", default="", help="methods: a variant's name, kept as METHOD:LABEL in the rows and "
+                                                "the work folder (e.g. d50-it20 for --teacher-demos 50 "
+                                                "--distill-iterations 20), so variants of one method sit side by side")
     ap.add_argument("--iterations", type=int, default=20, help="methods: RL iterations")
     ap.add_argument("--groups", type=int, default=8, help="methods: groups (initial states) per iteration")
     ap.add_argument("--lr", type=float, default=1e-4, help="methods: the policy learning rate")

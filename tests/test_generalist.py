@@ -127,6 +127,7 @@ def test_collect_and_eval_take_a_benchmark_name(tmp_path):
     (["--methods", "mtdistill", "--teacher-iterations", "0"], "--teacher-iterations"),
     (["--methods", "none,mtdistill", "--distill-groups", "0"], "--distill-groups"),
     (["--methods", "mtdistill", "--suite", "pointreach"], "metaworld"),
+    (["--methods", "grpo", "--label", "a/b"], "--label"),
 ])
 def test_methods_bad_input_one_line(args, needle, tmp_path, capsys):
     g = _script()
