@@ -135,3 +135,11 @@ def test_demo_runs_end_to_end_and_writes_its_table(tmp_path):
     assert set(summary) == {"sft_overall", "rl_overall"}
     assert res["rows"][0]["task"] == "red-0" and res["rows"][0]["sft"]["episodes"] == 2 == res["rows"][0]["rl"]["episodes"]
     assert (tmp_path / "d" / "rl" / "final" / "model.safetensors").exists()
+    assert set(res["stages_s"]) == {"collect", "sft", "eval_sft", "rl", "eval_after"}
+    import imageio.v3 as iio
+
+    video = iio.imread(tmp_path / "d" / "before_after.mp4")  # SFT | after, each panel 4x the 64 px frame + a title bar
+    assert video.shape[1:] == (256 + 24, 2 * 256, 3) and video.shape[0] >= 2
+    png = (tmp_path / "d" / "learning_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and res["media"]["video"].endswith("before_after.mp4")
+    assert not list((tmp_path / "d").glob("*.tmp.*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 from vlaforge.train.logging import LineProgress, progress_bar
 
@@ -22,6 +23,16 @@ def test_a_log_gets_a_line_every_few_seconds_and_one_at_the_end():
         p.update(0, advance=1)
         p.update(0, advance=1)
     assert quiet.getvalue().count("\n") == 1 and "train: 2/3" in quiet.getvalue()  # throttled: only the end
+
+
+def test_a_log_gets_lines_while_no_update_comes():
+    out = io.StringIO()
+    with LineProgress("distill", 5, every=0.05, stream=out) as p:
+        p.update(0, completed=1, info="success 0.50")
+        time.sleep(0.4)  # a long update: no call for 8 periods
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 4 and all(x.startswith("distill: 1/5 (") for x in lines[:-1])
+    assert all(x.endswith("success 0.50") for x in lines)
 
 
 def test_progress_bar_outside_a_terminal_is_a_line_printer(capsys):

@@ -216,7 +216,9 @@ class EvalArgs(EnvOptions, DeviceOptions, LogOptions):
         check_seed("--seed-base", self.seed_base, self.episodes)
 
 
-def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
+def run_eval(a: EvalArgs, quiet: bool = False, policy=None, progress: bool | None = None):
+    """Evaluate ``a.checkpoint`` (or ``policy``); ``quiet`` drops the printed table, ``progress`` (default: not
+    ``quiet``) shows the episodes done (a bar in a terminal, a line every few seconds in a log)."""
     a.check()
     torch.set_num_threads(a.threads)
     policy = policy if policy is not None else load_policy(a.checkpoint, trust_remote_code=a.trust_remote_code)
@@ -229,10 +231,12 @@ def run_eval(a: EvalArgs, quiet: bool = False, policy=None):
         names = selected_tasks(venv.spec, a.suite, a.tasks)
         out = Path(a.out) if a.out else Path(a.checkpoint) / f"eval_{a.suite}.json"
         t0 = time.perf_counter()
-        with precision_context(a.precision, device):
+        prog, task = progress_bar("eval", a.episodes * len(names), not quiet if progress is None else progress)
+        with precision_context(a.precision, device), prog:
             results, stats = evaluate_policy(policy, venv, names, a.episodes, deterministic=not a.stochastic,
                                              seed_base=a.seed_base, videos=a.videos,
-                                             video_dir=out.with_suffix("") if a.videos else None)
+                                             video_dir=out.with_suffix("") if a.videos else None,
+                                             progress=lambda done, total: prog.update(task, completed=done))
         data = manifest(venv.spec, names, a.episodes, a.seed_base, policy_hash(a.checkpoint)
                         if (Path(a.checkpoint) / "model.safetensors").exists() else None, results,
                         {"deterministic": not a.stochastic, "wall_time_s": time.perf_counter() - t0,

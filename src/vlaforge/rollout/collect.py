@@ -243,13 +243,14 @@ def _obs_tensors(o: Observation, m: int) -> tuple[torch.Tensor, torch.Tensor, to
 
 def collect(policy, venv: VecEnv, task_ids, seeds, deterministic: bool = False, keep_obs: bool = True,
             record: int = 0, stats: CollectStats | None = None, pipeline: bool = False,
-            temperature: float = 1.0) -> tuple[Rollout, CollectStats]:
+            temperature: float = 1.0, progress=None) -> tuple[Rollout, CollectStats]:
     """Run one episode per (task_id, seed); returns the Rollout (E episodes) and timing stats.
 
     The policy samples at ``temperature`` (the algorithm's while training; evaluations use 1).
     Episodes from crashed env workers come back with ``valid=False``; callers drop them.
     ``record`` > 0 keeps the image frames of that many episodes per batch (for videos).
     ``pipeline`` overlaps the policy with simulation (module doc); the Rollout is the same either way.
+    ``progress(done, total)`` is called after each batch of ``venv.num_envs`` episodes.
     """
     task_ids = np.asarray(task_ids, np.int64)
     seeds = np.asarray(seeds, np.int64)
@@ -267,6 +268,8 @@ def collect(policy, venv: VecEnv, task_ids, seeds, deterministic: bool = False, 
                 sd = np.concatenate([sd, np.repeat(sd[-1:], n - m)])
             r = _collect_batch(policy, venv, tid, sd, deterministic, keep_obs, stats, record, pipeline, temperature)
             parts.append(r.select(torch.arange(m)) if m < n else r)
+            if progress is not None:
+                progress(start + m, E)
     finally:
         if was_training:
             policy.train()

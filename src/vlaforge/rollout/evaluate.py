@@ -95,13 +95,15 @@ def episode_outcomes(rollout) -> tuple:
 
 
 def evaluate_policy(policy, venv: VecEnv, tasks: list[str], episodes: int, deterministic: bool = True,
-                    seed_base: int = EVAL_SEED_BASE, videos: int = 0, video_dir: str | Path | None = None):
-    """Success per task on ``episodes`` fixed seeds each. Returns (list[TaskResult], stats)."""
+                    seed_base: int = EVAL_SEED_BASE, videos: int = 0, video_dir: str | Path | None = None,
+                    progress=None):
+    """Success per task on ``episodes`` fixed seeds each. Returns (list[TaskResult], stats). ``progress(done,
+    total)``: called with the episodes finished after each batch."""
     spec = venv.spec
     tids = np.repeat([spec.task_index(t) for t in tasks], episodes)
     seeds = np.tile(eval_seeds(episodes, seed_base), len(tasks))
     rollout, stats = collect(policy, venv, tids, seeds, deterministic=deterministic, keep_obs=False,
-                             record=videos)
+                             record=videos, progress=progress)
     once, at_end = episode_outcomes(rollout)
     results = []
     for t in tasks:

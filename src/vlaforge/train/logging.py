@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,38 +112,57 @@ class RunLogger:
 
 class LineProgress:
     """``progress_bar``'s stand-in when standard output is not a terminal (a log file, CI, a pipe): one plain line
-    every ``every`` seconds and one at the end, so a long stage is never silent. Same calls as ``rich``'s
-    ``Progress`` as the callers use it: ``with prog:`` and ``prog.update(task, completed=/advance=, info=)``."""
+    every ``every`` seconds and one at the end, so a long stage is never silent — also while no update comes (a
+    60-second DAgger update between two iterations): a daemon thread repeats the current line, its elapsed time
+    moving, when ``every`` seconds passed without one. Same calls as ``rich``'s ``Progress`` as the callers use it:
+    ``with prog:`` and ``prog.update(task, completed=/advance=, info=)``."""
 
     def __init__(self, description: str, total: int, every: float = 10.0, stream=None):
         self.description, self.total, self.every = description, max(int(total), 0), every
         self.stream = stream if stream is not None else sys.stdout
         self.done, self.info, self.t0, self.last = 0, "", time.perf_counter(), None
+        self._lock, self._stop, self._beat = threading.Lock(), threading.Event(), None
 
     def __enter__(self):
         self.t0 = time.perf_counter()
         self.last = self.t0
+        if self.every > 0:
+            self._stop.clear()
+            self._beat = threading.Thread(target=self._heartbeat, name=f"progress-{self.description}", daemon=True)
+            self._beat.start()
         return self
 
     def __exit__(self, *exc):
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+            self._beat = None
         if exc[0] is None:
             self._line()
         return False
 
     def update(self, task=None, completed: int | None = None, advance: int = 0, info: str | None = None, **_):
-        self.done = int(completed) if completed is not None else self.done + int(advance)
-        if info is not None:
-            self.info = info
+        with self._lock:
+            self.done = int(completed) if completed is not None else self.done + int(advance)
+            if info is not None:
+                self.info = info
         now = time.perf_counter()
         if self.last is not None and now - self.last >= self.every:
             self._line()
-            self.last = now
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.every / 4):
+            if time.perf_counter() - self.last >= self.every:
+                self._line()
 
     def _line(self) -> None:
-        el = time.perf_counter() - self.t0
-        eta = f", eta {el / self.done * (self.total - self.done):.0f}s" if 0 < self.done < self.total else ""
-        print(f"{self.description}: {self.done}/{self.total} ({el:.0f}s{eta}) {self.info}".rstrip(), file=self.stream,
-              flush=True)
+        with self._lock:
+            now = time.perf_counter()
+            el = now - self.t0
+            eta = f", eta {el / self.done * (self.total - self.done):.0f}s" if 0 < self.done < self.total else ""
+            print(f"{self.description}: {self.done}/{self.total} ({el:.0f}s{eta}) {self.info}".rstrip(),
+                  file=self.stream, flush=True)
+            self.last = now
 
 
 def progress_bar(description: str, total: int, enabled: bool = True, every: float = 10.0):
