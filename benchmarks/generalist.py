@@ -35,6 +35,9 @@ teachers, built in or reused from ``--teachers-cache``; docs/pixels.md):
     python benchmarks/generalist.py methods --base-config N25_S2000 --methods ppo+priv --seeds 0,1,2 \\
         --iterations 20 --groups 8 --num-envs 8 --threads 1
     python benchmarks/generalist.py methods --base-config N25_S2000 --methods mtdistill --teachers-cache runs/teachers
+
+Stage ``chart`` (part 5) draws the per-task bar chart of ``--methods-out`` into ``--chart``
+(docs/bench/generalist.png): the base and every method pooled over its seeds, with Wilson 95% intervals.
 """
 
 from __future__ import annotations
@@ -399,13 +402,69 @@ def stage_methods(a) -> dict:
     return data
 
 
-STAGES = {"base": stage_base, "methods": stage_methods}
+def pooled(rows: list[dict], side: str) -> tuple[int, int]:
+    """(successes, episodes) of ``side`` ("before" / "after") summed over ``rows``."""
+    return sum(r[side]["successes"] for r in rows), sum(r[side]["episodes"] for r in rows)
+
+
+def stage_chart(a) -> dict:
+    """The per-task bar chart of docs/benchmarks.md (issue 23 part 5) from ``--methods-out``: per task, the base and
+    each method's success pooled over its training seeds (bars) with Wilson 95% intervals (whiskers), the MT10 mean
+    last; written to ``--chart`` (PNG). Returns {method: {task: [successes, episodes]}}."""
+    src = Path(a.methods_out)
+    if not src.is_file():
+        raise BadInput(f"--methods-out '{src}' does not exist: run stage methods first")
+    rows = json.loads(src.read_text())["rows"]
+    if not rows:
+        raise BadInput(f"--methods-out '{src}' holds no rows")
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "none"]
+    seeds = {m: sorted({r["seed"] for r in rows if r["method"] == m}) for m in methods}
+    table = {"base": {t: pooled([r for r in rows if r["task"] == t and r["method"] == methods[0]
+                                 and r["seed"] == seeds[methods[0]][0]], "before") for t in tasks}}
+    for m in methods:
+        table[m] = {t: pooled([r for r in rows if r["task"] == t and r["method"] == m], "after") for t in tasks}
+    for per in table.values():
+        per["MT10 mean" if len(tasks) == 10 else "mean"] = (sum(k for k, _ in per.values()), sum(n for _, n in per.values()))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(next(iter(table.values())))
+    width = 0.8 / len(table)
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(labels)), 3.8))
+    for i, (m, per) in enumerate(table.items()):
+        xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(labels))]
+        rate = [per[t][0] / per[t][1] for t in labels]
+        ci = [wilson(*per[t]) for t in labels]
+        name = "base (SFT)" if m == "base" else f"{m} ({len(seeds[m])} seeds)"
+        ax.bar(xs, rate, width, label=name)
+        ax.errorbar(xs, rate, yerr=[[r - lo for r, (lo, _) in zip(rate, ci)], [hi - r for r, (_, hi) in zip(rate, ci)]],
+                    fmt="none", ecolor="black", elinewidth=0.7, capsize=1.5)
+    ax.set_xticks(range(len(labels)), [t.removesuffix("-v3") for t in labels], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("success (pooled over seeds)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncol=min(len(table), 3), loc="upper left")
+    ax.set_title("MT10 generalist from pixels: per-task success after post-training (95% Wilson intervals)", fontsize=9)
+    fig.tight_layout()
+    out = Path(a.chart)
+    tmp = out.with_name(out.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return table
+
+
+STAGES = {"base": stage_base, "methods": stage_methods, "chart": stage_chart}
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stage", choices=sorted(STAGES), help="base: demos -> one SFT'd tiny VLA -> per-task success; "
-                                                          "methods: post-training rows of a built base")
+                                                          "methods: post-training rows of a built base; chart: the "
+                                                          "per-task bar chart of --methods-out")
     ap.add_argument("--suite", default="metaworld")
     ap.add_argument("--tasks", default="MT10", help="task names or a benchmark name the suite knows (MT10)")
     ap.add_argument("--configs", default="25:2000", help="N:STEPS[:DIM], comma-separated: demos per task, SFT steps, "
@@ -423,6 +482,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--base-config", default="N25_S2000", help="methods: the base config to post-train")
     ap.add_argument("--methods", default="none", help=f"methods: comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--methods-out", default="docs/bench/generalist.json", help="methods: the rows' JSON")
+    ap.add_argument("--chart", default="docs/bench/generalist.png", help="chart: the PNG written")
     ap.add_argument("--seeds", default=None, help="methods: training seeds, comma-separated (default: the base's)")
     ap.add_argument("--label", default="", help="methods: a variant's name, kept as METHOD:LABEL in the rows and "
                                                 "the work folder (e.g. d50-it20 for --teacher-demos 50 "

@@ -145,3 +145,25 @@ def test_methods_needs_a_base(tmp_path, capsys):
     with pytest.raises(SystemExit):
         g.main(["methods", "--out", str(tmp_path / "none.json"), "--methods-out", str(tmp_path / "m.json")])
     assert "build the base first" in capsys.readouterr().err
+
+
+def test_chart_pools_each_method_over_its_seeds(tmp_path):
+    g = _script()
+    rows = [{"suite": "metaworld", "task": t, "method": m, "seed": s, "before": {"successes": b, "episodes": 50},
+             "after": {"successes": a, "episodes": 50}, "env_steps": 1, "cpu_s": 1.0}
+            for t, b in (("reach-v3", 10), ("push-v3", 0)) for m, s, a in (("grpo", 0, 12), ("grpo", 1, 20), ("mtd", 0, 40))]
+    src = tmp_path / "m.json"
+    src.write_text(json.dumps({"rows": rows}))
+    table = g.main(["chart", "--methods-out", str(src), "--chart", str(tmp_path / "c.png")])
+    assert table["base"] == {"reach-v3": (10, 50), "push-v3": (0, 50), "mean": (10, 100)}  # once, not per seed
+    assert table["grpo"]["reach-v3"] == (32, 100) and table["grpo"]["mean"] == (64, 200)
+    assert table["mtd"]["push-v3"] == (40, 50)
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and not list(tmp_path.glob("*.tmp.png"))
+
+
+def test_chart_needs_rows(tmp_path, capsys):
+    g = _script()
+    with pytest.raises(SystemExit) as e:
+        g.main(["chart", "--methods-out", str(tmp_path / "none.json"), "--chart", str(tmp_path / "c.png")])
+    assert e.value.code == 2 and "run stage methods first" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
