@@ -88,16 +88,16 @@ class DemoArgs(EnvOptions, DeviceOptions):
     """stop after SFT (collect → SFT → eval)"""
     seed: int = 0
     """demo layouts, SFT, the teacher and RL (the evaluation seeds are fixed and never used by either)"""
-    threads: int = 0
-    """torch CPU threads of every stage (0: each command's default: 2 for SFT and evaluation, the cores the env
-    workers leave for RL; give parallel demos 1)"""
+    threads: int = 2
+    """torch CPU threads of SFT, the evaluations and RL (the demo is the machine's one job: the DAgger update gets the
+    cores the idle env workers leave; give demos run side by side 1); the state teacher uses 1"""
     media: bool = True
     """write OUT/before_after.mp4 and OUT/learning_curve.png (--no-media: neither)"""
 
     def check(self) -> None:
         """The options (the CLI runs it before any work; the output folder is ``vlaforge.validate``'s)."""
         for f in ("demo_episodes", "sft_steps", "rl_iterations", "groups", "group_size", "eval_episodes",
-                  "distill_steps"):
+                  "distill_steps", "threads"):
             at_least(flag(f), getattr(self, f), 1)
         at_least("--max-steps", self.max_steps, 0)
         EnvOptions.check(self, self.max_steps)
@@ -109,7 +109,6 @@ class DemoArgs(EnvOptions, DeviceOptions):
         at_least("--teacher-iterations", self.teacher_iterations, 1)
         at_least("--teacher-demos", self.teacher_demos, 0)
         check_seed("--seed", self.seed)
-        at_least("--threads", self.threads, 0)
 
 
 def run_demo(a: DemoArgs) -> dict:
@@ -131,13 +130,12 @@ def run_demo(a: DemoArgs) -> dict:
     stage_done("collect")
     print(f"[2/4] SFT of the tiny VLA ({a.sft_steps} steps)")
     dev = {"device": a.device, "precision": a.precision, "deterministic": a.deterministic}
-    th = {"threads": a.threads} if a.threads else {}
-    run_sft(SFTArgs(demos=str(out / "demos"), out=str(out / "sft"), **th,
+    run_sft(SFTArgs(demos=str(out / "demos"), out=str(out / "sft"), threads=a.threads,
                     sft=SFTConfig(steps=a.sft_steps, seed=a.seed), **dev))
     stage_done("sft")
     videos = 1 if a.media else 0
     ev = EvalArgs(checkpoint=str(out / "sft"), suite=a.suite, tasks=a.tasks, episodes=a.eval_episodes,
-                  num_envs=a.num_envs, workers=a.workers, env_kwargs=env_kw, videos=videos, **th,
+                  num_envs=a.num_envs, workers=a.workers, env_kwargs=env_kw, videos=videos, threads=a.threads,
                   out=str(out / "eval_sft.json"), **dev)
     print(f"[3/4] evaluating the SFT policy ({a.eval_episodes} episodes per task)")
     before, _ = run_eval(ev, quiet=True, progress=True)
@@ -148,13 +146,13 @@ def run_demo(a: DemoArgs) -> dict:
         cfg = TrainConfig(algo=a.algo, suite=a.suite, tasks=a.tasks, init=str(out / "sft"), out=str(out / "rl"),
                           iterations=a.rl_iterations, groups=a.groups, num_envs=a.num_envs, workers=a.workers,
                           max_steps=a.max_steps or None, env_kwargs=dict(a.env_kwargs), eval_every=0, tensorboard=True,
-                          seed=a.seed, threads=a.threads or None, **dev)
+                          seed=a.seed, threads=a.threads, **dev)
         cfg.algo_cfg.group_size = a.group_size  # every algorithm's config has one (algos/__init__.py)
         if a.algo == "distill":  # every episode its own layout; an SFT-like learning rate for the DAgger steps
             start = f"SFT on {a.teacher_demos} privileged demos, then " if a.teacher_demos else ""
             print(f"      privileged teacher: {start}PPO on the state, {a.teacher_iterations} iterations without rendering")
             teacher, index = privileged_teacher(a.suite, a.tasks, out / "teacher", a.teacher_iterations, seed=a.seed,
-                                                threads=a.threads or 1, max_steps=a.max_steps or 150, num_envs=16,
+                                                threads=1, max_steps=a.max_steps or 150, num_envs=16,
                                                 env_kwargs=a.env_kwargs, demos=a.teacher_demos, progress=True,
                                                 student={  # refused if it does worse
                                                     "successes": sum(r.successes for r in before),
