@@ -5,7 +5,7 @@ head), 10 scripted-expert demos, a short SFT (300 steps: a start that leaves roo
 lifted pixel policies by tens of points here at every training seed (docs/benchmarks.md, "RL on pixels";
 docs/pixels.md): privileged-teacher distillation (``--algo distill``). The teacher is a state policy — it reads the
 object and goal positions, no camera — started from SFT on the same 10 demos recorded again with the privileged
-state (same seed: same layouts), improved by a few PPO iterations without rendering, and distilled into the pixel
+state (same seed: same layouts), improved by PPO without rendering (64 iterations), and distilled into the pixel
 policy by DAgger (5 iterations × 16 episodes, 300 cloning steps each). The run ends with a table of success before
 and after, with Wilson 95% intervals on 50 fixed evaluation seeds no training rollout used, and writes:
 
@@ -65,9 +65,9 @@ class DemoArgs(EnvOptions, DeviceOptions):
     algo: str = "distill"
     """RL algorithm (ppo | grpo | rloo | tpo), or distill: a privileged state teacher trained by PPO without
     rendering, distilled into the pixel policy by DAgger (one Meta-World task; docs/benchmarks.md, issue 15)"""
-    teacher_iterations: int = 8
-    """with --algo distill: PPO iterations of the state teacher (32 episodes each, no rendering; the benchmark
-    tables used 64)"""
+    teacher_iterations: int = 64
+    """with --algo distill: PPO iterations of the state teacher (32 episodes each, no rendering; 8 left seed 2's
+    teacher at 35/50, docs/benchmarks.md "make demo")"""
     teacher_demos: int = 10
     """with --algo distill: start the teacher from SFT on this many expert episodes recorded with the privileged
     state and no camera (the demos' seed, so the same layouts); 0 = PPO from scratch (fails on button-press-topdown
