@@ -419,25 +419,35 @@ def stage_chart(a) -> dict:
         raise BadInput(f"--methods-out '{src}' holds no rows")
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "none"]
+    if not methods:
+        raise BadInput(f"--methods-out '{src}' holds only the base ('none'): run a post-training method first")
+    before: dict[str, tuple[int, int]] = {}
+    for r in rows:  # every row's "before" is the one base on the same seeds: one value per task
+        b = (r["before"]["successes"], r["before"]["episodes"])
+        if before.setdefault(r["task"], b) != b:
+            raise BadInput(f"--methods-out '{src}': the rows of {r['task']} disagree on 'before' ({before[r['task']]} vs "
+                           f"{b}): they come from different bases; chart one base per file")
     seeds = {m: sorted({r["seed"] for r in rows if r["method"] == m}) for m in methods}
-    table = {"base": {t: pooled([r for r in rows if r["task"] == t and r["method"] == methods[0]
-                                 and r["seed"] == seeds[methods[0]][0]], "before") for t in tasks}}
+    table = {"base": dict(before)}
     for m in methods:
-        table[m] = {t: pooled([r for r in rows if r["task"] == t and r["method"] == m], "after") for t in tasks}
+        table[m] = {t: pooled(got, "after") for t in tasks if (got := [r for r in rows if r["task"] == t and r["method"] == m])}
+    mean = f"mean of {len(tasks)} tasks"
     for per in table.values():
-        per["MT10 mean" if len(tasks) == 10 else "mean"] = (sum(k for k, _ in per.values()), sum(n for _, n in per.values()))
+        per[mean] = (sum(k for k, _ in per.values()), sum(n for _, n in per.values()))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(next(iter(table.values())))
+    labels = [*tasks, mean]
     width = 0.8 / len(table)
     fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(labels)), 3.8))
     for i, (m, per) in enumerate(table.items()):
         xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(labels))]
-        rate = [per[t][0] / per[t][1] for t in labels]
-        ci = [wilson(*per[t]) for t in labels]
+        have = [j for j, t in enumerate(labels) if t in per]  # a method without a task's rows has no bar there
+        xs = [xs[j] for j in have]
+        rate = [per[labels[j]][0] / per[labels[j]][1] for j in have]
+        ci = [wilson(*per[labels[j]]) for j in have]
         name = "base (SFT)" if m == "base" else f"{m} ({len(seeds[m])} seeds)"
         ax.bar(xs, rate, width, label=name)
         ax.errorbar(xs, rate, yerr=[[r - lo for r, (lo, _) in zip(rate, ci)], [hi - r for r, (_, hi) in zip(rate, ci)]],

@@ -155,10 +155,15 @@ def test_chart_pools_each_method_over_its_seeds(tmp_path):
     src = tmp_path / "m.json"
     src.write_text(json.dumps({"rows": rows}))
     table = g.main(["chart", "--methods-out", str(src), "--chart", str(tmp_path / "c.png")])
-    assert table["base"] == {"reach-v3": (10, 50), "push-v3": (0, 50), "mean": (10, 100)}  # once, not per seed
-    assert table["grpo"]["reach-v3"] == (32, 100) and table["grpo"]["mean"] == (64, 200)
+    assert table["base"] == {"reach-v3": (10, 50), "push-v3": (0, 50), "mean of 2 tasks": (10, 100)}  # once, not per seed
+    assert table["grpo"]["reach-v3"] == (32, 100) and table["grpo"]["mean of 2 tasks"] == (64, 200)
     assert table["mtd"]["push-v3"] == (40, 50)
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and not list(tmp_path.glob("*.tmp.png"))
+    rows[0]["before"] = {"successes": 11, "episodes": 50}  # a row from another base
+    src.write_text(json.dumps({"rows": rows}))
+    with pytest.raises(SystemExit) as e:
+        g.main(["chart", "--methods-out", str(src), "--chart", str(tmp_path / "d.png")])
+    assert e.value.code == 2 and not (tmp_path / "d.png").exists()
 
 
 def test_chart_needs_rows(tmp_path, capsys):

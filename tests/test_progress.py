@@ -31,8 +31,16 @@ def test_a_log_gets_lines_while_no_update_comes():
         p.update(0, completed=1, info="success 0.50")
         time.sleep(0.4)  # a long update: no call for 8 periods
     lines = out.getvalue().splitlines()
-    assert len(lines) >= 4 and all(x.startswith("distill: 1/5 (") for x in lines[:-1])
+    assert len(lines) >= 2 and all(x.startswith("distill: 1/5 (") for x in lines)  # >= 1 from the heartbeat
     assert all(x.endswith("success 0.50") for x in lines)
+
+
+def test_no_heartbeat_thread_for_an_endless_period():
+    out = io.StringIO()
+    with LineProgress("sft", 2, every=float("inf"), stream=out) as p:
+        assert p._beat is None
+        p.update(0, completed=1)
+    assert out.getvalue().count("\n") == 1
 
 
 def test_progress_bar_outside_a_terminal_is_a_line_printer(capsys):

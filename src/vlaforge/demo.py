@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlaforge.algos.sft import SFTConfig
-from vlaforge.checks import at_least, check_seed, flag, need
+from vlaforge.checks import at_least, flag, need
 from vlaforge.device import DeviceOptions
 from vlaforge.envs import env_kwargs
 from vlaforge.envs.options import EnvOptions
@@ -36,6 +36,7 @@ from vlaforge.pipeline import (
     CollectArgs,
     EvalArgs,
     SFTArgs,
+    check_demo_seed,
     privileged_teacher,
     run_collect,
     run_eval,
@@ -108,7 +109,8 @@ class DemoArgs(EnvOptions, DeviceOptions):
              "--tasks name")
         at_least("--teacher-iterations", self.teacher_iterations, 1)
         at_least("--teacher-demos", self.teacher_demos, 0)
-        check_seed("--seed", self.seed)
+        # the demos' and the teacher's demo env seeds, checked here so that a bad --seed stops before any work
+        check_demo_seed(self.seed, max(self.demo_episodes, self.teacher_demos), "--demo-episodes/--teacher-demos")
 
 
 def run_demo(a: DemoArgs) -> dict:
@@ -133,7 +135,7 @@ def run_demo(a: DemoArgs) -> dict:
     run_sft(SFTArgs(demos=str(out / "demos"), out=str(out / "sft"), threads=a.threads,
                     sft=SFTConfig(steps=a.sft_steps, seed=a.seed), **dev))
     stage_done("sft")
-    videos = 1 if a.media else 0
+    videos = 1 if a.media and not a.skip_rl else 0  # one episode per batch; before_after.mp4 uses the first
     ev = EvalArgs(checkpoint=str(out / "sft"), suite=a.suite, tasks=a.tasks, episodes=a.eval_episodes,
                   num_envs=a.num_envs, workers=a.workers, env_kwargs=env_kw, videos=videos, threads=a.threads,
                   out=str(out / "eval_sft.json"), **dev)
@@ -190,29 +192,42 @@ def run_demo(a: DemoArgs) -> dict:
         apart = summary["rl_overall"][1] > summary["sft_overall"][2] or summary["rl_overall"][2] < summary["sft_overall"][1]
         print(f"overall: {tot_b[0]}/{tot_b[1]} → {tot_a[0]}/{tot_a[1]}; the 95% intervals "
               f"{'do not overlap' if apart else 'overlap: the difference is not shown at this number of episodes'}")
-    media = {}
-    if a.media:
-        media = write_media(out, a.algo, summary, bool(after))
-        for name, path in media.items():
-            print(f"{name}: {path}")
     print(f"wall time {time.perf_counter() - t0:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in stages.items())}); "
           f"manifests and checkpoints under {out}")
-    atomic_write_text(out / "demo_results.json", json.dumps(
-        {"rows": rows, **summary, "args": a.__dict__, "stages_s": stages, "media": {k: str(v) for k, v in media.items()},
-         "wall_time_s": round(time.perf_counter() - t0, 1)}, indent=2))
+    record = {"rows": rows, **summary, "args": a.__dict__, "stages_s": stages, "media": {},
+              "wall_time_s": round(time.perf_counter() - t0, 1)}
+    atomic_write_text(out / "demo_results.json", json.dumps(record, indent=2))  # the results first: media may fail
+    media = write_media(out, a.algo, summary, bool(after) and a.media)
+    for name, path in media.items():
+        print(f"{name}: {path}")
+    if media:
+        record["media"] = {k: str(v) for k, v in media.items()}
+        atomic_write_text(out / "demo_results.json", json.dumps(record, indent=2))
     return summary
 
 
-def write_media(out: Path, algo: str, summary: dict, with_rl: bool) -> dict[str, Path]:
+def write_media(out: Path, algo: str, summary: dict, wanted: bool) -> dict[str, Path]:
     """``before_after.mp4`` (the first evaluation episode of each evaluation, side by side: the same seed, so the
-    same layout) and ``learning_curve.png``; returns {what: path} of those written."""
-    made = {}
+    same layout) and ``learning_curve.png`` when ``wanted``; returns {what: path} of those written. Files of an
+    earlier demo in ``out`` that this one does not write are removed (they would describe another run); a failure
+    to write one (a codec, a font) is a printed line, not a lost run: the results are already on disk."""
+    made: dict[str, Path] = {}
+    video, curve = out / "before_after.mp4", out / "learning_curve.png"
+    for f in (video, curve):
+        f.unlink(missing_ok=True)
+    if not wanted:
+        return made
     first = [out / "eval_sft" / "episode_000.mp4", out / "eval_after" / "episode_000.mp4"]
-    if with_rl and all(f.is_file() for f in first):
-        made["video"] = side_by_side(first, ["SFT", f"after {algo}"], out / "before_after.mp4")
     metrics = out / "rl" / "metrics.jsonl"
-    if with_rl and metrics.is_file():
-        made["learning curve"] = learning_curve(metrics, summary, algo, out / "learning_curve.png")
+    jobs = [("video", lambda: side_by_side(first, ["SFT", f"after {algo}"], video), all(f.is_file() for f in first)),
+            ("learning curve", lambda: learning_curve(metrics, summary, algo, curve), metrics.is_file())]
+    for name, make, ready in jobs:
+        if not ready:
+            continue
+        try:
+            made[name] = make()
+        except Exception as e:  # noqa: BLE001 - the media are a courtesy; the run's results are written
+            print(f"could not write the {name}: {type(e).__name__}: {e}")
     return made
 
 
@@ -235,23 +250,24 @@ def side_by_side(videos: list[Path], titles: list[str], path: Path, fps: int = 1
         panels.append(np.concatenate([bar_arr, c, pad], 1))
     frames = np.concatenate(panels, 2)
     tmp = path.with_name(path.stem + ".tmp.mp4")
-    iio.imwrite(tmp, frames, fps=fps, codec="libx264", macro_block_size=1)
-    tmp.replace(path)
+    try:
+        iio.imwrite(tmp, frames, fps=fps, codec="libx264", macro_block_size=1)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def learning_curve(metrics: Path, summary: dict, algo: str, path: Path) -> Path:
     """The training run's rollout success (sampled actions, the episodes it trained on) and loss per iteration,
     with the deterministic evaluations before (iteration 0) and after (the last) and their 95% intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's matplotlib backend stays as it was
 
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
     rows = [r for r in rows if "rollout/success" in r]
     its = list(range(1, len(rows) + 1))
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig = Figure(figsize=(9, 3.4))
+    ax, ax2 = fig.subplots(1, 2)
     ax.plot(its, [r["rollout/success"] for r in rows], "o-", label="training rollouts (sampled)")
     for x, key, name, color in ((0, "sft_overall", "eval: SFT", "tab:gray"),
                                 (len(rows), "rl_overall", f"eval: after {algo}", "tab:green")):
@@ -267,7 +283,9 @@ def learning_curve(metrics: Path, summary: dict, algo: str, path: Path) -> Path:
     ax2.set(xlabel="iteration", ylabel="train/loss", title=f"{algo}: training loss")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

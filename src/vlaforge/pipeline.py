@@ -69,14 +69,19 @@ class CollectArgs(EnvOptions):
         EnvOptions.check(self)
         check_image_size("--image-size", self.image_size)
         at_least("--episodes", self.episodes, 1, " (episodes per task)")
-        check_seed("--seed", self.seed)
-        top = self.seed * DEMO_SEED_STRIDE + DEMO_SEED_BASE + self.episodes  # collect_demos' env seeds
-        need(top < SEED_LIMIT, f"--seed {self.seed} with --episodes {self.episodes} gives demo env seeds up to {top}, "
-                               "past the 32-bit seeds envs take; pass --seed <= "
-                               f"{(SEED_LIMIT - DEMO_SEED_BASE - self.episodes) // DEMO_SEED_STRIDE}")
+        check_demo_seed(self.seed, self.episodes)
         at_least("--noise", self.noise, 0)
         if self.format == "v3":  # MP4 video: PyAV, checked before any episode is collected
             require("av", "lerobot")
+
+
+def check_demo_seed(seed: int, episodes: int, episodes_flag: str = "--episodes") -> None:
+    """``--seed`` of a demo collection: a seed whose ``episodes`` demo env seeds (``collect_demos``: seed × stride +
+    base + k) stay below the 32-bit limit envs take."""
+    check_seed("--seed", seed)
+    top = seed * DEMO_SEED_STRIDE + DEMO_SEED_BASE + episodes
+    need(top < SEED_LIMIT, f"--seed {seed} with {episodes_flag} {episodes} gives demo env seeds up to {top}, past the "
+                           f"32-bit seeds envs take; pass --seed <= {(SEED_LIMIT - DEMO_SEED_BASE - episodes) // DEMO_SEED_STRIDE}")
 
 
 def run_collect(a: CollectArgs, quiet: bool = False):

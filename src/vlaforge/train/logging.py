@@ -126,7 +126,7 @@ class LineProgress:
     def __enter__(self):
         self.t0 = time.perf_counter()
         self.last = self.t0
-        if self.every > 0:
+        if 0 < self.every < float("inf"):
             self._stop.clear()
             self._beat = threading.Thread(target=self._heartbeat, name=f"progress-{self.description}", daemon=True)
             self._beat.start()
@@ -146,22 +146,25 @@ class LineProgress:
             self.done = int(completed) if completed is not None else self.done + int(advance)
             if info is not None:
                 self.info = info
-        now = time.perf_counter()
-        if self.last is not None and now - self.last >= self.every:
-            self._line()
+        if self.last is not None:
+            self._line(force=False)
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(self.every / 4):
-            if time.perf_counter() - self.last >= self.every:
-                self._line()
+        while not self._stop.wait(min(self.every / 4, 60.0)):
+            self._line(force=False)
 
-    def _line(self) -> None:
+    def _line(self, force: bool = True) -> None:
+        """Print the current line (``force=False``: only if ``every`` seconds passed since the last one; the check
+        and the print under one lock, so the heartbeat and ``update`` never print the same moment twice)."""
         with self._lock:
             now = time.perf_counter()
+            if not force and now - self.last < self.every:
+                return
             el = now - self.t0
             eta = f", eta {el / self.done * (self.total - self.done):.0f}s" if 0 < self.done < self.total else ""
-            print(f"{self.description}: {self.done}/{self.total} ({el:.0f}s{eta}) {self.info}".rstrip(),
-                  file=self.stream, flush=True)
+            text = f"{self.description}: {self.done}/{self.total} ({el:.0f}s{eta}) {self.info}".rstrip()
+            self.stream.write(text + "\n")  # one write: a line is never split by another thread's output
+            self.stream.flush()
             self.last = now
 
 
