@@ -347,3 +347,30 @@ def test_pipeline_flag_gives_the_same_run_and_threads_resolve_once(tmp_path):
         torch.set_num_threads(n)
     saved = load_checkpoint(tmp_path / "pipelined" / "checkpoint")[2]["config_obj"]
     assert saved.pipeline and saved.threads == thread_plan(2).driver
+
+
+def test_resume_iterations_extends_a_finished_run_exactly(tmp_path, capsys):
+    """`train --resume CK --resume-iterations N` extends a finished run to N iterations, equal to a run of N from the
+    start; fewer than the checkpoint has done is a one-line error before any work."""
+    from vlaforge.cli import main
+    from vlaforge.policies import load_policy
+
+    args = ["train", "--algo", "rloo", "--suite", "pointreach", "--backbone", "state", "--env-kwargs", "radius", "0.2",
+            "privileged", "1.0", "--groups", "4", "--num-envs", "8", "--eval-every", "0", "--no-progress",
+            "--no-tensorboard", "--threads", "1", "--lr-warmup", "3"]
+    assert main([*args, "--iterations", "4", "--out", str(tmp_path / "ref")]) == 0
+    assert main([*args, "--iterations", "2", "--out", str(tmp_path / "run")]) == 0
+    ck = tmp_path / "run" / "checkpoint"
+    before = (ck / "state.json").read_text()
+    assert main(["train", "--resume", str(ck), "--resume-iterations", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "below the 2 iterations" in err and (ck / "state.json").read_text() == before
+    assert main(["train", "--resume", str(ck), "--iterations", "4"]) == 2
+    assert "--resume-iterations 4" in capsys.readouterr().err  # the refusal says how to extend
+    assert main(["train", "--resume", str(ck), "--resume-iterations", "4", "--no-progress"]) == 0
+    assert json.loads((ck / "state.json").read_text())["iteration"] == 4
+    assert _final_row(tmp_path / "run") == _final_row(tmp_path / "ref")
+    a, b = load_policy(tmp_path / "ref" / "final"), load_policy(tmp_path / "run" / "final")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert main(["train", "--resume", str(ck), "--no-progress"]) == 0  # its own --iterations is 4 now: nothing to do
+    assert json.loads((ck / "state.json").read_text())["iteration"] == 4

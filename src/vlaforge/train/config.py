@@ -61,6 +61,10 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
     """run directory (TensorBoard, metrics.jsonl, checkpoint/, final/)"""
     resume: str | None = None
     """resume from this checkpoint directory (everything else comes from the checkpoint)"""
+    resume_iterations: int = 0
+    """with --resume: extend the run to this many iterations, finished or not (0: the checkpoint's own
+    --iterations). Nothing in the loop depends on the total but the range it runs and its last iteration's
+    checkpoint and evaluation, so 20 iterations extended to 40 equal a 40-iteration run"""
     iterations: int = 20
     """collect/update iterations"""
     groups: int = 8
@@ -128,6 +132,7 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
             at_least("--threads", self.threads, 1)
         task_list("--eval-tasks", self.eval_tasks)
         at_least("--iterations", self.iterations, 1)
+        at_least("--resume-iterations", self.resume_iterations, 0, " (0: the checkpoint's own --iterations)")
         at_least("--groups", self.groups, 1, " (initial states per iteration)")
         check_image_size("--image-size", self.image_size)
         if self.max_steps is not None:
@@ -175,7 +180,8 @@ TrainConfig = dataclasses.make_dataclass(
                                        "algo_cfg": property(_algo_cfg)})
 
 
-CALLER_FIELDS = ("ray", "out", "resume", "progress", "tensorboard", "log", "device", "deterministic")
+CALLER_FIELDS = ("ray", "out", "resume", "resume_iterations", "progress", "tensorboard", "log", "device",
+                 "deterministic")
 """What a resumed run takes from the command line that resumes it, not from its checkpoint: where to run (Ray,
 the device), where to write and what to show. Everything else (the algorithm, its rates, ``precision``...) is the
 run's own."""
@@ -183,9 +189,11 @@ run's own."""
 
 def resume_config(saved, caller):
     """The config a resumed run runs with: ``saved`` (the checkpoint's) with ``caller``'s ``CALLER_FIELDS`` and its
-    ``--policy.trust-remote-code`` (never read from a file)."""
-    return dataclasses.replace(saved, **{k: getattr(caller, k) for k in CALLER_FIELDS},
-                               hf=dataclasses.replace(saved.hf, trust_remote_code=caller.hf.trust_remote_code))
+    ``--policy.trust-remote-code`` (never read from a file); ``--resume-iterations N`` (> 0) makes ``iterations``
+    N (``train.resume.resume_point`` checks N against the iterations done)."""
+    cfg = dataclasses.replace(saved, **{k: getattr(caller, k) for k in CALLER_FIELDS},
+                              hf=dataclasses.replace(saved.hf, trust_remote_code=caller.hf.trust_remote_code))
+    return dataclasses.replace(cfg, iterations=caller.resume_iterations) if caller.resume_iterations else cfg
 
 
 def config_to_dict(cfg) -> dict:

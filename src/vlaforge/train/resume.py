@@ -4,7 +4,8 @@
 path is a checkpoint (not its run folder), no live run owns the folder, the stale temp dirs of an interrupted
 save are repaired, ``state.json`` is read and checked once (its saved config too: it is input like a command
 line), flags the checkpoint fixes are refused unless equal to its values, and the run's config is the saved one
-with the caller's ``CALLER_FIELDS`` (where to run, write and show). The loop takes what it needs from the
+with the caller's ``CALLER_FIELDS`` (where to run, write and show, and ``--resume-iterations``: how far to extend the
+run). The loop takes what it needs from the
 returned ``ResumePoint``: its config, iteration, env steps, sampler and the algorithm state's JSON part.
 
     vlaforge train --resume runs/rl/checkpoint     # the CLI: writes into runs/rl unless --out is given
@@ -23,7 +24,7 @@ from vlaforge.runlock import refuse_if_live
 from vlaforge.train.checkpoint import read_train_state
 from vlaforge.train.config import TrainConfig, resume_config
 
-RESUME_MAY_CHANGE = ("resume", "out", "progress", "tensorboard", "log", "device", "deterministic", "ray",
+RESUME_MAY_CHANGE = ("resume", "resume_iterations", "out", "progress", "tensorboard", "log", "device", "deterministic", "ray",
                      "hf.trust_remote_code", "overwrite")
 """train fields a resumed run takes from the command line; every other one comes from the checkpoint"""
 
@@ -76,12 +77,17 @@ def resume_point(caller, given: frozenset[str] | None = None, repair: bool = Fal
         except AttributeError:
             continue  # not a field (tyro rejects unknown flags before this)
         if mine != theirs:
+            more = f", or extend the run with --resume-iterations {mine}" if f == "iterations" else ""
             raise UsageError(f"{flag(f, {'policy': 'hf'})} cannot change on resume (the checkpoint's run has "
-                             f"{theirs!r}, you passed {mine!r}); drop it, or start a new run from the checkpoint "
+                             f"{theirs!r}, you passed {mine!r}); drop it{more}, or start a new run from the checkpoint "
                              f"with --init {caller.resume}")
     need(saved.recipe != "ire-vla", "an ire-vla run cannot be resumed from a checkpoint (its stages write their own "
                                     "runs); start it again")
     caller.ray.check()
+    done = int(state["iteration"])
+    need(not caller.resume_iterations or caller.resume_iterations >= done,
+         f"--resume-iterations {caller.resume_iterations} is below the {done} iterations '{ck}' has done; pass at "
+         "least that many to extend the run (0: its own --iterations)")
     if given is not None and "out" not in given:
         caller = dataclasses.replace(caller, out=str(ck.parent))
     return ResumePoint(ck, resume_config(saved, caller), state)
