@@ -232,6 +232,8 @@ CASES = [
     ("train-hf-no-path", [*TRAIN, "--policy", "hf", "--out", "T/r"], ["--policy.path"]),
     ("resume-iterations", ["train", "--resume", "W/run/checkpoint", "--iterations", "5"],
      ["--iterations", "cannot change on resume"]),
+    ("train-resume-iterations-fresh", [*TRAIN, "--resume-iterations", "5", "--out", "T/r"], ["--resume-iterations",
+                                                                                              "--resume CK"]),
     ("resume-suite", ["train", "--resume", "W/run/checkpoint", "--suite", "metaworld"], ["--suite", "resume"]),
     ("resume-threads", ["train", "--resume", "W/run/checkpoint", "--threads", "2"], ["--threads", "resume"]),
     ("resume-run-dir", ["train", "--resume", "W/run"], ["--resume", "run/checkpoint"]),

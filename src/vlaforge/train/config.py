@@ -161,6 +161,8 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
         ``train()`` runs it before any work; the CLI before it takes the run folder's lock (then also the checks
         that read --init, the recipe's and the run folder's: ``vlaforge.validate``)."""
         self.check_numbers()
+        need(not self.resume_iterations or self.resume, "--resume-iterations extends a resumed run; pass it with "
+                                                        "--resume CK, or set --iterations for a new run")
         self.ray.check()
         fam = family(self.policy)
         if not self.init and fam.check_fresh:

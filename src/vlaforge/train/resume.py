@@ -24,8 +24,8 @@ from vlaforge.runlock import refuse_if_live
 from vlaforge.train.checkpoint import read_train_state
 from vlaforge.train.config import TrainConfig, resume_config
 
-RESUME_MAY_CHANGE = ("resume", "resume_iterations", "out", "progress", "tensorboard", "log", "device", "deterministic", "ray",
-                     "hf.trust_remote_code", "overwrite")
+RESUME_MAY_CHANGE = ("resume", "resume_iterations", "out", "progress", "tensorboard", "log", "device", "deterministic",
+                     "ray", "hf.trust_remote_code", "overwrite")
 """train fields a resumed run takes from the command line; every other one comes from the checkpoint"""
 
 
