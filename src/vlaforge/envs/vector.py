@@ -385,20 +385,23 @@ class SubprocVecEnv:
         self.procs[w].join(timeout=10)
 
     def close(self) -> None:
-        try:
-            self.drain()  # so that each worker's next answer is the one to "close"
-        except Exception:
-            pass
-        for w, c in enumerate(self.conns):
+        """Ask every worker to close its envs and exit, wait for it (bounded), kill it if it does not. Nothing is
+        read back: after an interrupt (Ctrl-C, SIGTERM) landed inside a ``recv``, the stream may be cut mid-message,
+        and a read would then wait forever for bytes no worker sends (a SIGTERM test hung so, both sides reading)."""
+        for c in self.conns:
             try:
                 c.send(("close", None))
-                if c.poll(10):  # bounded: after an interrupt (Ctrl-C, SIGTERM) a worker may never answer
-                    c.recv()
             except Exception:
                 pass
-            self.procs[w].join(timeout=5)
+        for w, c in enumerate(self.conns):
+            self.procs[w].join(timeout=15)
             if self.procs[w].is_alive():
                 self.procs[w].kill()
+                self.procs[w].join(timeout=5)
+            try:
+                c.close()
+            except Exception:
+                pass
 
     def __del__(self):
         try:
