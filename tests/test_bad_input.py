@@ -68,6 +68,10 @@ def world(tmp_path_factory):
     info = json.loads((root / "demos_nosim" / "meta" / "info.json").read_text())
     info["features"].pop("observation.sim_state", None)
     (root / "demos_nosim" / "meta" / "info.json").write_text(json.dumps(info))
+    shutil.copytree(root / "demos", root / "demos_views_true")  # JSON true where a count goes (True == 1 in Python)
+    info = json.loads((root / "demos_views_true" / "meta" / "info.json").read_text())
+    info["views"] = True
+    (root / "demos_views_true" / "meta" / "info.json").write_text(json.dumps(info))
     for name, edit in RESUME_EDITS.items():  # hand-edited checkpoints: refused in one line on --resume
         shutil.copytree(root / "run", root / name)
         edit(root / name / "checkpoint")
@@ -160,6 +164,7 @@ CASES = [
     ("sft-head-bogus", ["sft", "--demos", "W/demos", "--head", "mlp", "--out", "T/s"], ["--head", "gaussian"]),
     ("sft-no-demos", ["sft", "--demos", "T/nothing", "--out", "T/s"], ["--demos", "vlaforge collect"]),
     ("sft-bad-info-json", ["sft", "--demos", "W/demos_badinfo", "--out", "T/s"], ["info.json", "not valid JSON"]),
+    ("sft-info-views-true", ["sft", "--demos", "W/demos_views_true", "--out", "T/s"], ["info.json", "re-create it"]),
     ("sft-bad-episodes-json", ["sft", "--demos", "W/demos_badeps", "--out", "T/s"], ["episodes.jsonl", "line"]),
     ("sft-missing-parquet", ["sft", "--demos", "W/demos_nopq", "--out", "T/s"], [".parquet", "missing"]),
     ("sft-corrupt-parquet", ["sft", "--demos", "W/demos_badpq", "--out", "T/s"], [".parquet", "unreadable"]),

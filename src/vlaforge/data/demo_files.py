@@ -68,9 +68,10 @@ def check_demos(path: str, name: str = "--demos", demos_map: str | None = None) 
                 "views": len(fm.images), "codebase_version": raw["codebase_version"]}
     try:
         shape = info["features"]["observation.state"]["shape"][0], info["features"]["action"]["shape"][0]
-        ok = (all(isinstance(x, int) and 0 < x <= MAX_DIM for x in shape) and isinstance(info["image_size"], int)
+        whole = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731 - JSON true is no count
+        ok = (all(whole(x) and 0 < x <= MAX_DIM for x in shape) and whole(info["image_size"])
               and isinstance(info["camera"], str) and isinstance(info["data_path"], str)
-              and isinstance(info.get("views", 1), int))
+              and whole(info.get("views", 1)))
     except (KeyError, IndexError, TypeError):
         ok = False
     need(ok, f"demo metadata '{info_f}' lacks the features/state/action shapes, image_size, camera or data_path "
