@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 
 from vlaforge.algos.sft import SFTConfig
-from vlaforge.fsutil import atomic_write_text
+from vlaforge.fsutil import atomic_path, atomic_write_text
 from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft
 from vlaforge.policies import build_policy, policy_hash, save_policy
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, wilson
@@ -459,10 +459,9 @@ def stage_chart(a) -> dict:
     ax.set_title("MT10 generalist from pixels: per-task success after post-training (95% Wilson intervals)", fontsize=9)
     fig.tight_layout()
     out = Path(a.chart)
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100, format="png")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(out)
     print(f"wrote {out}")
     return table
 

@@ -31,7 +31,7 @@ from vlaforge.checks import at_least, flag, need
 from vlaforge.device import DeviceOptions
 from vlaforge.envs import env_kwargs
 from vlaforge.envs.options import EnvOptions
-from vlaforge.fsutil import atomic_write_text
+from vlaforge.fsutil import atomic_path, atomic_write_text
 from vlaforge.pipeline import (
     CollectArgs,
     EvalArgs,
@@ -249,12 +249,8 @@ def side_by_side(videos: list[Path], titles: list[str], path: Path, fps: int = 1
         pad = np.zeros((n, h - c.shape[1], c.shape[2], 3), np.uint8)
         panels.append(np.concatenate([bar_arr, c, pad], 1))
     frames = np.concatenate(panels, 2)
-    tmp = path.with_name(path.stem + ".tmp.mp4")
-    try:
+    with atomic_path(path) as tmp:
         iio.imwrite(tmp, frames, fps=fps, codec="libx264", macro_block_size=1)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -282,10 +278,6 @@ def learning_curve(metrics: Path, summary: dict, algo: str, path: Path) -> Path:
         ax2.set_yscale("log")
     ax2.set(xlabel="iteration", ylabel="train/loss", title=f"{algo}: training loss")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

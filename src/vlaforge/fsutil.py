@@ -136,6 +136,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """For writers that take a file name (imageio, matplotlib): yields ``<stem>.tmp<suffix>`` beside ``path`` (the
+    suffix kept, so the writer picks the format), renamed onto ``path`` when the block ends, removed if it raises."""
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

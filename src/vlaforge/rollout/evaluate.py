@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from vlaforge.envs.base import VecEnv
-from vlaforge.fsutil import atomic_write_text
+from vlaforge.fsutil import atomic_path, atomic_write_text
 from vlaforge.rollout.collect import collect
 
 EVAL_SEED_BASE = 10_000_000  # demos use seeds < 1e7 (see data/demos.py), training draws from [0, 1e6)
@@ -125,9 +125,8 @@ def write_videos(frames: list, video_dir: str | Path, fps: int = 10, scale: int 
         arr = np.stack([np.concatenate(list(f), 1) for f in ep])  # views side by side
         arr = arr.repeat(scale, 1).repeat(scale, 2)
         p = video_dir / f"episode_{i:03d}.mp4"
-        tmp = p.with_name(p.stem + ".tmp.mp4")
-        iio.imwrite(tmp, arr, fps=fps, codec="libx264", macro_block_size=1)
-        tmp.replace(p)
+        with atomic_path(p) as tmp:
+            iio.imwrite(tmp, arr, fps=fps, codec="libx264", macro_block_size=1)
         paths.append(p)
     return paths
 
