@@ -285,6 +285,7 @@ def mtdistill_run(a, cfg: dict, seed: int, work: Path) -> dict:
                      curriculum="need", seed=seed, progress=False, tensorboard=False)
     tc.distill.teachers_cache, tc.distill.teacher_seed = a.teachers_cache, cfg["seed"]
     tc.distill.teacher_demos, tc.distill.teacher_iterations = a.teacher_demos, a.teacher_iterations
+    tc.distill.teacher_sft_steps = a.teacher_sft_steps
     logs: list[str] = []
 
     def log(line: str) -> None:
@@ -299,7 +300,8 @@ def mtdistill_run(a, cfg: dict, seed: int, work: Path) -> dict:
     c2 = cpu_seconds()
     d = tc.distill
     teachers = {t: json.loads((teacher_dir(d.teachers_cache, a.suite, t, d.teacher_seed, d.teacher_demos,
-                                           d.teacher_iterations, a.max_steps) / "teacher.json").read_text())
+                                           d.teacher_iterations, a.max_steps, d.teacher_sft_steps)
+                                / "teacher.json").read_text())
                 for t in tasks}
     built_now = [t for t in tasks if any(x.startswith(f"distill: {t}: building") for x in logs)]
     res, _ = run_eval(EvalArgs(checkpoint=str(work / "run" / "final"), suite=a.suite, tasks=",".join(tasks),
@@ -356,10 +358,12 @@ def stage_methods(a) -> dict:
     if a.label and not all(c.isalnum() or c in "-_." for c in a.label):
         raise BadInput(f"--label '{a.label}' may hold letters, digits, '-', '_' and '.' only (it names folders)")
     if "mtdistill" in methods:
-        for name, least in (("teacher_demos", 0), ("teacher_iterations", 1), ("distill_iterations", 1),
-                            ("distill_groups", 1)):
+        for name, least in (("teacher_demos", 0), ("teacher_iterations", 0), ("teacher_sft_steps", 1),
+                            ("distill_iterations", 1), ("distill_groups", 1)):
             if getattr(a, name) < least:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= {least}; got {getattr(a, name)}")
+        if a.teacher_iterations == 0 and a.teacher_demos == 0:
+            raise BadInput("--teacher-iterations 0 keeps each teacher's SFT policy, so it needs --teacher-demos N > 0")
         if a.suite != "metaworld":
             raise BadInput(f"--methods mtdistill builds privileged teachers for metaworld only; got '{a.suite}'")
         if Path(a.teachers_cache).exists() and not Path(a.teachers_cache).is_dir():
@@ -502,7 +506,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--teachers-cache", default="runs/teachers", help="mtdistill: where each task's privileged "
                                                                       "teacher is built or reused")
     ap.add_argument("--teacher-demos", type=int, default=10, help="mtdistill: scripted demos each teacher starts from")
-    ap.add_argument("--teacher-iterations", type=int, default=64, help="mtdistill: each teacher's PPO iterations")
+    ap.add_argument("--teacher-iterations", type=int, default=64,
+                    help="mtdistill: each teacher's PPO iterations (0: its SFT policy is the teacher)")
+    ap.add_argument("--teacher-sft-steps", type=int, default=4000,
+                    help="mtdistill: SFT steps on each teacher's demos before PPO")
     ap.add_argument("--distill-iterations", type=int, default=10, help="mtdistill: DAgger iterations")
     ap.add_argument("--distill-groups", type=int, default=16, help="mtdistill: student episodes per iteration")
     return ap

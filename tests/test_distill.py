@@ -133,6 +133,34 @@ def test_privileged_teacher_can_start_from_the_demos(tmp_path):
     assert {e["task_name"] for e in episodes()[1]} == {"push-v3"}
 
 
+def test_privileged_teacher_with_no_ppo_is_its_sft_policy(tmp_path):
+    """privileged_teacher(iterations=0): the SFT policy on the demos is the teacher (written as ``final``, with its
+    state fields; no PPO run, so no metrics); without demos it is refused, before any work."""
+    pytest.importorskip("metaworld")
+    from vlaforge.errors import UsageError
+    from vlaforge.pipeline import privileged_teacher
+
+    final, _ = privileged_teacher("metaworld", "reach-v3", tmp_path / "t", iterations=0, max_steps=20, num_envs=2,
+                                  demos=2, sft_steps=5)
+    assert final == tmp_path / "t" / "final" and load_policy(final).cfg.state_dim == 13
+    assert json.loads((final / "config.json").read_text())["state_fields"][:4] == ["ee_x", "ee_y", "ee_z", "gripper"]
+    assert not (tmp_path / "t" / "metrics.jsonl").exists() and not (tmp_path / "t" / "sft").exists()
+    with pytest.raises(UsageError, match="needs demos"):
+        privileged_teacher("metaworld", "reach-v3", tmp_path / "u", iterations=0, demos=0)
+    assert not (tmp_path / "u").exists()
+
+
+def test_cache_refuses_a_teacher_with_neither_demos_nor_ppo(tmp_path, capsys):
+    pytest.importorskip("metaworld")
+    from vlaforge.cli import main
+
+    assert main(["train", "--algo", "distill", "--suite", "metaworld", "--tasks", "reach-v3",
+                 "--distill.teachers-cache", str(tmp_path / "c"), "--distill.teacher-iterations", "0",
+                 "--distill.teacher-demos", "0", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--distill.teacher-demos" in err and not (tmp_path / "r").exists()
+
+
 def test_check_teacher_refuses_a_teacher_worse_than_its_student():
     from vlaforge.algos.distill import check_teacher
     from vlaforge.errors import UsageError
@@ -304,8 +332,9 @@ def test_teacher_cache_builds_once_then_reuses_and_skips_worse_teachers(tmp_path
 
     built: list[str] = []
 
-    def build(suite, task, out, iterations, seed, threads, max_steps, num_envs, workers, demos, env_kwargs):
+    def build(suite, task, out, iterations, seed, threads, max_steps, num_envs, workers, demos, sft_steps, env_kwargs):
         built.append(task)
+        assert sft_steps == cfg.distill.teacher_sft_steps
         assert not (out / "stale").exists()
         save_policy(build_policy(backbone="state", state_dim=2, action_dim=2), out / "final",
                     extra={"state_fields": ["ee_x", "ee_y"]})
@@ -319,7 +348,8 @@ def test_teacher_cache_builds_once_then_reuses_and_skips_worse_teachers(tmp_path
     cfg.distill.teachers_cache, cfg.distill.teacher_iterations, cfg.distill.teacher_demos = str(tmp_path / "c"), 3, 2
     logs: list[str] = []
     got = distill_teachers(cfg, student, build=build, success=success, log=logs.append)
-    red = teacher_dir(tmp_path / "c", "pointreach", "red-0", 0, 2, 3, 12)
+    red = teacher_dir(tmp_path / "c", "pointreach", "red-0", 0, 2, 3, 12, 4000)
+    assert red.name == "seed0_demos2_sft4000_it3_steps12"
     assert built == ["red-0", "green-0"]
     assert got.distill.teacher == f"red-0={red / 'final'}" and got.tasks == "red-0"
     assert json.loads((red / "teacher.json").read_text())["iterations"] == 3
@@ -335,6 +365,11 @@ def test_teacher_cache_builds_once_then_reuses_and_skips_worse_teachers(tmp_path
     cfg.distill.teacher_iterations = 4  # another key: another teacher
     distill_teachers(cfg, student, build=build, success=success, log=logs.append)
     assert built[3:] == ["red-0", "green-0"]
+    cfg.distill.teacher_sft_steps = 500  # so are other SFT steps on the demos
+    distill_teachers(cfg, student, build=build, success=success, log=logs.append)
+    assert built[5:] == ["red-0", "green-0"]
+    assert json.loads((teacher_dir(tmp_path / "c", "pointreach", "red-0", 0, 2, 4, 12, 500)
+                       / "teacher.json").read_text())["sft_steps"] == 500
     rates["red-0"] = 0
     with pytest.raises(UsageError, match="no task has a teacher"):
         distill_teachers(cfg, student, build=build, success=success, log=logs.append)

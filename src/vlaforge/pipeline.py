@@ -281,7 +281,8 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
     ``demos = 0``: PPO from scratch (no demos). ``demos = N``: first N scripted-expert episodes are recorded with the
     privileged state and no camera, with ``seed`` and ``demo_noise`` — the same layouts and expert as the pixel
     policy's demos when those were collected with the same seed, so the teacher is told nothing the student's
-    demos did not show — and the teacher starts from ``sft_steps`` of SFT on them (then PPO).
+    demos did not show — and the teacher starts from ``sft_steps`` of SFT on them (then PPO; ``iterations = 0``:
+    the SFT policy is the teacher).
     Tasks that PPO does not solve from scratch in this budget (button-press-topdown: 0/50) need this start.
 
     ``env_kwargs``: the suite's env options of the student's run (``--env-kwargs``), under the teacher's own
@@ -300,20 +301,23 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
         raise UsageError(f"a privileged teacher is built for metaworld only (its state layout is named); got '{suite}'")
     from vlaforge.envs.metaworld import PRIVILEGED_STATE_NAMES, SIM_STATE_NAMES  # the metaworld extra
 
+    if iterations < 1 and demos < 1:
+        raise UsageError("a privileged teacher with no PPO iterations is its SFT policy, so it needs demos (demos > 0)")
     out = Path(out)
     priv = {**(env_kwargs or {}), "privileged": 1.0, "render": 0.0}
     init = None
     if demos > 0:
-        demo_dir, init = out / "demos", out / "sft"
+        demo_dir, init = out / "demos", out / ("sft" if iterations > 0 else "final")
         run_collect(CollectArgs(suite=suite, tasks=task, episodes=demos, out=str(demo_dir), noise=demo_noise,
                                 num_envs=min(demos, num_envs), seed=seed, env_kwargs=dict(priv)), quiet=True)
         run_sft(SFTArgs(demos=str(demo_dir), out=str(init), backbone="state", threads=threads,
                         sft=SFTConfig(steps=sft_steps, seed=seed)), quiet=True)
-    cfg = TrainConfig(algo="ppo", suite=suite, tasks=task, backbone="state", out=str(out), iterations=iterations,
-                      groups=32, num_envs=num_envs, workers=workers, max_steps=max_steps, init=init and str(init),
-                      env_kwargs={**priv, "shaping": 1.0}, eval_every=0, progress=progress,
-                      tensorboard=False, seed=seed, lr=3e-4, threads=threads)
-    train(cfg)
+    if iterations > 0:
+        cfg = TrainConfig(algo="ppo", suite=suite, tasks=task, backbone="state", out=str(out), iterations=iterations,
+                          groups=32, num_envs=num_envs, workers=workers, max_steps=max_steps, init=init and str(init),
+                          env_kwargs={**priv, "shaping": 1.0}, eval_every=0, progress=progress,
+                          tensorboard=False, seed=seed, lr=3e-4, threads=threads)
+        train(cfg)
     meta_file = out / "final" / "config.json"  # the teacher says which sim_state fields its state is
     atomic_write_text(meta_file, json.dumps({**json.loads(meta_file.read_text()),
                                              "state_fields": list(PRIVILEGED_STATE_NAMES)}, indent=2))
@@ -333,10 +337,12 @@ def cpu_seconds() -> float:
 
 
 def teacher_dir(cache: str | Path, suite: str, task: str, seed: int, demos: int, iterations: int,
-                max_steps: int) -> Path:
-    """Where ``--distill.teachers-cache`` keeps one task's teacher run: keyed by (suite, task, seed, demos,
-    iterations, episode length)."""
-    return Path(cache) / suite / task / f"seed{seed}_demos{demos}_it{iterations}_steps{max_steps}"
+                max_steps: int, sft_steps: int = 0) -> Path:
+    """Where ``--distill.teachers-cache`` keeps one task's teacher run: keyed by (suite, task, seed, demos, SFT steps
+    on them, PPO iterations, episode length); ``sft_steps`` is part of the key only with demos (none are taken
+    without)."""
+    sft = f"_sft{sft_steps}" if demos > 0 else ""
+    return Path(cache) / suite / task / f"seed{seed}_demos{demos}{sft}_it{iterations}_steps{max_steps}"
 
 
 def cached_teacher(cfg, task: str, max_steps: int, build=None, log=print) -> Path:
@@ -347,24 +353,26 @@ def cached_teacher(cfg, task: str, max_steps: int, build=None, log=print) -> Pat
     build = build or privileged_teacher
     d = cfg.distill
     run = teacher_dir(d.teachers_cache, cfg.suite, task, d.teacher_seed, d.teacher_demos, d.teacher_iterations,
-                      max_steps)
+                      max_steps, d.teacher_sft_steps)
     record = run / "teacher.json"
     if record.is_file() and (run / "final" / "config.json").is_file():
         log(f"distill: {task}: teacher reused from {run / 'final'}")
         return run / "final"
     if run.exists():  # an interrupted build: its run folder holds a partial metrics.jsonl / checkpoint
         shutil.rmtree(run)
-    log(f"distill: {task}: building the teacher in {run} ({d.teacher_demos} demos, {d.teacher_iterations} PPO "
+    sft = f", {d.teacher_sft_steps} SFT steps" if d.teacher_demos else ""
+    log(f"distill: {task}: building the teacher in {run} ({d.teacher_demos} demos{sft}, {d.teacher_iterations} PPO "
         "iterations on the privileged state)")
     t0 = cpu_seconds()
     final, _ = build(cfg.suite, task, run, d.teacher_iterations, d.teacher_seed, cfg.threads or 1,
-                     max_steps, cfg.num_envs, cfg.workers, demos=d.teacher_demos,
+                     max_steps, cfg.num_envs, cfg.workers, demos=d.teacher_demos, sft_steps=d.teacher_sft_steps,
                      env_kwargs=dict(cfg.env_kwargs))
     metrics = run / "metrics.jsonl"  # the teacher's PPO run: its last line counts the env steps it took
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
     steps = int(json.loads(lines[-1]).get("rollout/env_steps", 0)) if lines else 0
     atomic_write_text(record, json.dumps({"suite": cfg.suite, "task": task, "seed": d.teacher_seed,
                                           "demos": d.teacher_demos, "iterations": d.teacher_iterations,
+                                          "sft_steps": d.teacher_sft_steps if d.teacher_demos else 0,
                                           "max_steps": max_steps, "ppo_env_steps": steps,
                                           "cpu_s": round(cpu_seconds() - t0, 1)}, indent=2))
     return Path(final)

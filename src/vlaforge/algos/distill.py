@@ -65,12 +65,17 @@ class DistillConfig:
     teachers_cache: str = ""
     """build each training task's privileged teacher here (``pipeline.privileged_teacher``: demos -> SFT -> PPO on
     the privileged state, no rendering) or reuse the one built before, keyed by (suite, task, teacher seed, demos,
-    iterations); a teacher that does worse than the student on the evaluation seeds is skipped (a logged line)"""
+    SFT steps, iterations, episode length); a teacher that does worse than the student on the evaluation seeds is skipped (a logged line)"""
     teacher_demos: int = 10
     """with --distill.teachers-cache: scripted-expert episodes each teacher is SFT'd on before PPO (0: PPO from
     scratch)"""
+    teacher_sft_steps: int = 4000
+    """with --distill.teachers-cache and --distill.teacher-demos > 0: SFT steps on the teacher's demos before PPO
+    (docs/benchmarks.md, "Teachers that fit their demos": 1000 underfit 50 demos, pick-place 30/50 and push 13/50,
+    where 4000 give 49 and 50)"""
     teacher_iterations: int = 64
-    """with --distill.teachers-cache: each teacher's PPO iterations"""
+    """with --distill.teachers-cache: each teacher's PPO iterations (0: the SFT policy is the teacher; needs
+    --distill.teacher-demos)"""
     teacher_seed: int = 0
     """with --distill.teachers-cache: each teacher's seed (its demo layouts are the pixel demos' with the same seed)"""
     steps: int = 300
@@ -221,7 +226,10 @@ def check_run(cfg, init: dict | None) -> None:
                                                 f"with a named privileged state (metaworld); '{cfg.suite}' has none")
     check_out_dir("--distill.teachers-cache", d.teachers_cache)
     at_least("--distill.teacher-demos", d.teacher_demos, 0, " (0: PPO from scratch)")
-    at_least("--distill.teacher-iterations", d.teacher_iterations, 1)
+    at_least("--distill.teacher-iterations", d.teacher_iterations, 0, " (0: the SFT policy is the teacher)")
+    at_least("--distill.teacher-sft-steps", d.teacher_sft_steps, 1)
+    need(d.teacher_iterations or d.teacher_demos, "--distill.teacher-iterations 0 keeps the SFT policy as the teacher, "
+                                                  "so it needs demos: set --distill.teacher-demos N")
     check_seed("--distill.teacher-seed", d.teacher_seed)
 
 
