@@ -415,9 +415,13 @@ def stage_chart(a) -> dict:
     """The per-task bar chart of docs/benchmarks.md (issue 23 part 5) from ``--methods-out``: per task, the base and
     each method's success pooled over its training seeds (bars) with Wilson 95% intervals (whiskers), the MT10 mean
     last; written to ``--chart`` (PNG). Returns {method: {task: [successes, episodes]}}."""
-    src = Path(a.methods_out)
+    src, out = Path(a.methods_out), Path(a.chart)
     if not src.is_file():
         raise BadInput(f"--methods-out '{src}' does not exist: run stage methods first")
+    if out.is_dir():
+        raise BadInput(f"--chart '{out}' is a folder; name the PNG file to write (e.g. {out / 'generalist.png'})")
+    if not out.parent.is_dir():
+        raise BadInput(f"--chart '{out}': its folder '{out.parent}' does not exist; create it first")
     rows = json.loads(src.read_text())["rows"]
     if not rows:
         raise BadInput(f"--methods-out '{src}' holds no rows")
@@ -462,7 +466,6 @@ def stage_chart(a) -> dict:
     ax.legend(fontsize=7, ncol=min(len(table), 3), loc="upper left")
     ax.set_title("MT10 generalist from pixels: per-task success after post-training (95% Wilson intervals)", fontsize=9)
     fig.tight_layout()
-    out = Path(a.chart)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

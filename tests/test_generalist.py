@@ -174,3 +174,18 @@ def test_chart_needs_rows(tmp_path, capsys):
         g.main(["chart", "--methods-out", str(tmp_path / "none.json"), "--chart", str(tmp_path / "c.png")])
     assert e.value.code == 2 and "run stage methods first" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("where, needle", [("folder", "is a folder"), ("nodir/c.png", "does not exist")])
+def test_chart_refuses_a_bad_target_in_one_line(where, needle, tmp_path, capsys):
+    g = _script()
+    src = tmp_path / "m.json"
+    src.write_text(json.dumps({"rows": [{"suite": "metaworld", "task": "reach-v3", "method": "grpo", "seed": 0,
+                                         "before": {"successes": 1, "episodes": 2},
+                                         "after": {"successes": 2, "episodes": 2}, "env_steps": 1, "cpu_s": 1.0}]}))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit) as e:
+        g.main(["chart", "--methods-out", str(src), "--chart", str(tmp_path / where)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and needle in err and "--chart" in err
+    assert list((tmp_path / "folder").iterdir()) == []
