@@ -300,7 +300,7 @@ def mtdistill_run(a, cfg: dict, seed: int, work: Path) -> dict:
     c2 = cpu_seconds()
     d = tc.distill
     teachers = {t: json.loads((teacher_dir(d.teachers_cache, a.suite, t, d.teacher_seed, d.teacher_demos,
-                                           d.teacher_iterations, a.max_steps, d.teacher_sft_steps)
+                                           d.teacher_iterations, a.max_steps, d.teacher_sft_steps, tc.env_kwargs)
                                 / "teacher.json").read_text())
                 for t in tasks}
     built_now = [t for t in tasks if any(x.startswith(f"distill: {t}: building") for x in logs)]

@@ -370,6 +370,16 @@ def test_teacher_cache_builds_once_then_reuses_and_skips_worse_teachers(tmp_path
     assert built[5:] == ["red-0", "green-0"]
     assert json.loads((teacher_dir(tmp_path / "c", "pointreach", "red-0", 0, 2, 4, 12, 500)
                        / "teacher.json").read_text())["sft_steps"] == 500
+    cfg.env_kwargs = {"radius": 0.1}  # so are other env options (a hash of them in the folder name)
+    distill_teachers(cfg, student, build=build, success=success, log=logs.append)
+    assert built[7:] == ["red-0", "green-0"]
+    kw = teacher_dir(tmp_path / "c", "pointreach", "red-0", 0, 2, 4, 12, 500, {"radius": 0.1})
+    assert kw.name.startswith("seed0_demos2_sft500_it4_steps12_kw") and len(kw.name.rpartition("_kw")[2]) == 8
+    assert json.loads((kw / "teacher.json").read_text())["env_kwargs"] == {"radius": 0.1}
+    assert kw != teacher_dir(tmp_path / "c", "pointreach", "red-0", 0, 2, 4, 12, 500, {"radius": 0.2})
+    cfg.num_envs = 3  # batching is not part of the key
+    distill_teachers(cfg, student, build=build, success=success, log=logs.append)
+    assert len(built) == 9
     rates["red-0"] = 0
     with pytest.raises(UsageError, match="no task has a teacher"):
         distill_teachers(cfg, student, build=build, success=success, log=logs.append)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import resource
 import shutil
@@ -337,12 +338,17 @@ def cpu_seconds() -> float:
 
 
 def teacher_dir(cache: str | Path, suite: str, task: str, seed: int, demos: int, iterations: int,
-                max_steps: int, sft_steps: int = 0) -> Path:
+                max_steps: int, sft_steps: int = 0, env_kwargs: dict | None = None) -> Path:
     """Where ``--distill.teachers-cache`` keeps one task's teacher run: keyed by (suite, task, seed, demos, SFT steps
-    on them, PPO iterations, episode length); ``sft_steps`` is part of the key only with demos (none are taken
-    without)."""
+    on them, PPO iterations, episode length, the run's ``--env-kwargs``). ``sft_steps`` is part of the key only with
+    demos (none are taken without); env options only when there are some, as a short hash of their sorted pairs
+    (``_kw`` + 8 hex digits). ``--num-envs`` / ``--workers`` are not: they batch the same recipe differently."""
     sft = f"_sft{sft_steps}" if demos > 0 else ""
-    return Path(cache) / suite / task / f"seed{seed}_demos{demos}{sft}_it{iterations}_steps{max_steps}"
+    kw = ""
+    if env_kwargs:
+        text = json.dumps(sorted((str(k), v) for k, v in env_kwargs.items()))
+        kw = "_kw" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return Path(cache) / suite / task / f"seed{seed}_demos{demos}{sft}_it{iterations}_steps{max_steps}{kw}"
 
 
 def cached_teacher(cfg, task: str, max_steps: int, build=None, log=print) -> Path:
@@ -353,7 +359,7 @@ def cached_teacher(cfg, task: str, max_steps: int, build=None, log=print) -> Pat
     build = build or privileged_teacher
     d = cfg.distill
     run = teacher_dir(d.teachers_cache, cfg.suite, task, d.teacher_seed, d.teacher_demos, d.teacher_iterations,
-                      max_steps, d.teacher_sft_steps)
+                      max_steps, d.teacher_sft_steps, cfg.env_kwargs)
     record = run / "teacher.json"
     if record.is_file() and (run / "final" / "config.json").is_file():
         log(f"distill: {task}: teacher reused from {run / 'final'}")
@@ -373,6 +379,7 @@ def cached_teacher(cfg, task: str, max_steps: int, build=None, log=print) -> Pat
     atomic_write_text(record, json.dumps({"suite": cfg.suite, "task": task, "seed": d.teacher_seed,
                                           "demos": d.teacher_demos, "iterations": d.teacher_iterations,
                                           "sft_steps": d.teacher_sft_steps if d.teacher_demos else 0,
+                                          "env_kwargs": dict(cfg.env_kwargs),
                                           "max_steps": max_steps, "ppo_env_steps": steps,
                                           "cpu_s": round(cpu_seconds() - t0, 1)}, indent=2))
     return Path(final)
