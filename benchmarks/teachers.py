@@ -6,6 +6,10 @@ critic's explained variance, the update's approx KL, optimizer steps kept, steps
 
     OMP_NUM_THREADS=1 python benchmarks/teachers.py --tasks mt10 --seeds 0 --out docs/bench/teachers_mt10.json
 
+``--from-cache DIR`` trains nothing: it reads the teachers a ``--distill.teachers-cache DIR`` run built with the same
+seed, demos, ``--sft-steps``, iterations and episode length (``pipeline.teacher_dir``), evaluates their SFT start and
+final policy the same way, and takes the CPU seconds their ``teacher.json`` records.
+
 JSON: ``{"meta": …, "rows": [{"task", "seed", "demos", "sft": {"successes", "episodes"}, "success": {…}, "cpu_s",
 "env_steps", "curve": [{"it", "success", "ev", "kl", "steps", "kl_skips", "backtracks"}, …]}]}`` (rows merged
 with those already in ``--out``, keyed by task/seed/demos/tag).
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 
 from vlaforge.fsutil import atomic_write_text
-from vlaforge.pipeline import EvalArgs, privileged_teacher, run_eval
+from vlaforge.pipeline import EvalArgs, privileged_teacher, run_eval, teacher_dir
 
 MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
@@ -74,6 +78,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--demos", type=int, default=10, help="SFT start on this many expert episodes (0: from scratch)")
     ap.add_argument("--iterations", type=int, default=64)
+    ap.add_argument("--sft-steps", type=int, default=1000, help="SFT steps on the demos before PPO")
+    ap.add_argument("--from-cache", default="", help="read the teachers built in this --distill.teachers-cache "
+                                                     "instead of training them")
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--num-envs", type=int, default=16)
     ap.add_argument("--eval-episodes", type=int, default=50)
@@ -92,14 +99,21 @@ def main() -> None:
     data = json.loads(out.read_text()) if out.exists() else {"rows": []}
     for task in tasks:
         for seed in [int(s) for s in a.seeds.split(",")]:
-            run = Path(a.work) / f"{task}_s{seed}_d{a.demos}{'_' + a.tag if a.tag else ''}"
-            (run / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run appends: keep only this run's curve
-            c0 = cpu_seconds()
-            privileged_teacher("metaworld", task, run, a.iterations, seed, a.threads, a.max_steps, a.num_envs,
-                               demos=a.demos)
-            cpu = cpu_seconds() - c0
+            if a.from_cache:
+                run = teacher_dir(a.from_cache, "metaworld", task, seed, a.demos, a.iterations, a.max_steps, a.sft_steps)
+                if not (run / "teacher.json").is_file():
+                    raise SystemExit(f"teachers.py: error: --from-cache: no finished teacher in {run}; build it with "
+                                     "vlaforge train --algo distill --distill.teachers-cache (same settings)")
+                cpu = json.loads((run / "teacher.json").read_text())["cpu_s"]
+            else:
+                run = Path(a.work) / f"{task}_s{seed}_d{a.demos}{'_' + a.tag if a.tag else ''}"
+                (run / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run appends: keep only this run's curve
+                c0 = cpu_seconds()
+                privileged_teacher("metaworld", task, run, a.iterations, seed, a.threads, a.max_steps, a.num_envs,
+                                   demos=a.demos, sft_steps=a.sft_steps)
+                cpu = cpu_seconds() - c0
             cv = curve(run)
-            row = {"task": task, "seed": seed, "demos": a.demos, "tag": a.tag,
+            row = {"task": task, "seed": seed, "demos": a.demos, "sft_steps": a.sft_steps if a.demos else 0, "tag": a.tag,
                    "sft": held_out(run / "sft", task, a, run / "eval_sft.json") if a.demos else None,
                    "success": held_out(run / "final", task, a, run / "eval.json"), "cpu_s": round(cpu, 1),
                    "env_steps": cv[-1]["env_steps"] if cv else 0, "curve": cv}
