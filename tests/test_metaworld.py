@@ -1,5 +1,6 @@
 """Meta-World suite: env contract, determinism, scripted experts, upright images, task resolution."""
 
+import json
 import os
 
 import numpy as np
@@ -213,3 +214,24 @@ def test_render_off_refuses_image_policies(tmp_path):
     with pytest.raises(ValueError, match="state/action dims 13/4"):  # the same policy without privileged state
         run_eval(EvalArgs(checkpoint=str(tmp_path / "st"), suite="metaworld", tasks="reach-v3", episodes=2,
                           num_envs=2, env_kwargs={"max_steps": 20.0}, out=str(tmp_path / "ev2.json")), quiet=True)
+
+
+def test_goal_marker_pixels_count_only_the_goal_site(tmp_path):
+    """benchmarks/goal_pixels.py: reach-v3's goal marker covers a few pixels of the frame and more at a larger size;
+    a task without a goal site (button-press-topdown) says so instead of counting."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "goal_pixels.py"
+    spec = importlib.util.spec_from_file_location("goal_pixels", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    data = mod.main(["--tasks", "reach-v3,button-press-topdown-v3", "--sizes", "32,64", "--layouts", "3",
+                     "--out", str(tmp_path / "g.json")])
+    rows = {(r["task"], r["image_size"]): r for r in data["rows"]}
+    small, large = rows[("reach-v3", 32)], rows[("reach-v3", 64)]
+    assert 0 < small["min_px"] <= small["max_px"] < 0.01 * small["frame_px"]
+    assert large["mean_px"] > small["mean_px"]
+    assert rows[("button-press-topdown-v3", 64)]["goal_site"] is False
+    assert rows[("button-press-topdown-v3", 64)]["mean_px"] is None
+    assert json.loads((tmp_path / "g.json").read_text())["rows"] == data["rows"]
