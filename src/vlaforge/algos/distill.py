@@ -65,7 +65,8 @@ class DistillConfig:
     teachers_cache: str = ""
     """build each training task's privileged teacher here (``pipeline.privileged_teacher``: demos -> SFT -> PPO on
     the privileged state, no rendering) or reuse the one built before, keyed by (suite, task, teacher seed, demos,
-    SFT steps, iterations, episode length, --env-kwargs); a teacher that does worse than the student on the evaluation seeds is skipped (a logged line)"""
+    SFT steps, iterations, episode length, --env-kwargs); a teacher that does worse than the student on the
+    evaluation seeds is skipped (a logged line)"""
     teacher_demos: int = 10
     """with --distill.teachers-cache: scripted-expert episodes each teacher is SFT'd on before PPO (0: PPO from
     scratch)"""
