@@ -508,7 +508,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=1e-4, help="methods: the policy learning rate")
     ap.add_argument("--teachers-cache", default="runs/teachers", help="mtdistill: where each task's privileged "
                                                                       "teacher is built or reused")
-    ap.add_argument("--teacher-demos", type=int, default=10, help="mtdistill: scripted demos each teacher starts from")
+    ap.add_argument("--teacher-demos", type=int, default=50, help="mtdistill: scripted demos each teacher starts from")
     ap.add_argument("--teacher-iterations", type=int, default=64,
                     help="mtdistill: each teacher's PPO iterations (0: its SFT policy is the teacher)")
     ap.add_argument("--teacher-sft-steps", type=int, default=4000,
