@@ -33,7 +33,7 @@ EVAL_SEED_BASE = 10_000_000
 
 def marker_pixels(task: str, size: int, layouts: int, camera: str) -> list[int] | None:
     """Per layout: the number of pixels of the ``camera`` frame that differ between the goal site drawn and hidden;
-    None when the task has no ``goal`` site (its goal is an object: button-press-topdown, peg-insert-side)."""
+    None when the task has no ``goal`` site (button-press-topdown; peg-insert-side has one, hidden inside its box)."""
     sim = _Sim(task, size, size, 150)
     try:
         model = sim.env.model
@@ -62,10 +62,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--camera", default="corner")
     ap.add_argument("--out", default="docs/bench/goal_pixels.json")
     a = ap.parse_args(argv)
-    sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
+    try:
+        sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
     if a.layouts < 1 or not sizes or min(sizes) < 8:
-        ap.exit(2, "goal_pixels.py: error: --layouts must be >= 1 and --sizes whole numbers >= 8\n")
+        ap.exit(2, f"goal_pixels.py: error: --layouts must be >= 1 and --sizes comma-separated whole numbers >= 8; "
+                   f"got --layouts {a.layouts} --sizes {a.sizes}\n")
     tasks = MT10 if a.tasks == "mt10" else [t for t in a.tasks.split(",") if t]
+    from vlaforge.envs.metaworld import CAMERAS, _env_dict
+
+    unknown = [t for t in tasks if f"{t}-goal-observable" not in _env_dict.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE]
+    if not tasks or unknown:
+        ap.exit(2, f"goal_pixels.py: error: --tasks: unknown Meta-World task {unknown[0] if unknown else '(none)'}\n")
+    if a.camera not in CAMERAS:
+        ap.exit(2, f"goal_pixels.py: error: --camera must be one of {', '.join(CAMERAS)}; got {a.camera}\n")
     rows = []
     for size in sizes:
         for task in tasks:

@@ -7,12 +7,16 @@ critic's explained variance, the update's approx KL, optimizer steps kept, steps
     OMP_NUM_THREADS=1 python benchmarks/teachers.py --tasks mt10 --seeds 0 --out docs/bench/teachers_mt10.json
 
 ``--from-cache DIR`` trains nothing: it reads the teachers a ``--distill.teachers-cache DIR`` run built with the same
-seed, demos, ``--sft-steps``, iterations and episode length (``pipeline.teacher_dir``), evaluates their SFT start and
-final policy the same way, and takes the CPU seconds their ``teacher.json`` records.
+seed, demos, ``--sft-steps``, iterations and episode length (``pipeline.teacher_dir``; a distillation run's defaults
+are ``--demos 50 --sft-steps 4000 --iterations 64``, not this script's), evaluates their SFT start and final policy
+the same way (the evaluation files go under ``--work``, linked to the cache, which is not written), and takes the CPU
+seconds their ``teacher.json`` records.
 
-JSON: ``{"meta": …, "rows": [{"task", "seed", "demos", "sft": {"successes", "episodes"}, "success": {…}, "cpu_s",
-"env_steps", "curve": [{"it", "success", "ev", "kl", "steps", "kl_skips", "backtracks"}, …]}]}`` (rows merged
-with those already in ``--out``, keyed by task/seed/demos/tag).
+JSON: ``{"meta": …, "rows": [{"task", "seed", "demos", "sft_steps", "iterations", "seed_base", "tag", "sft":
+{"successes", "episodes"}, "success": {…}, "cpu_s", "env_steps", "curve": [{"it", "success", "ev", "kl", "steps",
+"kl_skips", "backtracks"}, …], "command"}]}`` (rows merged with those already in ``--out``, keyed by
+task/seed/demos/SFT steps/iterations/seed base/tag, ``row_key``; the oldest rows lack the fields after ``demos``
+and ``command``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import time
 from pathlib import Path
 
@@ -76,7 +81,43 @@ def table(data: dict, tag: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def row_key(r: dict) -> tuple:
+    """What makes two rows the same measurement (rows written before these fields existed: 1000 SFT steps, 64
+    iterations, seeds from 10,000,000)."""
+    return (r["task"], r["seed"], r["demos"], r.get("sft_steps", 1000 if r["demos"] else 0), r.get("iterations", 64),
+            r.get("seed_base", 10_000_000), r.get("tag", ""))
+
+
+def check_args(ap, a, tasks: list[str]) -> list[int]:
+    """Every argument and, with --from-cache, every teacher folder checked before any work: one line and exit 2."""
+    def bad(msg: str):
+        ap.exit(2, f"teachers.py: error: {msg}\n")
+
+    unknown = [t for t in tasks if t not in MT10]
+    if not tasks or unknown:
+        bad(f"--tasks: unknown task {unknown[0] if unknown else '(none)'}; choose from {', '.join(MT10)} or mt10")
+    try:
+        seeds = [int(x) for x in a.seeds.split(",")]
+    except ValueError:
+        bad(f"--seeds must be comma-separated whole numbers; got '{a.seeds}'")
+    for name, least in (("demos", 0), ("iterations", 0), ("sft_steps", 1), ("max_steps", 1), ("num_envs", 1),
+                        ("eval_episodes", 1), ("threads", 1), ("seed_base", 0)):
+        if getattr(a, name) < least:
+            bad(f"--{name.replace('_', '-')} must be >= {least}; got {getattr(a, name)}")
+    if a.iterations == 0 and a.demos == 0:
+        bad("--iterations 0 keeps the SFT policy as the teacher, so it needs --demos N > 0")
+    if a.from_cache:
+        for task in tasks:
+            for seed in seeds:
+                run = teacher_dir(a.from_cache, "metaworld", task, seed, a.demos, a.iterations, a.max_steps,
+                                  a.sft_steps)
+                if not (run / "teacher.json").is_file():
+                    bad(f"--from-cache: no finished teacher in {run}; build it with vlaforge train --algo distill "
+                        "--distill.teachers-cache and the same --demos/--sft-steps/--iterations/--max-steps")
+    return seeds
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", default="mt10", help="comma-separated Meta-World tasks, or mt10")
     ap.add_argument("--seeds", default="0")
@@ -84,7 +125,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=64)
     ap.add_argument("--sft-steps", type=int, default=1000, help="SFT steps on the demos before PPO")
     ap.add_argument("--from-cache", default="", help="read the teachers built in this --distill.teachers-cache "
-                                                     "instead of training them")
+                                                     "instead of training them (give the run's --demos, --sft-steps "
+                                                     "and --iterations: 50, 4000, 64 by default there)")
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--num-envs", type=int, default=16)
     ap.add_argument("--eval-episodes", type=int, default=50)
@@ -95,22 +137,32 @@ def main() -> None:
     ap.add_argument("--work", default="runs/teachers")
     ap.add_argument("--out", default="docs/bench/teachers_mt10.json")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of --out's rows with --tag and exit")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.table:
         print(table(json.loads(Path(a.out).read_text()), a.tag))
         return
-    torch.set_num_threads(a.threads)
     tasks = MT10 if a.tasks == "mt10" else [t for t in a.tasks.split(",") if t]
+    seeds = check_args(ap, a, tasks)
+    torch.set_num_threads(a.threads)
     out = Path(a.out)
     data = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    command = "python benchmarks/teachers.py " + " ".join(
+        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(a).items()
+        if k != "table" and v != "" and v != ap.get_default(k))
     for task in tasks:
-        for seed in [int(s) for s in a.seeds.split(",")]:
-            if a.from_cache:
-                run = teacher_dir(a.from_cache, "metaworld", task, seed, a.demos, a.iterations, a.max_steps, a.sft_steps)
-                if not (run / "teacher.json").is_file():
-                    raise SystemExit(f"teachers.py: error: --from-cache: no finished teacher in {run}; build it with "
-                                     "vlaforge train --algo distill --distill.teachers-cache (same settings)")
-                cpu = json.loads((run / "teacher.json").read_text())["cpu_s"]
+        for seed in seeds:
+            if a.from_cache:  # built by --distill.teachers-cache; this script's evaluations go under --work
+                cached = teacher_dir(a.from_cache, "metaworld", task, seed, a.demos, a.iterations, a.max_steps,
+                                     a.sft_steps)
+                cpu = json.loads((cached / "teacher.json").read_text())["cpu_s"]
+                run = Path(a.work) / "from-cache" / task / cached.name
+                run.mkdir(parents=True, exist_ok=True)
+                for part in ("final", "sft", "metrics.jsonl"):
+                    link = run / part
+                    if link.is_symlink():
+                        link.unlink()
+                    if (cached / part).exists():
+                        link.symlink_to((cached / part).resolve())
             else:
                 run = Path(a.work) / f"{task}_s{seed}_d{a.demos}{'_' + a.tag if a.tag else ''}"
                 (run / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run appends: keep only this run's curve
@@ -125,13 +177,13 @@ def main() -> None:
                    "env_steps": cv[-1]["env_steps"] if cv else 0, "curve": cv}
             if a.demos:  # with --iterations 0 the final policy is the SFT one
                 row["sft"] = held_out(run / "sft", task, a, run / "eval_sft.json") if a.iterations else row["success"]
-            key = (task, seed, a.demos, a.tag)
-            data["rows"] = [r for r in data["rows"] if (r["task"], r["seed"], r["demos"], r.get("tag", "")) != key]
+            row["command"] = command
+            key = row_key(row)
+            data["rows"] = [r for r in data["rows"] if row_key(r) != key]
             data["rows"].append(row)
             data["meta"] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {a.threads} torch threads",
                             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-                            "command": "python benchmarks/teachers.py " + " ".join(
-                                f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()),
+                            "command": command + " (the last; each row keeps its own)",
                             "metric": "success_once on 50 fixed evaluation seeds from --seed-base (10,000,000 unless "
                                       "a row's command says otherwise); privileged state, no rendering, episodes of "
                                       "<= max_steps"}

@@ -411,3 +411,38 @@ def test_one_command_builds_the_teachers_then_reuses_them(tmp_path, capsys):
         saved = json.loads((tmp_path / run / "checkpoint" / "state.json").read_text())["config"]["distill"]
         assert saved["teacher"] == f"reach-v3={teacher}"
         assert json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1])["train/new_frames"] > 0
+
+
+def _teachers_script():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("teachers_bench",
+                                                  Path(__file__).resolve().parents[1] / "benchmarks" / "teachers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--tasks", "nosuch-v3"], "--tasks"),
+    (["--seeds", "0,x"], "--seeds"),
+    (["--iterations", "-1"], "--iterations"),
+    (["--sft-steps", "0"], "--sft-steps"),
+    (["--iterations", "0", "--demos", "0"], "--demos N > 0"),
+    (["--tasks", "reach-v3,push-v3", "--from-cache", "CACHE"], "no finished teacher"),
+])
+def test_teachers_benchmark_refuses_bad_input_before_work(args, needle, tmp_path, capsys):
+    """benchmarks/teachers.py: every argument and every --from-cache folder is checked first, in one line; nothing
+    is written (a cache holding reach-v3's teacher but not push-v3's is refused before reach-v3 is evaluated)."""
+    from vlaforge.pipeline import teacher_dir
+
+    cache = tmp_path / "cache"
+    (teacher_dir(cache, "metaworld", "reach-v3", 0, 10, 64, 150, 1000) / "teacher.json").parent.mkdir(parents=True)
+    (teacher_dir(cache, "metaworld", "reach-v3", 0, 10, 64, 150, 1000) / "teacher.json").write_text('{"cpu_s": 1}')
+    args = [str(cache) if x == "CACHE" else x for x in args]
+    with pytest.raises(SystemExit) as e:
+        _teachers_script().main([*args, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "t.json")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and needle in err
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "w").exists()

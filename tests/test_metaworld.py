@@ -226,12 +226,16 @@ def test_goal_marker_pixels_count_only_the_goal_site(tmp_path):
     spec = importlib.util.spec_from_file_location("goal_pixels", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    data = mod.main(["--tasks", "reach-v3,button-press-topdown-v3", "--sizes", "32,64", "--layouts", "3",
+    data = mod.main(["--tasks", "reach-v3,button-press-topdown-v3", "--sizes", "64,128", "--layouts", "3",
                      "--out", str(tmp_path / "g.json")])
     rows = {(r["task"], r["image_size"]): r for r in data["rows"]}
-    small, large = rows[("reach-v3", 32)], rows[("reach-v3", 64)]
-    assert 0 < small["min_px"] <= small["max_px"] < 0.01 * small["frame_px"]
+    small, large = rows[("reach-v3", 64)], rows[("reach-v3", 128)]
+    assert 0 < small["mean_px"] and small["max_px"] < 0.01 * small["frame_px"]
     assert large["mean_px"] > small["mean_px"]
     assert rows[("button-press-topdown-v3", 64)]["goal_site"] is False
     assert rows[("button-press-topdown-v3", 64)]["mean_px"] is None
     assert json.loads((tmp_path / "g.json").read_text())["rows"] == data["rows"]
+    for bad in (["--sizes", "64,x"], ["--tasks", "nosuch-v3"], ["--layouts", "0"]):
+        with pytest.raises(SystemExit) as e:
+            mod.main([*bad, "--out", str(tmp_path / "h.json")])
+        assert e.value.code == 2 and not (tmp_path / "h.json").exists()

@@ -283,7 +283,8 @@ def privileged_teacher(suite: str, task: str, out: str | Path, iterations: int =
     privileged state and no camera, with ``seed`` and ``demo_noise`` — the same layouts and expert as the pixel
     policy's demos when those were collected with the same seed, so the teacher is told nothing the student's
     demos did not show — and the teacher starts from ``sft_steps`` of SFT on them (then PPO; ``iterations = 0``:
-    the SFT policy is the teacher).
+    the SFT policy is the teacher). ``sft_steps`` defaults to the 1,000 ``vlaforge demo`` measured with; the
+    distillation cache passes ``--distill.teacher-sft-steps`` (4,000: 1,000 underfit 50 demos).
     Tasks that PPO does not solve from scratch in this budget (button-press-topdown: 0/50) need this start.
 
     ``env_kwargs``: the suite's env options of the student's run (``--env-kwargs``), under the teacher's own

@@ -72,8 +72,8 @@ class DistillConfig:
     scratch; docs/benchmarks.md: MT10 teachers from 10 demos averaged 84%, from 50 with 4000 SFT steps 98.8%)"""
     teacher_sft_steps: int = 4000
     """with --distill.teachers-cache and --distill.teacher-demos > 0: SFT steps on the teacher's demos before PPO
-    (docs/benchmarks.md, "Teachers that fit their demos": 1000 underfit 50 demos, pick-place 30/50 and push 13/50,
-    where 4000 give 49 and 50)"""
+    (docs/benchmarks.md, "Teachers that fit their demos": 1000 underfit 50 demos, push 2/50 and pick-place 41/50
+    where 4000 give 50 and 49, SFT alone on the same seeds)"""
     teacher_iterations: int = 64
     """with --distill.teachers-cache: each teacher's PPO iterations (0: the SFT policy is the teacher; needs
     --distill.teacher-demos)"""
