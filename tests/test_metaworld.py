@@ -239,3 +239,34 @@ def test_goal_marker_pixels_count_only_the_goal_site(tmp_path):
         with pytest.raises(SystemExit) as e:
             mod.main([*bad, "--out", str(tmp_path / "h.json")])
         assert e.value.code == 2 and not (tmp_path / "h.json").exists()
+
+
+def test_fast_renderer_makes_no_shadow_map_and_draws_the_same_frame():
+    """mjrender.fast_render_settings sets shadowsize 0 (the GL context would otherwise allocate a 4096² shadow map per
+    renderer, ~60 MB; shadows are off anyway), and the frame equals one drawn with the model's own shadow map size."""
+    import mujoco
+
+    from vlaforge.envs import mjrender
+    from vlaforge.envs.metaworld import _env_dict
+
+    cls = _env_dict.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE["reach-v3-goal-observable"]
+    plain, fast = cls(seed=0), cls(seed=0)
+    size = plain.model.vis.quality.shadowsize
+    assert size > 0
+    r_fast = mjrender.FastRenderer(fast.model, 32, 32)
+    assert fast.model.vis.quality.shadowsize == 0
+    mjrender.fast_render_settings(plain.model, 32, 32)
+    plain.model.vis.quality.shadowsize = size  # everything else the same: only the shadow map differs
+    r_plain = mujoco.Renderer(plain.model, 32, 32)
+    for flag in (mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SHADOW):
+        r_plain.scene.flags[flag] = 0
+    try:
+        plain.reset()
+        fast.reset()
+        r_plain.update_scene(plain.data, "corner")
+        assert np.array_equal(r_fast.render(fast.data, "corner"), r_plain.render())
+    finally:
+        r_fast.close()
+        r_plain.close()
+        plain.close()
+        fast.close()
