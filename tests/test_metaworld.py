@@ -243,7 +243,8 @@ def test_goal_marker_pixels_count_only_the_goal_site(tmp_path):
 
 def test_fast_renderer_makes_no_shadow_map_and_draws_the_same_frame():
     """mjrender.fast_render_settings sets shadowsize 0 (the GL context would otherwise allocate a 4096² shadow map per
-    renderer, ~60 MB; shadows are off anyway), and the frame equals one drawn with the model's own shadow map size."""
+    renderer, ~60 MB; shadows are off anyway) and an offscreen buffer of the frame's size, and the frame equals one
+    drawn with the model's own shadow map and buffer sizes."""
     import mujoco
 
     from vlaforge.envs import mjrender
@@ -251,12 +252,14 @@ def test_fast_renderer_makes_no_shadow_map_and_draws_the_same_frame():
 
     cls = _env_dict.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE["reach-v3-goal-observable"]
     plain, fast = cls(seed=0), cls(seed=0)
-    size = plain.model.vis.quality.shadowsize
-    assert size > 0
+    size, off = plain.model.vis.quality.shadowsize, (plain.model.vis.global_.offwidth, plain.model.vis.global_.offheight)
+    assert size > 0 and min(off) > 32
     r_fast = mjrender.FastRenderer(fast.model, 32, 32)
     assert fast.model.vis.quality.shadowsize == 0
+    assert (fast.model.vis.global_.offwidth, fast.model.vis.global_.offheight) == (32, 32)
     mjrender.fast_render_settings(plain.model, 32, 32)
-    plain.model.vis.quality.shadowsize = size  # everything else the same: only the shadow map differs
+    plain.model.vis.quality.shadowsize = size  # everything else the same: the model's own shadow map and buffer
+    plain.model.vis.global_.offwidth, plain.model.vis.global_.offheight = off
     r_plain = mujoco.Renderer(plain.model, 32, 32)
     for flag in (mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SHADOW):
         r_plain.scene.flags[flag] = 0

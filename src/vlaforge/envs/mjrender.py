@@ -11,7 +11,8 @@ Why this exists:
   multisample anti-aliasing, shadow maps and reflections dominate the frame time (Meta-World:
   ~90 ms -> ~7 ms per 64x64 frame). ``fast_render_settings`` turns them off on the model
   (``offsamples=0``, no light casts shadows, no shadow map: ``shadowsize=0`` saves ~60 MB of the ~130 MB a
-  Meta-World renderer took, with identical frames; must happen before the GL context is made) and
+  Meta-World renderer took, and an offscreen buffer of the frame's size ~4 MB more, with identical frames; must
+  happen before the GL context is made) and
   ``FastRenderer`` turns the shadow and reflection flags off in its scene.
 * Headless defaults. On Linux, importing this module sets ``MUJOCO_GL=egl`` and
   ``LP_NUM_THREADS=0`` unless already set; both must be in place before ``mujoco`` is imported.
@@ -59,8 +60,10 @@ def fast_render_settings(model, height: int, width: int) -> None:
     model.vis.quality.offsamples = 0  # must be set before the GL context is made
     model.vis.quality.shadowsize = 0  # no shadow map: the context would allocate a 4096² one (~60 MB per renderer)
     model.light_castshadow[:] = 0
-    model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
-    model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+    # an offscreen buffer of the frame's own size (a context keeps the size it was made with, so a later, larger
+    # renderer on the same model is unaffected; Meta-World's default 640x480 cost ~4 MB more per renderer)
+    model.vis.global_.offwidth = width
+    model.vis.global_.offheight = height
 
 
 class FastRenderer:
