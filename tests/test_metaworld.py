@@ -55,6 +55,31 @@ def test_reset_is_a_function_of_task_and_seed(env):
         other.close()
 
 
+def test_cache_keeps_at_most_k_simulators_and_the_same_episodes(env):
+    """``cache=1``: switching tasks closes the other task's simulator and rebuilds it on its next reset; every
+    frame and state equals those of the env that keeps both (the initial state depends on (task, seed) only)."""
+    small = MetaWorldEnv(tasks=TASKS, image_size=64, cache=1)
+    acts = np.random.default_rng(3).uniform(-1, 1, (8, 4)).astype(np.float32)
+    try:
+        for tid, seed in ((0, 5), (1, 6), (0, 5), (1, 7)):
+            for e in (env, small):
+                e.reset(tid, seed)
+            res = [e.step_chunk(acts) for e in (env, small)]
+            assert np.array_equal(res[0].image, res[1].image) and np.array_equal(res[0].state, res[1].state)
+            assert list(small._sims) == [small.spec.tasks[tid].name]  # only the task just reset is alive
+        assert len(env._sims) == 2
+    finally:
+        small.close()
+    with pytest.raises(EnvError, match="cache must be a whole number"):
+        MetaWorldEnv(tasks=TASKS, cache=-1)
+    from vlaforge.envs.options import check_env_kwargs
+    from vlaforge.errors import UsageError
+
+    assert check_env_kwargs("metaworld", {"cache": 10.0}) == {"cache": 10}
+    with pytest.raises(UsageError, match="cache must be > 0"):
+        check_env_kwargs("metaworld", {"cache": 0})
+
+
 @pytest.mark.parametrize("task_id", [0, 1])
 def test_scripted_expert_succeeds(env, task_id):
     for seed in range(2):

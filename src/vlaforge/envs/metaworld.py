@@ -17,7 +17,11 @@
 * ``render=False`` skips the camera: every image is zeros (same shape). Only for policies that
   ignore images (the tiny policy's ``state`` backbone); ~5x the env steps per second with 4-step
   chunks (docs/benchmarks.md). Training, evaluation and SFT refuse image-reading policies then.
-* One Meta-World env (and one ``mujoco.Renderer``) per task name, created on first use and reused.
+* One Meta-World env (and one offscreen renderer) per task name, created on first use and reused: ~94 MiB of host
+  memory each (docs/bench/env_memory.json), so an env that runs every MT50 task holds ~4.7 GB.
+  ``cache=K`` keeps at most K of them (as ``LiberoEnv``'s ``cache``), closing the least recently reset one when a
+  K+1-th task is reset (rebuilt on its next reset); the default 0 keeps every task's. Episodes are the same either way (the initial state is a function of
+  ``(task_id, seed)`` only); a rebuild costs the construction time instead (env_memory.py measures both).
 * Fast rendering (``mjrender.FastRenderer``): no multisampling, shadows or reflections (~7 ms per 64x64 frame on a
   software renderer instead of ~90 ms). The ``corner`` camera is mounted upside down in
   Meta-World's scene; its image is rotated 180 degrees so it is upright (not mirrored).
@@ -235,9 +239,11 @@ class MetaWorldEnv(SimEnv):
 
     def __init__(self, tasks: str | list[str] | None = None, image_size: int = 64, camera: str = "corner",
                  max_steps: int = 200, benchmark: str | None = None, shaping: float = 0.0,
-                 privileged: bool = False, render: bool = True, wrist: bool = False):
+                 privileged: bool = False, render: bool = True, wrist: bool = False, cache: int = 0):
         if camera not in CAMERAS:
             raise EnvError(f"unknown metaworld camera '{camera}'; choose one of: {', '.join(CAMERAS)}")
+        if cache < 0 or int(cache) != cache:
+            raise EnvError(f"metaworld cache must be a whole number >= 1 (simulators kept; default: every task's); got {cache}")
         specs, bench = resolve_tasks(tasks, benchmark)
         if not specs:
             raise EnvError("no metaworld tasks selected; pass tasks='reach-v3' or a benchmark like 'MT10'")
@@ -253,7 +259,8 @@ class MetaWorldEnv(SimEnv):
                             max_steps=self.max_steps, cameras=self.cameras,
                             renderer=os.environ.get("MUJOCO_GL", "egl") if self.render else "none", extra={"benchmark": bench},
                             sim_state_names=SIM_STATE_NAMES, sim_state_groups={"privileged": PRIVILEGED_STATE_NAMES})
-        self._sims: dict[str, _Sim] = {}
+        self.cache = int(cache)
+        self._sims: dict[str, _Sim] = {}  # in order of last reset (the least recently reset first)
         self._sim: _Sim | None = None
         self._obs: np.ndarray | None = None  # last full Meta-World observation (for the expert)
         self._image: np.ndarray | None = None
@@ -262,9 +269,12 @@ class MetaWorldEnv(SimEnv):
 
     # -- simulator calls (SimEnv runs reset / step_chunk / close around them) -----------------------
     def _reset(self, task: str, seed: int) -> None:
-        sim = self._sims.get(task)
+        sim = self._sims.pop(task, None)
         if sim is None:
-            sim = self._sims[task] = _Sim(task, self.size, self.size, self.max_steps)
+            if self.cache and len(self._sims) >= self.cache:
+                self._sims.pop(next(iter(self._sims))).close()  # the least recently reset task's
+            sim = _Sim(task, self.size, self.size, self.max_steps)
+        self._sims[task] = sim  # now the most recently reset
         self._sim = sim
         self._obs = sim.reset(seed % (2 ** 63))
         if self.shaping:
