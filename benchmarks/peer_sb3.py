@@ -16,7 +16,10 @@ Settings (printed in docs/benchmarks.md):
 - vlaforge PPO: tiny policy ``--backbone state``, chunk 4, 16 envs, ``--groups 32``, lr 3e-4 (the run in
   /work/shared/MACHINE-NOTES.md), ``--iterations`` = ``--ppo-iterations``, ``--ppo.epochs`` 10 and
   ``--ppo.minibatch-size`` 64 (SB3's epochs and minibatch; vlaforge's VLA defaults are 2 and 256, which
-  take ~20× fewer gradient steps per sample).
+  take ~20× fewer gradient steps per sample). ``--ppo-log-std`` sets the Gaussian head's initial log-std
+  (default: the tiny VLA's −1, std 0.37, chosen for RL from an SFT start; SB3 starts at 0, std 1);
+  ``--ppo-critic privileged`` gives the value function its own MLP on the state instead of the actor's
+  features; ``--ppo-chunk`` sets the actions per decision.
 - SB3 PPO: ``MlpPolicy`` 256×256, 8 envs (DummyVecEnv), n_steps 256, batch 64, 10 epochs, lr 3e-4 (SB3
   defaults otherwise).
 - vlaforge SAC: tiny policy ``--backbone state``, chunk 1 (one action per decision, as SB3), 4 envs, UTD
@@ -84,20 +87,25 @@ def make_gym_env(task: str, shaping: float, seed: int):
     return SingleTaskEnv
 
 
-class SB3Policy:
-    """An SB3 model behind vlaforge's ``Policy.act`` so ``evaluate_policy`` scores it on the same seeds."""
+def sb3_policy(model):
+    """An SB3 model behind vlaforge's ``Policy`` contract so ``evaluate_policy`` scores it on the same seeds."""
+    from vlaforge.policies.base import Policy
 
-    chunk_size, action_dim, temperature = 1, 4, 1.0
+    class SB3Policy(Policy):
+        chunk_size, action_dim = 1, 4
 
-    def __init__(self, model):
-        self.model = model
+        def act(self, obs, deterministic: bool = False, temperature: float = 1.0):
+            return _sb3_act(model, obs, deterministic)
 
-    def act(self, obs, deterministic: bool = True):
-        from vlaforge.types import ActionOutput
+    return SB3Policy()
 
-        a, _ = self.model.predict(np.asarray(obs.state, np.float32), deterministic=deterministic)
-        a = torch.as_tensor(a, dtype=torch.float32).view(len(obs), 1, 4)
-        return ActionOutput(a, torch.zeros_like(a), None, {})
+
+def _sb3_act(model, obs, deterministic: bool):
+    from vlaforge.types import ActionOutput
+
+    a, _ = model.predict(np.asarray(obs.state, np.float32), deterministic=deterministic)
+    a = torch.as_tensor(a, dtype=torch.float32).view(len(obs), 1, 4)
+    return ActionOutput(a, torch.zeros_like(a), None, {})
 
 
 def run_sb3(task: str, algo: str, seed: int, env_steps: int, shaping: float) -> tuple[object, float]:
@@ -118,7 +126,7 @@ def run_sb3(task: str, algo: str, seed: int, env_steps: int, shaping: float) -> 
     model.learn(total_timesteps=env_steps)
     wall = time.perf_counter() - t0
     venv.close()
-    return SB3Policy(model), wall
+    return sb3_policy(model), wall
 
 
 # -- vlaforge side -----------------------------------------------------------------------------------
@@ -131,14 +139,23 @@ def run_vlaforge(task: str, algo: str, seed: int, args, out: Path) -> tuple[obje
     common = dict(algo=algo, suite="metaworld", tasks=task, backbone="state", env_kwargs=env_kwargs(shaping),
                   max_steps=MAX_STEPS, eval_every=0, progress=False, tensorboard=False, out=str(out), threads=1,
                   seed=seed, lr=3e-4, checkpoint_every=10_000)
+    policy = None
     if algo == "ppo":
-        cfg = TrainConfig(**common, groups=32, num_envs=16, iterations=args.ppo_iterations, chunk_size=4)
+        cfg = TrainConfig(**common, groups=32, num_envs=16, iterations=args.ppo_iterations,
+                          chunk_size=args.ppo_chunk, critic=args.ppo_critic)
         cfg.ppo.epochs, cfg.ppo.minibatch_size = args.ppo_epochs, args.ppo_minibatch
+        if args.ppo_log_std is not None:  # a fresh tiny policy whose Gaussian starts at this log-std
+            from vlaforge.envs import suite_spec
+            from vlaforge.policies.tiny import build_tiny
+
+            spec = suite_spec("metaworld", task, **cfg.env_kwargs)
+            policy = build_tiny(**cfg.shape(), state_dim=spec.state_dim, action_dim=spec.action_dim,
+                                views=spec.image_shape[0], image_size=cfg.image_size, log_std_init=args.ppo_log_std)
     else:
         cfg = TrainConfig(**common, groups=4, num_envs=4, iterations=args.sac_iterations, chunk_size=1)
         cfg.sac.utd = args.sac_utd
     t0 = time.perf_counter()
-    train(cfg)
+    train(cfg, policy=policy)
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     env_steps = int(rows[-1]["rollout/env_steps"])
@@ -166,6 +183,11 @@ def main(argv=None) -> None:
     p.add_argument("--ppo-iterations", type=int, default=30, help="vlaforge PPO iterations (sets the env steps)")
     p.add_argument("--ppo-epochs", type=int, default=10, help="vlaforge PPO epochs (SB3's default 10; vlaforge's 2)")
     p.add_argument("--ppo-minibatch", type=int, default=64, help="vlaforge PPO minibatch in decisions (SB3: 64 steps)")
+    p.add_argument("--ppo-chunk", type=int, default=4, help="vlaforge PPO actions per decision (SB3: 1)")
+    p.add_argument("--ppo-critic", default="image", choices=["image", "privileged"],
+                   help="vlaforge PPO value head: on the actor's features (image) or its own MLP on the state")
+    p.add_argument("--ppo-log-std", type=float, default=None,
+                   help="initial log-std of vlaforge's Gaussian head (default: the tiny VLA's -1; SB3 starts at 0)")
     p.add_argument("--sac-iterations", type=int, default=25, help="vlaforge SAC iterations (4 episodes each)")
     p.add_argument("--sac-utd", type=float, default=0.25)
     p.add_argument("--ppo-shaping", type=float, default=1.0)
