@@ -80,6 +80,45 @@ def test_cache_keeps_at_most_k_simulators_and_the_same_episodes(env):
         check_env_kwargs("metaworld", {"cache": 0})
 
 
+def test_affinity_order_by_hand():
+    from vlaforge.envs.vector import affinity_order
+
+    assert affinity_order(["a", "b"], [None, None], [(0, 2)]) == [0, 1]  # no bounded cache: identity
+    # env 0 holds b, env 1 holds a: the positions swap; env 2 holds neither and takes the last position
+    held = [frozenset({"b"}), frozenset({"a"}), frozenset()]
+    assert affinity_order(["a", "b", "c"], held, [(0, 3)]) == [1, 0, 2]
+    # two positions of task a: the first gets the env holding it, the second an env left over
+    assert affinity_order(["a", "a", "b"], [frozenset({"b"}), frozenset({"a"}), frozenset()], [(0, 3)]) == [1, 2, 0]
+    # positions move only inside their bound (a worker's group)
+    assert affinity_order(["a", "b", "a", "b"], [frozenset({"b"}), frozenset({"a"})] * 2, [(0, 2), (2, 4)]) == [1, 0, 3, 2]
+    assert affinity_order(["a", "b"], [frozenset({"b"}), frozenset({"a"})], [(0, 1), (1, 2)]) == [0, 1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_vec_env_runs_each_episode_on_an_env_holding_its_task(workers):
+    """With cache=1 and batches whose tasks swap places, the vector env resets each position on the env that
+    holds its task (no simulator built after the first batch) and returns what an uncached vector env returns."""
+    kw = dict(tasks=TASKS, max_steps=20)
+    cached = make_vec_env("metaworld", 2, workers=workers, cache=1, **kw)
+    plain = make_vec_env("metaworld", 2, workers=0, **kw)
+    acts = np.random.default_rng(1).uniform(-1, 1, (2, 4, 4)).astype(np.float32)
+    try:
+        for tids, seeds in (([0, 1], [3, 4]), ([1, 0], [5, 6]), ([1, 0], [5, 6]), ([0, 0], [7, 8])):
+            obs = [v.reset(np.array(tids), np.array(seeds)) for v in (cached, plain)]
+            assert np.array_equal(obs[0].images, obs[1].images) and np.array_equal(obs[0].state, obs[1].state)
+            assert np.array_equal(cached.expert_actions(), plain.expert_actions())
+            st = [v.step(acts) for v in (cached, plain)]
+            for a, b in zip(st[0].obs.images, st[1].obs.images):
+                assert np.array_equal(a, b)
+            assert np.array_equal(st[0].reward, st[1].reward) and np.array_equal(st[0].done, st[1].done)
+            if workers == 0 and tids == [1, 0]:  # the envs kept their tasks: env 0 runs position 1
+                assert cached.slots.order == [1, 0]
+                assert [set(e._sims) for e in cached.envs] == [{"reach-v3"}, {"button-press-topdown-v3"}]
+    finally:
+        cached.close()
+        plain.close()
+
+
 @pytest.mark.parametrize("task_id", [0, 1])
 def test_scripted_expert_succeeds(env, task_id):
     for seed in range(2):

@@ -98,6 +98,12 @@ class TaskEnv(Protocol):
         """The scripted expert's next action (A,) in [-1, 1] for the current state."""
         ...
 
+    def cached_tasks(self) -> frozenset[str] | None:
+        """Names of the tasks whose simulators this env holds now, when it holds only a bounded number of them
+        (Meta-World's ``cache``); None when it keeps every task's (nothing to gain by choosing envs). The vector
+        envs read it to reset each episode on an env that already holds its task (``envs.vector.EnvSlots``)."""
+        ...
+
     # Optional: ``sim_state() -> float32 (P,)``, the privileged simulator state now (layout in
     # ``spec.sim_state_names``), for reward models (GRAPE costs, RPRM milestones), never for policies.
 
@@ -214,6 +220,11 @@ class SimEnv:
         self._close()
         self._task = None
         self.done = True
+
+    def cached_tasks(self) -> frozenset[str] | None:
+        """``TaskEnv.cached_tasks``: None here (every task's simulator is kept); an adapter with a bounded cache
+        of simulators overrides it."""
+        return None
 
     def _limit(self) -> int:
         return self.max_steps

@@ -302,6 +302,10 @@ class MetaWorldEnv(SimEnv):
             raise EnvError("call reset(task_id, seed) before sim_state")
         return np.asarray(self._obs, dtype=np.float32).copy()
 
+    def cached_tasks(self) -> frozenset[str] | None:
+        """The tasks whose simulators are alive when ``cache`` bounds them; None with the default (all kept)."""
+        return frozenset(self._sims) if self.cache else None
+
     def _close(self) -> None:
         for sim in self._sims.values():
             sim.close()

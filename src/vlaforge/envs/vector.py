@@ -16,6 +16,11 @@ of the batch per worker (``groups_per_worker`` > 1 splits each worker's envs fur
 ``VecStep`` (rows of that group only), so the policy can act for one group while the others
 simulate. Several groups of one worker may be in flight; the worker answers them in order.
 
+Both address their envs through ``EnvSlots``: at each reset, a batch position may run on another env of its group
+(``affinity_order``) when the suite keeps a bounded cache of task simulators (Meta-World's ``cache``), so that an
+episode lands on an env that still holds its task's simulator instead of building one. Episodes depend on (task,
+seed) and actions only, so the results are the same; without a bounded cache every env runs its own position.
+
 ``thread_plan(workers)`` sizes the threads of a rollout so that W workers and the policy process
 fit the machine's cores; each worker applies its share (OpenMP/BLAS/torch, llvmpipe render threads)
 before building its envs.
@@ -66,6 +71,65 @@ def _step_one(env, actions: np.ndarray) -> ChunkResult:
     return res
 
 
+def affinity_order(names: Sequence[str], held: Sequence[frozenset[str] | None],
+                   bounds: Sequence[tuple[int, int]]) -> list[int]:
+    """Which env runs each batch position: position i -> env ``order[i]``, a permutation inside every ``(lo, hi)``
+    bound (a group of envs stepped together).
+
+    ``names[i]``: position i's task; ``held[j]``: the tasks env j holds a simulator for (``TaskEnv.cached_tasks``;
+    None: it keeps every task's). Positions are taken in order; each gets the lowest free env of its bound that
+    holds its task, and the positions left get the envs left, in index order. Without a bounded cache (every
+    ``held`` None) it is the identity: the envs run the positions they always did.
+    """
+    order = list(range(len(names)))
+    if all(h is None for h in held):
+        return order
+    for lo, hi in bounds:
+        free, todo = list(range(lo, hi)), []
+        for i in range(lo, hi):
+            j = next((j for j in free if held[j] is not None and names[i] in held[j]), None)
+            if j is None:
+                todo.append(i)
+            else:
+                order[i] = j
+                free.remove(j)
+        for i, j in zip(todo, free):
+            order[i] = j
+    return order
+
+
+class EnvSlots:
+    """Envs addressed by batch position (``SyncVecEnv``'s, and each ``SubprocVecEnv`` worker's).
+
+    ``reset`` lets each position run on an env that still holds its task's simulator (``affinity_order``, inside
+    each bound); ``step`` and ``expert`` then address positions. An episode is a function of its (task, seed) and
+    actions, not of the env instance that runs it, so the results are the same whichever env runs a position;
+    only the simulators built anew (with a bounded ``cache``) are fewer.
+    """
+
+    def __init__(self, envs: list, bounds: Sequence[tuple[int, int]] | None = None):
+        self.envs = envs
+        self.bounds = list(bounds) if bounds else [(0, len(envs))]
+        self.order = list(range(len(envs)))
+
+    def reset(self, pairs: Sequence[tuple[int, int]]) -> list[tuple]:
+        tasks = self.envs[0].spec.tasks
+        names = [tasks[int(t)].name if 0 <= int(t) < len(tasks) else "" for t, _ in pairs]
+        self.order = affinity_order(names, [e.cached_tasks() for e in self.envs], self.bounds)
+        return [_reset_one(self.envs[j], int(t), int(s)) for j, (t, s) in zip(self.order, pairs)]
+
+    def step(self, actions: Sequence[np.ndarray], lo: int = 0) -> list[ChunkResult]:
+        """Step positions ``lo, lo + 1, …`` with one action chunk each."""
+        return [_step_one(self.envs[self.order[lo + i]], a) for i, a in enumerate(actions)]
+
+    def expert(self) -> list[np.ndarray]:
+        return [self.envs[j].expert_action() for j in self.order]
+
+    def close(self) -> None:
+        for e in self.envs:
+            e.close()
+
+
 def _check_reset_args(spec: EnvSpec, n: int, task_ids, seeds) -> tuple[np.ndarray, np.ndarray]:
     task_ids = np.broadcast_to(np.asarray(task_ids, dtype=np.int64), (n,)).copy()
     seeds = np.broadcast_to(np.asarray(seeds, dtype=np.int64), (n,)).copy()
@@ -81,6 +145,7 @@ class SyncVecEnv:
 
     def __init__(self, env_fn: Callable[[], TaskEnv], num_envs: int):
         self.envs = [env_fn() for _ in range(num_envs)]
+        self.slots = EnvSlots(self.envs)
         self.spec: EnvSpec = self.envs[0].spec
         self.num_envs = num_envs
         self.groups = [slice(0, num_envs)]  # one group: nothing to overlap in process
@@ -88,20 +153,18 @@ class SyncVecEnv:
 
     def reset(self, task_ids, seeds) -> Observation:
         self._task_ids, seeds = _check_reset_args(self.spec, self.num_envs, task_ids, seeds)
-        out = [_reset_one(e, int(t), int(s)) for e, t, s in zip(self.envs, self._task_ids, seeds)]
+        out = self.slots.reset(list(zip(self._task_ids, seeds)))
         return _stack(self.spec, self._task_ids, [o[0] for o in out], [o[1] for o in out], [o[2] for o in out])
 
     def step(self, actions: np.ndarray) -> VecStep:
         a = validate_actions(actions, self.num_envs, self.spec.action_dim)
-        return _vec_step(self.spec, self._task_ids, [_step_one(e, x) for e, x in zip(self.envs, a)],
-                         np.ones(self.num_envs, bool))
+        return _vec_step(self.spec, self._task_ids, self.slots.step(a), np.ones(self.num_envs, bool))
 
     def expert_actions(self) -> np.ndarray:
-        return np.stack([e.expert_action() for e in self.envs]).astype(np.float32)
+        return np.stack(self.slots.expert()).astype(np.float32)
 
     def close(self) -> None:
-        for e in self.envs:
-            e.close()
+        self.slots.close()
 
 
 def _vec_step(spec, task_ids, results: Sequence[ChunkResult], valid: np.ndarray) -> VecStep:
@@ -168,27 +231,27 @@ def _limit_threads(env: dict[str, str], torch_threads: int) -> None:
         sys.modules["torch"].set_num_threads(torch_threads)
 
 
-def _worker(conn, env_fn, n_local: int, threads: ThreadPlan) -> None:
+def _worker(conn, env_fn, n_local: int, threads: ThreadPlan, bounds: list[tuple[int, int]] | None = None) -> None:
+    """One env worker: ``n_local`` envs as ``EnvSlots`` whose positions move only inside ``bounds`` (its groups)."""
     _limit_threads(threads.worker_env(), threads.worker)
     try:
-        envs = [env_fn() for _ in range(n_local)]
-        conn.send(("ok", envs[0].spec))
+        slots = EnvSlots([env_fn() for _ in range(n_local)], bounds)
+        conn.send(("ok", slots.envs[0].spec))
         while True:
             cmd, arg = conn.recv()
             if cmd == "reset":
-                conn.send(("ok", [_reset_one(e, int(t), int(s)) for e, (t, s) in zip(envs, arg)]))
+                conn.send(("ok", slots.reset(arg)))
             elif cmd == "step":
-                conn.send(("ok", [_step_one(e, a) for e, a in zip(envs, arg)]))
-            elif cmd == "step_part":  # one group of this worker's envs: (first local index, actions (n_g, C, A))
+                conn.send(("ok", slots.step(arg)))
+            elif cmd == "step_part":  # one group of this worker's envs: (first local position, actions (n_g, C, A))
                 lo, acts = arg
-                conn.send(("ok", [_step_one(e, a) for e, a in zip(envs[lo:lo + len(acts)], acts)]))
+                conn.send(("ok", slots.step(acts, lo)))
             elif cmd == "expert":
-                conn.send(("ok", [e.expert_action() for e in envs]))
+                conn.send(("ok", slots.expert()))
             elif cmd == "crash":  # for tests: die like a segfaulting simulator would
                 os._exit(1)
             elif cmd == "close":
-                for e in envs:
-                    e.close()
+                slots.close()
                 conn.send(("ok", None))
                 return
     except (EOFError, KeyboardInterrupt):
@@ -246,8 +309,10 @@ class SubprocVecEnv:
 
     def _start(self, w: int) -> None:
         parent, child = self._ctx.Pipe()
-        n_local = self.slices[w].stop - self.slices[w].start
-        p = self._ctx.Process(target=_worker, args=(child, self.env_fn, n_local, self.threads), daemon=True)
+        sl = self.slices[w]
+        bounds = [(g.start - sl.start, g.stop - sl.start) for g, gw in zip(self.groups, self._group_worker) if gw == w]
+        p = self._ctx.Process(target=_worker, args=(child, self.env_fn, sl.stop - sl.start, self.threads, bounds),
+                              daemon=True)
         p.start()
         child.close()
         self.procs[w], self.conns[w] = p, parent
