@@ -362,3 +362,23 @@ def test_peer_sb3_scores_an_sb3_model_through_evaluate_policy():
     assert successes == 0  # reach-v3 never starts solved
     assert model.calls and all(shape == (10, 13) and det for shape, det in model.calls)
     assert len(model.calls) == 5 * mod.MAX_STEPS  # 50 episodes on 10 envs, 150 decisions of one step each
+
+
+def test_env_cache_benchmark_writes_its_rows(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "env_cache.py"
+    spec = importlib.util.spec_from_file_location("env_cache", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "c.json"
+    data = mod.main(["--tasks", "reach-v3,push-v3,door-open-v3", "--num-envs", "2", "--cache", "1", "--batches", "3",
+                     "--warmup", "1", "--max-steps", "8", "--out", str(out)])
+    (row,) = data["rows"]
+    assert (row["cache"], row["affinity"], row["episodes"], row["env_steps"]) == (1, True, 6, 48)
+    assert row["sims_built"] <= 6 and row["rss_mb"] > 0 and row["env_steps_per_s"] > 0
+    assert json.loads(out.read_text())["rows"] == data["rows"]
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--num-envs", "0", "--out", str(tmp_path / "x.json")])
+    assert e.value.code == 2 and not (tmp_path / "x.json").exists()

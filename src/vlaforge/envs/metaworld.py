@@ -260,6 +260,7 @@ class MetaWorldEnv(SimEnv):
                             renderer=os.environ.get("MUJOCO_GL", "egl") if self.render else "none", extra={"benchmark": bench},
                             sim_state_names=SIM_STATE_NAMES, sim_state_groups={"privileged": PRIVILEGED_STATE_NAMES})
         self.cache = int(cache)
+        self.sims_built = 0  # simulators this env has built (with a cache: rebuilds included)
         self._sims: dict[str, _Sim] = {}  # in order of last reset (the least recently reset first)
         self._sim: _Sim | None = None
         self._obs: np.ndarray | None = None  # last full Meta-World observation (for the expert)
@@ -274,6 +275,7 @@ class MetaWorldEnv(SimEnv):
             if self.cache and len(self._sims) >= self.cache:
                 self._sims.pop(next(iter(self._sims))).close()  # the least recently reset task's
             sim = _Sim(task, self.size, self.size, self.max_steps)
+            self.sims_built += 1
         self._sims[task] = sim  # now the most recently reset
         self._sim = sim
         self._obs = sim.reset(seed % (2 ** 63))
