@@ -149,6 +149,7 @@ def run_vlaforge(task: str, algo: str, seed: int, args, out: Path) -> tuple[obje
             from vlaforge.policies.tiny import build_tiny
 
             spec = suite_spec("metaworld", task, **cfg.env_kwargs)
+            torch.manual_seed(seed)  # seeded as train() seeds torch before it builds a fresh policy
             policy = build_tiny(**cfg.shape(), state_dim=spec.state_dim, action_dim=spec.action_dim,
                                 views=spec.image_shape[0], image_size=cfg.image_size, log_std_init=args.ppo_log_std)
     else:
@@ -195,6 +196,9 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "bench" / "peer_sb3.json"))
     p.add_argument("--workdir", default="runs/peer_sb3")
     args = p.parse_args(argv)
+    if args.ppo_chunk < 1 or (args.ppo_log_std is not None and not -5.0 <= args.ppo_log_std <= 0.5):
+        p.error(f"--ppo-chunk must be >= 1 and --ppo-log-std in [-5, 0.5] (the Gaussian head's clamp); got "
+                f"{args.ppo_chunk}, {args.ppo_log_std}")
     torch.set_num_threads(1)
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.exists() else []
