@@ -196,8 +196,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "bench" / "peer_sb3.json"))
     p.add_argument("--workdir", default="runs/peer_sb3")
     args = p.parse_args(argv)
-    if args.ppo_chunk < 1 or (args.ppo_log_std is not None and not -5.0 <= args.ppo_log_std <= 0.5):
-        p.error(f"--ppo-chunk must be >= 1 and --ppo-log-std in [-5, 0.5] (the Gaussian head's clamp); got "
+    if args.ppo_chunk < 1 or (args.ppo_log_std is not None and not -4.0 <= args.ppo_log_std <= 0.5):
+        p.error(f"--ppo-chunk must be >= 1 and --ppo-log-std in [-4, 0.5] (the Gaussian head's clamp); got "
                 f"{args.ppo_chunk}, {args.ppo_log_std}")
     torch.set_num_threads(1)
     out = Path(args.out)
