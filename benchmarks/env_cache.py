@@ -39,11 +39,10 @@ def rss_mb() -> int:
 def run(tasks: str, num_envs: int, cache: int, affinity: bool, batches: int, warmup: int, max_steps: int,
         seed: int) -> dict:
     """One configuration in this process (call it in a fresh process for a clean RSS)."""
-    from vlaforge.envs import make_vec_env, vector
+    from vlaforge.envs import make_vec_env
 
-    if not affinity:  # the ablation: every env runs its own position
-        vector.affinity_order = lambda names, held, bounds: list(range(len(names)))
     venv = make_vec_env("metaworld", num_envs, tasks=tasks, max_steps=max_steps, **({"cache": cache} if cache else {}))
+    venv.slots.affinity = affinity  # False: the ablation, every env runs its own position
     rng = np.random.default_rng(seed)
     n_tasks = len(venv.spec.tasks)
     try:
@@ -89,6 +88,13 @@ def main(argv: list[str] | None = None) -> dict:
             ap.exit(2, f"env_cache.py: error: --{name.replace('_', '-')} must be >= 1; got {getattr(a, name)}\n")
     if a.warmup < 0 or min(a.cache) < 0:
         ap.exit(2, "env_cache.py: error: --warmup and --cache must be >= 0\n")
+    from vlaforge.envs import EnvError
+    from vlaforge.envs.metaworld import resolve_tasks
+
+    try:
+        resolve_tasks(a.tasks)
+    except EnvError as e:
+        ap.exit(2, f"env_cache.py: error: {e}\n")
     if a.one:
         cache, affinity = json.loads(a.one)
         print(json.dumps(run(a.tasks, a.num_envs, cache, affinity, a.batches, a.warmup, a.max_steps, a.seed)))

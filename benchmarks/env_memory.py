@@ -6,7 +6,8 @@ task twice over (the state a multi-task rollout reaches within a few iterations)
 over those resets divided by num_envs × the simulators an env keeps (every task's, or ``--cache`` K of them: Meta-World's
 ``cache`` env option). ``reset_ms_first`` / ``reset_ms_again``: wall milliseconds per (env, task) reset in the first
 pass (each builds its simulator) and the second (each reuses it, or with a cache smaller than the task count
-rebuilds it: the price of the memory saved).
+rebuilds it: the price of the memory saved). With a cache, RSS may keep some memory of the simulators it closed (the
+allocator need not return it), so ``mb_per_env_task`` is then an upper bound.
 
     MUJOCO_GL=egl python benchmarks/env_memory.py --num-envs 4 --tasks MT10 --label shadowsize0 \\
         --out docs/bench/env_memory.json

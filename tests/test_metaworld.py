@@ -70,8 +70,10 @@ def test_cache_keeps_at_most_k_simulators_and_the_same_episodes(env):
         assert len(env._sims) == 2
     finally:
         small.close()
-    with pytest.raises(EnvError, match="cache must be a whole number"):
-        MetaWorldEnv(tasks=TASKS, cache=-1)
+    for bad in (-1, 1.5, float("nan"), None, "3", True):
+        with pytest.raises(EnvError, match="cache must be a whole number"):
+            MetaWorldEnv(tasks=TASKS, cache=bad)
+    assert MetaWorldEnv(tasks=TASKS, cache=2).cached_tasks() is None  # as many as tasks: nothing is ever closed
     from vlaforge.envs.options import check_env_kwargs
     from vlaforge.errors import UsageError
 
@@ -114,6 +116,40 @@ def test_vec_env_runs_each_episode_on_an_env_holding_its_task(workers):
             if workers == 0 and tids == [1, 0]:  # the envs kept their tasks: env 0 runs position 1
                 assert cached.slots.order == [1, 0]
                 assert [set(e._sims) for e in cached.envs] == [{"reach-v3"}, {"button-press-topdown-v3"}]
+                assert sum(e.sims_built for e in cached.envs) == 2  # nothing built after the first batch
+        if workers == 0:
+            cached.slots.affinity = False  # the ablation: every env runs its own position
+            cached.reset(np.array([1, 0]), np.array([5, 6]))
+            assert cached.slots.order == [0, 1]
+    finally:
+        cached.close()
+        plain.close()
+
+
+@pytest.mark.parametrize("groups_per_worker", [1, 2])
+def test_workers_move_positions_only_inside_their_groups(groups_per_worker):
+    """4 envs on 2 workers, stepped group by group (the pipelined path): positions move inside a worker's group
+    only, and every group's results equal an uncached vector env's."""
+    from vlaforge.envs import env_factory
+    from vlaforge.envs.vector import SubprocVecEnv
+
+    kw = dict(tasks=TASKS, max_steps=12)
+    cached = SubprocVecEnv(env_factory("metaworld", cache=1, **kw), 4, workers=2, groups_per_worker=groups_per_worker)
+    plain = make_vec_env("metaworld", 4, workers=0, **kw)
+    acts = np.random.default_rng(2).uniform(-1, 1, (4, 4, 4)).astype(np.float32)
+    try:
+        for tids in ([0, 1, 0, 1], [1, 0, 1, 0], [1, 1, 0, 0]):
+            seeds = np.arange(4) + 10 * tids[0]
+            obs = [v.reset(np.array(tids), seeds) for v in (cached, plain)]
+            assert np.array_equal(obs[0].images, obs[1].images)
+            ref = plain.step(acts)
+            for g, sl in enumerate(cached.groups):
+                cached.step_async(g, acts[sl])
+            for g, sl in enumerate(cached.groups):
+                st = cached.step_wait(g)
+                assert np.array_equal(st.obs.images, ref.obs.images[sl]) and np.array_equal(st.obs.state, ref.obs.state[sl])
+                assert np.array_equal(st.reward, ref.reward[sl])
+            assert np.array_equal(cached.expert_actions(), plain.expert_actions())
     finally:
         cached.close()
         plain.close()
@@ -373,12 +409,15 @@ def test_env_cache_benchmark_writes_its_rows(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "c.json"
-    data = mod.main(["--tasks", "reach-v3,push-v3,door-open-v3", "--num-envs", "2", "--cache", "1", "--batches", "3",
-                     "--warmup", "1", "--max-steps", "8", "--out", str(out)])
-    (row,) = data["rows"]
-    assert (row["cache"], row["affinity"], row["episodes"], row["env_steps"]) == (1, True, 6, 48)
-    assert row["sims_built"] <= 6 and row["rss_mb"] > 0 and row["env_steps_per_s"] > 0
+    data = mod.main(["--tasks", "reach-v3,push-v3,door-open-v3", "--num-envs", "2", "--cache", "0", "1", "--no-affinity",
+                     "--batches", "3", "--warmup", "1", "--max-steps", "8", "--out", str(out)])
+    rows = {(r["cache"], r["affinity"]): r for r in data["rows"]}
+    assert set(rows) == {(0, True), (1, True), (1, False)}
+    assert all((r["episodes"], r["env_steps"]) == (6, 48) for r in rows.values())  # the same random episodes
+    assert rows[(0, True)]["sims_built"] == 0  # warm: every env holds every task
+    assert rows[(1, False)]["sims_built"] >= 1 and all(r["rss_mb"] > 0 for r in rows.values())
     assert json.loads(out.read_text())["rows"] == data["rows"]
-    with pytest.raises(SystemExit) as e:
-        mod.main(["--num-envs", "0", "--out", str(tmp_path / "x.json")])
-    assert e.value.code == 2 and not (tmp_path / "x.json").exists()
+    for bad in (["--num-envs", "0"], ["--tasks", "reach-v9"]):
+        with pytest.raises(SystemExit) as e:
+            mod.main(bad + ["--out", str(tmp_path / "x.json")])
+        assert e.value.code == 2 and not (tmp_path / "x.json").exists()

@@ -99,9 +99,11 @@ class TaskEnv(Protocol):
         ...
 
     def cached_tasks(self) -> frozenset[str] | None:
-        """Names of the tasks whose simulators this env holds now, when it holds only a bounded number of them
-        (Meta-World's ``cache``); None when it keeps every task's (nothing to gain by choosing envs). The vector
-        envs read it to reset each episode on an env that already holds its task (``envs.vector.EnvSlots``)."""
+        """Names of the tasks whose simulators this env holds now, when it holds a bounded number of them and
+        its episodes are a function of (task, seed) and actions alone, whichever instance runs them (Meta-World's
+        ``cache``). None: episodes stay on the env at their batch position (every task's simulator is kept, or
+        the adapter does not promise that; LIBERO's ``cache`` is not offered). The vector envs read it to reset
+        each episode on an env that already holds its task (``envs.vector.EnvSlots``)."""
         ...
 
     # Optional: ``sim_state() -> float32 (P,)``, the privileged simulator state now (layout in
@@ -187,6 +189,7 @@ class SimEnv:
         if not 0 <= int(task_id) < len(self.tasks):
             raise EnvError(f"task_id {task_id} out of range for {len(self.tasks)} {self.suite} tasks")
         self._task = self.tasks[int(task_id)].name
+        self.done = True  # until the new episode stands: a reset that raises leaves no episode to step
         self._reset(self._task, int(seed))
         self.t, self.done = 0, False
         self._last = self._observe()

@@ -242,8 +242,10 @@ class MetaWorldEnv(SimEnv):
                  privileged: bool = False, render: bool = True, wrist: bool = False, cache: int = 0):
         if camera not in CAMERAS:
             raise EnvError(f"unknown metaworld camera '{camera}'; choose one of: {', '.join(CAMERAS)}")
-        if cache < 0 or int(cache) != cache:
-            raise EnvError(f"metaworld cache must be a whole number >= 1 (simulators kept; default: every task's); got {cache}")
+        if isinstance(cache, bool) or not isinstance(cache, (int, float, np.integer)) or not np.isfinite(cache) \
+                or cache < 0 or int(cache) != cache:
+            raise EnvError(f"metaworld cache must be a whole number >= 1 (the task simulators each env keeps; omit it to "
+                           f"keep every task's); got {cache!r}")
         specs, bench = resolve_tasks(tasks, benchmark)
         if not specs:
             raise EnvError("no metaworld tasks selected; pass tasks='reach-v3' or a benchmark like 'MT10'")
@@ -270,6 +272,7 @@ class MetaWorldEnv(SimEnv):
 
     # -- simulator calls (SimEnv runs reset / step_chunk / close around them) -----------------------
     def _reset(self, task: str, seed: int) -> None:
+        self._sim = None  # until this reset's simulator stands (an eviction may close the current one)
         sim = self._sims.pop(task, None)
         if sim is None:
             if self.cache and len(self._sims) >= self.cache:
@@ -305,8 +308,9 @@ class MetaWorldEnv(SimEnv):
         return np.asarray(self._obs, dtype=np.float32).copy()
 
     def cached_tasks(self) -> frozenset[str] | None:
-        """The tasks whose simulators are alive when ``cache`` bounds them; None with the default (all kept)."""
-        return frozenset(self._sims) if self.cache else None
+        """The tasks whose simulators are alive when ``cache`` bounds them below the task count; None otherwise
+        (every task's is kept)."""
+        return frozenset(self._sims) if 0 < self.cache < len(self.tasks) else None
 
     def _close(self) -> None:
         for sim in self._sims.values():
