@@ -30,6 +30,9 @@ Settings (printed in docs/benchmarks.md):
     pip install -e '.[bench]'   # stable-baselines3
     OMP_NUM_THREADS=1 python benchmarks/peer_sb3.py --tasks reach-v3 --seeds 0 1 2 --algos ppo sac
     # the defaults are the settings behind docs/bench/peer_sb3.json (docs/benchmarks.md, "Peer check")
+    OMP_NUM_THREADS=1 python benchmarks/peer_sb3.py --algos ppo --tasks reach-v3 drawer-close-v3 window-close-v3 \
+        --ppo-log-std 0 --ppo-chunk 1 --out docs/bench/peer_sb3_chunk1.json
+    # SB3's initial std and one action per decision: the settings behind peer_sb3_chunk1.json ("The gap closed")
 """
 
 from __future__ import annotations
