@@ -20,8 +20,9 @@
 * One Meta-World env (and one offscreen renderer) per task name, created on first use and reused: ~94 MiB of host
   memory each (docs/bench/env_memory.json), so an env that runs every MT50 task holds ~4.7 GB.
   ``cache=K`` keeps at most K of them (as ``LiberoEnv``'s ``cache``), closing the least recently reset one when a
-  K+1-th task is reset (rebuilt on its next reset); the default 0 keeps every task's. Episodes are the same either way (the initial state is a function of
-  ``(task_id, seed)`` only); a rebuild costs the construction time instead (env_memory.py measures both).
+  K+1-th task is reset (rebuilt on its next reset); the default 0 keeps every task's. Episodes are the same either
+  way (the initial state is a function of ``(task_id, seed)`` only), and the vector envs reset each episode on an
+  env that still holds its task (``cached_tasks``); a rebuild costs ~1 s (``benchmarks/env_cache.py``).
 * Fast rendering (``mjrender.FastRenderer``): no multisampling, shadows or reflections (~7 ms per 64x64 frame on a
   software renderer instead of ~90 ms). The ``corner`` camera is mounted upside down in
   Meta-World's scene; its image is rotated 180 degrees so it is upright (not mirrored).
