@@ -31,9 +31,8 @@ import numpy as np
 
 from vlaforge.fsutil import atomic_write_text
 
-
-def rss_mb() -> int:
-    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
+sys.path.insert(0, str(Path(__file__).parent))
+from env_memory import rss_mb  # noqa: E402  (benchmarks/env_memory.py)
 
 
 def run(tasks: str, num_envs: int, cache: int, affinity: bool, batches: int, warmup: int, max_steps: int,

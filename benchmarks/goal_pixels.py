@@ -70,11 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
         ap.exit(2, f"goal_pixels.py: error: --layouts must be >= 1 and --sizes comma-separated whole numbers >= 8; "
                    f"got --layouts {a.layouts} --sizes {a.sizes}\n")
     tasks = MT10 if a.tasks == "mt10" else [t for t in a.tasks.split(",") if t]
-    from vlaforge.envs.metaworld import CAMERAS, _env_dict
+    from vlaforge.envs import EnvError
+    from vlaforge.envs.metaworld import CAMERAS, resolve_tasks
 
-    unknown = [t for t in tasks if f"{t}-goal-observable" not in _env_dict.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE]
-    if not tasks or unknown:
-        ap.exit(2, f"goal_pixels.py: error: --tasks: unknown Meta-World task {unknown[0] if unknown else '(none)'}\n")
+    try:
+        tasks = [s.name for s in resolve_tasks(tasks)[0]] if tasks else []
+    except EnvError as e:
+        ap.exit(2, f"goal_pixels.py: error: --tasks: {e}\n")
+    if not tasks:
+        ap.exit(2, "goal_pixels.py: error: --tasks: no task given\n")
     if a.camera not in CAMERAS:
         ap.exit(2, f"goal_pixels.py: error: --camera must be one of {', '.join(CAMERAS)}; got {a.camera}\n")
     rows = []

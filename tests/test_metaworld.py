@@ -420,3 +420,23 @@ def test_env_cache_benchmark_writes_its_rows(tmp_path):
         with pytest.raises(SystemExit) as e:
             mod.main(bad + ["--out", str(tmp_path / "x.json")])
         assert e.value.code == 2 and not (tmp_path / "x.json").exists()
+
+
+def test_benchmark_scripts_refuse_bad_input_in_one_line(tmp_path):
+    """env_memory.py --cache, peer_sb3.py --ppo-chunk / --ppo-log-std, goal_pixels.py --tasks: exit 2, no file."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    out = tmp_path / "x.json"
+    for name, argv in (("env_memory", ["--cache", "-1"]), ("peer_sb3", ["--ppo-chunk", "0"]),
+                       ("peer_sb3", ["--ppo-log-std", "2"]), ("goal_pixels", ["--tasks", "reach-v9"]),
+                       ("goal_pixels", ["--sizes", "64,x"])):
+        with pytest.raises(SystemExit) as e:
+            load(name).main(argv + ["--out", str(out)])
+        assert e.value.code == 2 and not out.exists(), (name, argv)
