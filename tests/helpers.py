@@ -5,12 +5,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from vlaforge.algos import get_algo
 from vlaforge.envs import make_vec_env
 from vlaforge.rollout.collect import collect
+
+
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` loaded as a fresh module (registered in ``sys.modules``: a script's dataclasses look
+    their module up)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def one_group_rollout(policy, n: int = 4, image_size: int = 32):

@@ -414,14 +414,9 @@ def test_one_command_builds_the_teachers_then_reuses_them(tmp_path, capsys):
 
 
 def _teachers_script():
-    import importlib.util
-    from pathlib import Path
+    from helpers import benchmark_script
 
-    spec = importlib.util.spec_from_file_location("teachers_bench",
-                                                  Path(__file__).resolve().parents[1] / "benchmarks" / "teachers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("teachers")
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -2,23 +2,18 @@
 has a row per (config, task), bad input is refused in one line before any work; and `vlaforge collect` /
 `vlaforge eval` take a benchmark name (MT10) as the task selection."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import benchmark_script
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("generalist", ROOT / "benchmarks" / "generalist.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["generalist"] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("generalist")
 
 
 TOY = ["base", "--suite", "pointreach", "--tasks", "train", "--configs", "3:15", "--eval-episodes", "2",

@@ -318,13 +318,9 @@ def test_render_off_refuses_image_policies(tmp_path):
 def test_goal_marker_pixels_count_only_the_goal_site(tmp_path):
     """benchmarks/goal_pixels.py: reach-v3's goal marker covers a few pixels of the frame and more at a larger size;
     a task without a goal site (button-press-topdown) says so instead of counting."""
-    import importlib.util
-    from pathlib import Path
+    from helpers import benchmark_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "goal_pixels.py"
-    spec = importlib.util.spec_from_file_location("goal_pixels", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = benchmark_script("goal_pixels")
     data = mod.main(["--tasks", "reach-v3,button-press-topdown-v3", "--sizes", "64,128", "--layouts", "3",
                      "--out", str(tmp_path / "g.json")])
     rows = {(r["task"], r["image_size"]): r for r in data["rows"]}
@@ -377,13 +373,9 @@ def test_fast_renderer_makes_no_shadow_map_and_draws_the_same_frame():
 def test_peer_sb3_scores_an_sb3_model_through_evaluate_policy():
     """benchmarks/peer_sb3.py wraps an SB3 model (anything with ``predict``) in vlaforge's Policy contract: the
     evaluation runs on the 50 held-out seeds with deterministic actions, one 4-D action per decision."""
-    import importlib.util
-    from pathlib import Path
+    from helpers import benchmark_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peer_sb3.py"
-    spec = importlib.util.spec_from_file_location("peer_sb3", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = benchmark_script("peer_sb3")
 
     class Still:  # SB3's predict(obs, deterministic) -> (actions (N, 4), states); never moves the arm
         calls: list = []
@@ -401,13 +393,9 @@ def test_peer_sb3_scores_an_sb3_model_through_evaluate_policy():
 
 
 def test_env_cache_benchmark_writes_its_rows(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from helpers import benchmark_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "env_cache.py"
-    spec = importlib.util.spec_from_file_location("env_cache", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = benchmark_script("env_cache")
     out = tmp_path / "c.json"
     data = mod.main(["--tasks", "reach-v3,push-v3,door-open-v3", "--num-envs", "2", "--cache", "1", "--no-affinity",
                      "--batches", "3", "--warmup", "1", "--max-steps", "8", "--out", str(out)])
@@ -424,19 +412,12 @@ def test_env_cache_benchmark_writes_its_rows(tmp_path):
 
 def test_benchmark_scripts_refuse_bad_input_in_one_line(tmp_path):
     """env_memory.py --cache, peer_sb3.py --ppo-chunk / --ppo-log-std, goal_pixels.py --tasks: exit 2, no file."""
-    import importlib.util
-    from pathlib import Path
-
-    def load(name):
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+    from helpers import benchmark_script
 
     out = tmp_path / "x.json"
     for name, argv in (("env_memory", ["--cache", "-1"]), ("peer_sb3", ["--ppo-chunk", "0"]),
                        ("peer_sb3", ["--ppo-log-std", "2"]), ("goal_pixels", ["--tasks", "reach-v9"]),
                        ("goal_pixels", ["--sizes", "64,x"])):
         with pytest.raises(SystemExit) as e:
-            load(name).main(argv + ["--out", str(out)])
+            benchmark_script(name).main(argv + ["--out", str(out)])
         assert e.value.code == 2 and not out.exists(), (name, argv)

@@ -4,7 +4,6 @@ values and ``taken`` records of the reference computation (``features()`` under 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import benchmark_script
 
 from vlaforge.policies import build_policy
 from vlaforge.policies.base import denormalize
@@ -226,10 +226,7 @@ def test_token_learner_inference_is_multihead_attention_bit_for_bit(shape):
 
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location("rollout_throughput", ROOT / "benchmarks" / "rollout_throughput.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("rollout_throughput")
 
 
 def test_policy_only_benchmark_rows_and_merge(tmp_path):
