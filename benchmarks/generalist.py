@@ -28,7 +28,8 @@ Stage ``methods`` (issue 23 part 2) post-trains a built base per task and method
 ``{"suite", "task", "method", "seed", "before": {"successes", "episodes"}, "after": {...}, "env_steps", "cpu_s"}``
 to ``--methods-out`` (docs/bench/generalist.json). A method (``METHODS``) post-trains the base once on all tasks
 per training seed: ``none`` (the base itself), the direct methods ``ppo+priv`` (PPO, privileged critic), ``grpo``
-and ``rloo`` (groups of 8), and ``mtdistill`` (issue 23 part 4: one multi-task DAgger run from per-task privileged
+and ``rloo`` (groups of 8) and ``ire-vla`` (the recipe: RL stages on a frozen backbone alternating with SFT on
+demos ∪ kept successes; ``--iterations`` per RL stage, ``--ire-rounds``, ``--ire-sl-steps``), and ``mtdistill`` (issue 23 part 4: one multi-task DAgger run from per-task privileged
 teachers, built in or reused from ``--teachers-cache``; docs/pixels.md):
 
     python benchmarks/generalist.py methods --base-config N25_S2000 --methods none
@@ -333,8 +334,35 @@ def method_mtdistill(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple
     return got["after"], got["env_steps"], got["cpu_s"]
 
 
+def method_ire_vla(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
+    """iRe-VLA, a direct method (no teacher labels): ``vlaforge train --recipe ire-vla --init BASE --tasks MT10``,
+    ``--ire-rounds`` rounds of (an RL stage: PPO on a frozen backbone, privileged critic, ``--iterations``
+    iterations of ``--groups`` episodes, potential shaping 1, every successful episode kept; an SL stage:
+    ``--ire-sl-steps`` supervised steps on the base's demos ∪ the kept successes, half each, task-balanced),
+    then the final policy evaluated per task. The recipe's own per-stage evaluations use
+    ``--ire-stage-eval-episodes`` per task (progress only; nothing is chosen by them). Env steps: the RL
+    stages' rollouts (the stage evaluations not counted)."""
+    from vlaforge.recipes import recipe_defaults, run_recipe
+    from vlaforge.train.loop import TrainConfig
+
+    c0 = cpu_seconds()
+    tc = recipe_defaults("ire-vla", TrainConfig(
+        suite=a.suite, tasks=a.tasks, init=cfg["policy_dir"], out=str(work), groups=a.groups, num_envs=a.num_envs,
+        workers=a.workers, max_steps=a.max_steps, image_size=cfg["image_size"], critic="privileged", lr=a.lr,
+        env_kwargs={"shaping": 1.0}, eval_every=0, eval_episodes=a.ire_stage_eval_episodes, progress=False,
+        tensorboard=False, seed=seed, threads=a.threads))
+    tc.ire_vla.rounds, tc.ire_vla.rl_iterations, tc.ire_vla.sl_steps = a.ire_rounds, a.iterations, a.ire_sl_steps
+    run_recipe(tc)
+    steps = sum(int(json.loads((work / f"round{r}" / "rl" / "metrics.jsonl").read_text().splitlines()[-1])
+                    ["rollout/env_steps"]) for r in range(a.ire_rounds))
+    res, _ = run_eval(EvalArgs(checkpoint=str(work / "final"), suite=a.suite, tasks=a.tasks,
+                               episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
+                               env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
+    return {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res}, steps, cpu_seconds() - c0
+
+
 METHODS = {"none": method_none, "ppo+priv": direct("ppo", "privileged"), "grpo": direct("grpo", group_size=8),
-           "rloo": direct("rloo", group_size=8), "mtdistill": method_mtdistill}
+           "rloo": direct("rloo", group_size=8), "ire-vla": method_ire_vla, "mtdistill": method_mtdistill}
 
 
 def stage_methods(a) -> dict:
@@ -357,6 +385,10 @@ def stage_methods(a) -> dict:
         raise BadInput(f"--lr must be a finite number > 0; got {a.lr}")
     if a.label and not all(c.isalnum() or c in "-_." for c in a.label):
         raise BadInput(f"--label '{a.label}' may hold letters, digits, '-', '_' and '.' only (it names folders)")
+    if "ire-vla" in methods:
+        for name, least in (("ire_rounds", 1), ("ire_sl_steps", 0), ("ire_stage_eval_episodes", 1)):
+            if getattr(a, name) < least:
+                raise BadInput(f"--{name.replace('_', '-')} must be >= {least}; got {getattr(a, name)}")
     if "mtdistill" in methods:
         for name, least in (("teacher_demos", 0), ("teacher_iterations", 0), ("teacher_sft_steps", 1),
                             ("distill_iterations", 1), ("distill_groups", 1)):
@@ -506,6 +538,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--iterations", type=int, default=20, help="methods: RL iterations")
     ap.add_argument("--groups", type=int, default=8, help="methods: groups (initial states) per iteration")
     ap.add_argument("--lr", type=float, default=1e-4, help="methods: the policy learning rate")
+    ap.add_argument("--ire-rounds", type=int, default=3, help="ire-vla: rounds of (RL stage, SL stage)")
+    ap.add_argument("--ire-sl-steps", type=int, default=500, help="ire-vla: supervised steps per SL stage")
+    ap.add_argument("--ire-stage-eval-episodes", type=int, default=5,
+                    help="ire-vla: episodes per task of the recipe's per-stage evaluations (progress only)")
     ap.add_argument("--teachers-cache", default="runs/teachers", help="mtdistill: where each task's privileged "
                                                                       "teacher is built or reused")
     ap.add_argument("--teacher-demos", type=int, default=50, help="mtdistill: scripted demos each teacher starts from")

@@ -16,8 +16,9 @@ Settings (printed in docs/benchmarks.md):
 - vlaforge PPO: tiny policy ``--backbone state``, chunk 4, 16 envs, ``--groups 32``, lr 3e-4 (the run in
   /work/shared/MACHINE-NOTES.md), ``--iterations`` = ``--ppo-iterations``, ``--ppo.epochs`` 10 and
   ``--ppo.minibatch-size`` 64 (SB3's epochs and minibatch; vlaforge's VLA defaults are 2 and 256, which
-  take ~20× fewer gradient steps per sample). ``--ppo-log-std`` sets the Gaussian head's initial log-std
-  (default: the tiny VLA's −1, std 0.37, chosen for RL from an SFT start; SB3 starts at 0, std 1);
+  take ~20× fewer gradient steps per sample). ``--ppo-log-std`` sets the Gaussian head's initial log-std, as
+  ``vlaforge train --log-std-init`` does (default: the tiny VLA's −1, std 0.37, chosen for RL from an SFT start;
+  SB3 starts at 0, std 1);
   ``--ppo-critic privileged`` gives the value function its own MLP on the state instead of the actor's
   features; ``--ppo-chunk`` sets the actions per decision.
 - SB3 PPO: ``MlpPolicy`` 256×256, 8 envs (DummyVecEnv), n_steps 256, batch 64, 10 epochs, lr 3e-4 (SB3
@@ -142,24 +143,15 @@ def run_vlaforge(task: str, algo: str, seed: int, args, out: Path) -> tuple[obje
     common = dict(algo=algo, suite="metaworld", tasks=task, backbone="state", env_kwargs=env_kwargs(shaping),
                   max_steps=MAX_STEPS, eval_every=0, progress=False, tensorboard=False, out=str(out), threads=1,
                   seed=seed, lr=3e-4, checkpoint_every=10_000)
-    policy = None
-    if algo == "ppo":
+    if algo == "ppo":  # --ppo-log-std: a fresh tiny policy whose Gaussian starts at that log-std (train's flag)
         cfg = TrainConfig(**common, groups=32, num_envs=16, iterations=args.ppo_iterations,
-                          chunk_size=args.ppo_chunk, critic=args.ppo_critic)
+                          chunk_size=args.ppo_chunk, critic=args.ppo_critic, log_std_init=args.ppo_log_std)
         cfg.ppo.epochs, cfg.ppo.minibatch_size = args.ppo_epochs, args.ppo_minibatch
-        if args.ppo_log_std is not None:  # a fresh tiny policy whose Gaussian starts at this log-std
-            from vlaforge.envs import suite_spec
-            from vlaforge.policies.tiny import build_tiny
-
-            spec = suite_spec("metaworld", task, **cfg.env_kwargs)
-            torch.manual_seed(seed)  # seeded as train() seeds torch before it builds a fresh policy
-            policy = build_tiny(**cfg.shape(), state_dim=spec.state_dim, action_dim=spec.action_dim,
-                                views=spec.image_shape[0], image_size=cfg.image_size, log_std_init=args.ppo_log_std)
     else:
         cfg = TrainConfig(**common, groups=4, num_envs=4, iterations=args.sac_iterations, chunk_size=1)
         cfg.sac.utd = args.sac_utd
     t0 = time.perf_counter()
-    train(cfg, policy=policy)
+    train(cfg)
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     env_steps = int(rows[-1]["rollout/env_steps"])
@@ -199,8 +191,11 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "bench" / "peer_sb3.json"))
     p.add_argument("--workdir", default="runs/peer_sb3")
     args = p.parse_args(argv)
-    if args.ppo_chunk < 1 or (args.ppo_log_std is not None and not -4.0 <= args.ppo_log_std <= 0.5):
-        p.error(f"--ppo-chunk must be >= 1 and --ppo-log-std in [-4, 0.5] (the Gaussian head's clamp); got "
+    from vlaforge.policies.heads import gaussian
+
+    lo, hi = gaussian.LOG_STD_MIN, gaussian.LOG_STD_MAX
+    if args.ppo_chunk < 1 or (args.ppo_log_std is not None and not lo <= args.ppo_log_std <= hi):
+        p.error(f"--ppo-chunk must be >= 1 and --ppo-log-std in [{lo}, {hi}] (the Gaussian head's clamp); got "
                 f"{args.ppo_chunk}, {args.ppo_log_std}")
     torch.set_num_threads(1)
     out = Path(args.out)

@@ -76,6 +76,11 @@ def test_train_refuses_a_policy_family_and_shape(tmp_path, no_env):
     _refused(tmp_path, lambda: train(_cfg(tmp_path, backbone="vision", image_size=36)), r"multiple of 8")
     _refused(tmp_path, lambda: train(_cfg(tmp_path, policy="hf")), r"--policy hf needs --policy.path")
     _refused(tmp_path, lambda: train(_cfg(tmp_path, head="mlp")), r"--head 'mlp' is unknown")
+    _refused(tmp_path, lambda: train(_cfg(tmp_path, log_std_init=0.6)), r"--log-std-init must be in \[-4.0, 0.5\]")
+    _refused(tmp_path, lambda: train(_cfg(tmp_path, log_std_init=math.nan)), r"--log-std-init must be in")
+    _refused(tmp_path, lambda: train(_cfg(tmp_path, head="flow", log_std_init=0.0)), r"the flow head has none")
+    _refused(tmp_path, lambda: train(_cfg(tmp_path, policy="hf", log_std_init=0.0)),
+             r"--policy hf sets its own with --policy.log-std-init")
     cfg = _cfg(tmp_path)
     cfg.hf.lora_dropout = 1.0
     _refused(tmp_path, lambda: train(cfg), r"--policy.lora-dropout must be in \[0, 1\)")

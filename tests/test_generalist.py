@@ -59,6 +59,19 @@ def test_same_seed_same_checkpoint_and_rows(tmp_path):
     assert [(r["task"], r["seed"]) for r in ppo] == [(r["task"], 5) for r in rows]
     assert all(r["env_steps"] == ppo[0]["env_steps"] > 0 and r["after"]["episodes"] == 2 for r in ppo)
     assert [r["before"] for r in ppo] == [{"successes": r["successes"], "episodes": r["episodes"]} for r in rows]
+    # the ire-vla recipe: RL stages + SL stages on the base's demos ∪ successes, env steps of both RL stages
+    got = g.main(["methods", "--out", str(tmp_path / "base0.json"), "--base-config", "N3_S15", "--methods", "ire-vla",
+                  "--seeds", "5", "--iterations", "1", "--groups", "2", "--num-envs", "4", "--max-steps", "30",
+                  "--ire-rounds", "2", "--ire-sl-steps", "3", "--ire-stage-eval-episodes", "1", "--eval-episodes", "2",
+                  "--methods-out", str(m_out), "--work", str(tmp_path / "w0")])
+    ire = [r for r in got["rows"] if r["method"] == "ire-vla"]
+    assert [(r["task"], r["seed"]) for r in ire] == [(r["task"], 5) for r in rows]
+    run = tmp_path / "w0" / "N3_S15" / "ire-vla_seed5"
+    stage_steps = [json.loads((run / f"round{k}" / "rl" / "metrics.jsonl").read_text().splitlines()[-1])
+                   ["rollout/env_steps"] for k in range(2)]
+    assert all(r["env_steps"] == sum(stage_steps) > 0 and r["after"]["episodes"] == 2 for r in ire)
+    assert [s["stage"] for s in json.loads((run / "ire_vla.json").read_text())["stages"]] == [
+        "sft", "round0/rl", "round0/sl", "round1/rl", "round1/sl"]
 
 
 @pytest.mark.slow
@@ -125,6 +138,8 @@ def test_collect_and_eval_take_a_benchmark_name(tmp_path):
     (["--methods", "none,mtdistill", "--distill-groups", "0"], "--distill-groups"),
     (["--methods", "mtdistill", "--suite", "pointreach"], "metaworld"),
     (["--methods", "grpo", "--label", "a/b"], "--label"),
+    (["--methods", "ire-vla", "--ire-rounds", "0"], "--ire-rounds"),
+    (["--methods", "ire-vla", "--ire-stage-eval-episodes", "0"], "--ire-stage-eval-episodes"),
 ])
 def test_methods_bad_input_one_line(args, needle, tmp_path, capsys):
     g = _script()

@@ -58,6 +58,29 @@ def test_save_load_round_trip(head, obs, tmp_path):
     assert not list(tmp_path.glob(".ckpt.tmp-*"))
 
 
+def test_log_std_init_shapes_only_the_gaussian_spread(tmp_path):
+    """``--log-std-init`` (PolicyShape): a fresh policy from train's path starts its Gaussian at that log-std, every
+    other weight as without the flag (same seed), and sft builds it the same way; unset keeps the model's -1."""
+    from vlaforge.envs import suite_spec
+    from vlaforge.train.config import TrainConfig
+    from vlaforge.train.loop import fresh_policy
+
+    spec = suite_spec("pointreach", "train")
+    built = {}
+    for v in (None, 0.0):
+        torch.manual_seed(3)
+        built[v] = fresh_policy(TrainConfig(image_size=32, log_std_init=v), spec)
+    assert built[None].head.log_std.eq(-1.0).all() and built[0.0].head.log_std.eq(0.0).all()
+    a, b = built[None].state_dict(), built[0.0].state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == ["head.log_std"]
+    torch.manual_seed(3)  # what benchmarks/peer_sb3.py built by hand before the flag existed
+    by_hand = build_policy(state_dim=spec.state_dim, action_dim=spec.action_dim, views=spec.image_shape[0],
+                           image_size=32, log_std_init=0.0)
+    assert all(torch.equal(x, by_hand.state_dict()[k]) for k, x in b.items())
+    out = built[0.0].act(make_vec_env("pointreach", 2, image_size=32).reset([0, 1], [0, 1]))
+    assert out.log_prob.shape == out.actions.shape  # N(mean, 1): still a valid policy
+
+
 def test_state_backbone(obs):
     p = build_policy(backbone="state")
     out = p.act(obs)

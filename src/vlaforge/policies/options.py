@@ -1,8 +1,9 @@
 """Option groups that several commands and policy families share, each field declared once with one default.
 
-* ``PolicyShape``: the shape of a fresh policy (``--head``, ``--chunk-size``, ``--backbone``), the same flags
-  for ``vlaforge sft`` (``pipeline.SFTArgs``) and ``vlaforge train`` (``train.config.TrainConfig``) and what a
-  fresh ``--policy hf`` VLM is built with (``HFConfig.head`` / ``chunk_size`` are set from it, not flags).
+* ``PolicyShape``: the shape of a fresh policy (``--head``, ``--chunk-size``, ``--backbone``, ``--log-std-init``),
+  the same flags for ``vlaforge sft`` (``pipeline.SFTArgs``) and ``vlaforge train`` (``train.config.TrainConfig``)
+  and what a fresh ``--policy hf`` VLM is built with (``HFConfig.head`` / ``chunk_size`` are set from it, not
+  flags).
 * ``MemorySwitches``: LoRA and the memory switches of the large-VLM families (``HFConfig`` = ``--policy.*``,
   ``OpenVLAConfig``, ``SmolVLAConfig``); each family's config says which layers ``lora_targets="all-linear"``
   covers and what ``lora_rank 0`` trains. ``lora_target_modules`` and ``autocast_context`` are the pieces of
@@ -29,6 +30,7 @@ import tyro
 
 from vlaforge.checks import at_least, need
 from vlaforge.policies.heads import HEADS
+from vlaforge.policies.heads.gaussian import LOG_STD_MAX, LOG_STD_MIN
 from vlaforge.schema import is_finite_number
 
 
@@ -42,16 +44,30 @@ class PolicyShape:
     """actions per decision C of a fresh policy (the tiny VLA, --policy hf and --policy openvla-oft)"""
     backbone: str = "vision"
     """backbone of a fresh tiny VLA: vision, or state (MLP on proprioception only; a debugging baseline)"""
+    log_std_init: float | None = None
+    """initial log-std of a fresh tiny VLA's Gaussian head (default: the model's -1, std 0.37, which suits RL from an
+    SFT start; 0, std 1 as in Stable-Baselines3, suits RL from scratch: docs/benchmarks.md, peer check).
+    --policy hf sets it with --policy.log-std-init"""
 
     def shape(self) -> dict:
-        """The three fields as ``build_policy`` keywords (also on a subclass such as ``TrainConfig``)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(PolicyShape)}
+        """The fields as ``build_policy`` keywords (also on a subclass such as ``TrainConfig``); an unset
+        ``log_std_init`` is left out, so the model's default applies."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(PolicyShape)}
+        if out["log_std_init"] is None:
+            del out["log_std_init"]
+        return out
 
     def check(self) -> None:
-        """``--head``, ``--backbone`` and ``--chunk-size`` of a fresh policy (sft and train)."""
+        """``--head``, ``--backbone``, ``--chunk-size`` and ``--log-std-init`` of a fresh policy (sft and train)."""
         need(self.head in HEADS, f"--head '{self.head}' is unknown; choose one of {', '.join(HEADS)}")
         need(self.backbone in ("vision", "state"), f"--backbone '{self.backbone}' is unknown; choose vision or state")
         at_least("--chunk-size", self.chunk_size, 1)
+        if self.log_std_init is not None:
+            need(self.head == "gaussian", f"--log-std-init sets the Gaussian head's initial spread; the {self.head} "
+                                          "head has none: pass --head gaussian or drop --log-std-init")
+            need(is_finite_number(self.log_std_init) and LOG_STD_MIN <= self.log_std_init <= LOG_STD_MAX,
+                 f"--log-std-init must be in [{LOG_STD_MIN}, {LOG_STD_MAX}] (the Gaussian head's clamp); got "
+                 f"{self.log_std_init}")
 
 
 @dataclass

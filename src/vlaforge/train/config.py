@@ -154,6 +154,9 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
         self.hf.check()
         if not self.init:
             PolicyShape.check(self)
+            need(self.log_std_init is None or self.policy == "tiny",
+                 f"--log-std-init shapes a fresh tiny VLA; --policy {self.policy} sets its own"
+                 + (" with --policy.log-std-init" if self.policy == "hf" else "") + ": drop --log-std-init")
 
     def check(self) -> None:
         """Every check of a fresh run's config that needs no checkpoint: ``check_numbers``, ``--ray.*`` and, without

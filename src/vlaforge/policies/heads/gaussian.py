@@ -22,10 +22,13 @@ from vlaforge.core.losses import mse_loss
 from vlaforge.core.offpolicy import squashed_gaussian_sample
 from vlaforge.policies.heads.common import TokenLearner, mlp
 
+LOG_STD_MIN, LOG_STD_MAX = -4.0, 0.5
+"""the clamp on the learned log-std (std 0.018 to 1.65), also the range ``--log-std-init`` accepts"""
+
 
 class GaussianHead(nn.Module):
     def __init__(self, dim: int, chunk: int, action_dim: int, num_queries: int = 4, hidden: int = 256,
-                 log_std_init: float = -1.0, log_std_min: float = -4.0, log_std_max: float = 0.5, **_):
+                 log_std_init: float = -1.0, log_std_min: float = LOG_STD_MIN, log_std_max: float = LOG_STD_MAX, **_):
         super().__init__()
         self.chunk, self.action_dim = chunk, action_dim
         self.pool = TokenLearner(dim, num_queries)
