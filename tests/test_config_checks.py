@@ -80,7 +80,7 @@ def test_train_refuses_a_policy_family_and_shape(tmp_path, no_env):
     _refused(tmp_path, lambda: train(_cfg(tmp_path, log_std_init=math.nan)), r"--log-std-init must be in")
     _refused(tmp_path, lambda: train(_cfg(tmp_path, head="flow", log_std_init=0.0)), r"the flow head has none")
     _refused(tmp_path, lambda: train(_cfg(tmp_path, policy="hf", log_std_init=0.0)),
-             r"--policy hf sets its own with --policy.log-std-init")
+             r"--policy hf has its own --policy.\* options")
     cfg = _cfg(tmp_path)
     cfg.hf.lora_dropout = 1.0
     _refused(tmp_path, lambda: train(cfg), r"--policy.lora-dropout must be in \[0, 1\)")

@@ -54,7 +54,8 @@ class Family:
     ``schema.check_policy_config`` on every config.json read"""
     caps: frozenset[str] = frozenset()
     """what the family offers that some options need: ``privileged_critic`` (--critic privileged, readouts),
-    ``base_reference`` (TPO's --tpo.reference base through its LoRA adapters)"""
+    ``base_reference`` (TPO's --tpo.reference base through its LoRA adapters), ``log_std_init`` (a fresh policy
+    built with PolicyShape's --log-std-init)"""
 
     def fn(self, what: str):
         return resolve(getattr(self, what))
@@ -87,7 +88,7 @@ _P = "vlaforge.policies."
 register_family(Family("tiny", _P + "tiny.model:TinyConfig", _P + "tiny:build_tiny", _P + "tiny:load_tiny",
                        _P + "tiny:fresh_tiny", check_fresh=_P + "tiny:check_fresh_tiny",
                        check_config=_P + "tiny:tiny_config_problems",
-                       caps=frozenset({"privileged_critic"})))
+                       caps=frozenset({"privileged_critic", "log_std_init"})))
 register_family(Family("hf", _P + "hf.model:HFConfig", _P + "hf:build_family", _P + "hf:load_family",
                        _P + "hf:fresh_family", _P + "hf:write_hf_files", ignored=("trust_remote_code",),
                        check_fresh=_P + "hf:check_fresh", check_checkpoint=_P + "hf:check_checkpoint",

@@ -154,9 +154,6 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
         self.hf.check()
         if not self.init:
             PolicyShape.check(self)
-            need(self.log_std_init is None or self.policy == "tiny",
-                 f"--log-std-init shapes a fresh tiny VLA; --policy {self.policy} sets its own"
-                 + (" with --policy.log-std-init" if self.policy == "hf" else "") + ": drop --log-std-init")
 
     def check(self) -> None:
         """Every check of a fresh run's config that needs no checkpoint: ``check_numbers``, ``--ray.*`` and, without
@@ -168,6 +165,10 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
                                                         "--resume CK, or set --iterations for a new run")
         self.ray.check()
         fam = family(self.policy)
+        if not self.init:
+            need(self.log_std_init is None or "log_std_init" in fam.caps,
+                 f"--log-std-init shapes a fresh tiny VLA; --policy {self.policy} has its own --policy.* options: "
+                 "drop --log-std-init")
         if not self.init and fam.check_fresh:
             fam.fn("check_fresh")(self)
 
