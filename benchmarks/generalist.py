@@ -338,7 +338,8 @@ def method_ire_vla(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[d
     """iRe-VLA, a direct method (no teacher labels): ``vlaforge train --recipe ire-vla --init BASE --tasks MT10``,
     ``--ire-rounds`` rounds of (an RL stage: PPO on a frozen backbone, privileged critic, ``--iterations``
     iterations of ``--groups`` episodes, potential shaping 1, every successful episode kept; an SL stage:
-    ``--ire-sl-steps`` supervised steps on the base's demos ∪ the kept successes, half each, task-balanced),
+    ``--ire-sl-steps`` supervised steps on the base's demos ∪ the kept successes, ``--ire-demo-fraction`` of each
+    batch from the demos, the rest task-balanced from the successes; 1.0: demos only, the control),
     then the final policy evaluated per task. The recipe's own per-stage evaluations use
     ``--ire-stage-eval-episodes`` per task (progress only; nothing is chosen by them). Env steps: the RL
     stages' rollouts (the stage evaluations not counted)."""
@@ -352,6 +353,7 @@ def method_ire_vla(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[d
         env_kwargs={"shaping": 1.0}, eval_every=0, eval_episodes=a.ire_stage_eval_episodes, progress=False,
         tensorboard=False, seed=seed, threads=a.threads))
     tc.ire_vla.rounds, tc.ire_vla.rl_iterations, tc.ire_vla.sl_steps = a.ire_rounds, a.iterations, a.ire_sl_steps
+    tc.ire_vla.demo_fraction = a.ire_demo_fraction
     run_recipe(tc)
     steps = sum(int(json.loads((work / f"round{r}" / "rl" / "metrics.jsonl").read_text().splitlines()[-1])
                     ["rollout/env_steps"]) for r in range(a.ire_rounds))
@@ -389,6 +391,8 @@ def stage_methods(a) -> dict:
         for name, least in (("ire_rounds", 1), ("ire_sl_steps", 0), ("ire_stage_eval_episodes", 1)):
             if getattr(a, name) < least:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= {least}; got {getattr(a, name)}")
+        if not 0 <= a.ire_demo_fraction <= 1:
+            raise BadInput(f"--ire-demo-fraction must be in [0, 1]; got {a.ire_demo_fraction}")
     if "mtdistill" in methods:
         for name, least in (("teacher_demos", 0), ("teacher_iterations", 0), ("teacher_sft_steps", 1),
                             ("distill_iterations", 1), ("distill_groups", 1)):
@@ -540,6 +544,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=1e-4, help="methods: the policy learning rate")
     ap.add_argument("--ire-rounds", type=int, default=3, help="ire-vla: rounds of (RL stage, SL stage)")
     ap.add_argument("--ire-sl-steps", type=int, default=500, help="ire-vla: supervised steps per SL stage")
+    ap.add_argument("--ire-demo-fraction", type=float, default=0.5,
+                    help="ire-vla: share of each SL batch from the base's demos (1.0: the demos-only control)")
     ap.add_argument("--ire-stage-eval-episodes", type=int, default=5,
                     help="ire-vla: episodes per task of the recipe's per-stage evaluations (progress only)")
     ap.add_argument("--teachers-cache", default="runs/teachers", help="mtdistill: where each task's privileged "

@@ -140,6 +140,7 @@ def test_collect_and_eval_take_a_benchmark_name(tmp_path):
     (["--methods", "grpo", "--label", "a/b"], "--label"),
     (["--methods", "ire-vla", "--ire-rounds", "0"], "--ire-rounds"),
     (["--methods", "ire-vla", "--ire-stage-eval-episodes", "0"], "--ire-stage-eval-episodes"),
+    (["--methods", "ire-vla", "--ire-demo-fraction", "1.5"], "--ire-demo-fraction"),
 ])
 def test_methods_bad_input_one_line(args, needle, tmp_path, capsys):
     g = _script()
