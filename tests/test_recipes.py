@@ -205,3 +205,20 @@ def test_ire_vla_rl_stage_config_is_plain_frozen_ppo_on_seen_and_new_tasks(tmp_p
     # held-out tasks are never trained on, and the stage never evaluates on tasks its envs lack
     assert rl.tasks == rl.eval_tasks == "reach-v3,drawer-close-v3"
     assert cfg.recipe == "ire-vla" and cfg.eval_tasks.endswith("door-close-v3")  # the caller's config untouched
+
+
+def test_ire_vla_task_groups_take_a_benchmark_name():
+    """``--recipe ire-vla --tasks MT10`` (the generalist, benchmarks/generalist.py): each selection is resolved as the
+    commands resolve it, a benchmark name included; PointReach's splits as before."""
+    from vlaforge.recipes.ire_vla import task_groups
+
+    cfg = recipe_defaults("ire-vla")
+    cfg.suite, cfg.tasks, cfg.eval_tasks = "metaworld", "MT10", "MT10,door-close-v3"
+    cfg.ire_vla.new_tasks = "reach-wall-v3"
+    g = task_groups(cfg)
+    assert len(g["seen"]) == 10 and "peg-insert-side-v3" in g["seen"]
+    assert g["new"] == ["reach-wall-v3"] and g["heldout"] == ["door-close-v3"]
+    cfg = recipe_defaults("ire-vla")
+    cfg.suite, cfg.tasks, cfg.eval_tasks = "pointreach", "train", "all"
+    g = task_groups(cfg)
+    assert g["seen"] and g["new"] == [] and g["heldout"] and not set(g["seen"]) & set(g["heldout"])

@@ -36,10 +36,10 @@ from vlaforge.checks import at_least, learning_rate, need
 from vlaforge.data.demo_files import check_demos
 from vlaforge.data.demos import load_demos
 from vlaforge.data.replay import SuccessBuffer
-from vlaforge.envs import env_kwargs, env_tasks, suite_spec, suite_task_names
+from vlaforge.envs import env_kwargs, env_tasks, suite_spec
 from vlaforge.fsutil import atomic_write_text
 from vlaforge.hooks import Hooks
-from vlaforge.pipeline import EvalArgs, run_eval
+from vlaforge.pipeline import EvalArgs, run_eval, selected_tasks
 from vlaforge.policies import load_policy, read_config, save_policy
 from vlaforge.rollout.evaluate import wilson
 from vlaforge.train.loop import run_threads, train
@@ -125,24 +125,21 @@ def rl_stage_config(cfg, groups: dict[str, list[str]], init, out, seed: int):
 
 
 def task_groups(cfg) -> dict[str, list[str]]:
-    """iRe-VLA's three groups by name: seen in SFT, new (RL only), held out (never trained)."""
+    """iRe-VLA's three groups by name: seen in SFT, new (RL only), held out (never trained). Each selection is
+    resolved as the commands resolve it (``pipeline.selected_tasks``): task names, a split, or a benchmark name the
+    suite knows ("MT10")."""
 
-    spec = suite_spec(cfg.suite, env_tasks(cfg.suite, _all_tasks(cfg)))
-    seen = suite_task_names(spec, cfg.tasks)
+    def spec_of(sel):
+        return suite_spec(cfg.suite, env_tasks(cfg.suite, sel))
+
+    spec = spec_of(cfg.tasks)
+    seen = selected_tasks(spec, cfg.suite, cfg.tasks)
     seen = [n for n in seen if spec.tasks[spec.task_index(n)].split == "train"] or seen
-    new = suite_task_names(spec, cfg.ire_vla.new_tasks) if cfg.ire_vla.new_tasks else []
-    evald = suite_task_names(spec, cfg.eval_tasks) if cfg.eval_tasks else seen + new
+    new = selected_tasks(spec_of(cfg.ire_vla.new_tasks), cfg.suite, cfg.ire_vla.new_tasks) \
+        if cfg.ire_vla.new_tasks else []
+    evald = selected_tasks(spec_of(cfg.eval_tasks), cfg.suite, cfg.eval_tasks) if cfg.eval_tasks else seen + new
     held = [n for n in evald if n not in seen and n not in new]
     return {"seen": seen, "new": new, "heldout": held}
-
-
-def _all_tasks(cfg) -> str:
-    names: list[str] = []
-    for s in (cfg.tasks, cfg.ire_vla.new_tasks, cfg.eval_tasks):
-        for n in (s or "").split(","):
-            if n.strip() and n.strip() not in names:
-                names.append(n.strip())
-    return ",".join(names)
 
 
 def evaluate_groups(policy, cfg, groups: dict[str, list[str]]) -> dict:
