@@ -29,7 +29,8 @@ Stage ``methods`` (issue 23 part 2) post-trains a built base per task and method
 to ``--methods-out`` (docs/bench/generalist.json). A method (``METHODS``) post-trains the base once on all tasks
 per training seed: ``none`` (the base itself), the direct methods ``ppo+priv`` (PPO, privileged critic), ``grpo``
 and ``rloo`` (groups of 8) and ``ire-vla`` (the recipe: RL stages on a frozen backbone alternating with SFT on
-demos ∪ kept successes; ``--iterations`` per RL stage, ``--ire-rounds``, ``--ire-sl-steps``), and ``mtdistill`` (issue 23 part 4: one multi-task DAgger run from per-task privileged
+demos ∪ kept successes; ``--iterations`` per RL stage, ``--ire-rounds``, ``--ire-sl-steps``), its control
+``sft-more`` (the base SFT'd further on its own demos, ``--sft-more-steps``, no rollouts), and ``mtdistill`` (issue 23 part 4: one multi-task DAgger run from per-task privileged
 teachers, built in or reused from ``--teachers-cache``; docs/pixels.md):
 
     python benchmarks/generalist.py methods --base-config N25_S2000 --methods none
@@ -363,8 +364,23 @@ def method_ire_vla(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[d
     return {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res}, steps, cpu_seconds() - c0
 
 
+def method_sft_more(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
+    """The control of ``ire-vla`` (not a post-training method): the base SFT'd further on its own demos alone,
+    ``--sft-more-steps`` steps at the SL stage's lr 3e-4 and batch 64 (``vlaforge sft --init BASE --demos DEMOS``,
+    ``--sft.seed`` the training seed), no rollouts. With 6 iRe-VLA rounds of 500 steps, 3,000 such steps show the
+    demos twice as many samples as the recipe's half-demo batches did. Env steps: 0."""
+    c0 = cpu_seconds()
+    run_sft(SFTArgs(demos=cfg["demos_dir"], out=str(work / "sft"), init=cfg["policy_dir"], threads=a.threads,
+                    overwrite=True, sft=SFTConfig(steps=a.sft_more_steps, lr=3e-4, seed=seed)), quiet=True)
+    res, _ = run_eval(EvalArgs(checkpoint=str(work / "sft"), suite=a.suite, tasks=a.tasks,
+                               episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
+                               env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
+    return {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res}, 0, cpu_seconds() - c0
+
+
 METHODS = {"none": method_none, "ppo+priv": direct("ppo", "privileged"), "grpo": direct("grpo", group_size=8),
-           "rloo": direct("rloo", group_size=8), "ire-vla": method_ire_vla, "mtdistill": method_mtdistill}
+           "rloo": direct("rloo", group_size=8), "ire-vla": method_ire_vla, "sft-more": method_sft_more,
+           "mtdistill": method_mtdistill}
 
 
 def stage_methods(a) -> dict:
@@ -393,6 +409,8 @@ def stage_methods(a) -> dict:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= {least}; got {getattr(a, name)}")
         if not 0 <= a.ire_demo_fraction <= 1:
             raise BadInput(f"--ire-demo-fraction must be in [0, 1]; got {a.ire_demo_fraction}")
+    if "sft-more" in methods and a.sft_more_steps < 1:
+        raise BadInput(f"--sft-more-steps must be >= 1; got {a.sft_more_steps}")
     if "mtdistill" in methods:
         for name, least in (("teacher_demos", 0), ("teacher_iterations", 0), ("teacher_sft_steps", 1),
                             ("distill_iterations", 1), ("distill_groups", 1)):
@@ -548,6 +566,8 @@ def parser() -> argparse.ArgumentParser:
                     help="ire-vla: share of each SL batch from the base's demos (1.0: the demos-only control)")
     ap.add_argument("--ire-stage-eval-episodes", type=int, default=5,
                     help="ire-vla: episodes per task of the recipe's per-stage evaluations (progress only)")
+    ap.add_argument("--sft-more-steps", type=int, default=3000,
+                    help="sft-more: further SFT steps of the base on its own demos (ire-vla's control)")
     ap.add_argument("--teachers-cache", default="runs/teachers", help="mtdistill: where each task's privileged "
                                                                       "teacher is built or reused")
     ap.add_argument("--teacher-demos", type=int, default=50, help="mtdistill: scripted demos each teacher starts from")

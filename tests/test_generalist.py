@@ -72,6 +72,15 @@ def test_same_seed_same_checkpoint_and_rows(tmp_path):
     assert all(r["env_steps"] == sum(stage_steps) > 0 and r["after"]["episodes"] == 2 for r in ire)
     assert [s["stage"] for s in json.loads((run / "ire_vla.json").read_text())["stages"]] == [
         "sft", "round0/rl", "round0/sl", "round1/rl", "round1/sl"]
+    # its control: further SFT of the base on its own demos, no rollouts; the weights moved
+    got = g.main(["methods", "--out", str(tmp_path / "base0.json"), "--base-config", "N3_S15", "--methods", "sft-more",
+                  "--seeds", "5", "--sft-more-steps", "3", "--num-envs", "4", "--max-steps", "30", "--eval-episodes",
+                  "2", "--methods-out", str(m_out), "--work", str(tmp_path / "w0")])
+    more = [r for r in got["rows"] if r["method"] == "sft-more"]
+    assert len(more) == len(rows) and all(r["env_steps"] == 0 and r["after"]["episodes"] == 2 for r in more)
+    a, b = (load_file(Path(p) / "model.safetensors") for p in (runs[0]["configs"][0]["policy_dir"],
+                                                               tmp_path / "w0" / "N3_S15" / "sft-more_seed5" / "sft"))
+    assert any(not (a[k] == b[k]).all() for k in a)
 
 
 @pytest.mark.slow
@@ -141,6 +150,7 @@ def test_collect_and_eval_take_a_benchmark_name(tmp_path):
     (["--methods", "ire-vla", "--ire-rounds", "0"], "--ire-rounds"),
     (["--methods", "ire-vla", "--ire-stage-eval-episodes", "0"], "--ire-stage-eval-episodes"),
     (["--methods", "ire-vla", "--ire-demo-fraction", "1.5"], "--ire-demo-fraction"),
+    (["--methods", "sft-more", "--sft-more-steps", "0"], "--sft-more-steps"),
 ])
 def test_methods_bad_input_one_line(args, needle, tmp_path, capsys):
     g = _script()
