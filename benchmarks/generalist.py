@@ -30,8 +30,9 @@ to ``--methods-out`` (docs/bench/generalist.json). A method (``METHODS``) post-t
 per training seed: ``none`` (the base itself), the direct methods ``ppo+priv`` (PPO, privileged critic), ``grpo``
 and ``rloo`` (groups of 8) and ``ire-vla`` (the recipe: RL stages on a frozen backbone alternating with SFT on
 demos ∪ kept successes; ``--iterations`` per RL stage, ``--ire-rounds``, ``--ire-sl-steps``), its control
-``sft-more`` (the base SFT'd further on its own demos, ``--sft-more-steps``, no rollouts), and ``mtdistill`` (issue 23 part 4: one multi-task DAgger run from per-task privileged
-teachers, built in or reused from ``--teachers-cache``; docs/pixels.md):
+``sft-more`` (the base SFT'd further on its own demos, ``--sft-more-steps``, no rollouts), and ``mtdistill``
+(issue 23 part 4: one multi-task DAgger run from per-task privileged teachers, built in or reused from
+``--teachers-cache``; docs/pixels.md):
 
     python benchmarks/generalist.py methods --base-config N25_S2000 --methods none
     python benchmarks/generalist.py methods --base-config N25_S2000 --methods ppo+priv --seeds 0,1,2 \\
@@ -229,6 +230,15 @@ def method_none(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[dict
     return {t: dict(b) for t, b in before.items()}, 0, 0.0
 
 
+def evaluate_after(a, checkpoint: Path, work: Path, tasks: str | None = None) -> dict:
+    """``{task: {"successes", "episodes"}}`` of ``checkpoint`` on the base's evaluation seeds (``--eval-episodes``
+    per task of ``tasks``, default the base's), the manifest in ``WORK/eval.json``: every method's "after"."""
+    res, _ = run_eval(EvalArgs(checkpoint=str(checkpoint), suite=a.suite, tasks=tasks or a.tasks,
+                               episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
+                               env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
+    return {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res}
+
+
 def direct(algo: str, critic: str = "image", **algo_kw):
     """A direct method (no teacher labels): ``vlaforge train --algo ALGO --init BASE --tasks MT10`` with
     ``--iterations``, ``--groups`` and ``--lr`` of this script, potential shaping 1 (the suite's dense progress;
@@ -248,11 +258,7 @@ def direct(algo: str, critic: str = "image", **algo_kw):
             setattr(getattr(tc, algo), k, v)
         train(tc)
         state = json.loads((work / "checkpoint" / "state.json").read_text())
-        res, _ = run_eval(EvalArgs(checkpoint=str(work / "final"), suite=a.suite, tasks=a.tasks,
-                                   episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
-                                   env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
-        after = {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res}
-        return after, int(state["env_steps"]), cpu_seconds() - c0
+        return evaluate_after(a, work / "final", work), int(state["env_steps"]), cpu_seconds() - c0
 
     return run
 
@@ -306,15 +312,13 @@ def mtdistill_run(a, cfg: dict, seed: int, work: Path) -> dict:
                                 / "teacher.json").read_text())
                 for t in tasks}
     built_now = [t for t in tasks if any(x.startswith(f"distill: {t}: building") for x in logs)]
-    res, _ = run_eval(EvalArgs(checkpoint=str(work / "run" / "final"), suite=a.suite, tasks=",".join(tasks),
-                               episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
-                               env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
+    after = evaluate_after(a, work / "run" / "final", work, ",".join(tasks))
     lines = (work / "run" / "metrics.jsonl").read_text().splitlines()
     student_steps = int(json.loads(lines[-1])["rollout/env_steps"])
     teacher_steps = sum(t["ppo_env_steps"] for t in teachers.values())
     teacher_cpu = sum(t["cpu_s"] for t in teachers.values())
     selection_cpu = (c1 - c0) - sum(teachers[t]["cpu_s"] for t in built_now)  # the teachers' evaluations
-    out = {"after": {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res},
+    out = {"after": after,
            "distilled_tasks": [p.partition("=")[0] for p in d.teacher.split(",")], "log": logs,
            "teachers": teachers, "teachers_built_in_this_call": built_now,
            "student_env_steps": student_steps, "teacher_ppo_env_steps": teacher_steps,
@@ -358,10 +362,7 @@ def method_ire_vla(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[d
     run_recipe(tc)
     steps = sum(int(json.loads((work / f"round{r}" / "rl" / "metrics.jsonl").read_text().splitlines()[-1])
                     ["rollout/env_steps"]) for r in range(a.ire_rounds))
-    res, _ = run_eval(EvalArgs(checkpoint=str(work / "final"), suite=a.suite, tasks=a.tasks,
-                               episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
-                               env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
-    return {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res}, steps, cpu_seconds() - c0
+    return evaluate_after(a, work / "final", work), steps, cpu_seconds() - c0
 
 
 def method_sft_more(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[dict, int, float]:
@@ -372,10 +373,7 @@ def method_sft_more(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[
     c0 = cpu_seconds()
     run_sft(SFTArgs(demos=cfg["demos_dir"], out=str(work / "sft"), init=cfg["policy_dir"], threads=a.threads,
                     overwrite=True, sft=SFTConfig(steps=a.sft_more_steps, lr=3e-4, seed=seed)), quiet=True)
-    res, _ = run_eval(EvalArgs(checkpoint=str(work / "sft"), suite=a.suite, tasks=a.tasks,
-                               episodes=a.eval_episodes, num_envs=a.num_envs, workers=a.workers, threads=a.threads,
-                               env_kwargs={"max_steps": a.max_steps}, out=str(work / "eval.json")), quiet=True)
-    return {r.task: {"successes": r.successes, "episodes": r.episodes} for r in res}, 0, cpu_seconds() - c0
+    return evaluate_after(a, work / "sft", work), 0, cpu_seconds() - c0
 
 
 METHODS = {"none": method_none, "ppo+priv": direct("ppo", "privileged"), "grpo": direct("grpo", group_size=8),

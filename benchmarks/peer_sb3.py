@@ -191,12 +191,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "bench" / "peer_sb3.json"))
     p.add_argument("--workdir", default="runs/peer_sb3")
     args = p.parse_args(argv)
-    from vlaforge.policies.heads import gaussian
+    from vlaforge.errors import UsageError
+    from vlaforge.policies.options import PolicyShape
 
-    lo, hi = gaussian.LOG_STD_MIN, gaussian.LOG_STD_MAX
-    if args.ppo_chunk < 1 or (args.ppo_log_std is not None and not lo <= args.ppo_log_std <= hi):
-        p.error(f"--ppo-chunk must be >= 1 and --ppo-log-std in [{lo}, {hi}] (the Gaussian head's clamp); got "
-                f"{args.ppo_chunk}, {args.ppo_log_std}")
+    try:  # the checks `vlaforge train` runs on --chunk-size and --log-std-init, before any work
+        PolicyShape(chunk_size=args.ppo_chunk, log_std_init=args.ppo_log_std).check()
+    except UsageError as e:
+        p.error(str(e).replace("--chunk-size", "--ppo-chunk").replace("--log-std-init", "--ppo-log-std"))
     torch.set_num_threads(1)
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.exists() else []

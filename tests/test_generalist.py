@@ -148,6 +148,7 @@ def test_collect_and_eval_take_a_benchmark_name(tmp_path):
     (["--methods", "mtdistill", "--suite", "pointreach"], "metaworld"),
     (["--methods", "grpo", "--label", "a/b"], "--label"),
     (["--methods", "ire-vla", "--ire-rounds", "0"], "--ire-rounds"),
+    (["--methods", "ire-vla", "--ire-sl-steps", "-1"], "--ire-sl-steps"),
     (["--methods", "ire-vla", "--ire-stage-eval-episodes", "0"], "--ire-stage-eval-episodes"),
     (["--methods", "ire-vla", "--ire-demo-fraction", "1.5"], "--ire-demo-fraction"),
     (["--methods", "sft-more", "--sft-more-steps", "0"], "--sft-more-steps"),

@@ -169,8 +169,8 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
             need(self.log_std_init is None or "log_std_init" in fam.caps,
                  f"--log-std-init shapes a fresh tiny VLA; --policy {self.policy} has its own --policy.* options: "
                  "drop --log-std-init")
-        if not self.init and fam.check_fresh:
-            fam.fn("check_fresh")(self)
+            if fam.check_fresh:
+                fam.fn("check_fresh")(self)
 
 
 def _algo_cfg(self):
