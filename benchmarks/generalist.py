@@ -77,10 +77,13 @@ class Config:
     demos: int
     steps: int
     dim: int = DEFAULT_DIM
+    schedule: str = "constant"  # --sft-schedule (cosine: from --sft-lr down to --sft-min-lr)
+    lr: float = SFTConfig.lr
 
     @property
     def name(self) -> str:
-        return f"N{self.demos}_S{self.steps}" + (f"_D{self.dim}" if self.dim != DEFAULT_DIM else "")
+        return (f"N{self.demos}_S{self.steps}" + (f"_D{self.dim}" if self.dim != DEFAULT_DIM else "")
+                + (f"_lr{self.lr:g}" if self.lr != SFTConfig.lr else "") + ("_cos" if self.schedule == "cosine" else ""))
 
 
 def parse_configs(text: str) -> list[Config]:
@@ -100,7 +103,11 @@ def parse_configs(text: str) -> list[Config]:
 
 def check_args(a) -> list[Config]:
     """Every check before any env is built or file written (a one-line BadInput)."""
-    configs = parse_configs(a.configs)
+    configs = [dataclasses.replace(c, schedule=a.sft_schedule, lr=a.sft_lr) for c in parse_configs(a.configs)]
+    try:
+        SFTConfig(lr=a.sft_lr, schedule=a.sft_schedule, min_lr=a.sft_min_lr).check()
+    except ValueError as e:
+        raise BadInput(str(e).replace("--sft.", "--sft-")) from None
     for name in ("eval_episodes", "image_size", "num_envs", "threads", "max_steps"):
         if getattr(a, name) <= 0:
             raise BadInput(f"--{name.replace('_', '-')} must be positive; got {getattr(a, name)}")
@@ -166,14 +173,16 @@ def build_base(a, c: Config, work: Path) -> dict:
                                  action_dim=meta["features"]["action"]["shape"][0], views=meta.get("views", 1),
                                  image_size=meta["image_size"], dim=c.dim), init)
     run_sft(SFTArgs(demos=str(demos), out=str(sft), init=init and str(init), threads=a.threads,
-                    sft=SFTConfig(steps=c.steps, seed=a.seed)), quiet=True)
+                    sft=SFTConfig(steps=c.steps, seed=a.seed, lr=c.lr, schedule=c.schedule, min_lr=a.sft_min_lr)),
+            quiet=True)
     c2 = cpu_seconds()
     res, man = run_eval(EvalArgs(checkpoint=str(sft), suite=a.suite, tasks=a.tasks, episodes=a.eval_episodes,
                                  num_envs=a.num_envs, workers=a.workers, threads=a.threads, env_kwargs=dict(env_kw),
                                  out=str(base / "eval.json")), quiet=True)
     c3 = cpu_seconds()
     cfg = {"config": c.name, "command": "python " + " ".join(sys.argv), "demos_per_task": c.demos,
-           "image_size": a.image_size, "dim": c.dim, "sft_steps": c.steps, "seed": a.seed, "policy_dir": str(sft),
+           "image_size": a.image_size, "dim": c.dim, "sft_steps": c.steps, "sft_lr": c.lr, "sft_schedule": c.schedule,
+           "sft_min_lr": a.sft_min_lr if c.schedule == "cosine" else None, "seed": a.seed, "policy_dir": str(sft),
            "policy_sha": policy_hash(sft), "demos_dir": str(demos), "demo_episodes": info["episodes"],
            "demo_successes": info["successes"], "frames": info["frames"], "collect_cpu_s": info["cpu_s"],
            "sft_cpu_s": round(c2 - c1, 1), "eval_cpu_s": round(c3 - c2, 1), "eval_env_steps": man.get("env_steps")}
@@ -537,6 +546,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tasks", default="MT10", help="task names or a benchmark name the suite knows (MT10)")
     ap.add_argument("--configs", default="25:2000", help="N:STEPS[:DIM], comma-separated: demos per task, SFT steps, "
                                                          f"token width (default {DEFAULT_DIM})")
+    ap.add_argument("--sft-schedule", choices=["constant", "cosine"], default="constant",
+                    help="base: the SFT learning-rate schedule (cosine: --sft-lr at the first step down to --sft-min-lr "
+                         "at the last); a cosine config's name ends in _cos")
+    ap.add_argument("--sft-lr", type=float, default=SFTConfig.lr, help="base: the SFT (peak) learning rate")
+    ap.add_argument("--sft-min-lr", type=float, default=SFTConfig.min_lr, help="base: the cosine schedule's last rate")
     ap.add_argument("--seed", type=int, default=0, help="demo layouts, expert noise, policy init and SFT sampling")
     ap.add_argument("--noise", type=float, default=0.1, help="std of the expert's executed-action noise")
     ap.add_argument("--image-size", type=int, default=64)

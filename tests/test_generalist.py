@@ -89,6 +89,12 @@ def test_other_seed_other_checkpoint(tmp_path):
     shas = [g.main(TOY + ["--seed", str(s), "--work", str(tmp_path / f"w{s}"), "--out", str(tmp_path / f"{s}.json")]
                    )["configs"][0]["policy_sha"] for s in (0, 1)]
     assert shas[0] != shas[1]
+    # the same seed with a cosine SFT schedule: its own config name (and so its own folder), other weights
+    cos = g.main(TOY + ["--seed", "0", "--sft-schedule", "cosine", "--sft-min-lr", "1e-4", "--work",
+                        str(tmp_path / "w0"), "--out", str(tmp_path / "0.json")])["configs"]
+    assert [c["config"] for c in cos] == ["N3_S15", "N3_S15_cos"]
+    assert (cos[1]["sft_schedule"], cos[1]["sft_min_lr"], cos[1]["sft_lr"]) == ("cosine", 1e-4, 1e-3)
+    assert cos[1]["policy_sha"] != shas[0] and cos[0]["sft_schedule"] == "constant"
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -99,6 +105,8 @@ def test_other_seed_other_checkpoint(tmp_path):
     (["--suite", "nosuch"], "unknown suite"),
     (["--tasks", "nosuch"], "--tasks"),
     (["--noise", "2"], "--noise"),
+    (["--sft-schedule", "cosine", "--sft-min-lr", "0.1"], "--sft-min-lr"),
+    (["--sft-lr", "-1"], "--sft-lr"),
 ])
 def test_bad_input_one_line(args, needle, tmp_path, capsys):
     g = _script()

@@ -74,6 +74,44 @@ def test_sft_reduces_loss(demos):
     assert last < first
 
 
+def test_sft_cosine_schedule_hand_values_and_constant_default():
+    from vlaforge.algos.sft import sft_lr
+
+    cos = SFTConfig(steps=5, lr=1e-3, min_lr=1e-4, schedule="cosine")
+    # min + (lr - min) (1 + cos(pi k / 4)) / 2 at k = 0..4: 1e-3, 1e-4 + 9e-4 * 0.853553, 5.5e-4, 1e-4 + 9e-4 * 0.146447, 1e-4
+    want = [1e-3, 8.6820e-4, 5.5e-4, 2.3180e-4, 1e-4]
+    assert [round(sft_lr(k, cos), 8) for k in range(5)] == pytest.approx(want, abs=1e-8)
+    assert sft_lr(0, SFTConfig(steps=1, lr=2e-3, min_lr=0.0, schedule="cosine")) == 2e-3  # one step: the peak
+    assert {sft_lr(k, SFTConfig(steps=5, lr=3e-4)) for k in range(5)} == {3e-4}  # the default is constant
+
+
+def test_sft_cosine_schedule_reaches_the_optimizer(demos):
+    from vlaforge.algos.sft import train_sft
+    from vlaforge.policies import build_policy
+
+    class Log:
+        rows: list = []
+
+        def log(self, step, m):
+            self.rows.append((step, m["sft/lr"]))
+
+    d, tasks = load_demos(demos), {"red-0": 0, "green-0": 1}
+    log = Log()
+    torch.manual_seed(0)
+    p = build_policy()
+    train_sft(p, d, SFTConfig(steps=3, batch_size=8, lr=1e-3, min_lr=2e-4, schedule="cosine"), tasks, log)
+    assert log.rows == [(0, 1e-3), (2, pytest.approx(2e-4))]  # logged at the first and the last step
+    # the schedule changes the weights; the constant default trains as before (same seed, same weights twice)
+    w = []
+    for cfg in (SFTConfig(steps=3, batch_size=8), SFTConfig(steps=3, batch_size=8),
+                SFTConfig(steps=3, batch_size=8, min_lr=2e-4, schedule="cosine")):
+        torch.manual_seed(0)
+        q = build_policy()
+        train_sft(q, d, cfg, tasks)
+        w.append(torch.cat([x.detach().flatten() for x in q.parameters()]))
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+
+
 def test_wilson_hand_values():
     lo, hi = wilson(8, 10)
     assert abs(lo - 0.4902) < 1e-3 and abs(hi - 0.9433) < 1e-3

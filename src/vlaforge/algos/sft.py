@@ -10,13 +10,15 @@ per dim) are computed from the demos and stored in the policy before training.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from vlaforge.algos.common import accumulate, micro_size
-from vlaforge.checks import at_least, check_seed, learning_rate, positive
+from vlaforge.checks import at_least, check_seed, learning_rate, need, positive
 from vlaforge.data.demos import DemoData
 from vlaforge.device import module_device, precision_context, to_device
 from vlaforge.policies.base import action_stats
@@ -31,7 +33,12 @@ class SFTConfig:
     batch_size: int = 64
     """frames per step"""
     lr: float = 1e-3
-    """AdamW learning rate"""
+    """AdamW learning rate (the peak rate with ``--sft.schedule cosine``)"""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """learning-rate schedule over the steps: constant at --sft.lr, or cosine from --sft.lr at the first step down to
+    --sft.min-lr at the last (``sft_lr``)"""
+    min_lr: float = 1e-5
+    """the last step's rate with ``--sft.schedule cosine`` (unused when constant)"""
     weight_decay: float = 1e-4
     """AdamW weight decay"""
     grad_clip: float = 1.0
@@ -49,11 +56,24 @@ class SFTConfig:
         at_least("--sft.steps", self.steps, 1)
         at_least("--sft.batch-size", self.batch_size, 1)
         learning_rate("--sft.lr", self.lr)
+        if self.schedule == "cosine":
+            at_least("--sft.min-lr", self.min_lr, 0)
+            need(self.min_lr <= self.lr, f"--sft.min-lr {self.min_lr:g} must not exceed --sft.lr {self.lr:g} "
+                                         "(the cosine schedule decays from --sft.lr to --sft.min-lr)")
         at_least("--sft.weight-decay", self.weight_decay, 0)
         positive("--sft.grad-clip", self.grad_clip)
         at_least("--sft.augment-shift", self.augment_shift, 0)
         check_seed("--sft.seed", self.seed)
         at_least("--sft.aux-weight", self.aux_weight, 0)
+
+
+def sft_lr(step: int, cfg: SFTConfig) -> float:
+    """The rate of 0-based ``step`` of ``cfg.steps``. constant: ``lr``. cosine:
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * step / (steps - 1))) / 2`` -- ``lr`` at the first step, ``min_lr`` at
+    the last, their mean half-way (one step: ``lr``)."""
+    if cfg.schedule == "constant" or cfg.steps <= 1:
+        return cfg.lr
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * step / (cfg.steps - 1)))
 
 
 def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -130,10 +150,13 @@ def train_sft(policy, demos: DemoData, cfg: SFTConfig, task_index: dict[str, int
     metrics: dict = {}
     for step in range(cfg.steps):
         obs, acts, mask = to_device(sampler.batch(cfg.batch_size, cfg.augment_shift), device)  # drawn on the host
+        if cfg.schedule != "constant":  # constant leaves the optimizer as built (the rate it was made with)
+            for g in opt.param_groups:
+                g["lr"] = sft_lr(step, cfg)
         with precision_context(precision, device):
             metrics = sft_step(policy, opt, obs, acts, mask, cfg.grad_clip)
         if logger is not None and (step % 50 == 0 or step == cfg.steps - 1):
-            logger.log(step, metrics)
+            logger.log(step, {**metrics, "sft/lr": opt.param_groups[0]["lr"]})
         if progress is not None:
             progress(step + 1, cfg.steps, metrics)
     policy.eval()
