@@ -236,6 +236,21 @@ def test_tasks_benchmarks_and_errors():
         MetaWorldEnv(tasks="soccer-v3", benchmark="MT10")
 
 
+def test_eval_tasks_take_a_benchmark_name_among_the_run_tasks():
+    from vlaforge.envs import eval_task_names, suite_spec
+
+    mt10 = suite_spec("metaworld", "MT10")  # no simulator is built before a reset
+    names = [t.name for t in mt10.tasks]
+    assert eval_task_names("metaworld", mt10, "MT10") == names and len(names) == 10
+    assert eval_task_names("metaworld", mt10, "reach-v3,push-v3") == ["reach-v3", "push-v3"]
+    assert eval_task_names("metaworld", mt10, None) == names
+    two = suite_spec("metaworld", "reach-v3,push-v3")
+    with pytest.raises(EnvError, match="unknown task 'pick-place-v3'"):  # MT10 holds tasks the run's envs lack
+        eval_task_names("metaworld", two, "MT10")
+    with pytest.raises(EnvError, match="unknown metaworld task 'MT99'"):
+        eval_task_names("metaworld", two, "MT99")
+
+
 def test_bad_actions_and_task_ids(env):
     env.reset(0, 0)
     with pytest.raises(EnvError, match="shape"):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 from vlaforge.envs.base import ChunkResult, EnvError, EnvSpec, TaskEnv, TaskSpec, VecEnv, VecStep, check_env
 
 __all__ = ["SUITES", "ChunkResult", "EnvError", "EnvSpec", "MissingExtra", "Suite", "TaskEnv", "TaskSpec", "VecEnv",
-           "VecStep", "check_env", "env_class", "env_factory", "env_kwargs", "env_tasks", "make_vec_env", "suite_info", "suite_spec"]
+           "VecStep", "check_env", "env_class", "env_factory", "env_kwargs", "env_tasks", "eval_task_names", "make_vec_env", "suite_info", "suite_spec"]
 
 
 class Suite(NamedTuple):
@@ -115,6 +115,21 @@ def suite_task_names(spec, tasks: str | None) -> list[str]:
     names = [n.strip() for n in tasks.split(",")]
     for n in names:
         spec.task_index(n)  # raises a clear EnvError on an unknown name
+    return names
+
+
+def eval_task_names(suite: str, spec, tasks: str | None, image_size: int = 64) -> list[str]:
+    """``--eval-tasks`` against a run's built envs (``spec``): what ``suite_task_names`` resolves, or -- for a suite
+    whose envs are built with their selection -- one benchmark name the suite knows ("MT10"), resolved as ``--tasks``
+    is; every task it names must be among the run's (the evaluation uses the run's envs)."""
+    try:
+        return suite_task_names(spec, tasks)
+    except EnvError:
+        if suite_info(suite).holds_all_tasks or not tasks or "," in tasks:
+            raise
+    names = [t.name for t in suite_spec(suite, tasks, image_size=image_size).tasks]
+    for n in names:
+        spec.task_index(n)  # the same one-line EnvError as a name outside the run's tasks
     return names
 
 

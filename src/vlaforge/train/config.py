@@ -43,7 +43,8 @@ class _TrainFields(EnvOptions, PolicyShape, DeviceOptions, LogOptions):
     """named method (ire-vla | grape | ript-vla | vla-rl | simplevla-rl): presets this config and adds the
     method's own parts; flags given on the command line override the preset"""
     eval_tasks: str | None = None
-    """tasks to evaluate on (default: the training tasks; PointReach also reports 'heldout')"""
+    """tasks to evaluate on, among the training envs' (names, or a benchmark name such as MT10; default: the
+    training tasks; PointReach also reports 'heldout')"""
     init: str | None = None
     """policy checkpoint to start from (e.g. the output of `vlaforge sft`); None = fresh tiny VLA"""
     critic: Literal["image", "privileged"] = "image"

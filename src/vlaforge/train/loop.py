@@ -24,7 +24,7 @@ from vlaforge.algos import get_algo
 from vlaforge.algos.common import trajectory_reward
 from vlaforge.core.advantages import uniform_groups
 from vlaforge.device import precision_context, resolve_device, set_cuda_rng_states, set_deterministic
-from vlaforge.envs import env_kwargs, env_tasks, make_vec_env, suite_info, suite_task_names
+from vlaforge.envs import env_kwargs, env_tasks, eval_task_names, make_vec_env, suite_info, suite_task_names
 from vlaforge.envs.vector import thread_plan
 from vlaforge.errors import UsageError
 from vlaforge.hooks import NO_HOOKS, Hooks
@@ -125,7 +125,7 @@ def run_tasks(cfg: TrainConfig, spec, policy) -> tuple[list[int], list[str]]:
     named = suite_task_names(spec, cfg.tasks if suite_info(cfg.suite).holds_all_tasks else None)
     train_names = [n for n in named if spec.tasks[spec.task_index(n)].split == "train"] or named
     train_ids = [spec.task_index(n) for n in train_names]
-    eval_names = suite_task_names(spec, cfg.eval_tasks)
+    eval_names = eval_task_names(cfg.suite, spec, cfg.eval_tasks, cfg.image_size)  # names, a split, or MT10
     check_fits(policy, spec, cfg.suite)
     return train_ids, eval_names
 
