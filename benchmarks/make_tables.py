@@ -118,6 +118,7 @@ def generalist_base(d: dict) -> str:
     tasks = list(dict.fromkeys(r["task"] for r in d["rows"]))
     cell = {(r["config"], r["task"]): r for r in d["rows"]}
     head = [f"N = {c['demos_per_task']}, {c['sft_steps']} steps" + (f", width {c['dim']}" if c["dim"] != 64 else "")
+            + (f", cosine lr {c['sft_lr']:g} → {c['sft_min_lr']:g}" if c.get("sft_schedule") == "cosine" else "")
             for c in cfgs]
     lines = [f"Machine: {d['meta']['machine']}; date {d['meta']['date']}; {d['meta']['metric']}", "",
              "| task | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(cfgs)]
