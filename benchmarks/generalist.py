@@ -51,6 +51,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import sys
 import time
@@ -180,7 +181,7 @@ def build_base(a, c: Config, work: Path) -> dict:
                                  num_envs=a.num_envs, workers=a.workers, threads=a.threads, env_kwargs=dict(env_kw),
                                  out=str(base / "eval.json")), quiet=True)
     c3 = cpu_seconds()
-    cfg = {"config": c.name, "command": "python " + " ".join(sys.argv), "demos_per_task": c.demos,
+    cfg = {"config": c.name, "command": a.command, "demos_per_task": c.demos,
            "image_size": a.image_size, "dim": c.dim, "sft_steps": c.steps, "sft_lr": c.lr, "sft_schedule": c.schedule,
            "sft_min_lr": a.sft_min_lr if c.schedule == "cosine" else None, "seed": a.seed, "policy_dir": str(sft),
            "policy_sha": policy_hash(sft), "demos_dir": str(demos), "demo_episodes": info["episodes"],
@@ -215,8 +216,8 @@ def stage_base(a) -> dict:
         data["meta"] = {
             "benchmark": "generalist_base", "issue": "23 part 1", "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), {a.threads} torch thread(s)",
-            "torch": torch.__version__, "command": "python " + " ".join(sys.argv),
-            "args": {k: v for k, v in vars(a).items() if k != "func"},
+            "torch": torch.__version__, "command": a.command,
+            "args": {k: v for k, v in vars(a).items() if k not in ("func", "command")},
             "metric": f"success_once on {a.eval_episodes} fixed evaluation seeds per task from {EVAL_SEED_BASE:,} "
                       "(episodes end at first success); demos use seeds SEED*100003 + 1,000,000 + k",
             "cpu": "process + children CPU seconds (getrusage) of each step of the config",
@@ -459,7 +460,7 @@ def stage_methods(a) -> dict:
                             "base": {k: cfg[k] for k in ("config", "policy_dir", "policy_sha", "demos_per_task",
                                                          "sft_steps", "dim", "image_size", "seed")},
                             "base_json": str(base_file), "metric": base["meta"]["metric"],
-                            "command": "python " + " ".join(sys.argv),
+                            "command": a.command,
                             "shared_runs": "one multi-task run per (method, seed) serves every task row: env_steps and "
                                            "cpu_s are that run's totals (mtdistill: teachers included; details in "
                                            "WORK/CONFIG/mtdistill_seedS/seedS/result.json), repeated on each row"}
@@ -595,6 +596,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     ap = parser()
     a = ap.parse_args(argv)
+    # the command as typed, named from the repo root wherever the script ran from (a worktree, an absolute path)
+    a.command = "python benchmarks/generalist.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         return STAGES[a.stage](a)
     except BadInput as e:

@@ -94,6 +94,9 @@ def test_other_seed_other_checkpoint(tmp_path):
                         str(tmp_path / "w0"), "--out", str(tmp_path / "0.json")])["configs"]
     assert [c["config"] for c in cos] == ["N3_S15", "N3_S15_cos"]
     assert (cos[1]["sft_schedule"], cos[1]["sft_min_lr"], cos[1]["sft_lr"]) == ("cosine", 1e-4, 1e-3)
+    # the command as typed, from the repo root, whoever called the script
+    assert cos[1]["command"].startswith("python benchmarks/generalist.py base --suite pointreach ")
+    assert cos[1]["command"].endswith("--sft-min-lr 1e-4 --work " + str(tmp_path / "w0") + " --out " + str(tmp_path / "0.json"))
     assert cos[1]["policy_sha"] != shas[0] and cos[0]["sft_schedule"] == "constant"
 
 
