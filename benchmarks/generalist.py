@@ -65,6 +65,7 @@ from vlaforge.fsutil import atomic_path, atomic_write_text
 from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft
 from vlaforge.policies import build_policy, policy_hash, save_policy
 from vlaforge.rollout.evaluate import EVAL_SEED_BASE, wilson
+from vlaforge.train.recipe_configs import IReVLAConfig
 
 DEFAULT_DIM = 64  # TinyConfig.dim
 
@@ -368,7 +369,7 @@ def method_ire_vla(a, cfg: dict, seed: int, work: Path, before: dict) -> tuple[d
         env_kwargs={"shaping": 1.0}, eval_every=0, eval_episodes=a.ire_stage_eval_episodes, progress=False,
         tensorboard=False, seed=seed, threads=a.threads))
     tc.ire_vla.rounds, tc.ire_vla.rl_iterations, tc.ire_vla.sl_steps = a.ire_rounds, a.iterations, a.ire_sl_steps
-    tc.ire_vla.demo_fraction = a.ire_demo_fraction
+    tc.ire_vla.demo_fraction, tc.ire_vla.sl_lr = a.ire_demo_fraction, a.ire_sl_lr
     run_recipe(tc)
     steps = sum(int(json.loads((work / f"round{r}" / "rl" / "metrics.jsonl").read_text().splitlines()[-1])
                     ["rollout/env_steps"]) for r in range(a.ire_rounds))
@@ -415,6 +416,8 @@ def stage_methods(a) -> dict:
         for name, least in (("ire_rounds", 1), ("ire_sl_steps", 0), ("ire_stage_eval_episodes", 1)):
             if getattr(a, name) < least:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= {least}; got {getattr(a, name)}")
+        if not (0 < a.ire_sl_lr <= 1):
+            raise BadInput(f"--ire-sl-lr must be a finite number in (0, 1]; got {a.ire_sl_lr}")
         if not 0 <= a.ire_demo_fraction <= 1:
             raise BadInput(f"--ire-demo-fraction must be in [0, 1]; got {a.ire_demo_fraction}")
     if "sft-more" in methods and a.sft_more_steps < 1:
@@ -575,6 +578,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=1e-4, help="methods: the policy learning rate")
     ap.add_argument("--ire-rounds", type=int, default=3, help="ire-vla: rounds of (RL stage, SL stage)")
     ap.add_argument("--ire-sl-steps", type=int, default=500, help="ire-vla: supervised steps per SL stage")
+    ap.add_argument("--ire-sl-lr", type=float, default=IReVLAConfig.sl_lr,
+                    help="ire-vla: the SL stages' learning rate (the recipe's default)")
     ap.add_argument("--ire-demo-fraction", type=float, default=0.5,
                     help="ire-vla: share of each SL batch from the base's demos (1.0: the demos-only control)")
     ap.add_argument("--ire-stage-eval-episodes", type=int, default=5,

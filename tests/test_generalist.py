@@ -62,7 +62,8 @@ def test_same_seed_same_checkpoint_and_rows(tmp_path):
     # the ire-vla recipe: RL stages + SL stages on the base's demos ∪ successes, env steps of both RL stages
     got = g.main(["methods", "--out", str(tmp_path / "base0.json"), "--base-config", "N3_S15", "--methods", "ire-vla",
                   "--seeds", "5", "--iterations", "1", "--groups", "2", "--num-envs", "4", "--max-steps", "30",
-                  "--ire-rounds", "2", "--ire-sl-steps", "3", "--ire-stage-eval-episodes", "1", "--eval-episodes", "2",
+                  "--ire-rounds", "2", "--ire-sl-steps", "3", "--ire-sl-lr", "2e-4", "--ire-stage-eval-episodes", "1",
+                  "--eval-episodes", "2",
                   "--methods-out", str(m_out), "--work", str(tmp_path / "w0")])
     ire = [r for r in got["rows"] if r["method"] == "ire-vla"]
     assert [(r["task"], r["seed"]) for r in ire] == [(r["task"], 5) for r in rows]
@@ -70,6 +71,7 @@ def test_same_seed_same_checkpoint_and_rows(tmp_path):
     stage_steps = [json.loads((run / f"round{k}" / "rl" / "metrics.jsonl").read_text().splitlines()[-1])
                    ["rollout/env_steps"] for k in range(2)]
     assert all(r["env_steps"] == sum(stage_steps) > 0 and r["after"]["episodes"] == 2 for r in ire)
+    assert json.loads((run / "round0" / "rl" / "train_config.json").read_text())["ire_vla"]["sl_lr"] == 2e-4
     assert [s["stage"] for s in json.loads((run / "ire_vla.json").read_text())["stages"]] == [
         "sft", "round0/rl", "round0/sl", "round1/rl", "round1/sl"]
     # its control: further SFT of the base on its own demos, no rollouts; the weights moved
@@ -160,6 +162,8 @@ def test_collect_and_eval_take_a_benchmark_name(tmp_path):
     (["--methods", "grpo", "--label", "a/b"], "--label"),
     (["--methods", "ire-vla", "--ire-rounds", "0"], "--ire-rounds"),
     (["--methods", "ire-vla", "--ire-sl-steps", "-1"], "--ire-sl-steps"),
+    (["--methods", "ire-vla", "--ire-sl-lr", "0"], "--ire-sl-lr"),
+    (["--methods", "ire-vla", "--ire-sl-lr", "nan"], "--ire-sl-lr"),
     (["--methods", "ire-vla", "--ire-stage-eval-episodes", "0"], "--ire-stage-eval-episodes"),
     (["--methods", "ire-vla", "--ire-demo-fraction", "1.5"], "--ire-demo-fraction"),
     (["--methods", "sft-more", "--sft-more-steps", "0"], "--sft-more-steps"),
