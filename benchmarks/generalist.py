@@ -6,7 +6,9 @@ default 64), all seeded by ``--seed``:
 
 1. ``vlaforge collect --suite SUITE --tasks TASKS --episodes N --seed SEED`` (N layouts per task: demo seeds
    ``SEED * 100003 + 1,000,000 + k``, never evaluation seeds);
-2. ``vlaforge sft`` of one fresh tiny VLA (vision backbone, Gaussian head) on all of them, ``--sft.seed SEED``;
+2. ``vlaforge sft`` of one fresh tiny VLA (vision backbone, Gaussian head) on all of them, ``--sft.seed SEED``,
+   at ``--sft-lr`` (constant, or with ``--sft-schedule cosine`` decaying to ``--sft-min-lr``: the config's name then
+   ends in ``_cos``);
 3. ``vlaforge eval`` on ``--eval-episodes`` seeds per task from 10,000,000 (the project's evaluation seeds).
 
 The tiny VLA never reads a task id: the task reaches it only as the instruction's words (FiLM on the CNN and
@@ -16,8 +18,11 @@ sha256 prefix.
 
     python benchmarks/generalist.py base --suite metaworld --tasks MT10 --configs 25:2000 --seed 0 --threads 1 \\
         --out docs/bench/generalist_base.json      # the base of docs/benchmarks.md (issue 23)
+    python benchmarks/generalist.py base --suite metaworld --tasks MT10 --configs 25:5000 --seed 0 --threads 1 \
+        --num-envs 4 --sft-schedule cosine --sft-min-lr 1e-5 --out B.json   # session 13's base, N25_S5000_cos: 51.4%
 
-writes ``{"meta", "configs": [{"config", "demos_per_task", "image_size", "dim", "sft_steps", "seed",
+writes ``{"meta", "configs": [{"config", "demos_per_task", "image_size", "dim", "sft_steps", "sft_lr", "sft_schedule",
+"sft_min_lr", "seed",
 "command", "policy_dir", "policy_sha", "demo_episodes", "demo_successes", "frames", "collect_cpu_s", "sft_cpu_s", "eval_cpu_s",
 "mean_success"}], "rows": [{"config", "suite", "task", "demos_per_task", "image_size", "dim", "sft_steps", "seed",
 "successes", "episodes", "rate", "ci95", "collect_cpu_s", "sft_cpu_s", "eval_cpu_s"}]}`` (one row per (config,
@@ -29,7 +34,7 @@ Stage ``methods`` (issue 23 part 2) post-trains a built base per task and method
 to ``--methods-out`` (docs/bench/generalist.json). A method (``METHODS``) post-trains the base once on all tasks
 per training seed: ``none`` (the base itself), the direct methods ``ppo+priv`` (PPO, privileged critic), ``grpo``
 and ``rloo`` (groups of 8) and ``ire-vla`` (the recipe: RL stages on a frozen backbone alternating with SFT on
-demos ∪ kept successes; ``--iterations`` per RL stage, ``--ire-rounds``, ``--ire-sl-steps``), its control
+demos ∪ kept successes; ``--iterations`` per RL stage, ``--ire-rounds``, ``--ire-sl-steps``, ``--ire-sl-lr``), its control
 ``sft-more`` (the base SFT'd further on its own demos, ``--sft-more-steps``, no rollouts), and ``mtdistill``
 (issue 23 part 4: one multi-task DAgger run from per-task privileged teachers, built in or reused from
 ``--teachers-cache``; docs/pixels.md):
