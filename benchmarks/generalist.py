@@ -66,6 +66,7 @@ from pathlib import Path
 import torch
 
 from vlaforge.algos.sft import SFTConfig
+from vlaforge.checks import learning_rate
 from vlaforge.fsutil import atomic_path, atomic_write_text
 from vlaforge.pipeline import CollectArgs, EvalArgs, SFTArgs, run_collect, run_eval, run_sft
 from vlaforge.policies import build_policy, policy_hash, save_policy
@@ -421,8 +422,10 @@ def stage_methods(a) -> dict:
         for name, least in (("ire_rounds", 1), ("ire_sl_steps", 0), ("ire_stage_eval_episodes", 1)):
             if getattr(a, name) < least:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= {least}; got {getattr(a, name)}")
-        if not (0 < a.ire_sl_lr <= 1):
-            raise BadInput(f"--ire-sl-lr must be a finite number in (0, 1]; got {a.ire_sl_lr}")
+        try:  # the recipe's own check of --ire-vla.sl-lr
+            learning_rate("--ire-sl-lr", a.ire_sl_lr)
+        except ValueError as e:
+            raise BadInput(str(e)) from None
         if not 0 <= a.ire_demo_fraction <= 1:
             raise BadInput(f"--ire-demo-fraction must be in [0, 1]; got {a.ire_demo_fraction}")
     if "sft-more" in methods and a.sft_more_steps < 1:
