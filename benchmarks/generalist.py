@@ -18,7 +18,7 @@ sha256 prefix.
 
     python benchmarks/generalist.py base --suite metaworld --tasks MT10 --configs 25:2000 --seed 0 --threads 1 \\
         --out docs/bench/generalist_base.json      # the base of docs/benchmarks.md (issue 23)
-    python benchmarks/generalist.py base --suite metaworld --tasks MT10 --configs 25:5000 --seed 0 --threads 1 \
+    python benchmarks/generalist.py base --suite metaworld --tasks MT10 --configs 25:5000 --seed 0 --threads 1 \\
         --num-envs 4 --sft-schedule cosine --sft-min-lr 1e-5 --out B.json   # session 13's base, N25_S5000_cos: 51.4%
 
 writes ``{"meta", "configs": [{"config", "demos_per_task", "image_size", "dim", "sft_steps", "sft_lr", "sft_schedule",
