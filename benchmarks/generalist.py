@@ -65,6 +65,7 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.algos.distill import DistillConfig
 from vlaforge.algos.sft import SFTConfig
 from vlaforge.checks import learning_rate
 from vlaforge.fsutil import atomic_path, atomic_write_text
@@ -310,7 +311,7 @@ def mtdistill_run(a, cfg: dict, seed: int, work: Path) -> dict:
                      curriculum="need", seed=seed, progress=False, tensorboard=False)
     tc.distill.teachers_cache, tc.distill.teacher_seed = a.teachers_cache, cfg["seed"]
     tc.distill.teacher_demos, tc.distill.teacher_iterations = a.teacher_demos, a.teacher_iterations
-    tc.distill.teacher_sft_steps = a.teacher_sft_steps
+    tc.distill.teacher_sft_steps, tc.distill.capacity = a.teacher_sft_steps, a.distill_capacity
     logs: list[str] = []
 
     def log(line: str) -> None:
@@ -432,7 +433,8 @@ def stage_methods(a) -> dict:
         raise BadInput(f"--sft-more-steps must be >= 1; got {a.sft_more_steps}")
     if "mtdistill" in methods:
         for name, least in (("teacher_demos", 0), ("teacher_iterations", 0), ("teacher_sft_steps", 1),
-                            ("distill_iterations", 1), ("distill_groups", 1)):
+                            ("distill_iterations", 1), ("distill_groups", 1),
+                            ("distill_capacity", 1)):
             if getattr(a, name) < least:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= {least}; got {getattr(a, name)}")
         if a.teacher_iterations == 0 and a.teacher_demos == 0:
@@ -603,6 +605,8 @@ def parser() -> argparse.ArgumentParser:
                     help="mtdistill: SFT steps on each teacher's demos before PPO")
     ap.add_argument("--distill-iterations", type=int, default=10, help="mtdistill: DAgger iterations")
     ap.add_argument("--distill-groups", type=int, default=16, help="mtdistill: student episodes per iteration")
+    ap.add_argument("--distill-capacity", type=int, default=DistillConfig.capacity,
+                    help="mtdistill: frames kept in the DAgger aggregate (oldest dropped; ~12.3 kB per 64 px frame)")
     return ap
 
 

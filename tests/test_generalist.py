@@ -158,6 +158,7 @@ def test_collect_and_eval_take_a_benchmark_name(tmp_path):
     (["--methods", "mtdistill", "--teacher-iterations", "0", "--teacher-demos", "0"], "--teacher-demos"),
     (["--methods", "mtdistill", "--teacher-sft-steps", "0"], "--teacher-sft-steps"),
     (["--methods", "none,mtdistill", "--distill-groups", "0"], "--distill-groups"),
+    (["--methods", "mtdistill", "--distill-capacity", "0"], "--distill-capacity"),
     (["--methods", "mtdistill", "--suite", "pointreach"], "metaworld"),
     (["--methods", "grpo", "--label", "a/b"], "--label"),
     (["--methods", "ire-vla", "--ire-rounds", "0"], "--ire-rounds"),

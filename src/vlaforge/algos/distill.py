@@ -204,7 +204,8 @@ def check_teacher(teacher: dict, student: dict, name: str = "the teacher") -> No
 
 
 def check_run(cfg, init: dict | None) -> None:
-    """The registry's ``check_run`` (``vlaforge train --algo distill``, before any work): the teachers and their
+    """The registry's ``check_run`` (``vlaforge train --algo distill``, before any work): the aggregate's sizes (steps,
+    batch size, capacity >= 1); the teachers and their
     sim_state fields (``check_teachers``), or the teacher cache's options; the fields resolved against the suite's
     names. ``cfg``: the TrainConfig; ``init``: unused."""
     from vlaforge.checks import at_least, check_seed
@@ -213,6 +214,8 @@ def check_run(cfg, init: dict | None) -> None:
     from vlaforge.policies import read_checked_config
 
     d = cfg.algo_cfg
+    for flag, v in (("steps", d.steps), ("batch-size", d.batch_size), ("capacity", d.capacity)):
+        at_least(f"--distill.{flag}", v, 1)
     spec = suite_spec(cfg.suite, env_tasks(cfg.suite, cfg.tasks), image_size=cfg.image_size,
                       **env_kwargs(cfg.env_kwargs, cfg.max_steps))
     if d.teacher_state.strip():
