@@ -207,9 +207,8 @@ def check_teacher(teacher: dict, student: dict, name: str = "the teacher") -> No
 
 def check_run(cfg, init: dict | None) -> None:
     """The registry's ``check_run`` (``vlaforge train --algo distill``, before any work): the aggregate's sizes (steps,
-    batch size, capacity >= 1); the teachers and their
-    sim_state fields (``check_teachers``), or the teacher cache's options; the fields resolved against the suite's
-    names. ``cfg``: the TrainConfig; ``init``: unused."""
+    batch size, capacity >= 1); the teachers and their sim_state fields (``check_teachers``), or the teacher cache's
+    options; the fields resolved against the suite's names. ``cfg``: the TrainConfig; ``init``: unused."""
     from vlaforge.checks import at_least, check_seed
     from vlaforge.envs import env_kwargs, env_tasks, suite_info, suite_spec, suite_task_names
     from vlaforge.paths import check_out_dir
