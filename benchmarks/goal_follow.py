@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlaforge.envs import env_tasks, make_vec_env
+from vlaforge.envs import env_tasks, make_vec_env, suite_spec
+from vlaforge.envs.base import EnvError
+from vlaforge.errors import UsageError
 from vlaforge.fsutil import atomic_write_text
 from vlaforge.policies import load_policy
 from vlaforge.rollout.collect import collect
@@ -65,12 +67,7 @@ def probe(path: str, suite: str, task: str, episodes: int, num_envs: int, max_st
                         max_steps=max_steps)
     try:
         spec = venv.spec
-        names = [t.name for t in spec.tasks]
-        if task not in names:
-            raise BadInput(f"--task '{task}' is not a task of {suite}; its tasks: {', '.join(names[:12])}")
         axes = goal_axes(tuple(spec.sim_state_names))
-        if not axes:
-            raise BadInput(f"{suite}'s sim_state has no ee_*/goal_* pair: nothing to compare")
         ro, _ = collect(policy, venv, np.full(episodes, spec.task_index(task)), eval_seeds(episodes),
                         deterministic=True, keep_obs=True)
     finally:
@@ -81,6 +78,20 @@ def probe(path: str, suite: str, task: str, episodes: int, num_envs: int, max_st
     ee = state[:, [i for _, i, _ in axes]]
     goal = state[:, [j for _, _, j in axes]]
     return {"axes": [a for a, _, _ in axes], **follow_stats(ee, goal, once.numpy().astype(bool))}
+
+
+def check_task(suite: str, task: str, max_steps: int) -> None:
+    """Refuse (``BadInput``) a suite or task the suite does not hold, or a suite without ee_*/goal_* state, before
+    any policy is loaded: one env is built and closed."""
+    try:
+        spec = suite_spec(suite, env_tasks(suite, task), max_steps=max_steps)
+    except (EnvError, UsageError) as e:
+        raise BadInput(str(e)) from None
+    names = [t.name for t in spec.tasks]
+    if task not in names:
+        raise BadInput(f"--task '{task}' is not a task of {suite}; its tasks: {', '.join(names[:12])}")
+    if not goal_axes(tuple(spec.sim_state_names)):
+        raise BadInput(f"{suite}'s sim_state has no ee_*/goal_* pair: nothing to compare")
 
 
 def parse_policies(items: list[str]) -> list[tuple[str, str]]:
@@ -118,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                 raise BadInput(f"{flag} must be >= 1; got {v}")
         if Path(a.out).is_dir() or not Path(a.out).parent.is_dir():
             raise BadInput(f"--out '{a.out}': name a file in an existing folder")
+        check_task(a.suite, a.task, a.max_steps)
         torch.set_num_threads(a.threads)
         rows, t0 = [], time.time()
         for name, path in policies:

@@ -59,6 +59,7 @@ def test_pointreach_run_writes_the_layout(tmp_path):
     (["--policy", "a=P", "--policy", "a=P"], "differ"),
     (["--policy", "a=P", "--episodes", "0"], "--episodes"),
     (["--policy", "a=P", "--suite", "pointreach", "--task", "nosuch"], "nosuch"),
+    (["--policy", "a=P", "--suite", "nosuite"], "nosuite"),
 ])
 def test_bad_input_one_line_no_file(args, needle, tmp_path, capsys):
     g = benchmark_script("goal_follow")
