@@ -62,6 +62,8 @@ def follow_stats(ee: np.ndarray, goal: np.ndarray, success: np.ndarray) -> dict:
 
 
 def probe(path: str, suite: str, task: str, episodes: int, num_envs: int, max_steps: int) -> dict:
+    """One policy on ``episodes`` evaluation seeds of ``task`` (deterministic actions, in this process): the axes
+    and ``follow_stats`` of the sim_state at each episode's last decision."""
     policy = load_policy(path)
     venv = make_vec_env(suite, num_envs, tasks=env_tasks(suite, task), image_size=policy.cfg.image_size,
                         max_steps=max_steps)
@@ -95,6 +97,8 @@ def check_task(suite: str, task: str, max_steps: int) -> None:
 
 
 def parse_policies(items: list[str]) -> list[tuple[str, str]]:
+    """``NAME=DIR`` items as (name, dir) pairs; a malformed item, a folder without config.json or a repeated name is
+    a ``BadInput``."""
     out = []
     for item in items:
         name, sep, path = item.partition("=")
