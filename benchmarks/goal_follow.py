@@ -34,7 +34,7 @@ from vlaforge.errors import UsageError
 from vlaforge.fsutil import atomic_write_text
 from vlaforge.policies import load_policy
 from vlaforge.rollout.collect import collect
-from vlaforge.rollout.evaluate import EVAL_SEED_BASE, episode_outcomes, eval_seeds
+from vlaforge.rollout.evaluate import EVAL_SEED_BASE, episode_outcomes, eval_seeds, last_steps
 
 
 class BadInput(ValueError):
@@ -75,8 +75,7 @@ def probe(path: str, suite: str, task: str, episodes: int, num_envs: int, max_st
     finally:
         venv.close()
     once, _ = episode_outcomes(ro)
-    last = (ro.alive.long() * torch.arange(ro.alive.shape[0]).unsqueeze(1)).max(0).values
-    state = ro.sim_state[last, torch.arange(episodes)].numpy()
+    state = ro.sim_state[last_steps(ro.alive), torch.arange(episodes)].numpy()
     ee = state[:, [i for _, i, _ in axes]]
     goal = state[:, [j for _, _, j in axes]]
     return {"axes": [a for a, _, _ in axes], **follow_stats(ee, goal, once.numpy().astype(bool))}

@@ -205,6 +205,8 @@ CASES = [
                                      "--distill.capacity", "0", "--out", "T/r"], ["--distill.capacity", ">= 1"]),
     ("train-distill-steps-zero", [*TRAIN, "--algo", "distill", "--distill.teacher", "W/policy",
                                   "--distill.steps", "0", "--out", "T/r"], ["--distill.steps", ">= 1"]),
+    ("train-distill-batch-size-zero", [*TRAIN, "--algo", "distill", "--distill.teacher", "W/policy",
+                                       "--distill.batch-size", "0", "--out", "T/r"], ["--distill.batch-size", ">= 1"]),
     ("train-distill-teacher-not-pair", [*TRAIN, "--algo", "distill", "--distill.teacher", "red-0=W/policy,=x",
                                         "--distill.teacher-state", "ee_x,ee_y", "--out", "T/r"], ["TASK=DIR"]),
     ("train-distill-cache-without-group", [*TRAIN, "--algo", "distill", "--distill.teachers-cache", "T/c",

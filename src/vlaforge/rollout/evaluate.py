@@ -79,14 +79,20 @@ class TaskResult:
                 "successes_at_end": self.successes_at_end, "success_at_end": self.rate_at_end}
 
 
+def last_steps(alive):
+    """(N,) index of each episode's last alive step, from ``alive`` (T, N) bools (alive from t=0 to the end)."""
+    import torch
+
+    return (alive.long() * torch.arange(alive.shape[0]).unsqueeze(1)).max(0).values
+
+
 def episode_outcomes(rollout) -> tuple:
     """Per episode (N,) bools ``(once, at_end)`` of a collected ``Rollout``: solved at some step, and solved
     at the last step. An episode whose last step is truncated (time limit) is a success under neither."""
     import torch
 
     alive = rollout.alive  # (T, N)
-    T = alive.shape[0]
-    last = (alive.long() * torch.arange(T).unsqueeze(1)).max(0).values  # index of each episode's last step
+    last = last_steps(alive)
     cols = torch.arange(alive.shape[1])
     truncated = rollout.truncated[last, cols]
     once = rollout.success & ~truncated
